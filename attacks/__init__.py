@@ -1,0 +1,8 @@
+"""Attack plugins: pure functions of what the server observed, found by name in ``ATTACKS``."""
+
+from fedpriv.attacks.base import ATTACKS, Attack, AttackSettings, AttackTarget, Reconstruction, build_attack
+
+# Importing the plugin modules registers them.
+from fedpriv.attacks import inverting_gradients  # noqa: E402,F401
+
+__all__ = ["ATTACKS", "Attack", "AttackSettings", "AttackTarget", "Reconstruction", "build_attack"]

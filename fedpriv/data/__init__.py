@@ -1,0 +1,1 @@
+"""Data sets (standard archives and an embedded set), normalisation constants and partitioning."""

@@ -1,0 +1,5 @@
+"""Client-side defenses, built from spec strings (``none``, ``ats:3-1-7``, ...)."""
+
+from fedpriv.defenses.base import DEFENSES, Defense, build_defense, defense_names
+
+__all__ = ["DEFENSES", "Defense", "build_defense", "defense_names"]

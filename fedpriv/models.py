@@ -1,0 +1,121 @@
+"""Victim models for 32x32 inputs: ResNet-20, ATS's ResNet20-4 and a small ConvNet, by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+from fedpriv.registry import Registry
+
+MODELS: Registry[Callable[[int, int], nn.Module]] = Registry("model")
+
+
+class CifarResNet(nn.Module):
+    """ResNet for 32x32 images as in ATS's ``inversefed`` (3x3 stem, no max-pool, 3 stages).
+
+    Parameters
+    ----------
+    num_classes
+        Output size of the final linear layer.
+    in_channels
+        Input image channels.
+    base_width
+        Width of the first stage; later stages double it (16 gives ResNet-20, 64 gives ResNet20-4).
+    blocks
+        Number of BasicBlocks per stage.
+    """
+
+    def __init__(
+        self, num_classes: int, in_channels: int = 3, base_width: int = 16, blocks: int = 3
+    ) -> None:
+        super().__init__()
+        widths = [base_width, 2 * base_width, 4 * base_width]
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        stages: list[nn.Module] = []
+        inplanes = widths[0]
+        for width, stride in zip(widths, [1, 2, 2]):
+            downsample = None
+            if stride != 1 or inplanes != width:
+                downsample = nn.Sequential(
+                    nn.Conv2d(inplanes, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width)
+                )
+            layers = [BasicBlock(inplanes, width, stride, downsample)]
+            inplanes = width
+            layers += [BasicBlock(inplanes, width) for _ in range(blocks - 1)]
+            stages.append(nn.Sequential(*layers))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[2], num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class ConvNet(nn.Module):
+    """A small ConvNet (three conv-BN-ReLU blocks with pooling, then a linear layer).
+
+    Parameters
+    ----------
+    num_classes
+        Output size.
+    in_channels
+        Input image channels.
+    width
+        Channels of the first block; the next two double it.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 32) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for out in (width, 2 * width, 4 * width):
+            layers += [
+                nn.Conv2d(channels, out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(channels * 4 * 4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.features(x), 1))
+
+
+MODELS.add("resnet20", lambda n, c: CifarResNet(n, c, base_width=16))
+MODELS.add("resnet20-4", lambda n, c: CifarResNet(n, c, base_width=64))
+MODELS.add("convnet", lambda n, c: ConvNet(n, c))
+
+
+def build_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+    """Build the model registered as ``name``.
+
+    Parameters
+    ----------
+    name
+        One of ``MODELS.names()``.
+    num_classes
+        Number of output classes.
+    in_channels
+        Input channels of the images.
+
+    Returns
+    -------
+    nn.Module
+        A freshly initialised model (initialisation follows the global torch seed).
+    """
+    return MODELS.get(name)(num_classes, in_channels)
