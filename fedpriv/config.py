@@ -1,0 +1,259 @@
+"""The run configuration: Flower run-config keys parsed into a validated dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedpriv.errors import ConfigError
+
+DEFAULT_OUT_DIR = "~/fedpriv-runs"
+DEFAULT_DATA_DIR = "~/.cache/fedpriv/data"
+PARTITIONERS = ("iid", "dirichlet")
+MODEL_MODES = ("eval", "train")
+
+
+def _selection(text: str, key: str) -> tuple[int, ...] | None:
+    """Parse ``all`` (None), ``none`` (empty) or a list like ``1,3,5-7`` into sorted ints."""
+    text = text.strip().lower()
+    if text == "all":
+        return None
+    if text in ("", "none"):
+        return ()
+    values: set[int] = set()
+    for part in text.split(","):
+        low, dash, high = part.strip().partition("-")
+        try:
+            start, stop = int(low), int(high if dash else low)
+        except ValueError:
+            raise ConfigError(
+                f"{key}={text!r}: {part.strip()!r} is not a number or range; valid: 'all', 'none' or "
+                "a list of non-negative integers and ranges such as '0,2,5-7'"
+            ) from None
+        if start < 0 or stop < start:
+            raise ConfigError(f"{key}={text!r}: bad range {part.strip()!r}; use 'a-b' with 0 <= a <= b")
+        values.update(range(start, stop + 1))
+    return tuple(sorted(values))
+
+
+def _overrides(text: str, key: str) -> dict[int, str]:
+    """Parse per-client overrides ``0,1=spec|4=spec`` into {partition id: spec}."""
+    result: dict[int, str] = {}
+    for entry in filter(None, (e.strip() for e in text.split("|"))):
+        ids, eq, spec = entry.partition("=")
+        chosen = _selection(ids, key) if eq else None
+        if not eq or not spec.strip() or not chosen:
+            raise ConfigError(
+                f"{key}: bad entry {entry!r}; valid: 'IDS=SPEC' entries joined by '|', e.g. "
+                "'0,1=ats:3-1-7|4=none' (IDS are partition ids)"
+            )
+        result.update({pid: spec.strip() for pid in chosen})
+    return result
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a run, keyed like Flower's run-config (``num-server-rounds`` ...).
+
+    Use :meth:`from_run_config` to build one from Flower's ``context.run_config``; every value
+    is validated there, before any work starts.
+    """
+
+    num_server_rounds: int = 3
+    seed: int = 0
+    dataset: str = "cifar100"
+    normalization: str = "dataset"
+    data_dir: str = DEFAULT_DATA_DIR
+    data_download: bool = True
+    out_dir: str = DEFAULT_OUT_DIR
+    run_name: str = ""
+    model: str = "resnet20"
+    partitioner: str = "dirichlet"
+    dirichlet_alpha: float = 0.5
+    clients_per_round: int = 0
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    eval_samples: int = 1000
+    defense: str = "none"
+    defense_overrides: str = ""
+    attacks: str = "inverting-gradients"
+    attack_overrides: str = ""
+    attack_rounds: str = "1"
+    attack_clients: str = "all"
+    attack_images: int = 1
+    attack_iterations: int = 4800
+    attack_restarts: int = 1
+    attack_lr: float = 0.1
+    attack_tv: float = 1e-4
+    attack_device: str = "cpu"
+    attack_progress: int = 500
+    attack_model_mode: str = "eval"
+    reveal_labels: bool = True
+    fail_fast: bool = False
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @staticmethod
+    def keys() -> list[str]:
+        """The run-config keys (kebab-case) this dataclass reads."""
+        return [f.name.replace("_", "-") for f in dataclasses.fields(RunConfig) if f.name != "extra"]
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> "RunConfig":
+        """Build and validate a config from Flower run-config values.
+
+        Unknown keys are kept in ``extra`` (apps may add their own); known keys are type-checked
+        (ints stay ints, floats accept ints, bools must be bools) and range-checked.
+
+        Raises
+        ------
+        ConfigError
+            Naming the key, the bad value and what is valid.
+        """
+        values: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        for key, value in run_config.items():
+            name = str(key).replace("-", "_")
+            if name not in types or name == "extra":
+                extra[str(key)] = value
+                continue
+            values[name] = _coerce(key, value, types[name])
+        config = cls(**values, extra=extra)
+        config.validate()
+        return config
+
+    def as_run_config(self) -> dict[str, Any]:
+        """Kebab-case dict of all values (what ``config.json`` records)."""
+        return {
+            f.name.replace("_", "-"): getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "extra"
+        } | dict(self.extra)
+
+    def validate(self) -> None:
+        """Check ranges and plugin specs (imports plugins lazily); raise ConfigError."""
+        positive = {
+            "num-server-rounds": self.num_server_rounds,
+            "local-epochs": self.local_epochs,
+            "batch-size": self.batch_size,
+            "attack-images": self.attack_images,
+            "attack-iterations": self.attack_iterations,
+            "attack-restarts": self.attack_restarts,
+        }
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{key} must be >= 1, got {value}")
+        non_negative = {
+            "clients-per-round": self.clients_per_round,
+            "eval-samples": self.eval_samples,
+            "attack-progress": self.attack_progress,
+            "seed": self.seed,
+            "momentum": self.momentum,
+            "weight-decay": self.weight_decay,
+            "attack-tv": self.attack_tv,
+        }
+        for key, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"{key} must be >= 0, got {value}")
+        for key, value in {"lr": self.lr, "attack-lr": self.attack_lr, "dirichlet-alpha": self.dirichlet_alpha}.items():
+            if not value > 0:
+                raise ConfigError(f"{key} must be > 0, got {value}")
+        if self.partitioner not in PARTITIONERS:
+            raise ConfigError(f"partitioner {self.partitioner!r} is unknown; valid: {', '.join(PARTITIONERS)}")
+        if self.attack_model_mode not in MODEL_MODES:
+            raise ConfigError(f"attack-model-mode {self.attack_model_mode!r}; valid: {', '.join(MODEL_MODES)}")
+        if not self.out_dir.strip():
+            raise ConfigError("out-dir is empty; give a folder for the run folders")
+        if "/" in self.run_name or self.run_name in (".", ".."):
+            raise ConfigError(f"run-name {self.run_name!r} must be a plain folder name (no '/')")
+        self.attacked_rounds()
+        self.attacked_clients()
+        self._check_plugins()
+
+    def _check_plugins(self) -> None:
+        from fedpriv.attacks import ATTACKS
+        from fedpriv.data.specs import resolve_spec
+        from fedpriv.defenses import build_defense
+        from fedpriv.models import MODELS
+
+        resolve_spec(self.dataset, self.normalization)
+        MODELS.get(self.model)
+        for spec in {self.defense, *self.defense_overrides_map().values()}:
+            build_defense(spec)
+        for names in {self.attacks, *self.attack_overrides_map().values()}:
+            for name in self._attack_list(names):
+                ATTACKS.get(name)
+
+    @staticmethod
+    def _attack_list(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        if len(names) != len(set(names)):
+            raise ConfigError(f"attacks {text!r} lists a name twice")
+        return names
+
+    def attacked_rounds(self) -> tuple[int, ...] | None:
+        """Rounds whose leaks are attacked (None: all)."""
+        rounds = _selection(self.attack_rounds, "attack-rounds")
+        if rounds and (rounds[0] < 1 or rounds[-1] > self.num_server_rounds):
+            raise ConfigError(
+                f"attack-rounds={self.attack_rounds!r} must lie in 1..{self.num_server_rounds} "
+                "(num-server-rounds), or be 'all' or 'none'"
+            )
+        return rounds
+
+    def attacked_clients(self) -> tuple[int, ...] | None:
+        """Partition ids whose leaks are attacked (None: all)."""
+        return _selection(self.attack_clients, "attack-clients")
+
+    def defense_overrides_map(self) -> dict[int, str]:
+        """Per-partition defense specs that replace ``defense``."""
+        return _overrides(self.defense_overrides, "defense-overrides")
+
+    def attack_overrides_map(self) -> dict[int, str]:
+        """Per-partition attack lists that replace ``attacks``."""
+        return _overrides(self.attack_overrides, "attack-overrides")
+
+    def defense_for(self, partition_id: int) -> str:
+        """The defense spec of one client."""
+        return self.defense_overrides_map().get(partition_id, self.defense)
+
+    def attacks_for(self, partition_id: int) -> list[str]:
+        """The attack names run on one client's leaks."""
+        return self._attack_list(self.attack_overrides_map().get(partition_id, self.attacks))
+
+    def is_attacked(self, server_round: int, partition_id: int) -> bool:
+        """Whether this client's leak is produced and attacked in this round."""
+        rounds, clients = self.attacked_rounds(), self.attacked_clients()
+        return (rounds is None or server_round in rounds) and (clients is None or partition_id in clients) and bool(
+            self.attacks_for(partition_id)
+        )
+
+    def out_path(self) -> Path:
+        """Absolute folder that holds run folders (``~`` expanded)."""
+        return Path(self.out_dir).expanduser().resolve()
+
+    def data_path(self) -> Path:
+        """Absolute data folder (``~`` expanded)."""
+        return Path(self.data_dir).expanduser().resolve()
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    kind = {"int": int, "float": float, "bool": bool, "str": str}.get(str(annotation))
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}={value!r} has the wrong type; expected {str(annotation)}")

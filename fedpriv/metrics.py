@@ -1,0 +1,29 @@
+"""Reconstruction scores on [0,1] pixel images: PSNR, SSIM and MSE per image."""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+
+def mse_per_image(estimate: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of each image over C*H*W, shape (n,)."""
+    return ((estimate.double() - truth.double()) ** 2).flatten(1).mean(dim=1)
+
+
+def psnr_per_image(estimate: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of each image: 10*log10(1 / MSE) with data range 1, shape (n,).
+
+    Both inputs are (n, C, H, W) pixel images in [0,1] (de-normalised, not clamped: the
+    attacks box their estimates into [0,1]). This is the ATS / inversefed definition
+    (``metrics.psnr(batched=False)``, factor 1 in pixel space), then averaged by the caller.
+    Identical images give +inf.
+    """
+    return 10.0 * torch.log10(1.0 / mse_per_image(estimate, truth))
+
+
+def ssim_per_image(estimate: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Standard SSIM (Gaussian window 11, sigma 1.5, data range 1) of each image, shape (n,)."""
+    return structural_similarity_index_measure(
+        estimate.double().clamp(0, 1), truth.double(), data_range=1.0, reduction="none"
+    )
