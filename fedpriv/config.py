@@ -95,6 +95,8 @@ class RunConfig:
     attack_model_mode: str = "eval"
     reveal_labels: bool = True
     fail_fast: bool = False
+    resume: bool = False
+    inject_client_failure: str = "none"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @staticmethod
@@ -173,16 +175,21 @@ class RunConfig:
             raise ConfigError(f"run-name {self.run_name!r} must be a plain folder name (no '/')")
         self.attacked_rounds()
         self.attacked_clients()
+        self.failing_partitions()
+        if self.resume and not self.run_name:
+            raise ConfigError("resume=true needs run-name: the folder of the run to continue")
         self._check_plugins()
 
     def _check_plugins(self) -> None:
-        from fedpriv.attacks import ATTACKS
+        from fedpriv.attacks import ATTACKS, AttackSettings
+        from fedpriv.attacks.base import check_settings
         from fedpriv.data.specs import resolve_spec
         from fedpriv.defenses import build_defense
         from fedpriv.models import MODELS
 
         resolve_spec(self.dataset, self.normalization)
         MODELS.get(self.model)
+        check_settings(AttackSettings(self.attack_iterations, self.attack_restarts, self.attack_lr, self.attack_tv, self.attack_device))
         for spec in {self.defense, *self.defense_overrides_map().values()}:
             build_defense(spec)
         for names in {self.attacks, *self.attack_overrides_map().values()}:
@@ -209,6 +216,10 @@ class RunConfig:
     def attacked_clients(self) -> tuple[int, ...] | None:
         """Partition ids whose leaks are attacked (None: all)."""
         return _selection(self.attack_clients, "attack-clients")
+
+    def failing_partitions(self) -> tuple[int, ...] | None:
+        """Partitions told to raise in training (test-only fault injection; None: all)."""
+        return _selection(self.inject_client_failure, "inject-client-failure")
 
     def defense_overrides_map(self) -> dict[int, str]:
         """Per-partition defense specs that replace ``defense``."""

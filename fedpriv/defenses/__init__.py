@@ -1,5 +1,6 @@
 """Client-side defenses, built from spec strings (``none``, ``ats:3-1-7``, ...)."""
 
 from fedpriv.defenses.base import DEFENSES, Defense, build_defense, defense_names
+from fedpriv.defenses import ats as _ats  # noqa: F401  (registers the 'ats' defense)
 
 __all__ = ["DEFENSES", "Defense", "build_defense", "defense_names"]

@@ -175,6 +175,20 @@ PRIMITIVES: tuple[Primitive, ...] = tuple(
 NUM_PRIMITIVES = len(PRIMITIVES)
 
 
+def sampled_shift(offset: float) -> int:
+    """The integer shift in px that PIL's NEAREST affine sampling makes of a translation offset.
+
+    PIL samples output pixel x at input ``floor(x + 0.5 + offset)``, so the content moves by
+    ``floor(offset + 0.5)`` px: ±14.50 px (primitive 3) becomes ±15 px, ±3.22 px (7) ±3 px.
+
+    Parameters
+    ----------
+    offset
+        The signed translation parameter c in px, as drawn by :meth:`Primitive.apply`.
+    """
+    return math.floor(offset + 0.5)
+
+
 def primitive(index: int) -> Primitive:
     """Return ATS primitive ``index`` (its operation, magnitude and sign behaviour).
 

@@ -1,0 +1,1 @@
+"""Flower ClientApps: thin glue between Flower messages and fedpriv's client task."""

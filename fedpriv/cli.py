@@ -1,0 +1,58 @@
+"""The ``fedpriv`` command: run a Flower app on a private SuperLink, the demo, policy search."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from fedpriv.launcher import PrivateSuperLink
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_RUN_CONFIG = (
+    "dataset='embedded-photos' num-server-rounds=2 attack-rounds='1,2' attack-clients='0,1' "
+    "attack-iterations=300 attack-progress=100 local-epochs=1 eval-samples=400 "
+    "defense-overrides='1=ats:3-1-7'"
+)
+DEMO_FEDERATION = "num-supernodes=4 client-resources-num-cpus=1"
+
+
+def _run(app: Path, run_config: str, federation_config: str, home: Path, port: int) -> int:
+    if not (app / "pyproject.toml").exists():
+        print(f"error: {app} is not a Flower app folder (no pyproject.toml)", file=sys.stderr)
+        return 2
+    with PrivateSuperLink(home, port) as link:
+        outcome = link.run(app.resolve(), run_config, federation_config)
+    print(f"\nfedpriv: run {outcome.run_id or '-'} status: {outcome.status}")
+    for line in outcome.log.splitlines():
+        if "results go to" in line or "finished; results in" in line:
+            print(line.split("fedpriv:", 1)[-1].strip())
+    return 0 if outcome.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code (0 only when the run completed)."""
+    parser = argparse.ArgumentParser(prog="fedpriv", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="flwr run APP --stream on a private SuperLink; exit 1 if the run failed")
+    run.add_argument("app", type=Path)
+    run.add_argument("--run-config", default="")
+    run.add_argument("--federation-config", default="")
+    run.add_argument("--flwr-home", type=Path, default=Path(tempfile.gettempdir()) / f"fedpriv-flwr-{os.getuid()}")
+    run.add_argument("--port", type=int, default=39291)
+    demo = sub.add_parser("demo", help="the cifar100_ats app on the embedded photo set, small CPU settings")
+    demo.add_argument("--flwr-home", type=Path, default=Path(tempfile.gettempdir()) / f"fedpriv-flwr-{os.getuid()}")
+    demo.add_argument("--port", type=int, default=39291)
+    sub.add_parser("search-policies", help="ATS policy search (see: fedpriv search-policies --help)", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "search-policies":
+        from fedpriv.policy_search.__main__ import main as search_main
+
+        return search_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "demo":
+        return _run(REPO / "simulations" / "cifar100_ats", DEMO_RUN_CONFIG, DEMO_FEDERATION, args.flwr_home, args.port)
+    return _run(args.app, args.run_config, args.federation_config, args.flwr_home, args.port)

@@ -1,0 +1,124 @@
+"""Load a data set split by name as uint8 images at the spec's size, cached per process."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2.functional import resize
+
+from fedpriv.data import archives
+from fedpriv.data.embedded import NAME as EMBEDDED
+from fedpriv.data.embedded import load_embedded
+from fedpriv.data.specs import DATASET_SPECS
+from fedpriv.errors import ConfigError
+
+Split = Literal["train", "test"]
+
+
+@dataclass(frozen=True)
+class LabeledImages:
+    """Images with their labels.
+
+    Attributes
+    ----------
+    images
+        uint8 tensor (N, C, H, W), pixels 0-255, at the data set spec's shape.
+    labels
+        int64 tensor (N,).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: torch.Tensor | list[int]) -> LabeledImages:
+        """Return the images and labels at ``indices`` (e.g. one client's partition)."""
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        return LabeledImages(self.images[index], self.labels[index])
+
+
+def check_available(name: str, data_dir: str | Path, download: bool = False) -> None:
+    """Fail fast, before training, if data set ``name`` cannot be loaded from ``data_dir``.
+
+    Verifies that every file of both splits is present with its official md5 checksum
+    (extracting an archive that is present, downloading only if ``download``), without parsing
+    the data.
+
+    Parameters
+    ----------
+    name
+        A registered data set name (``fedpriv.data.specs.DATASET_SPECS``).
+    data_dir
+        Folder holding the archives in torchvision's layout (ignored for ``embedded-photos``).
+    download
+        Fetch missing or corrupt files from the official URLs.
+
+    Raises
+    ------
+    ConfigError
+        Unknown name (the message lists the valid ones), or a missing or corrupt file (the
+        message names the file, the folder looked in and how to provide it).
+    """
+    DATASET_SPECS.get(name)
+    if name != EMBEDDED:
+        archives.ensure(name, Path(data_dir).expanduser().resolve(), archives.SPLITS, download)
+
+
+def load_split(
+    name: str, data_dir: str | Path, split: Split, download: bool = False
+) -> LabeledImages:
+    """Load one split of data set ``name``.
+
+    Results are cached per process, so clients sharing a process parse the data once; treat
+    the returned tensors as read-only. MNIST and Fashion-MNIST digits (28x28) are resized to
+    32x32 with antialiased bilinear interpolation, as ATS does with ``Resize(32)`` (torchvision's
+    uint8 kernel matches PIL's bilinear resize up to rounding).
+
+    Parameters
+    ----------
+    name
+        ``cifar10``, ``cifar100``, ``mnist``, ``fashion-mnist`` or ``embedded-photos``.
+    data_dir
+        Folder holding the archives in torchvision's layout (ignored for ``embedded-photos``).
+    split
+        ``"train"`` or ``"test"``.
+    download
+        Fetch missing or corrupt files from the official URLs.
+
+    Returns
+    -------
+    LabeledImages
+        uint8 images (N, C, size, size) with C and size from the data set spec, int64 labels.
+
+    Raises
+    ------
+    ConfigError
+        As for ``check_available``, or for an unknown split.
+    """
+    DATASET_SPECS.get(name)
+    if split not in archives.SPLITS:
+        raise ConfigError(f"unknown split {split!r}; valid splits: {', '.join(archives.SPLITS)}")
+    root = "" if name == EMBEDDED else str(Path(data_dir).expanduser().resolve())
+    return _load(name, root, split, download)
+
+
+@functools.lru_cache(maxsize=8)
+def _load(name: str, root: str, split: str, download: bool) -> LabeledImages:
+    spec = DATASET_SPECS.get(name)
+    if name == EMBEDDED:
+        images, labels = load_embedded(split)
+    else:
+        archives.ensure(name, Path(root), (split,), download)
+        images, labels = archives.read(name, Path(root), split)
+    if images.shape[-1] != spec.size:
+        images = resize(
+            images, [spec.size, spec.size], InterpolationMode.BILINEAR, antialias=True
+        )
+    return LabeledImages(images, labels)

@@ -1,0 +1,305 @@
+"""The ATS augmentation defense (Gao et al., CVPR 2021): policies of 1-3 primitives, hybrids."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fedpriv.defenses.ats_primitives import NUM_PRIMITIVES, PRIMITIVES, Primitive, sampled_shift
+from fedpriv.defenses.base import Defense, register_defense
+from fedpriv.errors import ConfigError
+
+ATS_FORMS = (
+    "ats:i-j-k (1 to 3 primitive indices in 0..49 joined by '-', e.g. ats:3-1-7), "
+    "ats:hybrid(i-j-k,...) (one sub-policy drawn uniformly per image, e.g. "
+    "ats:hybrid(3-1-7,43-18-18)), either optionally followed by ;crop-flip=true|false "
+    "(default true: RandomCrop(32, padding=4) and a horizontal flip with p=0.5 before the policy)"
+)
+MAX_PRIMITIVES = 3
+CROP_PADDING = 4
+_HYBRID = re.compile(r"hybrid\((.*)\)")
+_BOOLEANS = {"true": True, "false": False}
+
+
+@dataclass(frozen=True)
+class AtsPolicy:
+    """A parsed ATS policy: one or more sub-policies of primitive indices, and the crop-flip switch.
+
+    Parameters
+    ----------
+    sub_policies
+        Each sub-policy is a tuple of 1 to 3 primitive indices in 0..49, applied in order. With
+        more than one, each image gets one sub-policy drawn uniformly (an ATS hybrid).
+    crop_flip
+        Whether ATS's training pipeline runs first: RandomCrop (padding 4, zero fill) and a
+        horizontal flip with probability 0.5.
+    """
+
+    sub_policies: tuple[tuple[int, ...], ...]
+    crop_flip: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.sub_policies:
+            raise ConfigError(f"an ATS policy needs at least one sub-policy; valid forms: {ATS_FORMS}")
+        for sub in self.sub_policies:
+            if not 1 <= len(sub) <= MAX_PRIMITIVES:
+                raise ConfigError(
+                    f"ATS sub-policy {sub!r} has {len(sub)} primitives, expected 1 to "
+                    f"{MAX_PRIMITIVES}; valid forms: {ATS_FORMS}"
+                )
+            for index in sub:
+                if not 0 <= index < NUM_PRIMITIVES:
+                    raise ConfigError(
+                        f"ATS primitive index {index} in {sub!r} is outside 0..{NUM_PRIMITIVES - 1}; "
+                        f"valid forms: {ATS_FORMS}"
+                    )
+
+    @property
+    def spec(self) -> str:
+        """The canonical spec string, crop-flip always explicit, e.g. ``ats:3-1-7;crop-flip=true``."""
+        subs = ",".join("-".join(str(i) for i in sub) for sub in self.sub_policies)
+        body = f"hybrid({subs})" if self.is_hybrid else subs
+        return f"ats:{body};crop-flip={str(self.crop_flip).lower()}"
+
+    @property
+    def is_hybrid(self) -> bool:
+        """Whether a sub-policy is drawn per image from more than one."""
+        return len(self.sub_policies) > 1
+
+    @property
+    def num_slots(self) -> int:
+        """The length of the longest sub-policy (the number of ``slotK`` extras)."""
+        return max(len(sub) for sub in self.sub_policies)
+
+    @property
+    def primitives(self) -> tuple[tuple[Primitive, ...], ...]:
+        """The primitives (operation, magnitude, signedness) of each sub-policy."""
+        return tuple(tuple(PRIMITIVES[i] for i in sub) for sub in self.sub_policies)
+
+    def describe(self, size: int = 32) -> str:
+        """A human-readable description of the whole pipeline for ``size`` x ``size`` images."""
+        subs = " | ".join(
+            " -> ".join(p.describe(size) for p in sub) for sub in self.primitives
+        )
+        head = "one drawn per image of: " if self.is_hybrid else ""
+        crop = (
+            f"RandomCrop(padding={CROP_PADDING}) + HFlip(0.5), then "
+            if self.crop_flip
+            else "no crop/flip, "
+        )
+        return f"ATS {self.spec}: {crop}{head}{subs}"
+
+
+def parse_ats_policy(text: str) -> AtsPolicy:
+    """Parse an ATS policy spec, with or without the leading ``ats:``.
+
+    Parameters
+    ----------
+    text
+        ``i-j-k``, ``hybrid(i-j-k,...)``, optionally followed by ``;crop-flip=true|false``.
+
+    Returns
+    -------
+    AtsPolicy
+        The validated policy.
+
+    Raises
+    ------
+    ConfigError
+        On malformed text, an empty policy or hybrid, an index outside 0..49, more than three
+        primitives, an unknown option or a bad option value; the message names the bad value
+        and lists the valid forms.
+    """
+    if not isinstance(text, str):
+        raise ConfigError(f"ATS policy must be a string, got {text!r}; valid forms: {ATS_FORMS}")
+    body = text.strip()
+    body = body[len("ats:"):] if body.startswith("ats:") else body
+    text = f"ats:{body}"  # errors quote the full spec
+    policy_text, *options = (part.strip() for part in body.split(";"))
+    crop_flip = _parse_options(options, text)
+    if policy_text.startswith("hybrid"):
+        match = _HYBRID.fullmatch(policy_text)
+        if match is None:
+            raise _malformed(text, f"{policy_text!r} is not of the form hybrid(i-j-k,...)")
+        if not match.group(1).strip():
+            raise _malformed(text, "the hybrid lists no sub-policy")
+        parts = [part.strip() for part in match.group(1).split(",")]
+    elif "+" in policy_text:
+        raise _malformed(text, f"write ATS's '+' hybrid {policy_text!r} as hybrid(a-b-c,d-e-f)")
+    else:
+        parts = [policy_text]
+    return AtsPolicy(tuple(_parse_sub_policy(part, text) for part in parts), crop_flip)
+
+
+def _malformed(text: str, reason: str) -> ConfigError:
+    return ConfigError(f"invalid ATS policy {text!r}: {reason}; valid forms: {ATS_FORMS}")
+
+
+def _parse_options(options: list[str], text: str) -> bool:
+    """Return the crop-flip switch from ``key=value`` options."""
+    crop_flip: bool | None = None
+    for option in options:
+        key, sep, value = (s.strip() for s in option.partition("="))
+        if key != "crop-flip":
+            raise _malformed(text, f"unknown option {option!r} (the only option is crop-flip)")
+        if not sep or value.lower() not in _BOOLEANS:
+            raise _malformed(text, f"option {option!r} must be crop-flip=true or crop-flip=false")
+        if crop_flip is not None:
+            raise _malformed(text, "crop-flip is given twice")
+        crop_flip = _BOOLEANS[value.lower()]
+    return True if crop_flip is None else crop_flip
+
+
+def _parse_sub_policy(part: str, text: str) -> tuple[int, ...]:
+    """Parse ``i-j-k`` into indices, checking count and range."""
+    if not part:
+        raise _malformed(text, "the policy is empty")
+    tokens = [token.strip() for token in part.split("-")]
+    bad = [token for token in tokens if not (token.isascii() and token.isdecimal())]
+    if bad:
+        raise _malformed(text, f"{part!r} has non-index parts {bad!r}; indices are integers 0..49")
+    if len(tokens) > MAX_PRIMITIVES:
+        raise _malformed(text, f"{part!r} has {len(tokens)} primitives, at most {MAX_PRIMITIVES}")
+    indices = tuple(int(token) for token in tokens)
+    outside = [i for i in indices if i >= NUM_PRIMITIVES]
+    if outside:
+        raise _malformed(text, f"primitive index {outside[0]} is outside 0..{NUM_PRIMITIVES - 1}")
+    return indices
+
+
+def translation_bounds(policy: AtsPolicy, size: int | None = None) -> tuple[float, float]:
+    """The largest |translation| a policy's primitives can apply, in affine_grid units.
+
+    Parameters
+    ----------
+    policy
+        The policy; for hybrids the maximum over sub-policies, translations within a sub-policy
+        add up. The crop (up to ``CROP_PADDING`` px) is not included.
+    size
+        None for the nominal offsets (``3-1-7``: 14.5/16 and 3.22/16); the side of a square
+        image for the integer shifts PIL's NEAREST sampling really makes at that size
+        (``3-1-7`` at 32: 15/16 and 3/16), see :func:`sampled_shift`.
+
+    Returns
+    -------
+    tx_max, ty_max
+        Bounds in x and y as fractions of half the image (1.0 = 16 px at 32x32).
+    """
+
+    def extent(prim: Primitive) -> float:
+        if size is None:
+            return 2.0 * prim.magnitude
+        return 2.0 * sampled_shift(prim.magnitude * size) / size
+
+    bounds = [0.0, 0.0]
+    for sub in policy.primitives:
+        for axis, op in enumerate(("translateX", "translateY")):
+            bounds[axis] = max(bounds[axis], sum(extent(p) for p in sub if p.op == op))
+    return bounds[0], bounds[1]
+
+
+class AtsDefense:
+    """Train on ATS-augmented images T(x), as ATS's ``aug`` mode does.
+
+    Per image, drawn in this order from the generator: the crop offsets and the flip (when
+    crop-flip is on), the sub-policy (hybrids only), then one sign per signed primitive.
+    1-channel images are converted to 3-channel gray, augmented and converted back, as ATS does
+    for F-MNIST.
+
+    Parameters
+    ----------
+    policy
+        The parsed policy.
+    """
+
+    def __init__(self, policy: AtsPolicy) -> None:
+        self.policy = policy
+        self.spec = policy.spec
+        self.description = policy.describe()
+
+    def transform(
+        self, images: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Augment a batch of [0,1] images (n, C, H, W), C in {1, 3}.
+
+        Images are rounded to uint8 for PIL and returned as value / 255.
+
+        Returns
+        -------
+        defended, extras
+            T(x) in [0,1], and per image: ``sub_policy`` (int64), ``crop_dx``, ``crop_dy``
+            (int64 sampling offsets: the cropped pixel (x, y) is input (x + dx, y + dy), 0 when
+            crop-flip is off), ``flip`` (bool, applied after the crop), ``slot0``.. (float32,
+            the parameter each primitive drew, see :meth:`Primitive.apply`; NaN where a
+            sub-policy is shorter or the primitive has none) and ``translate_x``,
+            ``translate_y`` (int64, the policy's summed integer sampling offsets in px as PIL
+            applies them, see :func:`sampled_shift`; content moves by minus these).
+        """
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"expected images of shape (n, 1 or 3, H, W), got {tuple(images.shape)}")
+        pixels = (images.detach().cpu().float().clamp(0, 1) * 255).round().to(torch.uint8)
+        arrays = pixels.permute(0, 2, 3, 1).numpy()
+        n = len(arrays)
+        extras = {
+            "sub_policy": torch.zeros(n, dtype=torch.int64),
+            "crop_dx": torch.zeros(n, dtype=torch.int64),
+            "crop_dy": torch.zeros(n, dtype=torch.int64),
+            "flip": torch.zeros(n, dtype=torch.bool),
+            **{f"slot{k}": torch.full((n,), math.nan) for k in range(self.policy.num_slots)},
+            "translate_x": torch.zeros(n, dtype=torch.int64),
+            "translate_y": torch.zeros(n, dtype=torch.int64),
+        }
+        out = np.empty_like(arrays)
+        for b, array in enumerate(arrays):
+            if self.policy.crop_flip:
+                array = self._crop_flip(array, generator, extras, b)
+            out[b] = self._apply_policy(array, generator, extras, b)
+        defended = torch.from_numpy(out).permute(0, 3, 1, 2).to(images.dtype) / 255
+        return defended.to(images.device), extras
+
+    @staticmethod
+    def _crop_flip(
+        array: np.ndarray, generator: torch.Generator, extras: dict[str, torch.Tensor], b: int
+    ) -> np.ndarray:
+        """RandomCrop(size, padding=4, zero fill) then a horizontal flip with p=0.5."""
+        height, width = array.shape[:2]
+        padded = np.pad(array, ((CROP_PADDING, CROP_PADDING), (CROP_PADDING, CROP_PADDING), (0, 0)))
+        top = int(torch.randint(0, 2 * CROP_PADDING + 1, (1,), generator=generator))
+        left = int(torch.randint(0, 2 * CROP_PADDING + 1, (1,), generator=generator))
+        array = padded[top : top + height, left : left + width]
+        flip = bool(torch.rand(1, generator=generator) < 0.5)
+        extras["crop_dy"][b] = top - CROP_PADDING
+        extras["crop_dx"][b] = left - CROP_PADDING
+        extras["flip"][b] = flip
+        return array[:, ::-1] if flip else array
+
+    def _apply_policy(
+        self, array: np.ndarray, generator: torch.Generator, extras: dict[str, torch.Tensor], b: int
+    ) -> np.ndarray:
+        """Apply one sub-policy to an (H, W, C) uint8 array; record what was drawn."""
+        gray = array.shape[2] == 1
+        image = Image.fromarray(np.ascontiguousarray(array[..., 0] if gray else array))
+        image = image.convert("RGB")
+        choice = 0
+        if self.policy.is_hybrid:
+            choice = int(torch.randint(0, len(self.policy.sub_policies), (1,), generator=generator))
+        extras["sub_policy"][b] = choice
+        for slot, prim in enumerate(self.policy.primitives[choice]):
+            image, value = prim.apply(image, generator)
+            extras[f"slot{slot}"][b] = value
+            if prim.op == "translateX":
+                extras["translate_x"][b] += sampled_shift(value)
+            elif prim.op == "translateY":
+                extras["translate_y"][b] += sampled_shift(value)
+        result = np.asarray(image.convert("L") if gray else image)
+        return result[..., None] if gray else result
+
+
+@register_defense("ats", "ats:i-j-k | ats:hybrid(i-j-k,...)[;crop-flip=true|false]")
+def _ats(argument: str) -> Defense:
+    return AtsDefense(parse_ats_policy(argument))

@@ -1,0 +1,156 @@
+"""Run a Flower app through the real ``flwr run`` on a private SuperLink, and judge the result.
+
+``flwr run`` starts a detached SuperLink that outlives it and exits 0 even when the run failed.
+This module starts its own SuperLink on given ports with its own FLWR_HOME, submits the run,
+streams its log, reads the final status with ``flwr list``, and stops the SuperLink by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+QUIET_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+}
+
+
+def _tool(name: str) -> str:
+    """Path of a console script installed beside this Python (the venv's)."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else (shutil.which(name) or name)
+
+
+@dataclass
+class RunOutcome:
+    """Result of one ``flwr run``: its id, final status and the streamed log."""
+
+    run_id: str
+    status: str
+    log: str
+
+    @property
+    def ok(self) -> bool:
+        """Whether the run finished successfully."""
+        return self.status == "finished:completed"
+
+
+class PrivateSuperLink:
+    """A SuperLink of our own on private ports, stopped by PID on exit.
+
+    Parameters
+    ----------
+    home
+        FLWR_HOME for the SuperLink and CLI (state, installed apps, logs).
+    port
+        Fleet port; the HTTP API uses ``port`` and the control API ``port + 2``.
+    """
+
+    def __init__(self, home: Path, port: int = 39291) -> None:
+        self.home, self.port = home.resolve(), port
+        self.env = os.environ | QUIET_ENV | {
+            "FLWR_HOME": str(self.home),
+            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(port),
+            "FLWR_LOCAL_CONTROL_API_PORT": str(port + 2),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> "PrivateSuperLink":
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = (self.home / "superlink.out").open("wb")
+        self.process = subprocess.Popen(
+            [_tool("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+             "--host", "127.0.0.1", "--port", str(self.port),
+             "--control-api-address", f"127.0.0.1:{self.port + 2}",
+             "--disable-runtime-dependency-installation"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"flower-superlink exited; see {self.home / 'superlink.out'}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1)
+                return self
+            except OSError:
+                time.sleep(0.5)
+        self.__exit__()
+        raise RuntimeError(f"flower-superlink did not answer on port {self.port} within 60 s")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def run(
+        self, app: Path, run_config: str = "", federation_config: str = "", echo: bool = True, timeout: float = 3600
+    ) -> RunOutcome:
+        """Submit ``app`` with ``flwr run --stream``, then read its final status.
+
+        Parameters
+        ----------
+        app
+            The Flower app folder.
+        run_config, federation_config
+            Passed to ``--run-config`` / ``--federation-config`` when not empty.
+        echo
+            Print the streamed log as it arrives.
+        timeout
+            Seconds before the run is stopped and reported as timed out.
+        """
+        command = [_tool("flwr"), "run", str(app), "--stream"]
+        if run_config:
+            command += ["--run-config", run_config]
+        if federation_config:
+            command += ["--federation-config", federation_config]
+        process = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines: list[str] = []
+        start = time.monotonic()
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if echo:
+                print(line, end="", flush=True)
+            if time.monotonic() - start > timeout:
+                process.kill()
+                break
+        process.wait()
+        text = "".join(lines)
+        run_id = next((w for line in lines if "Successfully started run" in line for w in line.split() if w.isdigit()), "")
+        if not run_id:
+            return RunOutcome("", f"not started (flwr run exit code {process.returncode})", text)
+        return RunOutcome(run_id, self.status(run_id), text)
+
+    def status(self, run_id: str) -> str:
+        """The run's status from ``flwr list`` (e.g. ``finished:completed``, ``finished:failed``)."""
+        for _ in range(30):
+            out = subprocess.run(
+                [_tool("flwr"), "list", "--run-id", run_id, "--format", "json"],
+                env=self.env, capture_output=True, text=True,
+            ).stdout
+            try:
+                status = str(json.loads(out)["runs"][0]["status"])
+            except (ValueError, KeyError, IndexError):
+                status = "unknown"
+            if status.startswith("finished"):
+                return status
+            time.sleep(1)
+        return status

@@ -1,0 +1,160 @@
+"""The run folder: resolved config, per-(round, client, attack) records, plot and image grids.
+
+Every file is written atomically (temporary file, then ``os.replace``) or appended one whole
+line at a time and flushed, so a run killed at any point leaves every finished round readable.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read a JSONL file, ignoring a trailing line cut short by a crash."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+class RunFolder:
+    """One run's results folder (absolute path).
+
+    Parameters
+    ----------
+    path
+        The folder; created if missing.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.expanduser().resolve()
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def metrics_path(self) -> Path:
+        """``metrics.jsonl``: one row per (round, partition, attack)."""
+        return self.path / "metrics.jsonl"
+
+    @property
+    def rounds_path(self) -> Path:
+        """``rounds.jsonl``: one row per round."""
+        return self.path / "rounds.jsonl"
+
+    def write_json(self, name: str, data: dict[str, Any]) -> None:
+        """Write ``name`` (e.g. ``config.json``) atomically."""
+        text = json.dumps({k: _json_value(v) for k, v in data.items()}, indent=2, sort_keys=True, default=str)
+        atomic_write(self.path / name, (text + "\n").encode())
+
+    def append(self, path: Path, rows: Iterable[dict[str, Any]]) -> None:
+        """Append rows as whole JSON lines, flushed to disk."""
+        lines = "".join(json.dumps({k: _json_value(v) for k, v in r.items()}) + "\n" for r in rows)
+        if not lines:
+            return
+        with path.open("a") as handle:
+            handle.write(lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def truncate_after(self, last_round: int) -> None:
+        """Drop rows of rounds after ``last_round`` (used when resuming a killed run)."""
+        for path in (self.metrics_path, self.rounds_path):
+            kept = [r for r in read_jsonl(path) if int(r["round"]) <= last_round]
+            atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+    def write_csv(self) -> None:
+        """Rewrite ``metrics.csv`` from ``metrics.jsonl`` (same rows, union of columns)."""
+        rows = read_jsonl(self.metrics_path)
+        columns: list[str] = []
+        for row in rows:
+            columns += [k for k in row if k not in columns]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(self.path / "metrics.csv", buffer.getvalue().encode())
+
+    def write_plot(self) -> None:
+        """Write ``psnr_per_round.png``: mean PSNR per round and attack (vs x and vs T(x))."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = [r for r in read_jsonl(self.metrics_path) if r.get("status") == "ok"]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for attack in sorted({r["attack"] for r in rows}):
+            for key, style in (("psnr", "-o"), ("psnr_defended", "--x")):
+                by_round: dict[int, list[float]] = {}
+                for r in rows:
+                    if r["attack"] == attack and isinstance(r.get(key), (int, float)):
+                        by_round.setdefault(int(r["round"]), []).append(float(r[key]))
+                rounds = sorted(by_round)
+                means = [sum(by_round[k]) / len(by_round[k]) for k in rounds]
+                label = f"{attack} vs {'x' if key == 'psnr' else 'T(x)'}"
+                ax.plot(rounds, means, style, label=label)
+        ax.set_xlabel("round")
+        ax.set_ylabel("mean PSNR over attacked clients (dB)")
+        ax.grid(alpha=0.3)
+        if rows:
+            ax.legend(fontsize=7)
+        buffer = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buffer, format="png", dpi=100)
+        plt.close(fig)
+        atomic_write(self.path / "psnr_per_round.png", buffer.getvalue())
+
+    def write_grid(self, name: str, rows: list[torch.Tensor]) -> None:
+        """Write ``reconstructions/<name>.png``: each tensor (n, C, H, W) in [0,1] is one row."""
+        from torchvision.utils import make_grid
+        from PIL import Image
+
+        width = max(len(r) for r in rows)
+        padded = []
+        for r in rows:
+            r = r.detach().float().clamp(0, 1)
+            if r.shape[1] == 1:
+                r = r.repeat(1, 3, 1, 1)
+            if len(r) < width:
+                r = torch.cat([r, torch.zeros(width - len(r), *r.shape[1:])])
+            padded.append(r)
+        grid = make_grid(torch.cat(padded), nrow=width, padding=2, pad_value=1.0)
+        image = Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        atomic_write(self.path / "reconstructions" / f"{name}.png", buffer.getvalue())

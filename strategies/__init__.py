@@ -1,0 +1,1 @@
+"""Flower server strategies that aggregate updates and hand leaks to attacks."""

@@ -1,0 +1,163 @@
+"""The ServerApp's main: validate, find the clients, open the run folder, run AttackingFedAvg."""
+
+from __future__ import annotations
+
+import io
+import platform
+import random
+import time
+from importlib.metadata import version
+from logging import INFO
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from fedpriv.config import RunConfig
+from fedpriv.data.loading import check_available, load_split
+from fedpriv.data.partition import partition_indices
+from fedpriv.data.specs import DatasetSpec, resolve_spec
+from fedpriv.errors import ConfigError
+from fedpriv.models import build_model
+from fedpriv.results import RunFolder, atomic_write, read_jsonl
+from fedpriv.strategies.attacking_fedavg import AttackingFedAvg
+from fedpriv.training import evaluate
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def discover_partitions(grid: Grid, timeout: float = 600.0) -> dict[int, int]:
+    """Ask every node for its partition id until all ``num-partitions`` have answered.
+
+    Flower's node ids are random per run and nodes register while the ServerApp starts, so the
+    server learns partition id -> node id here; round 1 then sees every client.
+    """
+    nodes: dict[int, int] = {}
+    expected: int | None = None
+    deadline = time.monotonic() + timeout
+    while expected is None or len(nodes) < expected:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(nodes)} of {expected} clients answered within {timeout:.0f} s")
+        known = set(nodes.values())
+        ask = [n for n in grid.get_node_ids() if n not in known]
+        messages = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in ask]
+        for reply in grid.send_and_receive(messages, timeout=60) if messages else []:
+            if reply.has_error():
+                continue
+            metrics = reply.content["metrics"]
+            nodes[int(metrics["partition-id"])] = reply.metadata.src_node_id
+            expected = int(metrics["num-partitions"])
+        if expected is None or len(nodes) < expected:
+            time.sleep(0.5)
+    return nodes
+
+
+def _check_partitions(config: RunConfig, num_partitions: int) -> None:
+    """Fail before training if an attacked client has fewer samples than ``attack-images``."""
+    labels = load_split(config.dataset, str(config.data_path()), "train").labels.numpy()
+    parts = partition_indices(labels, num_partitions, config.partitioner, config.dirichlet_alpha, config.seed)
+    for pid, part in enumerate(parts):
+        attacked = any(config.is_attacked(r, pid) for r in range(1, config.num_server_rounds + 1))
+        if attacked and config.attack_images > len(part):
+            raise ConfigError(
+                f"attack-images={config.attack_images} exceeds the {len(part)} samples of partition "
+                f"{pid}; valid: 1..{min(len(p) for p in parts)} for this partitioning"
+            )
+
+
+def _resolved_config(config: RunConfig, nodes: dict[int, int], dataset: DatasetSpec) -> dict[str, Any]:
+    return {
+        "run-config": config.as_run_config(),
+        "num-partitions": len(nodes),
+        "normalization-mean": list(dataset.mean),
+        "normalization-std": list(dataset.std),
+        "clients": {
+            str(pid): {"defense": config.defense_for(pid), "attacks": config.attacks_for(pid)} for pid in sorted(nodes)
+        },
+        "versions": {
+            "python": platform.python_version(),
+            **{pkg: version(pkg) for pkg in ("fedpriv", "flwr", "torch", "torchvision")},
+        },
+    }
+
+
+def _run_folder(config: RunConfig) -> RunFolder:
+    name = config.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{config.dataset}-{config.model}-seed{config.seed}"
+    path = config.out_path() / name
+    if config.resume:
+        if not (path / CHECKPOINT).exists():
+            raise ConfigError(f"resume=true but {path / CHECKPOINT} does not exist; nothing to continue")
+    elif path.exists() and any(path.iterdir()):
+        raise ConfigError(f"run folder {path} already holds results; choose another run-name or set resume=true")
+    return RunFolder(path)
+
+
+def run_server(grid: Grid, context: Context) -> None:
+    """Run a whole fedpriv simulation from the ServerApp (validation first, then rounds)."""
+    config = RunConfig.from_run_config(dict(context.run_config))
+    dataset = resolve_spec(config.dataset, config.normalization)
+    check_available(config.dataset, config.data_path(), download=config.data_download)
+    folder = _run_folder(config)
+    log(INFO, "fedpriv: results go to %s", folder.path)
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    nodes = discover_partitions(grid)
+    _check_partitions(config, len(nodes))
+    for pid in sorted(nodes):
+        log(INFO, "fedpriv: partition %d: defense %s, attacks %s", pid, config.defense_for(pid), config.attacks_for(pid))
+
+    def model_from(arrays: ArrayRecord) -> torch.nn.Module:
+        model = build_model(config.model, dataset.num_classes, dataset.channels)
+        model.load_state_dict(arrays.to_torch_state_dict())
+        return model.eval()
+
+    offset = 0
+    initial = build_model(config.model, dataset.num_classes, dataset.channels).state_dict()
+    if config.resume:
+        checkpoint = torch.load(folder.path / CHECKPOINT, weights_only=True)
+        offset, initial = int(checkpoint["round"]), checkpoint["model"]
+        folder.truncate_after(offset)
+        folder.write_csv()
+        log(INFO, "fedpriv: resuming after round %d", offset)
+    folder.write_json("config.json", _resolved_config(config, nodes, dataset))
+    test = load_split(config.dataset, str(config.data_path()), "test")
+    pick = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(config.seed))
+    pick = pick[: config.eval_samples] if config.eval_samples else pick
+    strategy = AttackingFedAvg(config, folder, nodes, dataset, model_from, offset)
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        run_round = server_round + offset
+        loss, accuracy = evaluate(model_from(arrays), test.images[pick], test.labels[pick], dataset)
+        summary = strategy.round_summary.get(run_round, {})
+        row = {
+            "round": run_round, "accuracy": accuracy, "loss": loss,
+            "sampled": summary.get("sampled", []),
+            "failed": summary.get("failed", []),
+            "attacked": sorted({r["partition_id"] for r in summary.get("rows", [])}),
+            "seconds": round(time.perf_counter() - summary["start"], 3) if "start" in summary else 0.0,
+        }
+        if server_round > 0 or offset == 0:
+            folder.append(folder.rounds_path, [row])
+        buffer = io.BytesIO()
+        torch.save({"round": run_round, "model": arrays.to_torch_state_dict()}, buffer)
+        atomic_write(folder.path / CHECKPOINT, buffer.getvalue())
+        psnr = [r["psnr"] for r in summary.get("rows", []) if r["status"] == "ok"]
+        log(
+            INFO, "fedpriv round %d: accuracy %.4f, mean PSNR %s, failed clients %d",
+            run_round, accuracy, f"{sum(psnr) / len(psnr):.2f} dB" if psnr else "-", len(row["failed"]),
+        )
+        return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(initial),
+        num_rounds=config.num_server_rounds - offset,
+        evaluate_fn=evaluate_fn,
+    )
+    folder.write_plot()
+    log(INFO, "fedpriv: finished; results in %s", folder.path)
+    rows = read_jsonl(folder.metrics_path)
+    log(INFO, "fedpriv: %d attack records in %s", len(rows), Path(folder.metrics_path))

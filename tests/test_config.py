@@ -1,0 +1,60 @@
+"""Run-config parsing and validation: clear errors naming the value and what is valid."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedpriv.config import RunConfig
+from fedpriv.errors import ConfigError
+
+APP = Path(__file__).resolve().parent.parent / "simulations" / "cifar100_ats" / "pyproject.toml"
+
+
+def test_app_defaults_cover_every_key_and_validate() -> None:
+    defaults = tomllib.loads(APP.read_text())["tool"]["flwr"]["app"]["config"]
+    assert sorted(defaults) == sorted(RunConfig.keys())
+    config = RunConfig.from_run_config(defaults)
+    assert config == RunConfig()
+
+
+def test_selections_and_overrides() -> None:
+    config = RunConfig.from_run_config(
+        {
+            "num-server-rounds": 5,
+            "attack-rounds": "1,3-4",
+            "attack-clients": "0,2",
+            "defense-overrides": "0,1=ats:3-1-7|2=ats:hybrid(3-1-7,43-18-18)",
+            "attack-overrides": "2=inverting-gradients",
+        }
+    )
+    assert config.attacked_rounds() == (1, 3, 4)
+    assert config.defense_for(1) == "ats:3-1-7"
+    assert config.defense_for(5) == "none"
+    assert config.is_attacked(3, 2) and not config.is_attacked(2, 2) and not config.is_attacked(1, 1)
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        ({"dataset": "imagenet"}, "valid datasets: cifar10, cifar100"),
+        ({"model": "vgg"}, "valid models: convnet, resnet20, resnet20-4"),
+        ({"attacks": "dlg"}, "valid attacks: "),
+        ({"defense": "ats:3-1-99"}, "0..49"),
+        ({"defense": "noise"}, "valid forms"),
+        ({"num-server-rounds": 0}, "num-server-rounds must be >= 1, got 0"),
+        ({"attack-images": 0}, "attack-images must be >= 1"),
+        ({"num-server-rounds": "3"}, "num-server-rounds='3' has the wrong type"),
+        ({"attack-rounds": "4"}, "must lie in 1..3"),
+        ({"attack-clients": "a"}, "valid: 'all', 'none'"),
+        ({"defense-overrides": "x"}, "IDS=SPEC"),
+        ({"partitioner": "shards"}, "valid: iid, dirichlet"),
+        ({"dirichlet-alpha": 0.0}, "dirichlet-alpha must be > 0"),
+        ({"resume": True}, "resume=true needs run-name"),
+        ({"attack-device": "tpu9"}, "attack-device 'tpu9' is not a torch device"),
+    ],
+)
+def test_bad_values_raise_clear_errors(values: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_run_config(values)
+    assert fragment in str(error.value)
