@@ -75,7 +75,7 @@ class RunConfig:
     clients_per_round: int = 0
     local_epochs: int = 1
     batch_size: int = 32
-    lr: float = 0.05
+    lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
     eval_samples: int = 1000

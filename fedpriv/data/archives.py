@@ -67,13 +67,16 @@ class IdxArchive:
 
 
 def _cifar(dataset: type[CIFAR10], label_key: bytes) -> CifarArchive:
-    files = {"train": dataset.train_list, "test": dataset.test_list}
+    files = {
+        split: tuple((file, md5) for file, md5 in entries)
+        for split, entries in (("train", dataset.train_list), ("test", dataset.test_list))
+    }
     return CifarArchive(
         archive=dataset.filename,
         md5=dataset.tgz_md5,
         url=dataset.url,
         folder=dataset.base_folder,
-        files={split: tuple((name, md5) for name, md5 in entries) for split, entries in files.items()},
+        files=files,
         label_key=label_key,
     )
 
@@ -120,6 +123,17 @@ def _download(name: str, url: str, folder: Path, filename: str, md5: str) -> Non
         ) from err
 
 
+def _extract(name: str, archive: Path, folder: Path) -> None:
+    """Extract a verified archive into ``folder``, turning file-system failures into ConfigError."""
+    try:
+        extract_archive(archive, folder)
+    except OSError as err:
+        raise ConfigError(
+            f"data set {name!r}: cannot extract {archive} into {folder} ({err}); extract it "
+            f"there by hand or use a writable data folder"
+        ) from err
+
+
 def _ensure_cifar(name: str, root: Path, splits: tuple[str, ...], download: bool) -> None:
     layout = CIFAR_ARCHIVES[name]
     folder = root / layout.folder
@@ -128,12 +142,15 @@ def _ensure_cifar(name: str, root: Path, splits: tuple[str, ...], download: bool
     if not broken:
         return
     archive = root / layout.archive
-    fix = f"put the official {layout.archive!r} ({layout.url}) into {root}, or set download=True"
+    fix = (
+        f"put the official {layout.archive!r} ({layout.url}) into {root} (it is extracted on "
+        f"first use), or set download=True"
+    )
     if download:
         _download(name, layout.url, root, layout.archive, layout.md5)
     elif archive.is_file():
         _verify(archive, layout.md5, name, fix)
-        extract_archive(archive, root)
+        _extract(name, archive, root)
     elif not folder.is_dir():
         where = root if root.is_dir() else f"{root} (which does not exist)"
         raise ConfigError(
@@ -156,7 +173,7 @@ def _ensure_idx(name: str, root: Path, splits: tuple[str, ...], download: bool) 
                 _download_idx(name, layout, gz, md5, raw)
             _verify(packed, md5, name, fix)
             if not plain.is_file():
-                extract_archive(packed, raw)
+                _extract(name, packed, raw)
         # A decompressed file alone is accepted unverified: only the gzipped files have
         # published checksums (torchvision checks the decompressed files for presence only).
         elif not plain.is_file():
@@ -241,7 +258,9 @@ def _read_cifar(layout: CifarArchive, root: Path, split: str) -> tuple[torch.Ten
     return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64)
 
 
-def _read_idx(name: str, layout: IdxArchive, root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_idx(
+    name: str, layout: IdxArchive, root: Path, split: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     raw = root / layout.folder / "raw"
     (images_gz, _), (labels_gz, _) = layout.files[split]
     images_path, labels_path = (raw / gz.removesuffix(".gz") for gz in (images_gz, labels_gz))

@@ -45,9 +45,14 @@ def _downscaled(photo: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.LANCZOS))
 
 
-def _corners(shape: tuple[int, ...], split: str, count: int, rng: np.random.Generator) -> np.ndarray:
-    """Top-left corners of ``count`` patches: test patches lie inside the bottom-right quadrant,
-    train patches never overlap it, so no pixel is shared between the splits."""
+def _corners(
+    shape: tuple[int, ...], split: str, count: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Return (count, 2) top-left corners of patches of ``split``.
+
+    Test patches lie inside the photo's bottom-right quadrant and train patches never overlap
+    it, so the splits share no pixel.
+    """
     height, width = shape[:2]
     mid_y, mid_x = height // 2, width // 2
     if split == "test":

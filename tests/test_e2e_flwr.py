@@ -1,0 +1,55 @@
+"""End-to-end runs through the real ``flwr run`` on a private SuperLink (Ray simulation engine)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from fedpriv.launcher import PrivateSuperLink
+from fedpriv.results import read_jsonl
+
+APP = Path(__file__).resolve().parent.parent / "simulations" / "cifar100_ats"
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def superlink(tmp_path_factory: pytest.TempPathFactory):
+    port = 40000 + (os.getpid() % 2000) * 10
+    with PrivateSuperLink(tmp_path_factory.mktemp("flwr-home"), port) as link:
+        yield link
+
+
+def test_attacked_federation_with_a_failing_client(superlink: PrivateSuperLink, tmp_path: Path) -> None:
+    run_config = (
+        f"dataset='embedded-photos' out-dir='{tmp_path}' run-name='e2e' num-server-rounds=2 "
+        "attack-rounds='1,2' attack-clients='0,1' attack-iterations=40 attack-progress=20 "
+        "defense-overrides='1=ats:3-1-7' inject-client-failure='2' eval-samples=200 model='convnet'"
+    )
+    outcome = superlink.run(APP, run_config, "num-supernodes=3 client-resources-num-cpus=1", echo=False, timeout=900)
+    assert outcome.ok, outcome.log[-4000:]
+    folder = tmp_path / "e2e"
+    metrics = read_jsonl(folder / "metrics.jsonl")
+    cells = sorted((r["round"], r["partition_id"], r["attack"], r["status"]) for r in metrics)
+    assert cells == [(r, p, "inverting-gradients", "ok") for r in (1, 2) for p in (0, 1)]
+    assert {r["partition_id"]: r["defense"] for r in metrics}[1].startswith("ats:3-1-7")
+    assert all(r["psnr"] > 0 and r["n_images"] == 1 for r in metrics)
+    rounds = read_jsonl(folder / "rounds.jsonl")
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert rounds[1]["sampled"] == [0, 1, 2]
+    assert [f["partition_id"] for f in rounds[1]["failed"]] == [2]
+    assert "injected failure" in rounds[1]["failed"][0]["reason"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["clients"]["1"]["defense"] == "ats:3-1-7" and config["num-partitions"] == 3
+    assert (folder / "psnr_per_round.png").exists() and (folder / "metrics.csv").exists()
+    assert len(list((folder / "reconstructions").glob("*.png"))) == 4
+
+
+def test_bad_value_fails_before_training(superlink: PrivateSuperLink, tmp_path: Path) -> None:
+    run_config = f"dataset='embedded-photos' out-dir='{tmp_path}' defense='ats:3-1-77'"
+    outcome = superlink.run(APP, run_config, "num-supernodes=2 client-resources-num-cpus=1", echo=False, timeout=300)
+    assert outcome.status == "finished:failed"
+    assert "ats:3-1-77" in outcome.log and "0..49" in outcome.log
+    assert not any(tmp_path.iterdir())
