@@ -86,7 +86,7 @@ def run_client_round(
         pick = pick[: config.attack_images]
         leak, truth = gradient_leak(
             model, images[pick], labels[pick], defense, dataset, config.attack_model_mode,
-            config.reveal_labels, generator_for(config.seed, "leak-defense", server_round, partition_id), spec,
+            config.reveal_labels, generator_for(config.seed, "leak-defense", server_round, partition_id), defense.spec,
         )
     settings = TrainSettings(config.local_epochs, config.batch_size, config.lr, config.momentum, config.weight_decay)
     loss = train_local(
