@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ DEFAULT_OUT_DIR = "~/fedpriv-runs"
 DEFAULT_DATA_DIR = "~/.cache/fedpriv/data"
 PARTITIONERS = ("iid", "dirichlet")
 MODEL_MODES = ("eval", "train")
+MAX_ID = 1_000_000  # partition ids and round numbers in selections stay below this
 
 
 def _selection(text: str, key: str) -> tuple[int, ...] | None:
@@ -32,8 +34,10 @@ def _selection(text: str, key: str) -> tuple[int, ...] | None:
                 f"{key}={text!r}: {part.strip()!r} is not a number or range; valid: 'all', 'none' or "
                 "a list of non-negative integers and ranges such as '0,2,5-7'"
             ) from None
-        if start < 0 or stop < start:
-            raise ConfigError(f"{key}={text!r}: bad range {part.strip()!r}; use 'a-b' with 0 <= a <= b")
+        if start < 0 or stop < start or stop >= MAX_ID:
+            raise ConfigError(
+                f"{key}={text!r}: bad range {part.strip()!r}; use 'a-b' with 0 <= a <= b < {MAX_ID}"
+            )
         values.update(range(start, stop + 1))
     return tuple(sorted(values))
 
@@ -262,9 +266,9 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
     elif kind is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"{key}={value!r} has the wrong type; expected {str(annotation)}")
+    raise ConfigError(f"{key}={value!r} has the wrong type; expected a finite {str(annotation)}")

@@ -53,6 +53,25 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def save_checkpoint(path: Path, server_round: int, state_dict: dict[str, torch.Tensor]) -> None:
+    """Atomically save the global model after ``server_round`` (tensors and ints only)."""
+    buffer = io.BytesIO()
+    torch.save({"round": server_round, "model": state_dict}, buffer)
+    atomic_write(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor]]:
+    """Load a checkpoint without executing pickled code (``weights_only=True``).
+
+    Returns
+    -------
+    round, state_dict
+        The last finished round and the global model after it.
+    """
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return int(checkpoint["round"]), dict(checkpoint["model"])
+
+
 class RunFolder:
     """One run's results folder (absolute path).
 

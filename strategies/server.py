@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import platform
 import random
 import time
@@ -22,7 +21,7 @@ from fedpriv.data.partition import partition_indices
 from fedpriv.data.specs import DatasetSpec, resolve_spec
 from fedpriv.errors import ConfigError
 from fedpriv.models import build_model
-from fedpriv.results import RunFolder, atomic_write, read_jsonl
+from fedpriv.results import RunFolder, load_checkpoint, read_jsonl, save_checkpoint
 from fedpriv.strategies.attacking_fedavg import AttackingFedAvg
 from fedpriv.training import evaluate
 
@@ -117,8 +116,7 @@ def run_server(grid: Grid, context: Context) -> None:
     offset = 0
     initial = build_model(config.model, dataset.num_classes, dataset.channels).state_dict()
     if config.resume:
-        checkpoint = torch.load(folder.path / CHECKPOINT, weights_only=True)
-        offset, initial = int(checkpoint["round"]), checkpoint["model"]
+        offset, initial = load_checkpoint(folder.path / CHECKPOINT)
         folder.truncate_after(offset)
         folder.write_csv()
         log(INFO, "fedpriv: resuming after round %d", offset)
@@ -139,11 +137,9 @@ def run_server(grid: Grid, context: Context) -> None:
             "attacked": sorted({r["partition_id"] for r in summary.get("rows", [])}),
             "seconds": round(time.perf_counter() - summary["start"], 3) if "start" in summary else 0.0,
         }
-        if server_round > 0 or offset == 0:
+        if server_round > 0 or not config.resume:
             folder.append(folder.rounds_path, [row])
-        buffer = io.BytesIO()
-        torch.save({"round": run_round, "model": arrays.to_torch_state_dict()}, buffer)
-        atomic_write(folder.path / CHECKPOINT, buffer.getvalue())
+        save_checkpoint(folder.path / CHECKPOINT, run_round, arrays.to_torch_state_dict())
         psnr = [r["psnr"] for r in summary.get("rows", []) if r["status"] == "ok"]
         log(
             INFO, "fedpriv round %d: accuracy %.4f, mean PSNR %s, failed clients %d",

@@ -53,3 +53,32 @@ def test_bad_value_fails_before_training(superlink: PrivateSuperLink, tmp_path: 
     assert outcome.status == "finished:failed"
     assert "ats:3-1-77" in outcome.log and "0..49" in outcome.log
     assert not any(tmp_path.iterdir())
+
+
+def _records(folder: Path) -> tuple[list[dict], list[dict]]:
+    metrics = sorted(read_jsonl(folder / "metrics.jsonl"), key=lambda r: (r["round"], r["partition_id"]))
+    rounds = read_jsonl(folder / "rounds.jsonl")
+    for row in metrics + rounds:
+        row.pop("seconds")
+    return metrics, rounds
+
+
+def test_resume_after_a_stop_gives_the_records_of_an_uninterrupted_run(
+    superlink: PrivateSuperLink, tmp_path: Path
+) -> None:
+    common = (
+        f"dataset='embedded-photos' out-dir='{tmp_path}' attack-rounds='all' attack-clients='0' "
+        "attack-iterations=20 attack-progress=0 eval-samples=100 model='convnet' seed=3"
+    )
+    federation = "num-supernodes=2 client-resources-num-cpus=1"
+    runs = [
+        f"{common} run-name='full' num-server-rounds=2",
+        f"{common} run-name='resumed' num-server-rounds=1",
+        f"{common} run-name='resumed' num-server-rounds=2 resume=true",
+    ]
+    for run_config in runs:
+        outcome = superlink.run(APP, run_config, federation, echo=False, timeout=600)
+        assert outcome.ok, outcome.log[-4000:]
+    full, resumed = _records(tmp_path / "full"), _records(tmp_path / "resumed")
+    assert [r["round"] for r in full[1]] == [0, 1, 2]
+    assert len(full[0]) == 2 and full == resumed

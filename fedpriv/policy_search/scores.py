@@ -32,7 +32,9 @@ def noise_start(shape: Sequence[int], dataset: DatasetSpec, generator: torch.Gen
     return dataset.normalize(torch.rand(tuple(shape), generator=generator))
 
 
-def interpolation_weights(steps: int = INTERPOLATION_STEPS, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def interpolation_weights(
+    steps: int = INTERPOLATION_STEPS, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """The weights i/K, i = 0..K, of x'(i) = (i/K) x_hat + (1 - i/K) x0 (exactly 1.0 at i = K)."""
     return torch.arange(steps + 1, dtype=dtype) / steps
 
@@ -184,9 +186,10 @@ def input_jacobian(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 def accuracy_score(jacobian: np.ndarray | torch.Tensor, offset: float = EIGEN_OFFSET) -> float:
     """S_acc = -sum_i [log(lambda_i + k) + 1/(lambda_i + k)] over eigenvalues of corrcoef(J).
 
-    Uses ``eigh`` (the correlation matrix is symmetric), so the eigenvalues are real; ATS's
-    ``eig`` can return complex values. There is no 1/N factor: for decorrelated Jacobians
-    (C = I) the score is -N (at k -> 0), so thresholds (ATS: -85 at N about 63) depend on N.
+    Uses ``eigvalsh`` (``eigh`` without eigenvectors: the correlation matrix is symmetric), so
+    the eigenvalues are real; ATS's ``eig`` can return complex values. There is no 1/N factor:
+    for decorrelated Jacobians (C = I) the score is -N (up to k), so thresholds (ATS: -85 at N
+    about 63) depend on N.
     Higher is better.
 
     Parameters

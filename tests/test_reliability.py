@@ -1,0 +1,90 @@
+"""Reliability: malformed input gives clean errors only, safe loading, atomic results, no network."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedpriv.client_task import run_client_round
+from fedpriv.config import RunConfig
+from fedpriv.defenses import build_defense
+from fedpriv.errors import ConfigError
+from fedpriv.models import build_model
+from fedpriv.results import RunFolder, load_checkpoint, read_jsonl, save_checkpoint
+
+KEYS = RunConfig.keys()
+VALUES = st.one_of(
+    st.text(max_size=30), st.integers(-(10**12), 10**12), st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(), st.sampled_from(["all", "none", "0-3", "1,2", "ats:3-1-7", "-1", "3-", "0=|", "cuda:x"]),
+)
+SPECS = st.one_of(
+    st.text(max_size=40),
+    st.builds(lambda a, b: f"ats:{a}{b}", st.text("0123456789-,()hybrid;=ftrue", max_size=25), st.text(max_size=5)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=4))
+def test_run_config_parser_raises_only_clean_errors(values: dict) -> None:
+    try:
+        RunConfig.from_run_config(values)
+    except ConfigError as error:
+        assert str(error)
+
+
+@settings(max_examples=300, deadline=None)
+@given(SPECS)
+def test_defense_specs_raise_only_clean_errors(spec: str) -> None:
+    try:
+        build_defense(spec)
+    except ConfigError as error:
+        assert str(error)
+
+
+class _Exploit:
+    def __reduce__(self):  # noqa: D105 - runs code when unpickled
+        return (os.system, ("touch pwned",))
+
+
+def test_checkpoints_load_without_executing_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    good = tmp_path / "checkpoint.pt"
+    state = build_model("convnet", 10).state_dict()
+    save_checkpoint(good, 3, state)
+    round_, loaded = load_checkpoint(good)
+    assert round_ == 3 and all(torch.equal(loaded[k], v) for k, v in state.items())
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"round": 1, "model": _Exploit()}))
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(evil)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_records_survive_a_crash_mid_line_and_resume_truncates(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path)
+    folder.append(folder.metrics_path, [{"round": 1, "psnr": 10.0}, {"round": 2, "psnr": float("inf")}])
+    with folder.metrics_path.open("a") as handle:
+        handle.write('{"round": 3, "psn')  # a writer killed mid-line
+    assert [r["round"] for r in read_jsonl(folder.metrics_path)] == [1, 2]
+    assert read_jsonl(folder.metrics_path)[1]["psnr"] == "inf"
+    folder.truncate_after(1)
+    assert [r["round"] for r in read_jsonl(folder.metrics_path)] == [1]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_a_client_round_needs_no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access at run time")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    config = RunConfig.from_run_config({"dataset": "embedded-photos", "model": "convnet", "attack-iterations": 5})
+    result = run_client_round(config, 0, 8, build_model("convnet", 10).state_dict(), 1)
+    assert result.leak is not None
