@@ -24,14 +24,22 @@ def generator_for(*keys: object) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32("/".join(map(str, keys)).encode()))
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=2)
+def _partitions(
+    dataset: str, data_dir: str, partitioner: str, alpha: float, seed: int, num_partitions: int
+) -> tuple[torch.Tensor, ...]:
+    """All partitions' indices, computed once per process (a Ray actor serves many clients)."""
+    labels = load_split(dataset, data_dir, "train").labels.numpy()
+    parts = partition_indices(labels, num_partitions, partitioner, alpha, seed)
+    return tuple(torch.as_tensor(p, dtype=torch.long) for p in parts)
+
+
 def client_data(
     dataset: str, data_dir: str, partitioner: str, alpha: float, seed: int, partition_id: int, num_partitions: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The uint8 images and labels of one partition of the training split."""
     train = load_split(dataset, data_dir, "train")
-    parts = partition_indices(train.labels.numpy(), num_partitions, partitioner, alpha, seed)
-    index = torch.as_tensor(parts[partition_id], dtype=torch.long)
+    index = _partitions(dataset, data_dir, partitioner, alpha, seed, num_partitions)[partition_id]
     return train.images[index], train.labels[index]
 
 
@@ -73,8 +81,11 @@ def run_client_round(
     )
     spec = config.defense_for(partition_id)
     defense = build_defense(spec)
+    # Ray sets CUDA_VISIBLE_DEVICES per actor (client-resources-num-gpus); cuda:0 is this actor's GPU.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(config.model, dataset.num_classes, dataset.channels)
     model.load_state_dict(state_dict)
+    model.to(device)
     leak = truth = None
     if config.is_attacked(server_round, partition_id):
         if config.attack_images > len(labels):
@@ -94,6 +105,6 @@ def run_client_round(
         generator_for(config.seed, "train", server_round, partition_id),
     )
     return TrainResult(
-        state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
+        state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         num_examples=len(labels), train_loss=loss, leak=leak, truth=truth,
     )

@@ -56,6 +56,7 @@ def train_local(
         Seeds shuffling and the defense's randomness.
     """
     model.train()
+    device = next(model.parameters()).device
     optimizer = torch.optim.SGD(
         model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
@@ -65,7 +66,7 @@ def train_local(
         for start in range(0, len(order), settings.batch_size):
             index = order[start : start + settings.batch_size]
             defended, _ = defense.transform(to_pixels(images[index]), generator)
-            loss = F.cross_entropy(model(dataset.normalize(defended)), labels[index])
+            loss = F.cross_entropy(model(dataset.normalize(defended.to(device))), labels[index].to(device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -80,10 +81,11 @@ def evaluate(
 ) -> tuple[float, float]:
     """Mean cross-entropy loss and accuracy of ``model`` (eval mode) on clean images."""
     model.eval()
+    device = next(model.parameters()).device
     loss, correct = 0.0, 0
     for start in range(0, len(labels), batch_size):
-        x = dataset.normalize(to_pixels(images[start : start + batch_size]))
-        y = labels[start : start + batch_size]
+        x = dataset.normalize(to_pixels(images[start : start + batch_size]).to(device))
+        y = labels[start : start + batch_size].to(device)
         logits = model(x)
         loss += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
@@ -125,16 +127,17 @@ def gradient_leak(
     """
     pixels = to_pixels(images)
     defended, extras = defense.transform(pixels, generator)
+    device = next(model.parameters()).device
     buffers = {k: v.clone() for k, v in model.state_dict().items()}
     was_training = model.training
     model.train(mode == "train")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    loss = F.cross_entropy(model(dataset.normalize(defended)), labels)
+    loss = F.cross_entropy(model(dataset.normalize(defended.to(device))), labels.to(device))
     grads = torch.autograd.grad(loss, [p for _, p in named])
     model.load_state_dict(buffers)
     model.train(was_training)
     leak = GradientLeak(
-        gradients=tuple(g.detach() for g in grads),
+        gradients=tuple(g.detach().cpu() for g in grads),
         parameter_names=tuple(n for n, _ in named),
         batch_size=len(labels),
         model_mode=mode,
