@@ -58,3 +58,11 @@ def test_bad_values_raise_clear_errors(values: dict, fragment: str) -> None:
     with pytest.raises(ConfigError) as error:
         RunConfig.from_run_config(values)
     assert fragment in str(error.value)
+
+
+@pytest.mark.parametrize("preset", sorted((APP.parent / "presets").glob("*.toml")), ids=lambda p: p.stem)
+def test_presets_use_existing_keys_and_validate(preset: Path) -> None:
+    defaults = tomllib.loads(APP.read_text())["tool"]["flwr"]["app"]["config"]
+    values = tomllib.loads(preset.read_text())
+    assert set(values) <= set(defaults), set(values) - set(defaults)
+    RunConfig.from_run_config(defaults | values)
