@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from fedpriv.leaks import Arrays, GroundTruth, Leak, Meta, leak_from_records
+from fedpriv.leaks import Arrays, GroundTruth, Leak, leak_from_records
 
 LEAK_ARRAYS, LEAK_META = "leak.arrays", "leak.meta"
 TRUTH_ARRAYS, TRUTH_META = "truth.arrays", "truth.meta"
@@ -34,5 +34,4 @@ def pop_leak(content: RecordDict) -> tuple[Leak, GroundTruth] | None:
         return None
     leak_arrays, leak_meta = _arrays(content.pop(LEAK_ARRAYS)), dict(content.pop(LEAK_META))
     truth_arrays, truth_meta = _arrays(content.pop(TRUTH_ARRAYS)), dict(content.pop(TRUTH_META))
-    meta: Meta = {k: v for k, v in leak_meta.items()}
-    return leak_from_records(leak_arrays, meta), GroundTruth.from_records(truth_arrays, truth_meta)
+    return leak_from_records(leak_arrays, leak_meta), GroundTruth.from_records(truth_arrays, truth_meta)

@@ -97,8 +97,7 @@ class AttackingFedAvg(FedAvg):
         """Attack and score the leaks, strip them, record failures, then aggregate with FedAvg."""
         run_round = server_round + self.round_offset
         replies = list(replies)
-        failed = []
-        observed = []
+        failed, observed = [], []
         for msg in replies:
             pid = self.partition_of.get(msg.metadata.src_node_id, -1)
             if msg.has_error():
@@ -127,8 +126,7 @@ class AttackingFedAvg(FedAvg):
                     _fmt(row.get("psnr_defended")), row["status"],
                 )
         self.round_summary[run_round].update(failed=failed, rows=rows)
-        ok = [m for m in replies if not m.has_error()]
-        return super().aggregate_train(server_round, ok) if ok else (None, None)
+        return super().aggregate_train(server_round, [m for m in replies if not m.has_error()])
 
 
 def _fmt(value: Any) -> str:
