@@ -4,5 +4,7 @@ from fedpriv.attacks.base import ATTACKS, Attack, AttackSettings, AttackTarget, 
 
 # Importing the plugin modules registers them.
 from fedpriv.attacks import inverting_gradients  # noqa: E402,F401
+from fedpriv.attacks import policy_aware  # noqa: E402,F401
+from fedpriv.attacks import translation_aware  # noqa: E402,F401
 
 __all__ = ["ATTACKS", "Attack", "AttackSettings", "AttackTarget", "Reconstruction", "build_attack"]

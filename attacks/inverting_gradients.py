@@ -4,33 +4,35 @@ Objective 1 - cos(grad(x), grad*) over all parameter tensors at once (global cos
 TV(x) * 1e-4; Adam (lr 0.1) on the sign of the image gradient; the image boxed to [0,1] in
 pixel space after every step; lr x0.1 at iterations//2.667, //1.6, //1.142 (1799, 2999, 4203
 of 4800); N(0,1) initialisation in normalised space; known labels; the last iterate returned;
-with several restarts the one with the lowest final objective is kept.
+with several restarts the one with the lowest final objective is kept. All targets and restarts
+are solved together by :mod:`fedpriv.attacks.gradient_matching` (``extra["engine"]``: ``auto``,
+``loop``, ``grouped``, ``vmap``; ``extra["max-batch"]``: most problems per optimisation).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedpriv.attacks.base import ATTACKS, AttackSettings, AttackTarget, Reconstruction, check_settings
+from fedpriv.attacks.gradient_matching import (
+    ENGINES,
+    ExtraParameters,
+    MatchingProblem,
+    lr_milestones,
+    solve,
+    total_variation,
+)
 from fedpriv.data.specs import DatasetSpec
+from fedpriv.errors import ConfigError
 from fedpriv.leaks import GradientLeak
 
+__all__ = ["InvertingGradients", "box_bounds", "infer_labels", "lr_milestones", "solve_targets", "total_variation"]
 
-def lr_milestones(iterations: int) -> list[int]:
-    """ATS/inversefed decay points: floors of iterations / 2.667, / 1.6, / 1.142."""
-    return [int(iterations // 2.667), int(iterations // 1.6), int(iterations // 1.142)]
-
-
-def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """Anisotropic TV of one problem's images: mean |dx| + mean |dy| over all elements."""
-    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
-    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
-    return dx + dy
+DEFAULT_MAX_BATCH = 64
 
 
 def infer_labels(leak: GradientLeak) -> torch.Tensor:
@@ -50,25 +52,101 @@ def box_bounds(dataset: DatasetSpec, like: torch.Tensor) -> tuple[torch.Tensor, 
     return dataset.normalize(zeros), dataset.normalize(zeros + 1)
 
 
-def gradient_cosine_loss(
-    model: nn.Module, x: torch.Tensor, labels: torch.Tensor, target: Sequence[torch.Tensor]
-) -> torch.Tensor:
-    """1 - global cosine between the gradient at ``x`` and ``target`` (graph kept for x)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    loss = F.cross_entropy(model(x), labels)
-    grads = torch.autograd.grad(loss, params, create_graph=True)
-    dot = sum((g * t).sum() for g, t in zip(grads, target))
-    norm = torch.sqrt(sum((g * g).sum() for g in grads)) * torch.sqrt(sum((t * t).sum() for t in target))
-    return 1 - dot / norm.clamp_min(1e-8)
+def engine_options(settings: AttackSettings) -> tuple[str, int]:
+    """The engine name and problems per optimisation from ``settings.extra``.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown engine or a max-batch that is not a positive integer.
+    """
+    engine = settings.extra.get("engine", "auto")
+    if engine not in ENGINES:
+        raise ConfigError(f"attack engine {engine!r} is unknown; valid engines: {', '.join(ENGINES)}")
+    text = settings.extra.get("max-batch", str(DEFAULT_MAX_BATCH))
+    try:
+        max_batch = int(text)
+    except ValueError:
+        max_batch = 0
+    if max_batch < 1:
+        raise ConfigError(f"attack max-batch must be an integer >= 1, got {text!r}")
+    return engine, max_batch
+
+
+def solve_targets(
+    model: nn.Module,
+    dataset: DatasetSpec,
+    targets: Sequence[AttackTarget],
+    settings: AttackSettings,
+    label: str,
+    extra_bounds: Sequence[torch.Tensor] | None = None,
+    extra_apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor | None, float]]:
+    """Solve every target and restart in batches; keep each target's lowest final objective.
+
+    Parameters
+    ----------
+    model, dataset
+        The victim (put in eval mode on ``settings.device``) and its input space.
+    targets
+        Gradient leaks with seeds; restarts draw their starts in turn from the target's seed.
+    settings
+        Iterations, restarts, lr, TV weight, device, progress, engine options.
+    label
+        Prefix of progress lines.
+    extra_bounds, extra_apply
+        Optional per-problem extra parameters: per target the clamp bound (its shape is the
+        parameters' shape, they start at zero), and the map to the model input.
+
+    Returns
+    -------
+    list[tuple]
+        Per target: images in input space (k, C, H, W), extra values or ``None``, final objective.
+    """
+    engine, max_batch = engine_options(settings)
+    device = torch.device(settings.device)
+    model = model.to(device).eval()
+    dtype = next(model.parameters()).dtype
+    problems: list[MatchingProblem] = []
+    for target in targets:
+        leak = target.leak
+        if not isinstance(leak, GradientLeak):
+            raise TypeError(f"{label} consumes gradient leaks, got {type(leak).__name__}")
+        labels = (leak.labels if leak.labels is not None else infer_labels(leak)).to(device)
+        grads = tuple(g.to(device, dtype) for g in leak.gradients)
+        generator = torch.Generator().manual_seed(target.seed)
+        for _ in range(settings.restarts):
+            init = torch.randn((leak.batch_size, *dataset.shape), generator=generator, dtype=dtype)
+            problems.append(MatchingProblem(init.to(device), labels, grads))
+    low, high = box_bounds(dataset, problems[0].init)
+    restarts = settings.restarts
+    solved: dict[int, tuple[torch.Tensor, torch.Tensor | None, float]] = {}
+    for k in sorted({p.init.shape[0] for p in problems}):  # one solve per batch size
+        index = [i for i, p in enumerate(problems) if p.init.shape[0] == k]
+        extra = None
+        if extra_bounds is not None and extra_apply is not None:
+            bound = torch.stack([extra_bounds[i // restarts] for i in index]).to(device, dtype)
+            extra = ExtraParameters(torch.zeros_like(bound), bound, extra_apply)
+        result = solve(
+            model, [problems[i] for i in index], low, high, iterations=settings.iterations, lr=settings.lr,
+            tv=settings.tv, extra=extra, engine=engine, max_batch=max_batch, progress=settings.progress,
+            label=label,
+        )
+        for j, i in enumerate(index):
+            values = None if result.extra is None else result.extra[j]
+            solved[i] = (result.images[j], values, float(result.loss[j]))
+    runs = [[solved[i] for i in range(t * restarts, (t + 1) * restarts)] for t in range(len(targets))]
+    return [min(run, key=lambda r: r[2]) for run in runs]  # the first of equals, as the loop kept
 
 
 class InvertingGradients:
-    """The Inverting Gradients attack, one target and restart at a time (the sources' loop).
+    """The Inverting Gradients attack; all targets and restarts in batches.
 
     Parameters
     ----------
     settings
-        Iterations, restarts, lr, TV weight, device and progress interval.
+        Iterations, restarts, lr, TV weight, device, progress interval; ``extra`` may set
+        ``engine`` (default ``auto``) and ``max-batch`` (default 64).
     """
 
     name: ClassVar[str] = "inverting-gradients"
@@ -77,6 +155,7 @@ class InvertingGradients:
 
     def __init__(self, settings: AttackSettings) -> None:
         check_settings(settings)
+        engine_options(settings)
         self.settings = settings
 
     def reconstruct(
@@ -89,55 +168,13 @@ class InvertingGradients:
         list[Reconstruction]
             Per target: images in pixel space [0,1] and the final objective ``loss``.
         """
-        device = torch.device(self.settings.device)
-        model = model.to(device).eval()
-        return [self._one_target(model, dataset, t, device) for t in targets]
-
-    def _one_target(
-        self, model: nn.Module, dataset: DatasetSpec, target: AttackTarget, device: torch.device
-    ) -> Reconstruction:
-        leak = target.leak
-        assert isinstance(leak, GradientLeak)
-        labels = (leak.labels if leak.labels is not None else infer_labels(leak)).to(device)
-        grads = [g.to(device) for g in leak.gradients]
-        generator = torch.Generator().manual_seed(target.seed)
-        best: tuple[float, torch.Tensor] | None = None
-        for _ in range(self.settings.restarts):
-            init = torch.randn((leak.batch_size, *dataset.shape), generator=generator)
-            x, loss = self._optimize(model, dataset, init.to(device), labels, grads)
-            if best is None or loss < best[0]:
-                best = (loss, x)
-        assert best is not None
-        return Reconstruction(
-            images=dataset.denormalize(best[1]).cpu(), fields={"loss": best[0]}
-        )
-
-    def _optimize(
-        self,
-        model: nn.Module,
-        dataset: DatasetSpec,
-        init: torch.Tensor,
-        labels: torch.Tensor,
-        target: list[torch.Tensor],
-    ) -> tuple[torch.Tensor, float]:
-        s = self.settings
-        low, high = box_bounds(dataset, init)
-        x = init.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([x], lr=s.lr)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, lr_milestones(s.iterations), 0.1)
-        for it in range(s.iterations):
-            optimizer.zero_grad()
-            loss = gradient_cosine_loss(model, x, labels, target) + s.tv * total_variation(x)
-            (x.grad,) = torch.autograd.grad(loss, [x])
-            x.grad.sign_()
-            optimizer.step()
-            scheduler.step()
-            with torch.no_grad():
-                x.copy_(torch.maximum(torch.minimum(x, high), low))
-            if s.progress and (it + 1) % s.progress == 0:
-                print(f"[{self.name}] iteration {it + 1}/{s.iterations} loss {loss.item():.4f}", flush=True)
-        final = gradient_cosine_loss(model, x, labels, target) + s.tv * total_variation(x)
-        return x.detach(), float(final.item())
+        if not targets:
+            return []
+        solved = solve_targets(model, dataset, targets, self.settings, self.name)
+        return [
+            Reconstruction(images=dataset.denormalize(x).cpu(), fields={"loss": loss})
+            for x, _, loss in solved
+        ]
 
 
 ATTACKS.add(InvertingGradients.name, InvertingGradients)

@@ -250,22 +250,23 @@ def write_plot(ranked: Sequence[RankedPolicy], threshold: float, top: int, path:
     _atomic_write(path, buffer.getvalue())
 
 
-def format_table(ranked: Sequence[RankedPolicy], rows: int | None) -> str:
-    """A text table of the accepted policies by rank (the first ``rows``; all when None)."""
+def format_table(ranked: Sequence[RankedPolicy], threshold: float, top: int | None) -> str:
+    """A text table: the ``top`` accepted policies by rank, or every candidate when None."""
     accepted = [r for r in ranked if r.accepted]
-    shown = accepted if rows is None else accepted[:rows]
+    shown = list(ranked) if top is None else accepted[:top]
     lines = [f"{'rank':>4}  {'policy':<10} {'S_pri':>8} {'var':>9} {'S_acc':>9} {'N':>7}"]
     for row in shown:
         s = row.scores
         low, high = min(s.n_per_run), max(s.n_per_run)
         n = str(low) if low == high else f"{low}-{high}"
         lines.append(
-            f"{row.rank:>4}  {policy_text(s.policy):<10} {s.s_pri:>8.4f} {s.s_pri_var:>9.2e} "
+            f"{row.rank or '-':>4}  {policy_text(s.policy):<10} {s.s_pri:>8.4f} {s.s_pri_var:>9.2e} "
             f"{s.s_acc:>9.2f} {n:>7}"
         )
-    lines.append(f"{len(accepted)} of {len(ranked)} candidates accepted (S_acc >= threshold)")
-    if len(shown) >= 2:
-        lines.append(f"hybrid of these: ats:hybrid({','.join(policy_text(r.scores.policy) for r in shown)})")
+    lines.append(f"{len(accepted)} of {len(ranked)} candidates accepted (S_acc >= {threshold:g})")
+    best = accepted[: len(shown)]
+    if len(best) >= 2:
+        lines.append(f"hybrid of these: ats:hybrid({','.join(policy_text(r.scores.policy) for r in best)})")
     return "\n".join(lines)
 
 
@@ -284,7 +285,8 @@ def search(settings: SearchSettings, log: Callable[[str], None] = print) -> list
     out.mkdir(parents=True, exist_ok=True)
     log(f"results folder: {out}")
     config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()}
-    config.update(torch=torch.__version__, candidates=[policy_text(p) for p in candidates])
+    config["policies"] = [policy_text(p) for p in settings.policies]
+    config.update(torch=torch.__version__, candidate_policies=[policy_text(p) for p in candidates])
     _atomic_write(out / CONFIG_NAME, json.dumps(config, indent=2).encode())
     privacy_model, accuracy_model = initial_models(settings.model, spec, settings.seed)
     if settings.checkpoint is not None:
@@ -321,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(format_table(ranked, None if settings.policies else settings.top))
+    print(format_table(ranked, settings.threshold, None if settings.policies else settings.top))
     print(f"results folder: {settings.out_dir}")
     return 0
 

@@ -301,7 +301,7 @@ def train_search_model(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(index)
+            total += loss.item() * len(index)
         scheduler.step()
         log(f"search model epoch {epoch + 1}/{epochs}: loss {total / len(labels):.4f}, {len(labels)} images")
     model.eval()

@@ -1,0 +1,158 @@
+"""Translation-aware enhanced attack (ATS reproduction, ReScience C 2022, ``ATSRefactored``).
+
+Inverting Gradients with a learned translation t = (t_x, t_y) per image, optimised jointly with
+x in the same Adam (lr 0.1, same decay), its gradient used raw (x's is signed), clamped to
+|t_x| <= tx-max, |t_y| <= ty-max after every step. The model sees Translate(x) in normalised
+space (``affine_grid``/``grid_sample``, bilinear, zero padding, ``align_corners=False``; t in
+half-image units, content moves by -t * size / 2); TV is taken on the untranslated x. Only the
+translations of the client's ATS policy are modelled (not rotation, contrast, crop or flip).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedpriv.attacks.base import ATTACKS, AttackSettings, AttackTarget, Reconstruction, check_settings
+from fedpriv.attacks.inverting_gradients import engine_options, solve_targets
+from fedpriv.data.specs import DatasetSpec
+from fedpriv.defenses.ats import parse_ats_policy, translation_bounds
+from fedpriv.errors import ConfigError
+
+# The reproduction's clamps (benchmark_attack.py reaugment_modes), by the policy's sub-policies.
+REFERENCE_CLAMPS: dict[frozenset[tuple[int, ...]], tuple[float, float]] = {
+    frozenset({(3, 1, 7)}): (1.1, 0.2),
+    frozenset({(43, 18, 18)}): (0.4, 0.4),
+    frozenset({(3, 1, 7), (43, 18, 18)}): (1.1, 0.4),
+}
+
+
+def translate(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Sample each image at (u + t_x, v + t_y): bilinear, zero fill, ``align_corners=False``.
+
+    Parameters
+    ----------
+    images
+        Shape (n, C, H, W).
+    shifts
+        Shape (n, 2): (t_x, t_y) in half-image units (1.0 = W/2 or H/2 pixels).
+    """
+    n = len(images)
+    theta = torch.zeros(n, 2, 3, dtype=images.dtype, device=images.device)
+    theta[:, 0, 0] = 1
+    theta[:, 1, 1] = 1
+    theta = theta + F.pad(shifts.view(n, 2, 1), (2, 0))
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def translate_problems(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """:func:`translate` on stacked problems: x (P, k, C, H, W), shifts (P, k, 2)."""
+    return translate(x.flatten(0, 1), shifts.flatten(0, 1)).view_as(x)
+
+
+def _explicit_clamps(settings: AttackSettings) -> tuple[float, float] | None:
+    """``tx-max`` and ``ty-max`` from ``settings.extra`` (both or neither), validated."""
+    given = {key: settings.extra.get(key) for key in ("tx-max", "ty-max")}
+    if all(v is None for v in given.values()):
+        return None
+    values = []
+    for key, text in given.items():
+        try:
+            value = float(text) if text is not None else math.nan
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"translation-aware {key} must be a finite number >= 0 (half-image units), got {text!r}")
+        values.append(value)
+    return values[0], values[1]
+
+
+def translation_clamps(defense_spec: str | None, settings: AttackSettings, size: int = 32) -> tuple[float, float]:
+    """The clamps (tx-max, ty-max) for a client's defense, in half-image units.
+
+    The reproduction's table for 3-1-7 (1.1, 0.2), 43-18-18 (0.4, 0.4) and their hybrid
+    (1.1, 0.4); otherwise ``settings.extra`` ``tx-max`` and ``ty-max``; otherwise the policy's
+    largest summed translations as PIL really shifts ``size`` x ``size`` images
+    (:func:`fedpriv.defenses.ats.translation_bounds`).
+
+    Raises
+    ------
+    ConfigError
+        When neither the defense nor the settings give a translation to look for.
+    """
+    explicit = _explicit_clamps(settings)
+    policy = None
+    if defense_spec is not None and defense_spec.strip().startswith("ats:"):
+        policy = parse_ats_policy(defense_spec)
+        table = REFERENCE_CLAMPS.get(frozenset(policy.sub_policies))
+        if table is not None:
+            return table
+    if explicit is not None:
+        return explicit
+    if policy is not None and any(translation_bounds(policy, size)):
+        return translation_bounds(policy, size)
+    raise ConfigError(
+        f"translation-aware: defense {defense_spec!r} has no translation to model; attack an ATS "
+        "policy with translateX/Y primitives or set attack extras tx-max and ty-max"
+    )
+
+
+class TranslationAware:
+    """The translation-aware enhanced attack; knows the client's defense spec.
+
+    Parameters
+    ----------
+    settings
+        As for Inverting Gradients; ``extra`` may also set ``tx-max`` and ``ty-max``.
+    """
+
+    name: ClassVar[str] = "translation-aware"
+    leak_kind: ClassVar[str] = "gradient"
+    knows_defense: ClassVar[bool] = True
+
+    def __init__(self, settings: AttackSettings) -> None:
+        check_settings(settings)
+        engine_options(settings)
+        _explicit_clamps(settings)
+        self.settings = settings
+
+    def reconstruct(
+        self, model: nn.Module, dataset: DatasetSpec, targets: Sequence[AttackTarget]
+    ) -> list[Reconstruction]:
+        """Reconstruct each target's images and translations.
+
+        Returns
+        -------
+        list[Reconstruction]
+            Per target: ``images`` the untranslated estimate of x in pixel space, ``defended``
+            the learned translation re-applied in pixel space (zero fill = black, as the real
+            augmentation), fields ``loss`` and, per image, ``tx``, ``ty`` (one image) or
+            ``tx-i``, ``ty-i`` (several), in half-image units.
+        """
+        if not targets:
+            return []
+        bounds = []
+        for target in targets:
+            tx, ty = translation_clamps(target.defense_spec, self.settings, dataset.size)
+            k = getattr(target.leak, "batch_size", 1)
+            bounds.append(torch.tensor([tx, ty], dtype=torch.float64).expand(k, 2))
+        solved = solve_targets(model, dataset, targets, self.settings, self.name, bounds, translate_problems)
+        out = []
+        for x, shifts, loss in solved:
+            assert shifts is not None
+            pixels = dataset.denormalize(x)
+            fields = {"loss": loss}
+            for i, (tx, ty) in enumerate(shifts.tolist()):
+                suffix = "" if len(shifts) == 1 else f"-{i}"
+                fields |= {f"tx{suffix}": tx, f"ty{suffix}": ty}
+            out.append(Reconstruction(pixels.cpu(), translate(pixels, shifts).cpu(), fields))
+        return out
+
+
+ATTACKS.add(TranslationAware.name, TranslationAware)

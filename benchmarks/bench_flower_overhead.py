@@ -1,0 +1,498 @@
+"""Flower's overhead per round: the real ``flwr run`` against the same clients trained in-process.
+
+One repeat is a Flower run (a private SuperLink, ``num-supernodes`` clients, all trained every
+round, no attacks) and, in the same process right after it, the same rounds computed without
+Flower or Ray: ``run_client_round`` for each client in turn on the same config and seeds, the
+same FedAvg arithmetic as Flower's, and the server's evaluation. Flower's per-round time is
+``seconds`` from ``rounds.jsonl`` (from ``configure_train`` to the end of the server's
+evaluation); round 1 also starts the Ray actors, so the figure compared is the median over
+rounds 2 and later.
+
+Three in-process figures are measured, because Ray runs ``floor(cpus / client-resources-num-cpus)``
+actors in parallel, each with one torch thread (Ray sets ``OMP_NUM_THREADS`` to the actor's CPUs):
+
+- *sequential*: one client after the other with torch's default thread count (all cores):
+  the plain "without Flower" loop on the same machine;
+- *1 thread / actors*: one client after the other with one torch thread, divided by the number
+  of parallel actors: the ideal time of the same work split perfectly over the actors;
+- *pool*: the clients spread over as many persistent worker processes as Ray has actors, one
+  torch thread each (``concurrent.futures``, no Flower, no Ray): the parallel speed-up really
+  available on this machine at this moment, which a shared, loaded machine keeps below ideal.
+
+``clientapp-seconds`` (from ``flwr list``) is Flower's own sum of ClientApp call times over the
+run (discovery queries and all rounds), compared with the in-process sum of the clients' work.
+
+    python benchmarks/bench_flower_overhead.py                        # 10 clients, resnet20, 4 rounds, 2 repeats
+    python benchmarks/bench_flower_overhead.py --model convnet --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedpriv.client_task import TrainResult, run_client_round
+from fedpriv.config import RunConfig
+from fedpriv.data.loading import load_split
+from fedpriv.data.specs import resolve_spec
+from fedpriv.launcher import PrivateSuperLink
+from fedpriv.models import build_model
+from fedpriv.results import read_jsonl
+from fedpriv.training import evaluate
+
+APP = Path(__file__).resolve().parent.parent / "simulations" / "cifar100_ats"
+
+
+def free_port_pair() -> int:
+    """A port ``p`` with ``p`` and ``p + 2`` free on 127.0.0.1 (PrivateSuperLink uses both)."""
+    for _ in range(200):
+        port = random.randint(41000, 59000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 2))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair found")
+
+
+def run_config_text(values: dict[str, Any]) -> str:
+    """Render run-config values as Flower's ``--run-config`` text (TOML scalars)."""
+    def fmt(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            return f"'{value}'"
+        return str(value)
+
+    return " ".join(f"{key}={fmt(value)}" for key, value in values.items())
+
+
+def app_config(overrides: dict[str, Any]) -> RunConfig:
+    """The config the ServerApp and ClientApps see: the app's defaults fused with ``overrides``."""
+    defaults = tomllib.loads((APP / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    return RunConfig.from_run_config(defaults | overrides)
+
+
+def round_seconds(folder: Path) -> list[float]:
+    """``seconds`` of rounds 1, 2, ... from a run folder's ``rounds.jsonl``."""
+    rows = sorted(read_jsonl(folder / "rounds.jsonl"), key=lambda r: r["round"])
+    return [float(r["seconds"]) for r in rows if r["round"] >= 1]
+
+
+def final_accuracy(folder: Path) -> float:
+    """Global accuracy after the last round of a run folder."""
+    return float(max(read_jsonl(folder / "rounds.jsonl"), key=lambda r: r["round"])["accuracy"])
+
+
+def import_psutil() -> Any:
+    """psutil: installed, or the copy Ray bundles (``ray/thirdparty_files``, added by ``import ray``)."""
+    try:
+        import psutil
+    except ImportError:
+        import ray  # noqa: F401  (puts ray/thirdparty_files on sys.path)
+        import psutil
+    return psutil
+
+
+def process_kind(proc: Any) -> str:
+    """A short label for a process of a Flower simulation (SuperLink, Ray actor, raylet, ...)."""
+    try:
+        name, cmdline = proc.name(), proc.cmdline()
+    except Exception:  # gone or inaccessible
+        return "?"
+    text = " ".join(cmdline[:3])
+    for key in ("flower-superlink", "flower-superexec", "flwr-simulation", "flwr-serverapp", "flwr "):
+        if key in text:
+            return key.strip()
+    if name.startswith("ray::") or (cmdline and cmdline[0].startswith("ray::")):
+        return (cmdline[0] if cmdline else name).split()[0]
+    for key in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py", "runtime_env", "default_worker"):
+        if key in text or key in name:
+            return key
+    return name
+
+
+def process_group(kind: str) -> str:
+    """Coarse group of a :func:`process_kind` that stays fixed while a Ray worker changes its title."""
+    if kind in ("flower-superlink", "flower-superexec", "flwr-simulation"):
+        return kind
+    if kind.startswith("ray::ClientAppActor") or kind in ("ray::IDLE", "default_worker"):
+        return "ray workers (actors)"
+    if kind in ("raylet", "gcs_server"):
+        return "raylet + gcs"
+    return "ray agents, monitors, other"
+
+
+@dataclass
+class Sample:
+    """One sample of a process tree: time, summed RSS/PSS (bytes), summed CPU seconds, processes."""
+
+    t: float
+    rss: int
+    pss: int
+    cpu: float
+    procs: int
+    mark: int
+    cpu_by_group: dict[str, float]
+
+
+class TreeSampler(threading.Thread):
+    """Sample the summed RSS (and PSS), CPU time and size of a process tree in the background.
+
+    Parameters
+    ----------
+    root
+        PID of the tree's root (included), e.g. the SuperLink; every descendant is summed.
+    interval
+        Seconds between samples.
+    marker
+        Called at each sample; its value is stored as ``mark`` (e.g. rows in ``rounds.jsonl``).
+    pss
+        Also read PSS (``/proc/PID/smaps_rollup``; shared pages split among their users).
+    """
+
+    def __init__(
+        self, root: int, interval: float = 0.5, marker: Callable[[], int] | None = None, pss: bool = False
+    ) -> None:
+        super().__init__(daemon=True)
+        self.psutil = import_psutil()
+        self.root, self.interval, self.marker, self.pss = root, interval, marker, pss
+        self.samples: list[Sample] = []
+        self.peak_by_kind: dict[str, tuple[int, int]] = {}  # group -> (max summed RSS, max count)
+        self._halt = threading.Event()
+        self._last_cpu: dict[int, tuple[str, float]] = {}  # pid -> (group, CPU seconds last seen)
+
+    def tree(self) -> list[Any]:
+        """The root and its descendants now (empty when the root is gone)."""
+        try:
+            root = self.psutil.Process(self.root)
+            return [root, *root.children(recursive=True)]
+        except self.psutil.Error:
+            return []
+
+    def sample(self) -> Sample:
+        """Take one sample now (and update the per-group peaks)."""
+        rss = pss = 0
+        kinds: dict[str, list[int]] = {}
+        procs = self.tree()
+        for proc in procs:
+            try:
+                with proc.oneshot():
+                    mem = proc.memory_info().rss
+                    times = proc.cpu_times()
+                    used = times.user + times.system
+                    if self.pss:
+                        pss += proc.memory_full_info().pss
+            except self.psutil.Error:
+                continue
+            group = self._last_cpu.get(proc.pid, (process_group(process_kind(proc)), 0.0))[0]
+            self._last_cpu[proc.pid] = (group, used)  # kept after the process exits
+            rss += mem
+            entry = kinds.setdefault(group, [0, 0])
+            entry[0] += mem
+            entry[1] += 1
+        by_group: dict[str, float] = {}
+        for group, used in self._last_cpu.values():
+            by_group[group] = by_group.get(group, 0.0) + used
+        cpu = sum(by_group.values())
+        for kind, (mem, count) in kinds.items():
+            old = self.peak_by_kind.get(kind, (0, 0))
+            self.peak_by_kind[kind] = (max(old[0], mem), max(old[1], count))
+        mark = self.marker() if self.marker else 0
+        return Sample(time.perf_counter(), rss, pss, cpu, len(procs), mark, by_group)
+
+    def run(self) -> None:
+        """Sample until :meth:`stop`."""
+        while not self._halt.is_set():
+            self.samples.append(self.sample())
+            self._halt.wait(self.interval)
+
+    def stop(self) -> None:
+        """Stop sampling and wait for the thread."""
+        self._halt.set()
+        self.join()
+
+    def peak(self, attribute: str = "rss") -> int:
+        """Largest summed ``rss`` or ``pss`` seen."""
+        return max((getattr(s, attribute) for s in self.samples), default=0)
+
+    def cpu_between_marks(self, first: int = 1, group: str | None = None) -> list[float]:
+        """CPU seconds of the tree (or one process group) from mark ``k`` to ``k + 1``, k >= ``first``.
+
+        Each mark's time is its first sample; with ``marker`` counting rows of ``rounds.jsonl``
+        (row 0 = the initial model), the list is the CPU of rounds 1, 2, ...
+        """
+        firsts: dict[int, float] = {}
+        for s in self.samples:
+            firsts.setdefault(s.mark, s.cpu if group is None else s.cpu_by_group.get(group, 0.0))
+        marks = sorted(m for m in firsts if m >= first)
+        return [firsts[b] - firsts[a] for a, b in zip(marks, marks[1:])]
+
+    def groups(self) -> list[str]:
+        """Process groups seen, in order of appearance."""
+        return list(dict.fromkeys(g for s in self.samples for g in s.cpu_by_group))
+
+
+def count_lines(path: Path) -> int:
+    """Lines in a file (0 if missing)."""
+    try:
+        with path.open("rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+@dataclass
+class InProcess:
+    """Per-round wall and CPU seconds, summed client seconds and final accuracy of an in-process run."""
+
+    seconds: list[float]
+    cpu: list[float]
+    client_seconds: float
+    accuracy: float
+
+
+def fedavg(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
+    """Flower's FedAvg arithmetic (numpy, weights normalised first, accumulated in reply order)."""
+    total = sum(weights)
+    out: dict[str, np.ndarray] = {}
+    for state, weight in zip(states, weights, strict=True):
+        for key, value in state.items():
+            scaled = value.numpy() * (weight / total)
+            out[key] = scaled if key not in out else out[key] + scaled
+    return {k: torch.from_numpy(np.asarray(v)) for k, v in out.items()}
+
+
+def _timed_client(
+    config: RunConfig, partition_id: int, num_clients: int, state: dict[str, torch.Tensor], server_round: int
+) -> tuple[TrainResult, float, float]:
+    start, cpu = time.perf_counter(), time.process_time()
+    result = run_client_round(config, partition_id, num_clients, state, server_round)
+    return result, time.perf_counter() - start, time.process_time() - cpu
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def run_in_process(config: RunConfig, num_clients: int, threads: int, workers: int = 0) -> InProcess:
+    """The Flower run's rounds without Flower: clients, FedAvg in partition order, evaluation.
+
+    Parameters
+    ----------
+    config
+        The same fused config the Flower run used.
+    num_clients
+        Number of partitions (``num-supernodes``); all train every round.
+    threads
+        torch threads of this process while it runs (restored afterwards).
+    workers
+        0: clients one after the other in this process; else that many persistent worker
+        processes (spawned, one torch thread each) share each round's clients.
+
+    Returns
+    -------
+    InProcess
+        Wall and CPU seconds per round (train all clients + aggregate + evaluate; CPU of this
+        process plus, with workers, the workers' CPU in the clients), the clients' summed wall
+        seconds, and the final accuracy.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    pool = None
+    if workers:
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread)
+    try:
+        dataset = resolve_spec(config.dataset, config.normalization)
+        torch.manual_seed(config.seed)  # as the ServerApp does before building the initial model
+        model = build_model(config.model, dataset.num_classes, dataset.channels)
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        test = load_split(config.dataset, str(config.data_path()), "test")
+        pick = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(config.seed))
+        pick = pick[: config.eval_samples] if config.eval_samples else pick
+        seconds: list[float] = []
+        cpu: list[float] = []
+        client_seconds = 0.0
+        accuracy = float("nan")
+        for server_round in range(1, config.num_server_rounds + 1):
+            start, cpu_start = time.perf_counter(), time.process_time()
+            args = [(config, pid, num_clients, state, server_round) for pid in range(num_clients)]
+            if pool is None:
+                timed = [_timed_client(*a) for a in args]
+            else:
+                timed = list(pool.map(_timed_client, *zip(*args)))
+            client_seconds += sum(t[1] for t in timed)
+            state = fedavg([t[0].state_dict for t in timed], [t[0].num_examples for t in timed])
+            model = build_model(config.model, dataset.num_classes, dataset.channels)
+            model.load_state_dict(state)
+            _, accuracy = evaluate(model.eval(), test.images[pick], test.labels[pick], dataset)
+            seconds.append(time.perf_counter() - start)
+            workers_cpu = sum(t[2] for t in timed) if pool is not None else 0.0
+            cpu.append(time.process_time() - cpu_start + workers_cpu)
+        return InProcess(seconds, cpu, client_seconds, accuracy)
+    finally:
+        torch.set_num_threads(previous)
+        if pool is not None:
+            pool.shutdown()
+
+
+def clientapp_seconds(link: PrivateSuperLink, run_id: str) -> float:
+    """Flower's summed ClientApp time of a run (``flwr list``), NaN if unavailable."""
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "flwr"), "list", "--run-id", run_id, "--format", "json"], env=link.env, capture_output=True, text=True
+    ).stdout
+    try:
+        return float(json.loads(out)["runs"][0]["compute-time"]["clientapp-seconds"])
+    except (ValueError, KeyError, IndexError):
+        return float("nan")
+
+
+def later(seconds: list[float]) -> float:
+    """Median of rounds 2 and later (round 1 pays start-up)."""
+    return statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the repeats and print the per-repeat and median tables."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=10, help="num-supernodes (all train each round)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per run (>= 3; rounds 2+ are compared)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--dataset", default="embedded-photos")
+    parser.add_argument("--data-dir", default="~/.cache/fedpriv/data")
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--partitioner", default="iid", help="iid keeps the clients' work equal")
+    parser.add_argument("--eval-samples", type=int, default=1000)
+    parser.add_argument("--cpus-per-client", type=int, default=1, help="client-resources-num-cpus")
+    parser.add_argument("--out-dir", default="", help="run folders (default: a temporary folder)")
+    parser.add_argument("--default-threads", action="store_true",
+                        help="also run the clients in turn with torch's default thread count (slow when the "
+                             "machine is oversubscribed: OpenMP threads then spin against other processes)")
+    args = parser.parse_args(argv)
+    cpus = os.cpu_count() or 1
+    actors = max(1, cpus // args.cpus_per_client)
+    values: dict[str, Any] = {
+        "dataset": args.dataset, "data-dir": args.data_dir, "model": args.model, "partitioner": args.partitioner,
+        "num-server-rounds": args.rounds, "local-epochs": 1, "attack-rounds": "none", "clients-per-round": 0,
+        "eval-samples": args.eval_samples, "seed": 0,
+    }
+    federation = f"num-supernodes={args.clients} client-resources-num-cpus={args.cpus_per_client}"
+    work = Path(args.out_dir or tempfile.mkdtemp(prefix="fedpriv-bench-overhead-")).resolve()
+    print(f"# flwr run vs in-process; {args.clients} clients, {args.model}, {args.dataset} ({args.partitioner}), "
+          f"{args.rounds} rounds x {args.repeats} repeats, 1 local epoch, no attacks")
+    print(f"# cpus {cpus}, parallel actors {actors}, torch threads in-process {torch.get_num_threads()}, "
+          f"load {os.getloadavg()[0]:.2f}; runs in {work}")
+    rows: list[dict[str, float]] = []
+    groups: dict[str, list[float]] = {}
+    with PrivateSuperLink(work / "flwr-home", free_port_pair()) as link:
+        for repeat in range(args.repeats):
+            name = f"flower-{repeat}"
+            run_values = values | {"out-dir": str(work), "run-name": name}
+            def flower_run() -> tuple[str, float, TreeSampler]:
+                assert link.process is not None
+                sampler = TreeSampler(link.process.pid, 0.2, lambda: count_lines(work / name / "rounds.jsonl"))
+                sampler.start()
+                started = time.perf_counter()
+                outcome = link.run(APP, run_config_text(run_values), federation, echo=False, timeout=1800)
+                wall = time.perf_counter() - started
+                sampler.stop()
+                if not outcome.ok:
+                    sys.exit(f"flwr run failed ({outcome.status}):\n{outcome.log[-4000:]}")
+                return outcome.run_id, wall, sampler
+
+            config = app_config(run_values)
+            nan = InProcess([float("nan")] * 2, [float("nan")] * 2, float("nan"), float("nan"))
+
+            def in_process() -> dict[str, InProcess]:
+                return {
+                    "seq": run_in_process(config, args.clients, torch.get_num_threads()) if args.default_threads else nan,
+                    "single": run_in_process(config, args.clients, 1),
+                    "pool": run_in_process(config, args.clients, 1, workers=actors),
+                }
+
+            if repeat % 2 == 0:  # alternate the order, so that drifting load from others hits both alike
+                run_id, wall, sampler = flower_run()
+                runs = in_process()
+            else:
+                runs = in_process()
+                run_id, wall, sampler = flower_run()
+            flower, flower_cpu = round_seconds(work / name), sampler.cpu_between_marks()
+            for group in sampler.groups():
+                groups.setdefault(group, []).append(later(sampler.cpu_between_marks(group=group)))
+            rows.append({
+                "flower_r1": flower[0], "flower": later(flower), "wall": wall,
+                **{key: later(run.seconds) for key, run in runs.items()},
+                "app_s": clientapp_seconds(link, run_id), "client_s": runs["single"].client_seconds,
+                "cpu_flower": later(flower_cpu), **{f"cpu_{key}": later(run.cpu) for key, run in runs.items()},
+                "acc_flower": final_accuracy(work / name), **{f"acc_{k}": run.accuracy for k, run in runs.items()},
+            })
+            print(f"# repeat {repeat}: flower rounds {[round(x, 2) for x in flower]} (CPU "
+                  f"{[round(x, 1) for x in flower_cpu]}); "
+                  + "; ".join(f"{k} {[round(x, 2) for x in run.seconds]}" for k, run in runs.items())
+                  + f"; load {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"\n{'repeat':<7} {'flwr r1':>8} {'flwr r2+':>9} {'seq':>7} {'1thr':>7} {'1thr/' + str(actors):>7} "
+          f"{'pool' + str(actors):>7} {'vs seq':>8} {'vs ideal':>9} {'vs pool':>8}")
+
+    def line(label: str, r: dict[str, float]) -> None:
+        ideal = r["single"] / actors
+        print(f"{label:<7} {r['flower_r1']:>8.2f} {r['flower']:>9.2f} {r['seq']:>7.2f} {r['single']:>7.2f} "
+              f"{ideal:>7.2f} {r['pool']:>7.2f} {r['flower'] / r['seq'] - 1:>+8.1%} "
+              f"{r['flower'] / ideal - 1:>+9.1%} {r['flower'] / r['pool'] - 1:>+8.1%}")
+
+    median = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    for i, r in enumerate(rows):
+        line(str(i), r)
+    line("median", median)
+    print("# seconds per round, median of rounds 2..N (flwr r1: round 1). seq: in-process, clients in turn, "
+          f"{torch.get_num_threads()} torch threads; 1thr: same with 1 thread; 1thr/{actors}: that divided by the "
+          f"{actors} parallel actors (ideal); pool{actors}: {actors} worker processes x 1 thread. "
+          "vs X = Flower / X - 1 (overhead; target <= 10%).")
+    print(f"\n{'repeat':<7} {'flwr cpu':>9} {'seq cpu':>8} {'1thr cpu':>9} {'pool cpu':>9} {'vs 1thr':>8} "
+          f"{'vs pool':>8}")
+    for label, r in [*((str(i), r) for i, r in enumerate(rows)), ("median", median)]:
+        print(f"{label:<7} {r['cpu_flower']:>9.2f} {r['cpu_seq']:>8.2f} {r['cpu_single']:>9.2f} {r['cpu_pool']:>9.2f} "
+              f"{r['cpu_flower'] / r['cpu_single'] - 1:>+8.1%} {r['cpu_flower'] / r['cpu_pool'] - 1:>+8.1%}")
+    print("# CPU seconds per round (user + system), median of rounds 2..N: Flower = the whole SuperLink process "
+          "tree (SuperLink, SuperExec, flwr-simulation with the ServerApp, Ray's raylet/GCS/actors), sampled every "
+          "0.2 s at each new rounds.jsonl row; in-process = this process (+ the pool workers' client CPU). Less "
+          "sensitive than wall time to other load on a shared machine.")
+    print(f"\n{'Flower process group':<28} {'cpu s/round':>11}")
+    for group, per_repeat in groups.items():
+        print(f"{group:<28} {statistics.median(per_repeat):>11.2f}")
+    print("# median over repeats of each group's median CPU over rounds 2..N")
+    print(f"\n{'repeat':<7} {'flwr wall':>10} {'clientapp s':>12} {'1thr client s':>14} {'acc flwr':>9} "
+          f"{'acc seq':>8} {'acc 1thr':>9} {'acc pool':>9}")
+    for label, r in [*((str(i), r) for i, r in enumerate(rows)), ("median", median)]:
+        print(f"{label:<7} {r['wall']:>10.1f} {r['app_s']:>12.1f} {r['client_s']:>14.1f} {r['acc_flower']:>9.4f} "
+              f"{r['acc_seq']:>8.4f} {r['acc_single']:>9.4f} {r['acc_pool']:>9.4f}")
+    print("# flwr wall: whole flwr run incl. start-up; clientapp s: Flower's summed ClientApp time (all rounds + "
+          "discovery); 1thr client s: summed run_client_round time in-process, 1 thread, all rounds; acc: final "
+          "global accuracy (equal when the in-process replay matches Flower's arithmetic)")
+    print(f"# load at end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()
