@@ -63,8 +63,10 @@ def _explicit_clamps(settings: AttackSettings) -> tuple[float, float] | None:
         return None
     values = []
     for key, text in given.items():
+        if text is None:
+            raise ConfigError(f"translation-aware needs both tx-max and ty-max; {key} is missing")
         try:
-            value = float(text) if text is not None else math.nan
+            value = float(text)
         except ValueError:
             value = math.nan
         if not (math.isfinite(value) and value >= 0):

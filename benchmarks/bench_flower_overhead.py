@@ -1,29 +1,33 @@
 """Flower's overhead per round: the real ``flwr run`` against the same clients trained in-process.
 
 One repeat is a Flower run (a private SuperLink, ``num-supernodes`` clients, all trained every
-round, no attacks) and, in the same process right after it, the same rounds computed without
-Flower or Ray: ``run_client_round`` for each client in turn on the same config and seeds, the
-same FedAvg arithmetic as Flower's, and the server's evaluation. Flower's per-round time is
-``seconds`` from ``rounds.jsonl`` (from ``configure_train`` to the end of the server's
-evaluation); round 1 also starts the Ray actors, so the figure compared is the median over
-rounds 2 and later.
+round, no attacks) and, in the same process, the same rounds computed without Flower or Ray:
+``run_client_round`` for every client on the same config and seeds, the same FedAvg arithmetic
+as Flower's, and the server's evaluation. Repeats alternate which of the two goes first, so
+that drifting load from other processes hits both alike. Flower's per-round time is ``seconds``
+from ``rounds.jsonl`` (from ``configure_train`` to the end of the server's evaluation); round 1
+also pays each actor's first data loading and imports, so the figure compared is the median
+over rounds 2 and later.
 
-Three in-process figures are measured, because Ray runs ``floor(cpus / client-resources-num-cpus)``
-actors in parallel, each with one torch thread (Ray sets ``OMP_NUM_THREADS`` to the actor's CPUs):
+In-process figures, because Ray runs ``floor(cpus / client-resources-num-cpus)`` actors in
+parallel, each with one torch thread (Ray sets ``OMP_NUM_THREADS`` to the actor's CPUs):
 
-- *sequential*: one client after the other with torch's default thread count (all cores):
-  the plain "without Flower" loop on the same machine;
-- *1 thread / actors*: one client after the other with one torch thread, divided by the number
-  of parallel actors: the ideal time of the same work split perfectly over the actors;
+- *1thr*: one client after the other with one torch thread (what each actor does);
+- *1thr / actors*: that divided by the number of parallel actors: the ideal time of the same
+  work split perfectly over the actors;
 - *pool*: the clients spread over as many persistent worker processes as Ray has actors, one
   torch thread each (``concurrent.futures``, no Flower, no Ray): the parallel speed-up really
-  available on this machine at this moment, which a shared, loaded machine keeps below ideal.
+  available on this machine at this moment, which a shared, loaded machine keeps below ideal;
+- *seq* (``--default-threads``): one client after the other with torch's default thread count.
 
-``clientapp-seconds`` (from ``flwr list``) is Flower's own sum of ClientApp call times over the
-run (discovery queries and all rounds), compared with the in-process sum of the clients' work.
+Wall time on a machine shared with other work mostly measures that work, so CPU time is
+reported too: the summed user + system seconds of the SuperLink's whole process tree (sampled
+every 0.2 s, cut at each new ``rounds.jsonl`` row) against this process's (and the pool
+workers') CPU, per round and per Flower process group. ``clientapp-seconds`` (``flwr list``)
+is Flower's own sum of ClientApp call times over the run (discovery queries and all rounds).
 
     python benchmarks/bench_flower_overhead.py                        # 10 clients, resnet20, 4 rounds, 2 repeats
-    python benchmarks/bench_flower_overhead.py --model convnet --repeats 3
+    python benchmarks/bench_flower_overhead.py --model convnet --repeats 3 --default-threads
 """
 
 from __future__ import annotations

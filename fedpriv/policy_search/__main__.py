@@ -264,9 +264,8 @@ def format_table(ranked: Sequence[RankedPolicy], threshold: float, top: int | No
             f"{s.s_acc:>9.2f} {n:>7}"
         )
     lines.append(f"{len(accepted)} of {len(ranked)} candidates accepted (S_acc >= {threshold:g})")
-    best = accepted[: len(shown)]
-    if len(best) >= 2:
-        lines.append(f"hybrid of these: ats:hybrid({','.join(policy_text(r.scores.policy) for r in best)})")
+    if top is not None and len(shown) >= 2:
+        lines.append(f"hybrid of these: ats:hybrid({','.join(policy_text(r.scores.policy) for r in shown)})")
     return "\n".join(lines)
 
 
