@@ -1,4 +1,4 @@
-"""Split sample indices among clients with flwr-datasets' IID and Dirichlet partitioners."""
+"""Split sample indices among clients: IID shards and flwr-datasets' Dirichlet partitioner."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import warnings
 
 import datasets
 import numpy as np
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
+from flwr_datasets.partitioner import DirichletPartitioner, Partitioner
 
 from fedpriv.errors import ConfigError
 
@@ -25,7 +25,7 @@ def partition_indices(
     """Assign every sample to one of ``num_partitions`` clients.
 
     ``"iid"`` shuffles the samples with ``seed`` and cuts them into contiguous shards whose sizes
-    differ by at most one (flwr-datasets' IidPartitioner does not shuffle by itself).
+    differ by at most one (what flwr-datasets' IidPartitioner gives on the shuffled set).
     ``"dirichlet"`` gives each client a share of each class drawn from Dir(alpha) (Hsu et al.
     2019; flwr-datasets' DirichletPartitioner, no self-balancing), redrawing up to ten times
     until every client holds at least ``min_partition_size`` samples. Smaller alpha means more
@@ -74,9 +74,13 @@ def partition_indices(
         )
     if partitioner == "dirichlet" and not (alpha > 0 and math.isfinite(alpha)):
         raise ConfigError(f"dirichlet alpha must be a positive number, got {alpha}")
-    table = datasets.Dataset.from_dict({"label": labels, "index": np.arange(len(labels))})
     if partitioner == "iid":
-        return _indices(IidPartitioner(num_partitions), table.shuffle(seed=seed))
+        # Same shards as IidPartitioner over `Dataset.shuffle(seed)` (both cut a
+        # default_rng(seed) permutation into contiguous pieces), without its per-partition
+        # `select`: that took 1.6-4 s for 1,000 partitions, this takes milliseconds.
+        order = np.random.default_rng(seed).permutation(len(labels))
+        return [part.astype(np.int64) for part in np.array_split(order, num_partitions)]
+    table = datasets.Dataset.from_dict({"label": labels, "index": np.arange(len(labels))})
     min_size = max(1, min(min_partition_size, len(labels) // (4 * num_partitions)))
     dirichlet = DirichletPartitioner(
         num_partitions, "label", alpha, min_partition_size=min_size, seed=seed
