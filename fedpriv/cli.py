@@ -19,7 +19,7 @@ DEMO_RUN_CONFIG = (
 DEMO_FEDERATION = "num-supernodes=4 client-resources-num-cpus=1"
 
 
-def _run(app: Path, run_config: str, federation_config: str, home: Path, port: int) -> int:
+def _run(app: Path, run_config: list[str], federation_config: str, home: Path, port: int) -> int:
     if not (app / "pyproject.toml").exists():
         print(f"error: {app} is not a Flower app folder (no pyproject.toml)", file=sys.stderr)
         return 2
@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="flwr run APP --stream on a private SuperLink; exit 1 if the run failed")
     run.add_argument("app", type=Path)
-    run.add_argument("--run-config", default="")
+    run.add_argument(
+        "--run-config", action="append", default=[], help="key=value string or TOML file; repeatable"
+    )
     run.add_argument("--federation-config", default="")
     run.add_argument("--flwr-home", type=Path, default=Path(tempfile.gettempdir()) / f"fedpriv-flwr-{os.getuid()}")
     run.add_argument("--port", type=int, default=39291)
@@ -54,5 +56,5 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "demo":
-        return _run(REPO / "simulations" / "cifar100_ats", DEMO_RUN_CONFIG, DEMO_FEDERATION, args.flwr_home, args.port)
+        return _run(REPO / "simulations" / "cifar100_ats", [DEMO_RUN_CONFIG], DEMO_FEDERATION, args.flwr_home, args.port)
     return _run(args.app, args.run_config, args.federation_config, args.flwr_home, args.port)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import re
 import signal
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,30 @@ QUIET_ENV = {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
 }
+
+
+_PAIR = re.compile(r"""([\w.-]+)\s*=\s*("[^"]*"|'[^']*'|\S+)""")
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def run_config_string(items: list[str]) -> str:
+    """Merge run-config items (``key=value`` strings or TOML files) into one ``key=value`` string.
+
+    ``flwr run`` takes either TOML files or key-value strings, not both; merging here lets a
+    preset file be combined with overrides (later items win, key by key).
+    """
+    merged: dict[str, str] = {}
+    for item in items:
+        if item.endswith(".toml") and Path(item).is_file():
+            merged |= {k: _toml_value(v) for k, v in tomllib.loads(Path(item).read_text()).items()}
+            continue
+        merged |= dict(_PAIR.findall(item))
+    return " ".join(f"{key}={value}" for key, value in merged.items())
 
 
 def _tool(name: str) -> str:
@@ -100,7 +126,12 @@ class PrivateSuperLink:
                 self.process.wait()
 
     def run(
-        self, app: Path, run_config: str = "", federation_config: str = "", echo: bool = True, timeout: float = 3600
+        self,
+        app: Path,
+        run_config: str | list[str] = "",
+        federation_config: str = "",
+        echo: bool = True,
+        timeout: float = 3600,
     ) -> RunOutcome:
         """Submit ``app`` with ``flwr run --stream``, then read its final status.
 
@@ -108,16 +139,20 @@ class PrivateSuperLink:
         ----------
         app
             The Flower app folder.
-        run_config, federation_config
-            Passed to ``--run-config`` / ``--federation-config`` when not empty.
+        run_config
+            Passed to ``--run-config`` (a string or a TOML file; a list gives several, later
+            ones overriding earlier ones).
+        federation_config
+            Passed to ``--federation-config`` when not empty.
         echo
             Print the streamed log as it arrives.
         timeout
             Seconds before the run is stopped and reported as timed out.
         """
         command = [_tool("flwr"), "run", str(app), "--stream"]
-        if run_config:
-            command += ["--run-config", run_config]
+        merged = run_config_string([run_config] if isinstance(run_config, str) else run_config)
+        if merged:
+            command += ["--run-config", merged]
         if federation_config:
             command += ["--federation-config", federation_config]
         process = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

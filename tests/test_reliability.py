@@ -88,3 +88,12 @@ def test_a_client_round_needs_no_network(monkeypatch: pytest.MonkeyPatch) -> Non
     config = RunConfig.from_run_config({"dataset": "embedded-photos", "model": "convnet", "attack-iterations": 5})
     result = run_client_round(config, 0, 8, build_model("convnet", 10).state_dict(), 1)
     assert result.leak is not None
+
+
+def test_preset_files_merge_with_overrides(tmp_path: Path) -> None:
+    from fedpriv.launcher import run_config_string
+
+    preset = tmp_path / "preset.toml"
+    preset.write_text('dataset = "cifar100"\nnum-server-rounds = 2\nreveal-labels = false\n')
+    merged = run_config_string([str(preset), "dataset='embedded-photos' out-dir='/tmp/a b'"])
+    assert merged == "dataset='embedded-photos' num-server-rounds=2 reveal-labels=false out-dir='/tmp/a b'"
