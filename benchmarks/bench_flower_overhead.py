@@ -364,9 +364,9 @@ def run_in_process(config: RunConfig, num_clients: int, threads: int, workers: i
 
 def clientapp_seconds(link: PrivateSuperLink, run_id: str) -> float:
     """Flower's summed ClientApp time of a run (``flwr list``), NaN if unavailable."""
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "flwr"), "list", "--run-id", run_id, "--format", "json"], env=link.env, capture_output=True, text=True
-    ).stdout
+    flwr = str(Path(sys.executable).parent / "flwr")
+    command = [flwr, "list", "--run-id", run_id, "--format", "json"]
+    out = subprocess.run(command, env=link.env, capture_output=True, text=True).stdout
     try:
         return float(json.loads(out)["runs"][0]["compute-time"]["clientapp-seconds"])
     except (ValueError, KeyError, IndexError):
@@ -430,8 +430,9 @@ def main(argv: list[str] | None = None) -> None:
             nan = InProcess([float("nan")] * 2, [float("nan")] * 2, float("nan"), float("nan"))
 
             def in_process() -> dict[str, InProcess]:
+                threads = torch.get_num_threads()
                 return {
-                    "seq": run_in_process(config, args.clients, torch.get_num_threads()) if args.default_threads else nan,
+                    "seq": run_in_process(config, args.clients, threads) if args.default_threads else nan,
                     "single": run_in_process(config, args.clients, 1),
                     "pool": run_in_process(config, args.clients, 1, workers=actors),
                 }
@@ -460,11 +461,13 @@ def main(argv: list[str] | None = None) -> None:
           f"{'pool' + str(actors):>7} {'vs seq':>8} {'vs ideal':>9} {'vs pool':>8}")
 
     def line(label: str, r: dict[str, float]) -> None:
-        ideal = r["single"] / actors
         print(f"{label:<7} {r['flower_r1']:>8.2f} {r['flower']:>9.2f} {r['seq']:>7.2f} {r['single']:>7.2f} "
-              f"{ideal:>7.2f} {r['pool']:>7.2f} {r['flower'] / r['seq'] - 1:>+8.1%} "
-              f"{r['flower'] / ideal - 1:>+9.1%} {r['flower'] / r['pool'] - 1:>+8.1%}")
+              f"{r['ideal']:>7.2f} {r['pool']:>7.2f} {r['r_seq']:>+8.1%} {r['r_ideal']:>+9.1%} {r['r_pool']:>+8.1%}")
 
+    for r in rows:  # overheads per repeat; the median row shows their medians
+        r["ideal"] = r["single"] / actors
+        r.update({f"r_{k}": r["flower"] / r[k] - 1 for k in ("seq", "ideal", "pool")})
+        r.update({f"rc_{k}": r["cpu_flower"] / r[f"cpu_{k}"] - 1 for k in ("single", "pool")})
     median = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     for i, r in enumerate(rows):
         line(str(i), r)
@@ -472,12 +475,12 @@ def main(argv: list[str] | None = None) -> None:
     print("# seconds per round, median of rounds 2..N (flwr r1: round 1). seq: in-process, clients in turn, "
           f"{torch.get_num_threads()} torch threads; 1thr: same with 1 thread; 1thr/{actors}: that divided by the "
           f"{actors} parallel actors (ideal); pool{actors}: {actors} worker processes x 1 thread. "
-          "vs X = Flower / X - 1 (overhead; target <= 10%).")
+          "vs X = Flower / X - 1 (overhead; target <= 10%); median row: medians of each column.")
     print(f"\n{'repeat':<7} {'flwr cpu':>9} {'seq cpu':>8} {'1thr cpu':>9} {'pool cpu':>9} {'vs 1thr':>8} "
           f"{'vs pool':>8}")
     for label, r in [*((str(i), r) for i, r in enumerate(rows)), ("median", median)]:
         print(f"{label:<7} {r['cpu_flower']:>9.2f} {r['cpu_seq']:>8.2f} {r['cpu_single']:>9.2f} {r['cpu_pool']:>9.2f} "
-              f"{r['cpu_flower'] / r['cpu_single'] - 1:>+8.1%} {r['cpu_flower'] / r['cpu_pool'] - 1:>+8.1%}")
+              f"{r['rc_single']:>+8.1%} {r['rc_pool']:>+8.1%}")
     print("# CPU seconds per round (user + system), median of rounds 2..N: Flower = the whole SuperLink process "
           "tree (SuperLink, SuperExec, flwr-simulation with the ServerApp, Ray's raylet/GCS/actors), sampled every "
           "0.2 s at each new rounds.jsonl row; in-process = this process (+ the pool workers' client CPU). Less "

@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         after = [x for x in sampler.samples if x.t - log.start >= at] or sampler.samples[-1:]
         return (after[0].cpu if group is None else after[0].cpu_by_group.get(group, 0.0)) if after else 0.0
 
-    print(f"\n{'phase ends':<28} {'at s':>7} {'phase s':>8} {'cpu s':>7} " + " ".join(f"{short[g]:>10}" for g in groups))
+    header = " ".join(f"{short[g]:>10}" for g in groups)
+    print(f"\n{'phase ends':<28} {'at s':>7} {'phase s':>8} {'cpu s':>7} {header}")
     previous = 0.0
     for name, pattern in [*MILESTONES, *((f"round {k}", rf"fedpriv round {k}:") for k in range(1, args.rounds + 1))]:
         at = log.first(pattern)
