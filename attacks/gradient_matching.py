@@ -26,6 +26,7 @@ from fedpriv.errors import ConfigError
 
 ENGINES = ("auto", "loop", "grouped", "vmap")
 PROBE_MARGIN = 1.25  # auto batches only if the probe finds it this much faster: CPU timings vary ~20%
+PROBE_PROBLEMS = 16  # most problems a probe step batches (bounds its memory); its time is scaled up
 Matcher = Callable[[torch.Tensor], torch.Tensor]
 _PROBE_CACHE: dict[tuple[object, ...], str] = {}
 
@@ -53,10 +54,7 @@ class MatchingProblem:
 
 @dataclass(frozen=True)
 class ExtraParameters:
-    """Per-problem parameters (P, ...), optimised with x unsigned and clamped to [-bound, bound].
-
-    ``apply(x (P, k, C, H, W), values)`` returns the model input (P, k, C, H, W).
-    """
+    """Per-problem parameters (P, ...) optimised unsigned with x, clamped to +-bound; ``apply`` -> model input."""
 
     init: torch.Tensor
     bound: torch.Tensor
@@ -117,17 +115,15 @@ def vmap_matcher(model: nn.Module, problems: Sequence[MatchingProblem]) -> Match
         grads = torch.func.grad(ce)(trainable)
         return _cosine_loss(torch.cat([grads[n].reshape(-1) for n in trainable]), flat_p, norm_p)
 
-    batched = vmap(one)
-    return lambda inputs: batched(inputs, labels, flat, norm)
+    return lambda inputs: vmap(one)(inputs, labels, flat, norm)
 
 
 class _GroupedConv(torch.autograd.Function):
     """conv2d over per-problem weight copies (groups) with a backward that is cheap to differentiate.
 
-    Input and weight gradients are two separate differentiable ops (a transposed convolution, a
-    weight-only ``convolution_backward``), so the second derivative never reaches aten's loop over
-    groups in ``_convolution_double_backward``. The weight gradient is only formed while a graph
-    is built (the matching pass); the pass back to x skips it.
+    Input and weight gradients are separate differentiable ops (a transposed convolution, a weight-only
+    ``convolution_backward``), so the second derivative never reaches aten's loop over groups in
+    ``_convolution_double_backward``. Weight gradients are only formed while a graph is built.
     """
 
     @staticmethod
@@ -220,9 +216,8 @@ def _grouped_copy(model: nn.Module, problems: int) -> tuple[nn.Module, list[torc
 def grouped_matcher(model: nn.Module, problems: Sequence[MatchingProblem]) -> Matcher | None:
     """Per-problem model copies as grouped convolutions; ``None`` if the model is not covered.
 
-    Covered: Conv2d (zero padding), eval BatchNorm2d and Linear, joined by parameter-free
-    modules that act per channel (activations, pooling, residual sums, flatten). The copy is
-    checked against the model on the problems' starting points before use.
+    Covered: Conv2d (zero padding), eval BatchNorm2d, Linear, joined by parameter-free modules
+    acting per channel; the copy is checked against the model on the problems' starts first.
     """
     if (built := _grouped_copy(model, len(problems))) is None:
         return None
@@ -310,31 +305,37 @@ def _step_seconds(match: Matcher, x: torch.Tensor, extra: ExtraParameters | None
     return time.perf_counter() - start
 
 
+def _probe(model: nn.Module, problems: Sequence[MatchingProblem], extra: ExtraParameters | None, tv: float,
+           repeats: int) -> str:
+    """The fastest engine for P problems, timing batched engines on at most :data:`PROBE_PROBLEMS`."""
+    size = min(len(problems), PROBE_PROBLEMS)
+    x, part = torch.stack([p.init for p in problems[:size]]), None if extra is None else extra.rows(0, size)
+    found = {"grouped": grouped_matcher(model, problems[:size])}
+    if found["grouped"] is None or x.device.type != "cpu":
+        found["vmap"] = vmap_matcher(model, problems[:size])
+    loop = partial(_step_seconds, loop_matcher(model, problems[:1]), x[:1], part and part.rows(0, 1), tv)
+    steps = {"loop": (loop, float(len(problems)))}
+    steps |= {name: (partial(_step_seconds, match, x, part, tv), PROBE_MARGIN * len(problems) / size)
+              for name, match in found.items() if match is not None}
+    best = {name: scale * min(step() for _ in range(repeats + 1)) for name, (step, scale) in steps.items()}
+    return min(best, key=best.__getitem__)
+
+
 def choose_engine(model: nn.Module, problems: Sequence[MatchingProblem], extra: ExtraParameters | None,
                   tv: float, repeats: int = 3) -> tuple[str, Matcher | None]:
-    """``auto``: time the loop against the batched engines on these problems, cached per shape.
+    """``auto``: the engine (and its matcher) that a timing probe finds fastest, cached per shape.
 
-    Candidates: ``grouped``; ``vmap`` off the CPU or where grouped copies do not cover the model
-    (on CPU grouped never lost to it in our measurements). A batched engine wins only if
-    :data:`PROBE_MARGIN` times faster than P loop steps (each the minimum of a few steps). Keyed
-    by model class, parameter shapes, problem shape, dtype, device and whether extras are
-    present. Returns the engine and its matcher (``None`` for the loop).
+    Candidates: ``grouped``; ``vmap`` off the CPU or where grouped does not cover the model (on
+    CPU it never beat grouped in our measurements). Batched engines must beat P loop steps by
+    :data:`PROBE_MARGIN` (each the minimum of a few steps; batched ones on at most
+    :data:`PROBE_PROBLEMS` problems, scaled). Keyed by model, problem shape, dtype, device, extras.
     """
-    x, first = torch.stack([p.init for p in problems]), next(model.parameters())
-    key = (type(model).__name__, tuple(tuple(p.shape) for p in model.parameters()), tuple(x.shape),
-           first.dtype, str(first.device), extra is not None)
-    if key in _PROBE_CACHE:
-        return _batched_matcher(_PROBE_CACHE[key], model, problems, extra, tv)
-    grouped = grouped_matcher(model, problems)
-    found = {} if grouped is None else {"grouped": grouped}
-    if grouped is None or x.device.type != "cpu":
-        found["vmap"] = vmap_matcher(model, problems)
-    one, sub = loop_matcher(model, problems[:1]), None if extra is None else extra.rows(0, 1)
-    steps = {"loop": (partial(_step_seconds, one, x[:1], sub, tv), float(len(problems)))}
-    steps |= {name: (partial(_step_seconds, match, x, extra, tv), PROBE_MARGIN) for name, match in found.items()}
-    best = {name: scale * min(step() for _ in range(repeats + 1)) for name, (step, scale) in steps.items()}
-    _PROBE_CACHE[key] = min(best, key=best.__getitem__)
-    return _PROBE_CACHE[key], found.get(_PROBE_CACHE[key])
+    first = next(model.parameters())
+    key = (type(model).__name__, tuple(tuple(p.shape) for p in model.parameters()), len(problems),
+           tuple(problems[0].init.shape), first.dtype, str(first.device), extra is not None)
+    if key not in _PROBE_CACHE:
+        _PROBE_CACHE[key] = _probe(model, problems, extra, tv, repeats)
+    return _batched_matcher(_PROBE_CACHE[key], model, problems, extra, tv)
 
 
 def _batched_matcher(engine: str, model: nn.Module, problems: Sequence[MatchingProblem],
@@ -371,8 +372,7 @@ def solve(model: nn.Module, problems: Sequence[MatchingProblem], low: torch.Tens
     Raises
     ------
     ConfigError
-        On an unknown engine, ``max_batch < 1``, a batched engine on a train-mode model, or
-        ``grouped`` on a model it does not cover.
+        Unknown engine, ``max_batch < 1``, batched engine on a train-mode model, uncovered model.
     """
     if engine not in ENGINES:
         raise ConfigError(f"unknown gradient-matching engine {engine!r}; valid engines: {', '.join(ENGINES)}")

@@ -15,6 +15,7 @@ known labels; targets are gradients of 32x32 patches of scikit-image photographs
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -116,7 +117,8 @@ def speed(args: argparse.Namespace) -> None:
                 rate = b / (sec * args.job_iterations)
                 print(f"{name:<11} {b:>3} {engine:<8} {sec * 1e3:>9.1f} {rate:>8.5f} {loop / sec:>7.2f}",
                       flush=True)
-    print(f"# auto chose: {dict((str(k[2][0]) + ' ' + k[0], v) for k, v in gm._PROBE_CACHE.items())}")
+    chosen = {f"{k[0]}({sum(math.prod(s) for s in k[1])} parameters) B={k[2]}": v for k, v in gm._PROBE_CACHE.items()}
+    print(f"# auto chose: {chosen}")
     print(f"# load at end {os.getloadavg()[0]:.2f}")
 
 
