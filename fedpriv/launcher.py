@@ -87,7 +87,11 @@ class PrivateSuperLink:
 
     def __init__(self, home: Path, port: int = 39291) -> None:
         self.home, self.port = home.resolve(), port
+        # The SuperLink starts ``flower-superexec`` and friends by name: put this Python's
+        # scripts first on PATH so they are found when the venv is not activated.
+        scripts = str(Path(sys.executable).parent)
         self.env = os.environ | QUIET_ENV | {
+            "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")]),
             "FLWR_HOME": str(self.home),
             "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(port),
             "FLWR_LOCAL_CONTROL_API_PORT": str(port + 2),
@@ -107,7 +111,8 @@ class PrivateSuperLink:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"flower-superlink exited; see {self.home / 'superlink.out'}")
+                tail = (self.home / "superlink.out").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"flower-superlink exited; {self.home / 'superlink.out'} ends:\n{tail}")
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1)
                 return self
