@@ -9,6 +9,7 @@ from typing import ClassVar, Protocol
 import torch
 from torch import nn
 
+from fedpriv.attacks.precision import check_precision
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import Leak
@@ -33,6 +34,9 @@ class AttackSettings:
         Where the attack runs ("cpu", "cuda", "cuda:1").
     progress
         Print a progress line every this many iterations (0: never).
+    precision
+        ``default`` (PyTorch's own), ``strict-fp32`` (no TF32) or ``bf16`` (autocast), see
+        :mod:`fedpriv.attacks.precision`.
     extra
         Attack-specific options by name (e.g. translation clamps).
     """
@@ -43,6 +47,7 @@ class AttackSettings:
     tv: float = 1e-4
     device: str = "cpu"
     progress: int = 0
+    precision: str = "default"
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -121,3 +126,4 @@ def check_settings(settings: AttackSettings) -> None:
         torch.device(settings.device)
     except RuntimeError:
         raise ConfigError(f"attack-device {settings.device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    check_precision(settings.precision)

@@ -10,7 +10,6 @@ as grouped convolutions), ``vmap`` (``torch.func``), ``auto`` (:func:`choose_eng
 
 from __future__ import annotations
 
-import copy
 import operator
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from fedpriv.attacks.grouped_model import grouped_copy
+from fedpriv.attacks.precision import check_precision, precision_scope
 from fedpriv.errors import ConfigError
 
 ENGINES = ("auto", "loop", "grouped", "vmap")
@@ -118,108 +119,13 @@ def vmap_matcher(model: nn.Module, problems: Sequence[MatchingProblem]) -> Match
     return lambda inputs: vmap(one)(inputs, labels, flat, norm)
 
 
-class _GroupedConv(torch.autograd.Function):
-    """conv2d over per-problem weight copies (groups) with a backward that is cheap to differentiate.
-
-    Input and weight gradients are separate differentiable ops (a transposed convolution, a weight-only
-    ``convolution_backward``), so the second derivative never reaches aten's loop over groups in
-    ``_convolution_double_backward``. Weight gradients are only formed while a graph is built.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, stride, padding, dilation, groups):  # type: ignore[no-untyped-def]
-        ctx.save_for_backward(x, weight)
-        ctx.conf = (stride, padding, dilation, groups)
-        return F.conv2d(x, weight, None, stride, padding, dilation, groups)
-
-    @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[no-untyped-def]
-        x, weight = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.conf
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            extra = [x.shape[i + 2] - ((grad_out.shape[i + 2] - 1) * stride[i] - 2 * padding[i]
-                                       + dilation[i] * (weight.shape[i + 2] - 1) + 1) for i in range(2)]
-            grad_x = F.conv_transpose2d(grad_out, weight, None, stride, padding, extra, groups, dilation)
-        if ctx.needs_input_grad[1] and torch.is_grad_enabled():
-            grad_w = torch.ops.aten.convolution_backward(
-                grad_out, x, weight, None, stride, padding, dilation, False, [0, 0], groups, [False, True, False]
-            )[1]
-        return grad_x, grad_w, None, None, None, None
-
-
-class _Copies(nn.Module):
-    """A Conv2d, eval BatchNorm2d or Linear with one parameter copy per problem (channel blocks)."""
-
-    def __init__(self, module: nn.Module, problems: int) -> None:
-        super().__init__()
-        self.module, self.problems = module, problems
-        self.copies = {
-            name: p.detach().repeat(problems, *[1] * (p.dim() - 1)).requires_grad_(p.requires_grad)
-            for name, p in module.named_parameters(recurse=False)
-        }
-        if isinstance(module, nn.BatchNorm2d):
-            assert module.running_mean is not None and module.running_var is not None
-            scale = torch.rsqrt(module.running_var + module.eps)
-            self.scale = scale.repeat(problems)[:, None, None]
-            self.shift = (-module.running_mean * scale).repeat(problems)[:, None, None]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m, n = self.module, self.problems
-        c = {name: t if t.dim() > 1 else t[:, None, None] for name, t in self.copies.items()}
-        if isinstance(m, nn.Conv2d):
-            y: torch.Tensor = _GroupedConv.apply(x, c["weight"], m.stride, m.padding, m.dilation, m.groups * n)
-            return y + c["bias"] if "bias" in c else y
-        if isinstance(m, nn.BatchNorm2d):  # affine (covered BatchNorm2d has parameters)
-            return torch.addcmul(c["bias"], torch.addcmul(self.shift, x, self.scale), c["weight"])
-        weight = self.copies["weight"].view(n, -1, x.shape[1] // n)  # Linear on (k, P * features)
-        y = torch.bmm(x.view(len(x), n, -1).transpose(0, 1), weight.transpose(1, 2))
-        y = y + self.copies["bias"].view(n, 1, -1) if "bias" in c else y
-        return y.transpose(0, 1).reshape(len(x), -1)
-
-
-def _covered(module: nn.Module) -> bool:
-    if isinstance(module, nn.Conv2d):
-        return module.padding_mode == "zeros" and not isinstance(module.padding, str)
-    if isinstance(module, nn.BatchNorm2d):
-        return not module.training and module.running_mean is not None and module.running_var is not None
-    return isinstance(module, nn.Linear)
-
-
-def _grouped_copy(model: nn.Module, problems: int) -> tuple[nn.Module, list[torch.Tensor]] | None:
-    """The model with :class:`_Copies` swapped in, and the trainable copies; ``None`` if not covered."""
-    owners: dict[int, torch.Tensor] = {}
-
-    def rebuilt(module: nn.Module) -> nn.Module | None:
-        if any(True for _ in module.parameters(recurse=False)):
-            if not _covered(module):
-                return None
-            replica = _Copies(module, problems)
-            owners.update({id(p): replica.copies[n] for n, p in module.named_parameters(recurse=False)})
-            return replica
-        clone = copy.copy(module)
-        clone._modules = {}
-        for name, child in module._modules.items():
-            new = None if child is None else rebuilt(child)
-            if child is not None and new is None:
-                return None
-            clone._modules[name] = new
-        return clone
-
-    replica = rebuilt(model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if replica is None or any(id(p) not in owners for p in trainable):
-        return None
-    return replica, [owners[id(p)] for p in trainable]
-
-
 def grouped_matcher(model: nn.Module, problems: Sequence[MatchingProblem]) -> Matcher | None:
     """Per-problem model copies as grouped convolutions; ``None`` if the model is not covered.
 
     Covered: Conv2d (zero padding), eval BatchNorm2d, Linear, joined by parameter-free modules
     acting per channel; the copy is checked against the model on the problems' starts first.
     """
-    if (built := _grouped_copy(model, len(problems))) is None:
+    if (built := grouped_copy(model, len(problems))) is None:
         return None
     replica, copies = built
     labels, (flat, norm) = torch.stack([p.labels for p in problems]), _flat_targets(problems)
@@ -230,7 +136,7 @@ def grouped_matcher(model: nn.Module, problems: Sequence[MatchingProblem]) -> Ma
         return logits.view(k, n, -1)
 
     init = torch.stack([p.init for p in problems])
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(init.device.type, enabled=False):
         try:
             grouped = run(init).transpose(0, 1)
             if not torch.allclose(grouped, model(init.flatten(0, 1)).view_as(grouped), rtol=1e-4, atol=1e-5):
@@ -328,11 +234,13 @@ def choose_engine(model: nn.Module, problems: Sequence[MatchingProblem], extra: 
     Candidates: ``grouped``; ``vmap`` off the CPU or where grouped does not cover the model (on
     CPU it never beat grouped in our measurements). Batched engines must beat P loop steps by
     :data:`PROBE_MARGIN` (each the minimum of a few steps; batched ones on at most
-    :data:`PROBE_PROBLEMS` problems, scaled). Keyed by model, problem shape, dtype, device, extras.
+    :data:`PROBE_PROBLEMS` problems, scaled). Keyed by model, problem shape, dtype, device, extras
+    and precision.
     """
     first = next(model.parameters())
     key = (type(model).__name__, tuple(tuple(p.shape) for p in model.parameters()), len(problems),
-           tuple(problems[0].init.shape), first.dtype, str(first.device), extra is not None)
+           tuple(problems[0].init.shape), first.dtype, str(first.device), extra is not None,
+           torch.is_autocast_enabled(first.device.type), torch.backends.cudnn.allow_tf32)
     if key not in _PROBE_CACHE:
         _PROBE_CACHE[key] = _probe(model, problems, extra, tv, repeats)
     return _batched_matcher(_PROBE_CACHE[key], model, problems, extra, tv)
@@ -353,7 +261,8 @@ def _batched_matcher(engine: str, model: nn.Module, problems: Sequence[MatchingP
 
 def solve(model: nn.Module, problems: Sequence[MatchingProblem], low: torch.Tensor, high: torch.Tensor, *,
           iterations: int, lr: float, tv: float, extra: ExtraParameters | None = None, engine: str = "auto",
-          max_batch: int = 64, progress: int = 0, label: str = "gradient-matching") -> MatchingResult:
+          max_batch: int = 64, precision: str = "default", progress: int = 0,
+          label: str = "gradient-matching") -> MatchingResult:
     """Solve independent problems (results in input order), batched where that is faster.
 
     Parameters
@@ -368,12 +277,16 @@ def solve(model: nn.Module, problems: Sequence[MatchingProblem], low: torch.Tens
         One of :data:`ENGINES`.
     max_batch
         Most problems per optimisation; more are solved in consecutive chunks.
+    precision
+        One of :data:`~fedpriv.attacks.precision.PRECISIONS` (engine probe and optimisation).
 
     Raises
     ------
     ConfigError
-        Unknown engine, ``max_batch < 1``, batched engine on a train-mode model, uncovered model.
+        Unknown engine or precision, ``max_batch < 1``, batched engine on a train-mode model,
+        uncovered model.
     """
+    check_precision(precision)
     if engine not in ENGINES:
         raise ConfigError(f"unknown gradient-matching engine {engine!r}; valid engines: {', '.join(ENGINES)}")
     if max_batch < 1:
@@ -385,14 +298,15 @@ def solve(model: nn.Module, problems: Sequence[MatchingProblem], low: torch.Tens
     for start in range(0, len(problems), max_batch):
         chunk = problems[start:start + max_batch]
         part = None if extra is None else extra.rows(start, start + len(chunk))
-        name, match = _batched_matcher(engine, model, chunk, part, tv)
         init = torch.stack([p.init for p in chunk])
-        runs = [(match, init, part)] if match is not None else [
-            (loop_matcher(model, [p]), init[i:i + 1], None if part is None else part.rows(i, i + 1))
-            for i, p in enumerate(chunk)
-        ]
-        results += [optimize(m, x, low, high, iterations=iterations, lr=lr, tv=tv, extra=e, progress=progress,
-                             label=label) for m, x, e in runs]
+        with precision_scope(precision, init.device):
+            name, match = _batched_matcher(engine, model, chunk, part, tv)
+            runs = [(match, init, part)] if match is not None else [
+                (loop_matcher(model, [p]), init[i:i + 1], None if part is None else part.rows(i, i + 1))
+                for i, p in enumerate(chunk)
+            ]
+            results += [optimize(m, x, low, high, iterations=iterations, lr=lr, tv=tv, extra=e, progress=progress,
+                                 label=label) for m, x, e in runs]
         used.append(name)
     values = [r.extra for r in results if r.extra is not None]
     return MatchingResult(torch.cat([r.images for r in results]), torch.cat(values) if values else None,

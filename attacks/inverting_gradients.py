@@ -129,7 +129,8 @@ def solve_targets(
             extra = ExtraParameters(torch.zeros_like(bound), bound, extra_apply)
         result = solve(
             model, [problems[i] for i in index], low, high, iterations=settings.iterations, lr=settings.lr,
-            tv=settings.tv, extra=extra, engine=engine, max_batch=max_batch, progress=settings.progress,
+            tv=settings.tv, extra=extra, engine=engine, max_batch=max_batch, precision=settings.precision,
+            progress=settings.progress,
             label=label,
         )
         for j, i in enumerate(index):

@@ -320,7 +320,7 @@ class PolicyAware:
             extra = table.parameters(rows, problems[0].init) if modelled else None
             result = solve(model, [problems[r] for r in rows], low, high, iterations=s.iterations, lr=s.lr,
                            tv=s.tv, extra=extra, engine=self.engine, max_batch=self.max_batch,
-                           progress=s.progress, label=self.name)
+                           precision=s.precision, progress=s.progress, label=self.name)
             for j, r in enumerate(rows):
                 values = None if result.extra is None else result.extra[j]
                 solved[r] = (result.images[j], values, float(result.loss[j]))

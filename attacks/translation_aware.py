@@ -81,12 +81,9 @@ def translation_clamps(defense_spec: str | None, settings: AttackSettings, size:
     The reproduction's table for 3-1-7 (1.1, 0.2), 43-18-18 (0.4, 0.4) and their hybrid
     (1.1, 0.4); otherwise ``settings.extra`` ``tx-max`` and ``ty-max``; otherwise the policy's
     largest summed translations as PIL really shifts ``size`` x ``size`` images
-    (:func:`fedpriv.defenses.ats.translation_bounds`).
-
-    Raises
-    ------
-    ConfigError
-        When neither the defense nor the settings give a translation to look for.
+    (:func:`fedpriv.defenses.ats.translation_bounds`). A defense with no translation (``none``,
+    a policy without translateX/Y) gives (0, 0): the attack is then Inverting Gradients, so it
+    can be run on every client of a mixed federation and compared cell by cell.
     """
     explicit = _explicit_clamps(settings)
     policy = None
@@ -97,12 +94,9 @@ def translation_clamps(defense_spec: str | None, settings: AttackSettings, size:
             return table
     if explicit is not None:
         return explicit
-    if policy is not None and any(translation_bounds(policy, size)):
+    if policy is not None:
         return translation_bounds(policy, size)
-    raise ConfigError(
-        f"translation-aware: defense {defense_spec!r} has no translation to model; attack an ATS "
-        "policy with translateX/Y primitives or set attack extras tx-max and ty-max"
-    )
+    return 0.0, 0.0
 
 
 class TranslationAware:

@@ -9,7 +9,12 @@ so that load from other processes hits them alike. Victims are untrained, in eva
 known labels; targets are gradients of 32x32 patches of scikit-image photographs.
 
     python benchmarks/bench_reconstruction.py --models resnet20,resnet20-4 --batch-sizes 1,4,16,64
-    python benchmarks/bench_reconstruction.py --gpu-target --device cuda   # 100 x 4800, ResNet20-4
+    python benchmarks/bench_reconstruction.py --job --device cuda   # 100 x 4800, ResNet20-4
+    python benchmarks/bench_reconstruction.py --job --precisions default,strict-fp32,bf16 \
+        --images 16 --job-iterations 300 --target-model resnet20     # precision effect on a CPU
+
+Job mode runs the whole job once per precision on the same images, starts and seeds, and prints
+wall time and mean PSNR (against the photographs) side by side.
 """
 
 from __future__ import annotations
@@ -122,8 +127,8 @@ def speed(args: argparse.Namespace) -> None:
     print(f"# load at end {os.getloadavg()[0]:.2f}")
 
 
-def gpu_target(args: argparse.Namespace) -> None:
-    """Run the issue's GPU job for real: ``--images`` reconstructions x ``--job-iterations``."""
+def job(args: argparse.Namespace) -> None:
+    """Run ``--images`` reconstructions x ``--job-iterations`` for real, once per precision."""
     device = torch.device(args.device)
     spec = DATASET_SPECS.get("cifar10")
     torch.manual_seed(0)
@@ -131,17 +136,20 @@ def gpu_target(args: argparse.Namespace) -> None:
     truth = photo_patches(args.images)
     problems = make_problems(model, spec, truth, device)
     low, high = box_bounds(spec, problems[0].init)
-    _sync(device)
-    start = time.perf_counter()
-    result = gm.solve(model, problems, low, high, iterations=args.job_iterations, lr=0.1, tv=1e-4,
-                      engine=args.engine, max_batch=args.max_batch, progress=args.progress)
-    _sync(device)
-    seconds = time.perf_counter() - start
-    psnr = psnr_per_image(spec.denormalize(result.images[:, 0]).cpu(), truth)
-    print(f"{args.images} x {args.job_iterations} {args.target_model} on {device} "
-          f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}): "
-          f"{seconds:.1f} s, engine {result.engine}, mean PSNR {psnr.mean():.2f} dB "
-          f"(std {psnr.std():.2f})")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"# torch {torch.__version__}, {name}, threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.2f}; "
+          f"{args.images} x {args.job_iterations} iterations, {args.target_model}, engine {args.engine}")
+    print(f"{'precision':<12} {'seconds':>8} {'ms/it':>7} {'PSNR':>6} {'std':>5}  engine")
+    for precision in args.precisions.split(","):
+        _sync(device)
+        start = time.perf_counter()
+        result = gm.solve(model, problems, low, high, iterations=args.job_iterations, lr=0.1, tv=1e-4,
+                          engine=args.engine, max_batch=args.max_batch, precision=precision, progress=args.progress)
+        _sync(device)
+        seconds = time.perf_counter() - start
+        psnr = psnr_per_image(spec.denormalize(result.images[:, 0]).cpu(), truth)
+        print(f"{precision:<12} {seconds:>8.1f} {seconds / args.job_iterations * 1e3:>7.1f} {psnr.mean():>6.2f} "
+              f"{psnr.std():>5.2f}  {result.engine}", flush=True)
 
 
 def main() -> None:
@@ -156,7 +164,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--gpu-target", action="store_true", help="run the 100 x 4800 job instead")
+    parser.add_argument("--job", action="store_true", help="run the whole job (default 100 x 4800) instead")
+    parser.add_argument("--precisions", default="default", help="job mode: comma-separated attack precisions")
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--target-model", default="resnet20-4")
     parser.add_argument("--engine", default="auto")
@@ -165,7 +174,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    (gpu_target if args.gpu_target else speed)(args)
+    (job if args.job else speed)(args)
 
 
 if __name__ == "__main__":

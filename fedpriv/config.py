@@ -6,9 +6,12 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedpriv.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedpriv.attacks import AttackSettings
 
 DEFAULT_OUT_DIR = "~/fedpriv-runs"
 DEFAULT_DATA_DIR = "~/.cache/fedpriv/data"
@@ -97,6 +100,7 @@ class RunConfig:
     attack_device: str = "cpu"
     attack_progress: int = 500
     attack_model_mode: str = "eval"
+    attack_precision: str = "default"
     reveal_labels: bool = True
     fail_fast: bool = False
     resume: bool = False
@@ -143,7 +147,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """Check ranges and plugin specs (imports plugins lazily); raise ConfigError."""
-        positive = {
+        positive: dict[str, float] = {
             "num-server-rounds": self.num_server_rounds,
             "local-epochs": self.local_epochs,
             "batch-size": self.batch_size,
@@ -154,7 +158,7 @@ class RunConfig:
         for key, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{key} must be >= 1, got {value}")
-        non_negative = {
+        non_negative: dict[str, float] = {
             "clients-per-round": self.clients_per_round,
             "eval-samples": self.eval_samples,
             "attack-progress": self.attack_progress,
@@ -185,7 +189,7 @@ class RunConfig:
         self._check_plugins()
 
     def _check_plugins(self) -> None:
-        from fedpriv.attacks import ATTACKS, AttackSettings
+        from fedpriv.attacks import ATTACKS
         from fedpriv.attacks.base import check_settings
         from fedpriv.data.specs import resolve_spec
         from fedpriv.defenses import build_defense
@@ -193,12 +197,29 @@ class RunConfig:
 
         resolve_spec(self.dataset, self.normalization)
         MODELS.get(self.model)
-        check_settings(AttackSettings(self.attack_iterations, self.attack_restarts, self.attack_lr, self.attack_tv, self.attack_device))
+        settings = self.attack_settings()
+        check_settings(settings)
         for spec in {self.defense, *self.defense_overrides_map().values()}:
             build_defense(spec)
         for names in {self.attacks, *self.attack_overrides_map().values()}:
             for name in self._attack_list(names):
-                ATTACKS.get(name)
+                ATTACKS.get(name)(settings)  # attacks check their own options (attack-extra-*)
+
+    def attack_settings(self) -> AttackSettings:
+        """The attack settings this run asks for; ``attack-extra-NAME`` keys become ``extra[NAME]``."""
+        from fedpriv.attacks import AttackSettings
+
+        extra = {k.removeprefix("attack-extra-"): str(v) for k, v in self.extra.items() if k.startswith("attack-extra-")}
+        return AttackSettings(
+            iterations=self.attack_iterations,
+            restarts=self.attack_restarts,
+            lr=self.attack_lr,
+            tv=self.attack_tv,
+            device=self.attack_device,
+            progress=self.attack_progress,
+            precision=self.attack_precision,
+            extra=extra,
+        )
 
     @staticmethod
     def _attack_list(text: str) -> list[str]:

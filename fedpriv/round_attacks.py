@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedpriv.attacks import Attack, AttackSettings, AttackTarget, Reconstruction, build_attack
+from fedpriv.attacks import Attack, AttackTarget, Reconstruction, build_attack
 from fedpriv.config import RunConfig
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.leaks import GroundTruth, Leak
@@ -34,20 +34,6 @@ class ObservedClient:
     leak: Leak
     truth: GroundTruth
     attacks: tuple[str, ...]
-
-
-def attack_settings(config: RunConfig) -> AttackSettings:
-    """The attack settings a run config asks for (extra ``attack-*`` keys pass through)."""
-    extra = {k.removeprefix("attack-extra-"): str(v) for k, v in config.extra.items() if k.startswith("attack-extra-")}
-    return AttackSettings(
-        iterations=config.attack_iterations,
-        restarts=config.attack_restarts,
-        lr=config.attack_lr,
-        tv=config.attack_tv,
-        device=config.attack_device,
-        progress=config.attack_progress,
-        extra=extra,
-    )
 
 
 def attack_seed(seed: int, server_round: int, partition_id: int, attack: str) -> int:
@@ -120,7 +106,7 @@ def run_round_attacks(
     list[dict]
         One row per (client, attack) with the metrics of DESIGN.md's results contract.
     """
-    settings = attack_settings(config)
+    settings = config.attack_settings()
     rows: list[dict[str, Any]] = []
     names = sorted({a for c in clients for a in c.attacks})
     for name in names:

@@ -52,6 +52,10 @@ def test_selections_and_overrides() -> None:
         ({"dirichlet-alpha": 0.0}, "dirichlet-alpha must be > 0"),
         ({"resume": True}, "resume=true needs run-name"),
         ({"attack-device": "tpu9"}, "attack-device 'tpu9' is not a torch device"),
+        ({"attack-precision": "fp8"}, "valid: default, strict-fp32, bf16"),
+        ({"attack-extra-engine": "fast"}, "engine 'fast' is unknown"),
+        ({"attacks": "translation-aware", "attack-extra-tx-max": "0.5"}, "ty-max is missing"),
+        ({"attacks": "policy-aware", "attack-extra-max-hypotheses": "0"}, "max-hypotheses"),
     ],
 )
 def test_bad_values_raise_clear_errors(values: dict, fragment: str) -> None:

@@ -13,6 +13,7 @@ from torch import nn
 from fedpriv.attacks import AttackSettings, AttackTarget, build_attack
 from fedpriv.attacks import gradient_matching as gm
 from fedpriv.attacks.inverting_gradients import box_bounds
+from fedpriv.attacks.precision import precision_scope
 from fedpriv.attacks.translation_aware import translate, translation_clamps
 from fedpriv.data.specs import CIFAR10_MEAN, CIFAR10_STD, DATASET_SPECS, DatasetSpec
 from fedpriv.errors import ConfigError
@@ -74,6 +75,25 @@ def test_recovers_photo_from_its_own_gradient() -> None:
     assert result.images.shape == truth.shape and result.defended is None
     assert 0 <= result.images.min() and result.images.max() <= 1
     assert psnr_per_image(result.images, truth).item() > 25
+
+
+@pytest.mark.parametrize("engine", ["loop", "grouped"])
+def test_bf16_reconstructs_and_strict_fp32_restores_the_flags(engine: str) -> None:
+    model, truth = tiny(), photo(2)
+    targets = [AttackTarget(leak_of(model, SPEC.normalize(truth[i:i + 1]), torch.tensor([i])), seed=i) for i in range(2)]
+    results = {}
+    for precision in ("default", "bf16", "strict-fp32"):
+        settings = AttackSettings(iterations=150, precision=precision, extra={"engine": engine})
+        results[precision] = build_attack("inverting-gradients", settings).reconstruct(model, SPEC, targets)
+    for result, image in zip(results["bf16"], truth):
+        assert result.images.dtype == torch.float32
+        assert psnr_per_image(result.images, image[None]).item() > 30  # default: 43 dB, bf16: 40 dB
+    for strict, default in zip(results["strict-fp32"], results["default"]):
+        torch.testing.assert_close(strict.images, default.images)  # no TF32 on a CPU to turn off
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    with precision_scope("strict-fp32", torch.device("cpu")):
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == flags
 
 
 def _targets(model: nn.Module) -> list[AttackTarget]:
@@ -154,10 +174,19 @@ def test_translation_clamps_table_extras_and_policy() -> None:
     assert translation_clamps("ats:hybrid(43-18-18,3-1-7)", plain) == (1.1, 0.4)
     assert translation_clamps("ats:21-13-3", extras) == (0.05, 0.0)
     assert translation_clamps("ats:21-13-3", plain) == (23 / 16, 0.0)  # PIL shifts 8 + 15 px at 32x32
-    with pytest.raises(ConfigError, match="no translation"):
-        translation_clamps("ats:19-15-45", plain)
-    with pytest.raises(ConfigError, match="no translation"):
-        translation_clamps("none", plain)
+    assert translation_clamps("ats:19-15-45", plain) == (0.0, 0.0)
+    assert translation_clamps("none", plain) == (0.0, 0.0)
+    assert translation_clamps("none", extras) == (0.05, 0.0)
+
+
+def test_translation_aware_without_a_translation_is_inverting_gradients() -> None:
+    model = tiny(size=SMALL.size)
+    leak = leak_of(model, SMALL.normalize(photo(1, size=SMALL.size)), torch.tensor([7]))
+    settings = AttackSettings(iterations=20, restarts=2)
+    (plain,) = build_attack("inverting-gradients", settings).reconstruct(model, SMALL, [AttackTarget(leak, 3, "none")])
+    (aware,) = build_attack("translation-aware", settings).reconstruct(model, SMALL, [AttackTarget(leak, 3, "none")])
+    torch.testing.assert_close(aware.images, plain.images, atol=1e-5, rtol=0)
+    assert aware.fields["tx"] == aware.fields["ty"] == 0.0
 
 
 def test_learned_translation_stays_in_its_clamps() -> None:
@@ -215,8 +244,5 @@ def test_bad_engine_use_raises_config_error() -> None:
     problem = gm.MatchingProblem(torch.randn(1, 3, 32, 32), torch.tensor([1]), leak.gradients)
     with pytest.raises(ConfigError, match="grouped"):
         gm.solve(normed, [problem, problem], low, high, engine="grouped", **run)
-    with pytest.raises(ConfigError, match="no translation"):
-        build_attack("translation-aware", AttackSettings(iterations=1)).reconstruct(
-            model.eval(), SPEC, [AttackTarget(leak_of(model, torch.randn(1, 3, 32, 32), torch.tensor([1])), 0, "none")])
     with pytest.raises(ConfigError, match="outside"):
         translation_clamps("ats:3-1-99", AttackSettings())

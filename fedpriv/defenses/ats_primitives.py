@@ -134,7 +134,7 @@ class Primitive:
         if self.op in ("translateX", "translateY"):
             width, height = image.size
             value *= width if self.op == "translateX" else height
-            data = (1, 0, value, 0, 1, 0) if self.op == "translateX" else (1, 0, 0, 0, 1, value)
+            data: tuple[float, ...] = (1, 0, value, 0, 1, 0) if self.op == "translateX" else (1, 0, 0, 0, 1, value)
             out = image.transform(
                 image.size, Image.Transform.AFFINE, data, Image.Resampling.NEAREST, fillcolor=black
             )
