@@ -27,14 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_flower_overhead import (
-    APP,
-    TreeSampler,
-    app_config,
-    count_lines,
-    free_port_pair,
-    run_config_text,
-)
+from flower_app import APP, app_config, count_lines, free_port_pair, run_config_text
+from process_tree import TreeSampler
 
 from fedpriv.data.loading import load_split
 from fedpriv.data.partition import partition_indices
@@ -69,7 +63,7 @@ class StampedLines(io.TextIOBase):
             elapsed = time.perf_counter() - self.start
             self.lines.append((elapsed, line))
             if self.echo:
-                sys.__stdout__.write(f"[{elapsed:7.1f}s] {line}\n")
+                (sys.__stdout__ or sys.stderr).write(f"[{elapsed:7.1f}s] {line}\n")
         return len(text)
 
     def first(self, pattern: str) -> float | None:
