@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -29,13 +28,7 @@ SPEC = resolve_spec("cifar100")
 EXACT = {"invert", "posterize", "solarize", "autocontrast", "equalize", "translateX", "translateY", "rotate"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Run single-threaded: these tensors are tiny, and on shared cores thread hand-offs dominate."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def smooth_image(channels: int, seed: int = 0) -> torch.Tensor:
