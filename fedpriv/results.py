@@ -134,6 +134,7 @@ class RunFolder:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         rows = [r for r in read_jsonl(self.metrics_path) if r.get("status") == "ok"]
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -148,6 +149,7 @@ class RunFolder:
                 label = f"{attack} vs {'x' if key == 'psnr' else 'T(x)'}"
                 ax.plot(rounds, means, style, label=label)
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("mean PSNR over attacked clients (dB)")
         ax.grid(alpha=0.3)
         if rows:
