@@ -91,11 +91,13 @@ class Reconstruction:
 
 
 class Attack(Protocol):
-    """An attack plugin. ``leak_kind`` says which leaks it consumes."""
+    """An attack plugin. ``leak_kind`` says which leaks it consumes; ``options`` names the
+    ``AttackSettings.extra`` keys it reads (``attack-extra-NAME`` in a run config)."""
 
     name: ClassVar[str]
     leak_kind: ClassVar[str]
     knows_defense: ClassVar[bool]
+    options: ClassVar[tuple[str, ...]]
 
     def reconstruct(
         self, model: nn.Module, dataset: DatasetSpec, targets: Sequence[AttackTarget]

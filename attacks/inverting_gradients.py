@@ -30,9 +30,10 @@ from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import GradientLeak
 
-__all__ = ["InvertingGradients", "box_bounds", "infer_labels", "lr_milestones", "solve_targets", "total_variation"]
+__all__ = ["ENGINE_OPTIONS", "InvertingGradients", "box_bounds", "infer_labels", "lr_milestones", "solve_targets", "total_variation"]
 
 DEFAULT_MAX_BATCH = 64
+ENGINE_OPTIONS = ("engine", "max-batch")  # the extra options of every gradient-matching attack
 
 
 def infer_labels(leak: GradientLeak) -> torch.Tensor:
@@ -153,6 +154,7 @@ class InvertingGradients:
     name: ClassVar[str] = "inverting-gradients"
     leak_kind: ClassVar[str] = "gradient"
     knows_defense: ClassVar[bool] = False
+    options: ClassVar[tuple[str, ...]] = ENGINE_OPTIONS
 
     def __init__(self, settings: AttackSettings) -> None:
         check_settings(settings)

@@ -30,7 +30,7 @@ from torch import nn
 
 from fedpriv.attacks.base import ATTACKS, AttackSettings, AttackTarget, Reconstruction, check_settings
 from fedpriv.attacks.gradient_matching import ExtraParameters, MatchingProblem, solve
-from fedpriv.attacks.inverting_gradients import box_bounds, engine_options, infer_labels
+from fedpriv.attacks.inverting_gradients import ENGINE_OPTIONS, box_bounds, engine_options, infer_labels
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses.ats import CROP_PADDING, MAX_PRIMITIVES, AtsPolicy, parse_ats_policy
 from fedpriv.defenses.ats_differentiable import SHEAR_OPS, apply_sub_policy, continuous_slots
@@ -244,6 +244,7 @@ class PolicyAware:
     name: ClassVar[str] = "policy-aware"
     leak_kind: ClassVar[str] = "gradient"
     knows_defense: ClassVar[bool] = True
+    options: ClassVar[tuple[str, ...]] = (*ENGINE_OPTIONS, "max-hypotheses")
 
     def __init__(self, settings: AttackSettings) -> None:
         check_settings(settings)

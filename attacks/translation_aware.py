@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedpriv.attacks.base import ATTACKS, AttackSettings, AttackTarget, Reconstruction, check_settings
-from fedpriv.attacks.inverting_gradients import engine_options, solve_targets
+from fedpriv.attacks.inverting_gradients import ENGINE_OPTIONS, engine_options, solve_targets
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses.ats import parse_ats_policy, translation_bounds
 from fedpriv.errors import ConfigError
@@ -111,6 +111,7 @@ class TranslationAware:
     name: ClassVar[str] = "translation-aware"
     leak_kind: ClassVar[str] = "gradient"
     knows_defense: ClassVar[bool] = True
+    options: ClassVar[tuple[str, ...]] = (*ENGINE_OPTIONS, "tx-max", "ty-max")
 
     def __init__(self, settings: AttackSettings) -> None:
         check_settings(settings)

@@ -201,9 +201,16 @@ class RunConfig:
         check_settings(settings)
         for spec in {self.defense, *self.defense_overrides_map().values()}:
             build_defense(spec)
-        for names in {self.attacks, *self.attack_overrides_map().values()}:
-            for name in self._attack_list(names):
-                ATTACKS.get(name)(settings)  # attacks check their own options (attack-extra-*)
+        names = sorted({n for text in {self.attacks, *self.attack_overrides_map().values()} for n in self._attack_list(text)})
+        known: set[str] = set()
+        for name in names:
+            factory = ATTACKS.get(name)
+            factory(settings)  # attacks check their own options' values
+            known |= set(getattr(factory, "options", ()))
+        if unknown := sorted(set(settings.extra) - known):
+            valid = ", ".join(f"attack-extra-{k}" for k in sorted(known)) or "none"
+            raise ConfigError(f"attack-extra-{unknown[0]} is not an option of this run's attacks ({', '.join(names)}); "
+                              f"valid: {valid}")
 
     def attack_settings(self) -> AttackSettings:
         """The attack settings this run asks for; ``attack-extra-NAME`` keys become ``extra[NAME]``."""

@@ -56,6 +56,8 @@ def test_selections_and_overrides() -> None:
         ({"attack-extra-engine": "fast"}, "engine 'fast' is unknown"),
         ({"attacks": "translation-aware", "attack-extra-tx-max": "0.5"}, "ty-max is missing"),
         ({"attacks": "policy-aware", "attack-extra-max-hypotheses": "0"}, "max-hypotheses"),
+        ({"attack-extra-enigne": "loop"}, "attack-extra-enigne is not an option of this run's attacks"),
+        ({"attack-extra-tx-max": "0.5", "attack-extra-ty-max": "0.1"}, "valid: attack-extra-engine, attack-extra-max-batch"),
     ],
 )
 def test_bad_values_raise_clear_errors(values: dict, fragment: str) -> None:
