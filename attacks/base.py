@@ -92,7 +92,7 @@ class Reconstruction:
 
 class Attack(Protocol):
     """An attack plugin. ``leak_kind`` says which leaks it consumes; ``options`` names the
-    ``AttackSettings.extra`` keys it reads (``attack-extra-NAME`` in a run config)."""
+    ``AttackSettings.extra`` keys it reads (``attack-options`` in a run config)."""
 
     name: ClassVar[str]
     leak_kind: ClassVar[str]

@@ -63,14 +63,14 @@ def engine_options(settings: AttackSettings) -> tuple[str, int]:
     """
     engine = settings.extra.get("engine", "auto")
     if engine not in ENGINES:
-        raise ConfigError(f"attack engine {engine!r} is unknown; valid engines: {', '.join(ENGINES)}")
+        raise ConfigError(f"attack option engine {engine!r} is unknown; valid engines: {', '.join(ENGINES)}")
     text = settings.extra.get("max-batch", str(DEFAULT_MAX_BATCH))
     try:
         max_batch = int(text)
     except ValueError:
         max_batch = 0
     if max_batch < 1:
-        raise ConfigError(f"attack max-batch must be an integer >= 1, got {text!r}")
+        raise ConfigError(f"attack option max-batch must be an integer >= 1, got {text!r}")
     return engine, max_batch
 
 

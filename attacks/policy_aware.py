@@ -221,7 +221,7 @@ def _package(dataset: DatasetSpec, x: torch.Tensor, plans: tuple[_Plan, ...], in
 def _max_hypotheses(settings: AttackSettings) -> int:
     text = settings.extra.get("max-hypotheses", str(MAX_HYPOTHESES))
     if not text.isdecimal() or int(text) < 1:
-        raise ConfigError(f"attack-extra-max-hypotheses must be an integer >= 1, got {text!r}")
+        raise ConfigError(f"attack option max-hypotheses must be an integer >= 1, got {text!r}")
     return int(text)
 
 

@@ -101,6 +101,7 @@ class RunConfig:
     attack_progress: int = 500
     attack_model_mode: str = "eval"
     attack_precision: str = "default"
+    attack_options: str = ""
     reveal_labels: bool = True
     fail_fast: bool = False
     resume: bool = False
@@ -208,15 +209,20 @@ class RunConfig:
             factory(settings)  # attacks check their own options' values
             known |= set(getattr(factory, "options", ()))
         if unknown := sorted(set(settings.extra) - known):
-            valid = ", ".join(f"attack-extra-{k}" for k in sorted(known)) or "none"
-            raise ConfigError(f"attack-extra-{unknown[0]} is not an option of this run's attacks ({', '.join(names)}); "
-                              f"valid: {valid}")
+            raise ConfigError(f"attack-options: {unknown[0]!r} is not an option of this run's attacks "
+                              f"({', '.join(names)}); valid: {', '.join(sorted(known)) or 'none'}")
 
     def attack_settings(self) -> AttackSettings:
-        """The attack settings this run asks for; ``attack-extra-NAME`` keys become ``extra[NAME]``."""
+        """The attack settings this run asks for; ``attack-options`` ``NAME=VALUE,...`` become ``extra``."""
         from fedpriv.attacks import AttackSettings
 
-        extra = {k.removeprefix("attack-extra-"): str(v) for k, v in self.extra.items() if k.startswith("attack-extra-")}
+        extra: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in self.attack_options.split(","))):
+            name, equals, value = (s.strip() for s in item.partition("="))
+            if not (name and equals and value) or name in extra:
+                raise ConfigError(f"attack-options={self.attack_options!r}: write NAME=VALUE pairs joined by commas, "
+                                  "each name once, e.g. 'engine=loop,max-batch=16'")
+            extra[name] = value
         return AttackSettings(
             iterations=self.attack_iterations,
             restarts=self.attack_restarts,

@@ -53,11 +53,13 @@ def test_selections_and_overrides() -> None:
         ({"resume": True}, "resume=true needs run-name"),
         ({"attack-device": "tpu9"}, "attack-device 'tpu9' is not a torch device"),
         ({"attack-precision": "fp8"}, "valid: default, strict-fp32, bf16"),
-        ({"attack-extra-engine": "fast"}, "engine 'fast' is unknown"),
-        ({"attacks": "translation-aware", "attack-extra-tx-max": "0.5"}, "ty-max is missing"),
-        ({"attacks": "policy-aware", "attack-extra-max-hypotheses": "0"}, "max-hypotheses"),
-        ({"attack-extra-enigne": "loop"}, "attack-extra-enigne is not an option of this run's attacks"),
-        ({"attack-extra-tx-max": "0.5", "attack-extra-ty-max": "0.1"}, "valid: attack-extra-engine, attack-extra-max-batch"),
+        ({"attack-options": "engine=fast"}, "engine 'fast' is unknown"),
+        ({"attacks": "translation-aware", "attack-options": "tx-max=0.5"}, "ty-max is missing"),
+        ({"attacks": "policy-aware", "attack-options": "max-hypotheses=0"}, "max-hypotheses"),
+        ({"attack-options": "enigne=loop"}, "'enigne' is not an option of this run's attacks"),
+        ({"attack-options": "tx-max=0.5,ty-max=0.1"}, "valid: engine, max-batch"),
+        ({"attack-options": "engine"}, "NAME=VALUE pairs"),
+        ({"attack-options": "engine=loop,engine=vmap"}, "each name once"),
     ],
 )
 def test_bad_values_raise_clear_errors(values: dict, fragment: str) -> None:

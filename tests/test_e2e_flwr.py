@@ -26,7 +26,8 @@ def test_attacked_federation_with_a_failing_client(superlink: PrivateSuperLink, 
     run_config = (
         f"dataset='embedded-photos' out-dir='{tmp_path}' run-name='e2e' num-server-rounds=2 "
         "attack-rounds='1,2' attack-clients='0,1' attack-iterations=40 attack-progress=20 "
-        "defense-overrides='1=ats:3-1-7' inject-client-failure='2' eval-samples=200 model='convnet'"
+        "defense-overrides='1=ats:3-1-7' inject-client-failure='2' eval-samples=200 model='convnet' "
+        "attack-precision='strict-fp32' attack-options='engine=grouped,max-batch=2'"
     )
     outcome = superlink.run(APP, run_config, "num-supernodes=3 client-resources-num-cpus=1", echo=False, timeout=900)
     assert outcome.ok, outcome.log[-4000:]
@@ -43,6 +44,8 @@ def test_attacked_federation_with_a_failing_client(superlink: PrivateSuperLink, 
     assert "injected failure" in rounds[1]["failed"][0]["reason"]
     config = json.loads((folder / "config.json").read_text())
     assert config["clients"]["1"]["defense"] == "ats:3-1-7" and config["num-partitions"] == 3
+    resolved = config["run-config"]
+    assert resolved["attack-options"] == "engine=grouped,max-batch=2" and resolved["attack-precision"] == "strict-fp32"
     assert (folder / "psnr_per_round.png").exists() and (folder / "metrics.csv").exists()
     assert len(list((folder / "reconstructions").glob("*.png"))) == 4
 
