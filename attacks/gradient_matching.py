@@ -217,8 +217,8 @@ def _probe(model: nn.Module, problems: Sequence[MatchingProblem], extra: ExtraPa
     size = min(len(problems), PROBE_PROBLEMS)
     x, part = torch.stack([p.init for p in problems[:size]]), None if extra is None else extra.rows(0, size)
     found = {"grouped": grouped_matcher(model, problems[:size])}
-    if found["grouped"] is None or x.device.type != "cpu":
-        found["vmap"] = vmap_matcher(model, problems[:size])
+    if (found["grouped"] is None or x.device.type != "cpu") and not torch.is_autocast_enabled(x.device.type):
+        found["vmap"] = vmap_matcher(model, problems[:size])  # vmap's batch norm fails under bf16 autocast
     loop = partial(_step_seconds, loop_matcher(model, problems[:1]), x[:1], part and part.rows(0, 1), tv)
     steps = {"loop": (loop, float(len(problems)))}
     steps |= {name: (partial(_step_seconds, match, x, part, tv), PROBE_MARGIN * len(problems) / size)
@@ -291,6 +291,9 @@ def solve(model: nn.Module, problems: Sequence[MatchingProblem], low: torch.Tens
         raise ConfigError(f"unknown gradient-matching engine {engine!r}; valid engines: {', '.join(ENGINES)}")
     if max_batch < 1:
         raise ConfigError(f"gradient-matching max-batch must be >= 1, got {max_batch}")
+    if engine == "vmap" and precision == "bf16":
+        raise ConfigError("engine 'vmap' does not run in bf16 (torch.func's batch norm rejects mixed dtypes); "
+                          "use engine 'grouped', 'loop' or 'auto'")
     if model.training and engine in ("grouped", "vmap"):
         raise ConfigError(f"engine {engine!r} needs the model in eval mode: train-mode batch norm couples the "
                           "problems of a batch; use engine 'loop' (or 'auto', which falls back to it)")

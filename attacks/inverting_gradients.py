@@ -59,7 +59,7 @@ def engine_options(settings: AttackSettings) -> tuple[str, int]:
     Raises
     ------
     ConfigError
-        On an unknown engine or a max-batch that is not a positive integer.
+        On an unknown engine, a max-batch that is not a positive integer, or vmap with bf16.
     """
     engine = settings.extra.get("engine", "auto")
     if engine not in ENGINES:
@@ -71,6 +71,9 @@ def engine_options(settings: AttackSettings) -> tuple[str, int]:
         max_batch = 0
     if max_batch < 1:
         raise ConfigError(f"attack option max-batch must be an integer >= 1, got {text!r}")
+    if engine == "vmap" and settings.precision == "bf16":
+        raise ConfigError("attack option engine 'vmap' does not run with attack-precision 'bf16'; "
+                          "use engine grouped, loop or auto")
     return engine, max_batch
 
 

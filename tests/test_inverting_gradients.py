@@ -70,7 +70,7 @@ def test_recovers_photo_from_its_own_gradient() -> None:
     assert psnr_per_image(result.images, truth).item() > 25
 
 
-@pytest.mark.parametrize("engine", ["loop", "grouped"])
+@pytest.mark.parametrize("engine", ["loop", "grouped", "auto"])
 def test_bf16_reconstructs_and_strict_fp32_restores_the_flags(engine: str) -> None:
     model, truth = tiny(), photo(2)
     targets = [AttackTarget(leak_of(model, SPEC.normalize(truth[i:i + 1]), torch.tensor([i])), seed=i) for i in range(2)]
@@ -216,11 +216,14 @@ def test_translation_aware_reconstructs_a_shifted_photo() -> None:
         ("translation-aware", {"tx-max": "-1", "ty-max": "0.1"}, "tx-max"),
         ("translation-aware", {"tx-max": "0.5"}, "ty-max"),
         ("translation-aware", {"tx-max": "0.5", "ty-max": "inf"}, "ty-max"),
+        ("inverting-gradients", {"engine": "vmap", "precision": "bf16"}, "'vmap' does not run"),
+        ("policy-aware", {"precision": "fp16"}, "valid: default, strict-fp32, bf16"),
     ],
 )
 def test_bad_settings_raise_config_error(attack: str, extra: dict[str, str], match: str) -> None:
+    precision = extra.pop("precision", "default")
     with pytest.raises(ConfigError, match=match):
-        build_attack(attack, AttackSettings(extra=extra))
+        build_attack(attack, AttackSettings(precision=precision, extra=extra))
 
 
 def test_bad_engine_use_raises_config_error() -> None:
