@@ -27,12 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flower_app import APP, app_config, count_lines, free_port_pair, run_config_text
+from flower_app import APP, app_config, count_lines, free_port_pair
 from process_tree import TreeSampler
 
 from fedpriv.data.loading import load_split
 from fedpriv.data.partition import partition_indices
-from fedpriv.launcher import PrivateSuperLink
+from fedpriv.launcher import PrivateSuperLink, run_config_text
 from fedpriv.results import read_jsonl
 from fedpriv.strategies.attacking_fedavg import sample_partitions
 

@@ -1,4 +1,4 @@
-"""What the Flower benchmarks share: the app's folder and config, free ports, run-config text."""
+"""What the Flower benchmarks share: the app's folder and config, free ports, line counts."""
 
 from __future__ import annotations
 
@@ -25,18 +25,6 @@ def free_port_pair() -> int:
         except OSError:
             continue
     raise RuntimeError("no free port pair found")
-
-
-def run_config_text(values: dict[str, Any]) -> str:
-    """Render run-config values as Flower's ``--run-config`` text (TOML scalars)."""
-    def fmt(value: Any) -> str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, str):
-            return f"'{value}'"
-        return str(value)
-
-    return " ".join(f"{key}={fmt(value)}" for key, value in values.items())
 
 
 def app_config(overrides: dict[str, Any]) -> RunConfig:

@@ -17,6 +17,7 @@ import sys
 import time
 import tomllib
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,11 @@ def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def run_config_text(values: Mapping[str, object]) -> str:
+    """Render run-config values as ``flwr run --run-config`` text (TOML scalars)."""
+    return " ".join(f"{key}={_toml_value(value)}" for key, value in values.items())
 
 
 def run_config_string(items: list[str]) -> str:
