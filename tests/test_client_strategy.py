@@ -66,7 +66,7 @@ def test_client_app_handlers() -> None:
               _context(2, RUN | {"inject-client-failure": "2"}))
 
 
-def _strategy(config: RunConfig, folder: RunFolder) -> tuple[AttackingFedAvg, list[Message]]:
+def _strategy(config: RunConfig, folder: RunFolder, clients: int = 2) -> tuple[AttackingFedAvg, list[Message]]:
     dataset = resolve_spec(config.dataset)
 
     def model_from(arrays: ArrayRecord) -> torch.nn.Module:
@@ -74,7 +74,7 @@ def _strategy(config: RunConfig, folder: RunFolder) -> tuple[AttackingFedAvg, li
         model.load_state_dict(arrays.to_torch_state_dict())
         return model.eval()
 
-    strategy = AttackingFedAvg(config, folder, {0: 100, 1: 101}, dataset, model_from)
+    strategy = AttackingFedAvg(config, folder, {pid: 100 + pid for pid in range(clients)}, dataset, model_from)
     messages = list(strategy.configure_train(1, ArrayRecord(_initial(config)), ConfigRecord(), grid=None))
     return strategy, messages
 
@@ -91,6 +91,20 @@ def test_strategy_attacks_strips_and_survives_a_failed_client(tmp_path) -> None:
     (row,) = read_jsonl(tmp_path / "metrics.jsonl")
     assert (row["round"], row["partition_id"], row["status"]) == (1, 0, "ok")
     assert strategy.round_summary[1]["failed"] == [{"partition_id": 1, "reason": "RuntimeError: boom"}]
+
+
+def test_aggregation_does_not_depend_on_reply_order(tmp_path) -> None:
+    run = RUN | {"attack-clients": "none"}
+    config = RunConfig.from_run_config(run)
+    aggregates = []
+    for name, order in (("first", (0, 1, 2, 3)), ("second", (3, 1, 0, 2)), ("third", (2, 3, 1, 0))):
+        strategy, messages = _strategy(config, RunFolder(tmp_path / name), clients=4)
+        replies = [train(messages[pid], _context(pid, run)) for pid in order]
+        arrays, _ = strategy.aggregate_train(1, replies)
+        assert arrays is not None
+        aggregates.append(arrays.to_torch_state_dict())
+    for key, value in aggregates[0].items():
+        assert all(torch.equal(value, other[key]) for other in aggregates[1:]), key
 
 
 def test_fail_fast_stops_the_run(tmp_path) -> None:
