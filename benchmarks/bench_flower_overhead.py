@@ -84,7 +84,7 @@ class InProcess:
 
 
 def fedavg(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
-    """Flower's FedAvg arithmetic (numpy, weights normalised first, accumulated in reply order)."""
+    """Flower's FedAvg arithmetic (numpy, weights normalised first, accumulated in the given order; the strategy sorts replies by partition id)."""
     total = sum(weights)
     out: dict[str, np.ndarray] = {}
     for state, weight in zip(states, weights, strict=True):
