@@ -51,6 +51,34 @@ class AttackSettings:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+MODEL_KNOWLEDGE = ("weights", "architecture")
+AUX_KNOWLEDGE = ("none", "same")
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    """What an attacker knows; the harness hands it exactly this.
+
+    Attributes
+    ----------
+    model
+        ``"weights"``: its own copy of the broadcast model; ``"architecture"``: a freshly
+        initialised model of the same architecture (seeded), not the weights.
+    defense
+        The client's defense spec, as the run config (which the server has) declares it.
+    aux
+        ``"none"``, or ``"same"``: the server's auxiliary split of the data set (``aux-samples``
+        images, disjoint from every client), handed to :meth:`Attack.prepare`.
+
+    Labels reach an attack only inside a leak, when the protocol reveals them
+    (``reveal-labels``); the protocol's hyper-parameters travel in every leak.
+    """
+
+    model: str = "weights"
+    defense: bool = False
+    aux: str = "none"
+
+
 @dataclass(frozen=True)
 class AttackTarget:
     """One problem for an attack: a leak plus what this attacker is allowed to know.
@@ -62,7 +90,8 @@ class AttackTarget:
     seed
         Seeds the attack's initialisation for this target.
     defense_spec
-        The client's defense spec, only for attacks that declare ``knows_defense``.
+        The client's defense spec from the run config, only for attacks whose knowledge
+        declares ``defense``.
     """
 
     leak: Leak
@@ -70,34 +99,60 @@ class AttackTarget:
     defense_spec: str | None = None
 
 
+@dataclass(frozen=True)
+class AuxiliaryData:
+    """The server's own samples (uint8 images and labels), disjoint from every client's data."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
 @dataclass
 class Reconstruction:
-    """An attack's output for one target, in pixel space [0,1].
+    """An attack's output for one target: images in pixel space [0,1] and/or labels.
 
     Attributes
     ----------
     images
-        Estimate of the client's original images x, shape (n, C, H, W).
+        Estimate of the client's original images x, shape (n, C, H, W), or ``None`` for
+        attacks that output no images.
     defended
         Estimate of the defended images T(x) where the attack models the defense, else ``None``
         (then ``images`` is also the estimate of T(x)).
+    labels
+        Estimated labels (a multiset, any order), or ``None``.
     fields
         Attack-specific scalars for the results row (final loss, learned translation, ...).
     """
 
-    images: torch.Tensor
+    images: torch.Tensor | None = None
     defended: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
     fields: dict[str, float] = field(default_factory=dict)
 
 
 class Attack(Protocol):
-    """An attack plugin. ``leak_kind`` says which leaks it consumes; ``options`` names the
-    ``AttackSettings.extra`` keys it reads (``attack-options`` in a run config)."""
+    """An attack plugin, built once per run and kept across rounds.
+
+    ``leak_kinds`` lists the leaks it consumes (a run whose protocol sends another kind is a
+    config error), ``model_modes`` the batch-norm modes of gradient leaks it models,
+    ``optimises`` whether the ``attack-*`` optimisation keys apply to it, ``options`` the
+    ``AttackSettings.extra`` keys it reads (``attack-options``), ``knowledge`` what it is handed.
+    """
 
     name: ClassVar[str]
-    leak_kind: ClassVar[str]
-    knows_defense: ClassVar[bool]
+    leak_kinds: ClassVar[tuple[str, ...]]
+    model_modes: ClassVar[tuple[str, ...]]
+    optimises: ClassVar[bool]
     options: ClassVar[tuple[str, ...]]
+    knowledge: ClassVar[Knowledge]
+
+    def prepare(self, dataset: DatasetSpec, aux: AuxiliaryData | None) -> None:
+        """Called once before the first round (``aux`` only when ``knowledge.aux`` asks for it).
+
+        Stateless attacks inherit this no-op by subclassing :class:`Attack`.
+        """
+        return None
 
     def reconstruct(
         self, model: nn.Module, dataset: DatasetSpec, targets: Sequence[AttackTarget]

@@ -3,7 +3,8 @@
 Objective 1 - cos(grad(x), grad*) over all parameter tensors at once (global cosine) plus
 TV(x) * 1e-4; Adam (lr 0.1) on the sign of the image gradient; the image boxed to [0,1] in
 pixel space after every step; lr x0.1 at iterations//2.667, //1.6, //1.142 (1799, 2999, 4203
-of 4800); N(0,1) initialisation in normalised space; known labels; the last iterate returned;
+of 4800); N(0,1) initialisation in normalised space; known labels (or, when the protocol hides
+them, :mod:`fedpriv.attacks.label_inference`'s); the last iterate returned;
 with several restarts the one with the lowest final objective is kept. All targets and restarts
 are solved together by :mod:`fedpriv.attacks.gradient_matching` (``extra["engine"]``: ``auto``,
 ``loop``, ``grouped``, ``vmap``; ``extra["max-batch"]``: most problems per optimisation).
@@ -17,7 +18,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fedpriv.attacks.base import ATTACKS, AttackSettings, AttackTarget, Reconstruction, check_settings
+from fedpriv.attacks.base import ATTACKS, Attack, AttackSettings, AttackTarget, Knowledge, Reconstruction, check_settings
 from fedpriv.attacks.gradient_matching import (
     ENGINES,
     ExtraParameters,
@@ -26,25 +27,15 @@ from fedpriv.attacks.gradient_matching import (
     solve,
     total_variation,
 )
+from fedpriv.attacks.label_inference import infer_labels
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import GradientLeak
 
-__all__ = ["ENGINE_OPTIONS", "InvertingGradients", "box_bounds", "infer_labels", "lr_milestones", "solve_targets", "total_variation"]
+__all__ = ["ENGINE_OPTIONS", "InvertingGradients", "box_bounds", "lr_milestones", "solve_targets", "total_variation"]
 
 DEFAULT_MAX_BATCH = 64
 ENGINE_OPTIONS = ("engine", "max-batch")  # the extra options of every gradient-matching attack
-
-
-def infer_labels(leak: GradientLeak) -> torch.Tensor:
-    """Labels from the last layer's bias gradient when the protocol hides them.
-
-    With cross-entropy, the bias gradient is negative exactly at the batch's labels (iDLG for
-    one image; Wainakh et al.'s "simple" rule for several: the most negative entries). Batches
-    with repeated labels get distinct labels here, which is this rule's known limitation.
-    """
-    bias = [g for n, g in zip(leak.parameter_names, leak.gradients) if g.dim() == 1][-1]
-    return torch.argsort(bias)[: leak.batch_size].sort().values
 
 
 def box_bounds(dataset: DatasetSpec, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +107,8 @@ def solve_targets(
         leak = target.leak
         if not isinstance(leak, GradientLeak):
             raise TypeError(f"{label} consumes gradient leaks, got {type(leak).__name__}")
-        labels = (leak.labels if leak.labels is not None else infer_labels(leak)).to(device)
+        labels = leak.labels if leak.labels is not None else infer_labels(model, dataset, leak, seed=target.seed)
+        labels = labels.to(device)
         grads = tuple(g.to(device, dtype) for g in leak.gradients)
         generator = torch.Generator().manual_seed(target.seed)
         for _ in range(settings.restarts):
@@ -144,7 +136,7 @@ def solve_targets(
     return [min(run, key=lambda r: r[2]) for run in runs]  # the first of equals, as the loop kept
 
 
-class InvertingGradients:
+class InvertingGradients(Attack):
     """The Inverting Gradients attack; all targets and restarts in batches.
 
     Parameters
@@ -155,8 +147,10 @@ class InvertingGradients:
     """
 
     name: ClassVar[str] = "inverting-gradients"
-    leak_kind: ClassVar[str] = "gradient"
-    knows_defense: ClassVar[bool] = False
+    leak_kinds: ClassVar[tuple[str, ...]] = ("gradient",)
+    model_modes: ClassVar[tuple[str, ...]] = ("eval",)
+    optimises: ClassVar[bool] = True
+    knowledge: ClassVar[Knowledge] = Knowledge(defense=False)
     options: ClassVar[tuple[str, ...]] = ENGINE_OPTIONS
 
     def __init__(self, settings: AttackSettings) -> None:
@@ -172,15 +166,24 @@ class InvertingGradients:
         Returns
         -------
         list[Reconstruction]
-            Per target: images in pixel space [0,1] and the final objective ``loss``.
+            Per target: images in pixel space [0,1], the final objective ``loss`` and, when the
+            protocol hid the labels, the labels it inferred.
         """
         if not targets:
             return []
         solved = solve_targets(model, dataset, targets, self.settings, self.name)
         return [
-            Reconstruction(images=dataset.denormalize(x).cpu(), fields={"loss": loss})
-            for x, _, loss in solved
+            Reconstruction(images=dataset.denormalize(x).cpu(), labels=_inferred(model, dataset, t), fields={"loss": loss})
+            for t, (x, _, loss) in zip(targets, solved)
         ]
+
+
+def _inferred(model: nn.Module, dataset: DatasetSpec, target: AttackTarget) -> torch.Tensor | None:
+    """The labels the attack inferred (and used), when the protocol hid them; else ``None``."""
+    leak = target.leak
+    if not isinstance(leak, GradientLeak) or leak.labels is not None:
+        return None
+    return infer_labels(model, dataset, leak, seed=target.seed).cpu()
 
 
 ATTACKS.add(InvertingGradients.name, InvertingGradients)

@@ -28,9 +28,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fedpriv.attacks.base import ATTACKS, AttackSettings, AttackTarget, Reconstruction, check_settings
+from fedpriv.attacks.base import ATTACKS, Attack, AttackSettings, AttackTarget, Knowledge, Reconstruction, check_settings
 from fedpriv.attacks.gradient_matching import ExtraParameters, MatchingProblem, solve
-from fedpriv.attacks.inverting_gradients import ENGINE_OPTIONS, box_bounds, engine_options, infer_labels
+from fedpriv.attacks.inverting_gradients import ENGINE_OPTIONS, box_bounds, engine_options
+from fedpriv.attacks.label_inference import infer_labels
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses.ats import CROP_PADDING, MAX_PRIMITIVES, AtsPolicy, parse_ats_policy
 from fedpriv.defenses.ats_differentiable import SHEAR_OPS, apply_sub_policy, continuous_slots
@@ -230,7 +231,7 @@ def target_policy(spec: str | None) -> AtsPolicy | None:
     return parse_ats_policy(spec) if spec is not None and spec.strip().startswith("ats:") else None
 
 
-class PolicyAware:
+class PolicyAware(Attack):
     """Inverting Gradients through a differentiable copy of the client's known ATS policy.
 
     Parameters
@@ -242,8 +243,10 @@ class PolicyAware:
     """
 
     name: ClassVar[str] = "policy-aware"
-    leak_kind: ClassVar[str] = "gradient"
-    knows_defense: ClassVar[bool] = True
+    leak_kinds: ClassVar[tuple[str, ...]] = ("gradient",)
+    model_modes: ClassVar[tuple[str, ...]] = ("eval",)
+    optimises: ClassVar[bool] = True
+    knowledge: ClassVar[Knowledge] = Knowledge(defense=True)
     options: ClassVar[tuple[str, ...]] = (*ENGINE_OPTIONS, "max-hypotheses")
 
     def __init__(self, settings: AttackSettings) -> None:
@@ -283,7 +286,8 @@ class PolicyAware:
             leak = target.leak
             if not isinstance(leak, GradientLeak):
                 raise TypeError(f"{self.name} consumes gradient leaks, got {type(leak).__name__}")
-            labels = (leak.labels if leak.labels is not None else infer_labels(leak)).to(device)
+            labels = leak.labels if leak.labels is not None else infer_labels(model, dataset, leak, seed=target.seed)
+            labels = labels.to(device)
             grads = tuple(g.to(device, dtype) for g in leak.gradients)
             policy = target_policy(target.defense_spec)
             per_image = [_Plan(None, None)]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedpriv.attacks.base import ATTACKS, AttackSettings, AttackTarget, Reconstruction, check_settings
+from fedpriv.attacks.base import ATTACKS, Attack, AttackSettings, AttackTarget, Knowledge, Reconstruction, check_settings
 from fedpriv.attacks.inverting_gradients import ENGINE_OPTIONS, engine_options, solve_targets
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses.ats import parse_ats_policy, translation_bounds
@@ -99,7 +99,7 @@ def translation_clamps(defense_spec: str | None, settings: AttackSettings, size:
     return 0.0, 0.0
 
 
-class TranslationAware:
+class TranslationAware(Attack):
     """The translation-aware enhanced attack; knows the client's defense spec.
 
     Parameters
@@ -109,8 +109,10 @@ class TranslationAware:
     """
 
     name: ClassVar[str] = "translation-aware"
-    leak_kind: ClassVar[str] = "gradient"
-    knows_defense: ClassVar[bool] = True
+    leak_kinds: ClassVar[tuple[str, ...]] = ("gradient",)
+    model_modes: ClassVar[tuple[str, ...]] = ("eval",)
+    optimises: ClassVar[bool] = True
+    knowledge: ClassVar[Knowledge] = Knowledge(defense=True)
     options: ClassVar[tuple[str, ...]] = (*ENGINE_OPTIONS, "tx-max", "ty-max")
 
     def __init__(self, settings: AttackSettings) -> None:
@@ -148,7 +150,7 @@ class TranslationAware:
             for i, (tx, ty) in enumerate(shifts.tolist()):
                 suffix = "" if len(shifts) == 1 else f"-{i}"
                 fields |= {f"tx{suffix}": tx, f"ty{suffix}": ty}
-            out.append(Reconstruction(pixels.cpu(), translate(pixels, shifts).cpu(), fields))
+            out.append(Reconstruction(images=pixels.cpu(), defended=translate(pixels, shifts).cpu(), fields=fields))
         return out
 
 

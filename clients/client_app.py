@@ -1,15 +1,22 @@
-"""The fedpriv ClientApp: answers the partition query and trains (with a leak in attacked rounds)."""
+"""The fedpriv ClientApp: answers the partition query and runs the protocol's client round.
+
+The reply's one ArrayRecord is what the protocol sends; the revealed leak metadata and the
+evaluation-only truth ride beside it in ConfigRecords (:mod:`fedpriv.wire`). Mods, outermost
+first: Flower's DP mod for the run's ``dp`` mode, then update pruning; so clipping and noise
+act last on what is sent.
+"""
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedpriv.client_task import run_client_round
-from fedpriv.clients.records import put_leak
+from fedpriv.clients.mods import privacy_mod, pruning_mod
 from fedpriv.config import RunConfig
+from fedpriv.wire import LEAK_KEY, ROUND_KEY, TRUTH_KEY, encode_leak_meta, encode_truth
 
-app = ClientApp()
+app = ClientApp(mods=[privacy_mod, pruning_mod])
 
 
 @app.query()
@@ -30,32 +37,31 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train on the local partition behind the client's defense; attach the leak when attacked."""
+    """Run the protocol's round behind the client's defense; attach truth when attacked."""
     config = RunConfig.from_run_config(dict(context.run_config))
     partition_id = int(context.node_config["partition-id"])
-    server_round = int(msg.content["config"]["server-round"])
+    server_round = int(msg.content["config"][ROUND_KEY])
     failing = config.failing_partitions()
     if failing is None or partition_id in failing:
         raise RuntimeError(f"injected failure (inject-client-failure) in partition {partition_id}")
-    result = run_client_round(
-        config,
-        partition_id,
-        int(context.node_config["num-partitions"]),
-        msg.content["arrays"].to_torch_state_dict(),
-        server_round,
+    reply = run_client_round(
+        config, partition_id, int(context.node_config["num-partitions"]),
+        msg.content["arrays"].to_torch_state_dict(), server_round,
     )
     content = RecordDict(
         {
-            "arrays": ArrayRecord(result.state_dict),
+            "arrays": ArrayRecord(reply.state),
             "metrics": MetricRecord(
                 {
-                    "num-examples": result.num_examples,
-                    "train-loss": result.train_loss,
+                    "num-examples": reply.num_examples,
+                    "uniform-weight": 1,
+                    "train-loss": reply.train_loss,
                     "partition-id": partition_id,
                 }
             ),
+            LEAK_KEY: ConfigRecord(encode_leak_meta(reply.labels, reply.model_mode)),
         }
     )
-    if result.leak is not None and result.truth is not None:
-        put_leak(content, result.leak, result.truth)
+    if reply.truth is not None:
+        content[TRUTH_KEY] = ConfigRecord(encode_truth(reply.truth))
     return Message(content=content, reply_to=msg)

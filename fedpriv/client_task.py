@@ -1,22 +1,19 @@
-"""A client's work in one round, without Flower: load its partition, leak, train behind a defense."""
+"""A client's work in one round, without Flower: load its data, run the protocol behind its defense."""
 
 from __future__ import annotations
 
 import functools
 import zlib
-from dataclasses import dataclass
 
 import torch
 
 from fedpriv.config import RunConfig
 from fedpriv.data.loading import load_split
-from fedpriv.data.partition import partition_indices
+from fedpriv.data.partition import split_with_aux
 from fedpriv.data.specs import resolve_spec
 from fedpriv.defenses import build_defense
-from fedpriv.errors import ConfigError
-from fedpriv.leaks import GradientLeak, GroundTruth
-from fedpriv.models import build_model
-from fedpriv.training import TrainSettings, gradient_leak, train_local
+from fedpriv.models import build_model, load_wire_state
+from fedpriv.protocols import PROTOCOLS, ClientReply
 
 
 def generator_for(*keys: object) -> torch.Generator:
@@ -25,43 +22,42 @@ def generator_for(*keys: object) -> torch.Generator:
 
 
 @functools.lru_cache(maxsize=2)
-def _partitions(
-    dataset: str, data_dir: str, partitioner: str, alpha: float, seed: int, num_partitions: int
-) -> tuple[torch.Tensor, ...]:
-    """All partitions' indices, computed once per process (a Ray actor serves many clients)."""
+def _split(
+    dataset: str, data_dir: str, partitioner: str, alpha: float, seed: int, num_partitions: int, aux_samples: int
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """All partitions' indices and the server's auxiliary indices, computed once per process."""
     labels = load_split(dataset, data_dir, "train").labels.numpy()
-    parts = partition_indices(labels, num_partitions, partitioner, alpha, seed)
-    return tuple(torch.as_tensor(p, dtype=torch.long) for p in parts)
+    parts, aux = split_with_aux(labels, num_partitions, partitioner, alpha, seed, aux_samples)
+    return tuple(torch.as_tensor(p, dtype=torch.long) for p in parts), torch.as_tensor(aux, dtype=torch.long)
 
 
-def client_data(
-    dataset: str, data_dir: str, partitioner: str, alpha: float, seed: int, partition_id: int, num_partitions: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The uint8 images and labels of one partition of the training split."""
-    train = load_split(dataset, data_dir, "train")
-    index = _partitions(dataset, data_dir, partitioner, alpha, seed, num_partitions)[partition_id]
+def partition_index(config: RunConfig, num_partitions: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Training-split indices of every client's data (capped at ``local-samples``) and of the aux split."""
+    parts, aux = _split(config.dataset, str(config.data_path()), config.partitioner, config.dirichlet_alpha,
+                        config.seed, num_partitions, config.aux_samples)
+    if config.local_samples:
+        parts = tuple(
+            p[torch.randperm(len(p), generator=generator_for(config.seed, "local-samples", pid))[: config.local_samples]]
+            for pid, p in enumerate(parts)
+        )
+    return parts, aux
+
+
+def client_data(config: RunConfig, partition_id: int, num_partitions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The uint8 images and labels of one client's data."""
+    train = load_split(config.dataset, str(config.data_path()), "train")
+    index = partition_index(config, num_partitions)[0][partition_id]
     return train.images[index], train.labels[index]
-
-
-@dataclass
-class TrainResult:
-    """What one client produces in one round: update, metrics, and in attacked rounds the leak."""
-
-    state_dict: dict[str, torch.Tensor]
-    num_examples: int
-    train_loss: float
-    leak: GradientLeak | None
-    truth: GroundTruth | None
 
 
 def run_client_round(
     config: RunConfig,
     partition_id: int,
     num_partitions: int,
-    state_dict: dict[str, torch.Tensor],
+    state: dict[str, torch.Tensor],
     server_round: int,
-) -> TrainResult:
-    """Run one client's round: the leak first (at the broadcast model), then local training.
+) -> ClientReply:
+    """Run one client's round under the run's protocol.
 
     Parameters
     ----------
@@ -69,42 +65,25 @@ def run_client_round(
         The validated run config.
     partition_id, num_partitions
         Which partition this client holds, out of how many.
-    state_dict
-        The broadcast global model.
+    state
+        The broadcast global model (floating-point state dict).
     server_round
         The round, for seeds and the attack schedule.
+
+    Returns
+    -------
+    ClientReply
+        What the client sends; ``truth`` is set in attacked rounds only.
     """
     dataset = resolve_spec(config.dataset, config.normalization)
-    images, labels = client_data(
-        config.dataset, str(config.data_path()), config.partitioner, config.dirichlet_alpha,
-        config.seed, partition_id, num_partitions,
-    )
-    spec = config.defense_for(partition_id)
-    defense = build_defense(spec)
+    images, labels = client_data(config, partition_id, num_partitions)
+    defense = build_defense(config.defense_for(partition_id))
     # Ray sets CUDA_VISIBLE_DEVICES per actor (client-resources-num-gpus); cuda:0 is this actor's GPU.
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(config.model, dataset.num_classes, dataset.channels)
-    model.load_state_dict(state_dict)
-    model.to(device)
-    leak = truth = None
-    if config.is_attacked(server_round, partition_id):
-        if config.attack_images > len(labels):
-            raise ConfigError(
-                f"attack-images={config.attack_images} exceeds the {len(labels)} samples of "
-                f"partition {partition_id}; valid: 1..{len(labels)}"
-            )
-        pick = torch.randperm(len(labels), generator=generator_for(config.seed, "leak", server_round, partition_id))
-        pick = pick[: config.attack_images]
-        leak, truth = gradient_leak(
-            model, images[pick], labels[pick], defense, dataset, config.attack_model_mode,
-            config.reveal_labels, generator_for(config.seed, "leak-defense", server_round, partition_id), defense.spec,
-        )
-    settings = TrainSettings(config.local_epochs, config.batch_size, config.lr, config.momentum, config.weight_decay)
-    loss = train_local(
-        model, images, labels, defense, dataset, settings,
-        generator_for(config.seed, "train", server_round, partition_id),
-    )
-    return TrainResult(
-        state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        num_examples=len(labels), train_loss=loss, leak=leak, truth=truth,
+    model = load_wire_state(build_model(config.model, dataset.num_classes, dataset.channels), state).to(device)
+    protocol = PROTOCOLS.get(config.protocol)
+    return protocol.client_round(
+        config, model, images, labels, defense, dataset,
+        generator_for(config.seed, config.protocol, server_round, partition_id),
+        config.is_attacked(server_round, partition_id),
     )

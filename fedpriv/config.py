@@ -17,6 +17,9 @@ DEFAULT_OUT_DIR = "~/fedpriv-runs"
 DEFAULT_DATA_DIR = "~/.cache/fedpriv/data"
 PARTITIONERS = ("iid", "dirichlet")
 MODEL_MODES = ("eval", "train")
+DP_MODES = ("none", "client-fixed", "server-fixed", "local")
+AGGREGATORS = ("fedavg", "fedmedian", "fedtrimmedavg", "krum")
+OPTIMISATION_KEYS = ("iterations", "restarts", "lr", "tv")  # per-attack overrides of attack-*
 MAX_ID = 1_000_000  # partition ids and round numbers in selections stay below this
 
 
@@ -80,8 +83,13 @@ class RunConfig:
     partitioner: str = "dirichlet"
     dirichlet_alpha: float = 0.5
     clients_per_round: int = 0
+    protocol: str = "fedsgd"
+    server_lr: float = 0.1
     local_epochs: int = 1
-    batch_size: int = 32
+    local_steps: int = 0
+    local_samples: int = 0
+    aux_samples: int = 0
+    batch_size: int = 1
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -92,7 +100,6 @@ class RunConfig:
     attack_overrides: str = ""
     attack_rounds: str = "1"
     attack_clients: str = "all"
-    attack_images: int = 1
     attack_iterations: int = 4800
     attack_restarts: int = 1
     attack_lr: float = 0.1
@@ -103,6 +110,12 @@ class RunConfig:
     attack_precision: str = "default"
     attack_options: str = ""
     reveal_labels: bool = True
+    aggregator: str = "fedavg"
+    dp: str = "none"
+    dp_noise_multiplier: float = 1.0
+    dp_clipping_norm: float = 1.0
+    dp_delta: float = 1e-5
+    update_pruning: float = 0.0
     fail_fast: bool = False
     resume: bool = False
     inject_client_failure: str = "none"
@@ -152,7 +165,6 @@ class RunConfig:
             "num-server-rounds": self.num_server_rounds,
             "local-epochs": self.local_epochs,
             "batch-size": self.batch_size,
-            "attack-images": self.attack_images,
             "attack-iterations": self.attack_iterations,
             "attack-restarts": self.attack_restarts,
         }
@@ -167,13 +179,29 @@ class RunConfig:
             "momentum": self.momentum,
             "weight-decay": self.weight_decay,
             "attack-tv": self.attack_tv,
+            "local-steps": self.local_steps,
+            "local-samples": self.local_samples,
+            "aux-samples": self.aux_samples,
+            "dp-noise-multiplier": self.dp_noise_multiplier,
         }
         for key, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"{key} must be >= 0, got {value}")
-        for key, value in {"lr": self.lr, "attack-lr": self.attack_lr, "dirichlet-alpha": self.dirichlet_alpha}.items():
+        for key, value in {
+            "lr": self.lr, "attack-lr": self.attack_lr, "dirichlet-alpha": self.dirichlet_alpha,
+            "server-lr": self.server_lr, "dp-clipping-norm": self.dp_clipping_norm,
+        }.items():
             if not value > 0:
                 raise ConfigError(f"{key} must be > 0, got {value}")
+        if not 0 < self.dp_delta < 1:
+            raise ConfigError(f"dp-delta must lie in (0, 1), got {self.dp_delta}")
+        if not 0 <= self.update_pruning < 1:
+            raise ConfigError(f"update-pruning must lie in [0, 1) (the fraction of entries zeroed), got {self.update_pruning}")
+        if self.dp == "local" and self.dp_noise_multiplier == 0:
+            raise ConfigError("dp='local' needs dp-noise-multiplier > 0 (LocalDpMod's epsilon is infinite at 0)")
+        for key, value, valid in (("dp", self.dp, DP_MODES), ("aggregator", self.aggregator, AGGREGATORS)):
+            if value not in valid:
+                raise ConfigError(f"{key} {value!r} is unknown; valid: {', '.join(valid)}")
         if self.partitioner not in PARTITIONERS:
             raise ConfigError(f"partitioner {self.partitioner!r} is unknown; valid: {', '.join(PARTITIONERS)}")
         if self.attack_model_mode not in MODEL_MODES:
@@ -196,43 +224,111 @@ class RunConfig:
         from fedpriv.defenses import build_defense
         from fedpriv.models import MODELS
 
+        from fedpriv.protocols import PROTOCOLS
+
         resolve_spec(self.dataset, self.normalization)
         MODELS.get(self.model)
-        settings = self.attack_settings()
-        check_settings(settings)
+        protocol = PROTOCOLS.get(self.protocol)
         for spec in {self.defense, *self.defense_overrides_map().values()}:
             build_defense(spec)
-        names = sorted({n for text in {self.attacks, *self.attack_overrides_map().values()} for n in self._attack_list(text)})
+        names = self.attack_names()
+        options = self._attack_options()
+        if stray := sorted({n for n, _ in options} - {""} - set(names)):
+            name = stray[0]
+            raise ConfigError(f"attack-options names attack {name!r}, which this run does not use; "
+                              f"its attacks: {', '.join(names) or 'none'}")
         known: set[str] = set()
         for name in names:
             factory = ATTACKS.get(name)
+            if protocol.leak_kind not in factory.leak_kinds:
+                fitting = [n for n in ATTACKS.names() if protocol.leak_kind in ATTACKS.get(n).leak_kinds]
+                raise ConfigError(f"attack {name!r} consumes {'/'.join(factory.leak_kinds)} leaks, but protocol "
+                                  f"{self.protocol!r} sends {protocol.leak_kind} leaks; attacks for it: {', '.join(fitting)}")
+            if self.attack_model_mode not in factory.model_modes and protocol.leak_kind == "gradient":
+                fitting = [n for n in ATTACKS.names() if self.attack_model_mode in ATTACKS.get(n).model_modes]
+                raise ConfigError(f"attack {name!r} models {'/'.join(factory.model_modes)}-mode batch norm only, but "
+                                  f"attack-model-mode={self.attack_model_mode!r}; attacks that support it: "
+                                  f"{', '.join(fitting)}")
+            declared = set(factory.options) | (set(OPTIMISATION_KEYS) if factory.optimises else set())
+            if unknown := sorted({key for owner, key in options if owner == name} - declared):
+                raise ConfigError(f"attack-options: {name}.{unknown[0]} is not an option of {name}; "
+                                  f"valid: {', '.join(sorted(declared)) or 'none'}")
+            known |= set(factory.options)
+            settings = self.attack_settings(name)
+            check_settings(settings)
             factory(settings)  # attacks check their own options' values
-            known |= set(getattr(factory, "options", ()))
-        if unknown := sorted(set(settings.extra) - known):
+        if unknown := sorted({key for owner, key in options if owner == ""} - known):
             raise ConfigError(f"attack-options: {unknown[0]!r} is not an option of this run's attacks "
-                              f"({', '.join(names)}); valid: {', '.join(sorted(known)) or 'none'}")
+                              f"({', '.join(names)}); valid: {', '.join(sorted(known)) or 'none'} "
+                              "(or ATTACK.OPTION for one attack)")
 
-    def attack_settings(self) -> AttackSettings:
-        """The attack settings this run asks for; ``attack-options`` ``NAME=VALUE,...`` become ``extra``."""
-        from fedpriv.attacks import AttackSettings
-
-        extra: dict[str, str] = {}
+    def _attack_options(self) -> dict[tuple[str, str], str]:
+        """``attack-options`` as {(attack or "", option): value}; ``NAME.OPTION`` is for one attack."""
+        options: dict[tuple[str, str], str] = {}
         for item in filter(None, (part.strip() for part in self.attack_options.split(","))):
-            name, equals, value = (s.strip() for s in item.partition("="))
-            if not (name and equals and value) or name in extra:
-                raise ConfigError(f"attack-options={self.attack_options!r}: write NAME=VALUE pairs joined by commas, "
-                                  "each name once, e.g. 'engine=loop,max-batch=16'")
-            extra[name] = value
-        return AttackSettings(
-            iterations=self.attack_iterations,
-            restarts=self.attack_restarts,
-            lr=self.attack_lr,
-            tv=self.attack_tv,
-            device=self.attack_device,
-            progress=self.attack_progress,
-            precision=self.attack_precision,
-            extra=extra,
-        )
+            key, equals, value = (s.strip() for s in item.partition("="))
+            owner, dot, name = key.rpartition(".")
+            if not (name and equals and value) or (dot and not owner) or (owner, name) in options:
+                raise ConfigError(f"attack-options={self.attack_options!r}: write NAME=VALUE or ATTACK.NAME=VALUE "
+                                  "pairs joined by commas, each once, e.g. 'engine=loop,inverting-gradients.max-batch=16'")
+            options[(owner, name)] = value
+        return options
+
+    def attack_names(self) -> list[str]:
+        """Every attack some client of this run is attacked with."""
+        texts = {self.attacks, *self.attack_overrides_map().values()}
+        return sorted({n for text in texts for n in self._attack_list(text)})
+
+    def attack_settings(self, name: str) -> AttackSettings:
+        """The settings attack ``name`` runs with.
+
+        The ``attack-*`` optimisation keys, overridden by ``attack-options`` entries
+        ``NAME.iterations``, ``NAME.lr``, ``NAME.tv``, ``NAME.restarts``; ``extra`` holds the
+        run's plain ``OPTION=VALUE`` entries that this attack declares, then its own
+        ``NAME.OPTION`` entries (which win).
+        """
+        from fedpriv.attacks import ATTACKS, AttackSettings
+
+        declared = set(ATTACKS.get(name).options)
+        options = self._attack_options()
+        extra = {key: value for (owner, key), value in options.items() if owner == "" and key in declared}
+        extra |= {key: value for (owner, key), value in options.items() if owner == name and key in declared}
+        own = {key: value for (owner, key), value in options.items() if owner == name and key in OPTIMISATION_KEYS}
+        try:
+            return AttackSettings(
+                iterations=int(own.get("iterations", self.attack_iterations)),
+                restarts=int(own.get("restarts", self.attack_restarts)),
+                lr=float(own.get("lr", self.attack_lr)),
+                tv=float(own.get("tv", self.attack_tv)),
+                device=self.attack_device,
+                progress=self.attack_progress,
+                precision=self.attack_precision,
+                extra=extra,
+            )
+        except ValueError as error:
+            raise ConfigError(f"attack-options for {name}: {error}; iterations and restarts are integers, "
+                              "lr and tv numbers") from None
+
+    def check_partitions(self, num_partitions: int) -> None:
+        """Fail if a selection or override names a partition the federation does not have.
+
+        Raises
+        ------
+        ConfigError
+            Naming the key, the absent id and the valid range.
+        """
+        chosen = {
+            "attack-clients": self.attacked_clients() or (),
+            "defense-overrides": tuple(self.defense_overrides_map()),
+            "attack-overrides": tuple(self.attack_overrides_map()),
+            "inject-client-failure": self.failing_partitions() or (),
+        }
+        for key, ids in chosen.items():
+            if absent := sorted(i for i in ids if i >= num_partitions):
+                raise ConfigError(f"{key} names partition {absent[0]}, but the federation has {num_partitions} "
+                                  f"clients; valid partition ids: 0..{num_partitions - 1}")
+        if self.clients_per_round > num_partitions:
+            raise ConfigError(f"clients-per-round={self.clients_per_round} exceeds the {num_partitions} clients")
 
     @staticmethod
     def _attack_list(text: str) -> list[str]:
@@ -281,6 +377,12 @@ class RunConfig:
         return (rounds is None or server_round in rounds) and (clients is None or partition_id in clients) and bool(
             self.attacks_for(partition_id)
         )
+
+    def clients_each_round(self, num_partitions: int) -> int:
+        """How many clients train in each round."""
+        if self.clients_per_round == 0 or self.clients_per_round >= num_partitions:
+            return num_partitions
+        return self.clients_per_round
 
     def out_path(self) -> Path:
         """Absolute folder that holds run folders (``~`` expanded)."""

@@ -1,40 +1,26 @@
-"""Typed observations (leaks) and evaluation-only ground truth, with their record encodings.
+"""Typed observations (leaks) the server derives from client replies, and evaluation-only truth.
 
-A leak is exactly what the server receives under the declared protocol, plus metadata the
-server really has. Ground truth travels separately and only reaches the scorer. Both encode to
-a flat ``dict[str, numpy.ndarray]`` plus a ``dict[str, scalar]`` so that the Flower glue can
-carry them in an ArrayRecord and a ConfigRecord without knowing their kind. Feature and
-prediction leaks register a kind in ``LEAK_KINDS`` the same way.
+A leak is exactly what the server receives under the declared protocol (see
+:mod:`fedpriv.protocols`), plus metadata the server really has. Ground truth travels apart
+(:mod:`fedpriv.wire`) and only reaches the scorer. Feature and prediction protocols add leak
+kinds to ``LEAK_KINDS``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
-import numpy as np
 import torch
 
-from fedpriv.errors import ConfigError
-from fedpriv.registry import Registry
-
-Scalar = int | float | str | bool
-Arrays = dict[str, np.ndarray]
-Meta = dict[str, Scalar]
+LEAK_KINDS = ("gradient", "update")
 
 
 class Leak(Protocol):
     """Anything the server observes from one client in one round."""
 
     kind: ClassVar[str]
-
-    def to_records(self) -> tuple[Arrays, Meta]:
-        """Encode as arrays and scalar metadata (the metadata carries ``kind``)."""
-        ...
-
-
-LEAK_KINDS: Registry[Callable[[Arrays, Meta], Leak]] = Registry("leak kind")
+    protocol: str
 
 
 @dataclass(frozen=True)
@@ -54,7 +40,7 @@ class GradientLeak:
     labels
         The batch's labels when the protocol reveals them, else ``None``.
     protocol
-        ``"fedsgd"``.
+        The protocol that produced it (``"fedsgd"``).
     """
 
     kind: ClassVar[str] = "gradient"
@@ -65,44 +51,41 @@ class GradientLeak:
     labels: torch.Tensor | None = None
     protocol: str = "fedsgd"
 
-    def to_records(self) -> tuple[Arrays, Meta]:
-        """Encode as arrays (``grad/<name>``, ``labels``) and metadata."""
-        arrays = {f"grad/{n}": g.detach().cpu().numpy() for n, g in zip(self.parameter_names, self.gradients)}
-        if self.labels is not None:
-            arrays["labels"] = self.labels.cpu().numpy()
-        meta: Meta = {
-            "kind": self.kind,
-            "batch-size": self.batch_size,
-            "model-mode": self.model_mode,
-            "protocol": self.protocol,
-            "parameter-names": ",".join(self.parameter_names),
-        }
-        return arrays, meta
 
-    @classmethod
-    def from_records(cls, arrays: Arrays, meta: Meta) -> "GradientLeak":
-        """Decode what :meth:`to_records` produced."""
-        names = tuple(str(meta["parameter-names"]).split(","))
-        labels = arrays.get("labels")
-        return cls(
-            gradients=tuple(torch.from_numpy(np.array(arrays[f"grad/{n}"])) for n in names),
-            parameter_names=names,
-            batch_size=int(meta["batch-size"]),
-            model_mode=str(meta["model-mode"]),
-            labels=None if labels is None else torch.from_numpy(np.array(labels)).long(),
-            protocol=str(meta["protocol"]),
-        )
+@dataclass(frozen=True)
+class UpdateLeak:
+    """A FedAvg weight update (reply minus broadcast) with the protocol's known hyper-parameters.
 
+    Attributes
+    ----------
+    deltas
+        reply - broadcast, one tensor per trainable parameter (``parameter_names`` order).
+    parameter_names
+        Names of those parameters.
+    num_examples
+        Samples the client trained on (it reports them for FedAvg's weighting).
+    batch_size, steps, lr, momentum, weight_decay
+        The local SGD the protocol prescribes (``steps`` local steps in total).
+    labels
+        The client's labels (as a multiset, in the client's order) when revealed, else ``None``.
+    model_mode
+        ``"train"``: local training uses batch statistics.
+    protocol
+        ``"fedavg"``.
+    """
 
-LEAK_KINDS.add(GradientLeak.kind, GradientLeak.from_records)
-
-
-def leak_from_records(arrays: Arrays, meta: Meta) -> Leak:
-    """Decode a leak of any registered kind."""
-    kind = str(meta.get("kind", ""))
-    if kind not in LEAK_KINDS:
-        raise ConfigError(f"unknown leak kind {kind!r}; valid: {', '.join(LEAK_KINDS.names())}")
-    return LEAK_KINDS.get(kind)(arrays, meta)
+    kind: ClassVar[str] = "update"
+    deltas: tuple[torch.Tensor, ...]
+    parameter_names: tuple[str, ...]
+    num_examples: int
+    batch_size: int
+    steps: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    labels: torch.Tensor | None = None
+    model_mode: str = "train"
+    protocol: str = "fedavg"
 
 
 @dataclass(frozen=True)
@@ -114,7 +97,8 @@ class GroundTruth:
     images
         The original batch x in pixel space [0,1], shape (n, C, H, W).
     defended
-        The defended batch T(x) in pixel space, the images the model actually saw.
+        The defended batch T(x) in pixel space, the images the model actually saw (for local
+        training over several steps: as the client first used them).
     labels
         True labels, shape (n,).
     defense
@@ -128,29 +112,3 @@ class GroundTruth:
     labels: torch.Tensor
     defense: str
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def to_records(self) -> tuple[Arrays, Meta]:
-        """Encode as arrays and metadata."""
-        arrays = {
-            "images": self.images.cpu().numpy(),
-            "defended": self.defended.cpu().numpy(),
-            "labels": self.labels.cpu().numpy(),
-        }
-        arrays.update({f"extra/{k}": v.cpu().numpy() for k, v in self.extras.items()})
-        return arrays, {"defense": self.defense}
-
-    @classmethod
-    def from_records(cls, arrays: Arrays, meta: Meta) -> "GroundTruth":
-        """Decode what :meth:`to_records` produced."""
-
-        def tensor(key: str) -> torch.Tensor:
-            return torch.from_numpy(np.array(arrays[key]))
-
-        extras = {k.removeprefix("extra/"): tensor(k) for k in arrays if k.startswith("extra/")}
-        return cls(
-            images=tensor("images"),
-            defended=tensor("defended"),
-            labels=tensor("labels").long(),
-            defense=str(meta["defense"]),
-            extras=extras,
-        )

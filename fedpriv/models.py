@@ -75,16 +75,19 @@ class ConvNet(nn.Module):
         Input image channels.
     width
         Channels of the first block; the next two double it.
+    group_norm
+        GroupNorm (8 groups) instead of batch norm: no running statistics, so Flower's DP
+        noise on the aggregate cannot make a variance negative (Opacus refuses batch norm too).
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 32) -> None:
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 32, group_norm: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
         for out in (width, 2 * width, 4 * width):
             layers += [
                 nn.Conv2d(channels, out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(out),
+                nn.GroupNorm(8, out) if group_norm else nn.BatchNorm2d(out),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(2),
             ]
@@ -99,6 +102,26 @@ class ConvNet(nn.Module):
 MODELS.add("resnet20", lambda n, c: CifarResNet(n, c, base_width=16))
 MODELS.add("resnet20-4", lambda n, c: CifarResNet(n, c, base_width=64))
 MODELS.add("convnet", lambda n, c: ConvNet(n, c))
+MODELS.add("convnet-gn", lambda n, c: ConvNet(n, c, group_norm=True))
+
+
+def wire_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The floating-point entries of ``model.state_dict()``: what the server broadcasts.
+
+    Integer buffers (batch norm's ``num_batches_tracked``) stay out: Flower's clipping scales
+    updates in place, which fails on integer arrays, and batch norm with a momentum never
+    reads them.
+    """
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def load_wire_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Load a :func:`wire_state` dict into ``model`` (integer buffers keep their values)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    floating = [k for k in missing if model.state_dict()[k].is_floating_point()]
+    if floating or unexpected:
+        raise ValueError(f"state does not fit the model: missing {floating}, unexpected {unexpected}")
+    return model
 
 
 def build_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:

@@ -1,13 +1,17 @@
-"""One round's attacks: route each client's leak to its attacks, score against ground truth.
+"""The server's attack harness: attacks built once per run, fed each round's leaks, scored by kind.
 
-Attacks see only :class:`~fedpriv.attacks.base.AttackTarget` (the leak, a seed and, for attacks
-that declare ``knows_defense``, the client's defense spec). Ground truth stays here and only
-reaches :func:`score`. A failing attack (exception, out of memory, non-finite output) becomes
-a failed cell with its reason; the other cells and the run go on.
+Attacks see only what their :class:`~fedpriv.attacks.base.Knowledge` declares: an
+:class:`~fedpriv.attacks.base.AttackTarget` (the leak, a seed and, for attacks that know the
+defense, the client's defense spec *from the run config*), their own copy of the broadcast model
+(or a fresh model of its architecture), and in :meth:`~fedpriv.attacks.base.Attack.prepare` the
+server's auxiliary split. Ground truth stays here and only reaches the scorers. A failing attack
+(exception, out of memory, non-finite output) becomes a failed cell with its reason; the other
+cells and the run go on.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 import traceback
 import zlib
@@ -16,24 +20,32 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from fedpriv.attacks import Attack, AttackTarget, Reconstruction, build_attack
+from fedpriv.attacks import Attack, AttackTarget, AuxiliaryData, Reconstruction, build_attack
+from fedpriv.attacks.label_inference import label_accuracy
 from fedpriv.config import RunConfig
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.leaks import GroundTruth, Leak
 from fedpriv.metrics import mse_per_image, psnr_per_image, ssim_per_image
+from fedpriv.models import build_model
 from fedpriv.results import RunFolder
 
 
 @dataclass(frozen=True)
 class ObservedClient:
-    """What the server holds for one attacked client in one round."""
+    """What the server holds for one attacked client in one round.
+
+    ``defense_spec`` is the defense the run config declares for this client (what the server
+    knows); ``truth`` is for the scorers only.
+    """
 
     partition_id: int
     leak: Leak
     truth: GroundTruth
     attacks: tuple[str, ...]
+    defense_spec: str
 
 
 def attack_seed(seed: int, server_round: int, partition_id: int, attack: str) -> int:
@@ -41,23 +53,56 @@ def attack_seed(seed: int, server_round: int, partition_id: int, attack: str) ->
     return zlib.crc32(f"{seed}/{server_round}/{partition_id}/{attack}".encode())
 
 
-def score(reconstruction: Reconstruction, truth: GroundTruth) -> dict[str, float]:
-    """PSNR, SSIM and MSE of one reconstruction, averaged over its images.
+def match_order(estimate: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """The permutation of ``estimate`` that maximises the summed PSNR against ``truth``.
+
+    The attacker does not know the order of a batch, so reconstructions are registered to the
+    true images by an optimal assignment on per-pair PSNR (breaching's "registered" scores).
+    """
+    n = len(truth)
+    pairs = psnr_per_image(
+        estimate.repeat_interleave(n, 0), truth.repeat(n, 1, 1, 1)
+    ).reshape(n, n).clamp(max=1e6)
+    rows, cols = linear_sum_assignment(pairs.numpy(), maximize=True)
+    order = torch.empty(n, dtype=torch.long)
+    order[torch.as_tensor(cols)] = torch.as_tensor(rows)
+    return order
+
+
+def score_images(reconstruction: Reconstruction, truth: GroundTruth, matched: bool = True) -> dict[str, Any]:
+    """PSNR, SSIM and MSE of an image reconstruction, averaged over its images.
 
     ``psnr``/``ssim``/``mse`` compare the attack's estimate of x with the original x;
     ``psnr_defended``/``ssim_defended`` compare its estimate of T(x) (``defended`` when the
     attack models the defense, else ``images``) with the defended batch T(x), the reference's
-    convention. Images are compared in the order the client sent them.
+    convention. With ``matched`` and more than one image, estimates are first put in the order
+    :func:`match_order` finds against x (recorded as ``matched``: true).
     """
+    assert reconstruction.images is not None
     images = reconstruction.images.detach().cpu()
     defended = images if reconstruction.defended is None else reconstruction.defended.detach().cpu()
+    matched = matched and len(images) > 1
+    if matched:
+        order = match_order(images, truth.images)
+        images, defended = images[order], defended[order]
     return {
         "psnr": float(psnr_per_image(images, truth.images).mean()),
         "psnr_defended": float(psnr_per_image(defended, truth.defended).mean()),
         "ssim": float(ssim_per_image(images, truth.images).mean()),
         "ssim_defended": float(ssim_per_image(defended, truth.defended).mean()),
         "mse": float(mse_per_image(images, truth.images).mean()),
+        "matched": matched,
     }
+
+
+def score(reconstruction: Reconstruction, truth: GroundTruth) -> dict[str, Any]:
+    """Every score that applies to the outputs the reconstruction has (images, labels)."""
+    row: dict[str, Any] = {}
+    if reconstruction.images is not None:
+        row |= score_images(reconstruction, truth)
+    if reconstruction.labels is not None:
+        row["label_accuracy"] = label_accuracy(reconstruction.labels.cpu(), truth.labels)
+    return row
 
 
 def _reconstruct_isolated(
@@ -76,73 +121,99 @@ def _reconstruct_isolated(
     return results
 
 
-def run_round_attacks(
-    model: nn.Module,
-    dataset: DatasetSpec,
-    clients: Sequence[ObservedClient],
-    config: RunConfig,
-    server_round: int,
-    folder: RunFolder | None = None,
-) -> list[dict[str, Any]]:
-    """Run every configured attack on this round's leaks and score each cell.
+def _finite(result: Reconstruction) -> bool:
+    return all(t is None or bool(torch.isfinite(t.float()).all()) for t in (result.images, result.defended))
+
+
+class AttackHarness:
+    """The run's attacks, built and prepared once, then run on every attacked round.
 
     Parameters
     ----------
-    model
-        The broadcast model of this round (what the server sent; the attacks' victim).
+    config
+        The run config (which attacks, their settings, seed, model architecture).
     dataset
         Shapes and normalisation the attacks work in.
-    clients
-        Attacked clients with their leaks, ground truth and attack names.
-    config
-        The run config (attack settings, seed).
-    server_round
-        Round number, for records and seeds.
-    folder
-        Where image grids go (none when ``None``).
-
-    Returns
-    -------
-    list[dict]
-        One row per (client, attack) with the metrics of DESIGN.md's results contract.
+    aux
+        The server's auxiliary split, handed to attacks that declare ``aux="same"``.
     """
-    settings = config.attack_settings()
-    rows: list[dict[str, Any]] = []
-    names = sorted({a for c in clients for a in c.attacks})
-    for name in names:
-        attack = build_attack(name, settings)
-        chosen = [c for c in clients if name in c.attacks]
-        targets = [
-            AttackTarget(
-                leak=c.leak,
-                seed=attack_seed(config.seed, server_round, c.partition_id, name),
-                defense_spec=c.truth.defense if attack.knows_defense else None,
-            )
-            for c in chosen
-        ]
-        start = time.perf_counter()
-        results = _reconstruct_isolated(attack, model, dataset, targets)
-        seconds = (time.perf_counter() - start) / max(len(chosen), 1)
-        for client, result in zip(chosen, results):
-            row: dict[str, Any] = {
-                "round": server_round,
-                "partition_id": client.partition_id,
-                "defense": client.truth.defense,
-                "attack": name,
-                "n_images": len(client.truth.labels),
-                "seconds": round(seconds, 3),
-            }
-            if isinstance(result, Reconstruction) and not torch.isfinite(result.images).all():
-                result = "failed: non-finite reconstruction"
-            if isinstance(result, str):
-                rows.append(row | {"status": result})
-                continue
-            row |= score(result, client.truth) | {"status": "ok"}
-            row |= {k: float(v) for k, v in result.fields.items()}
-            rows.append(row)
-            if folder is not None:
-                grid = [client.truth.images, client.truth.defended, result.images]
-                if result.defended is not None:
-                    grid.append(result.defended)
-                folder.write_grid(f"round{server_round:03d}_client{client.partition_id:04d}_{name}", grid)
-    return rows
+
+    def __init__(self, config: RunConfig, dataset: DatasetSpec, aux: AuxiliaryData | None = None) -> None:
+        self.config, self.dataset = config, dataset
+        self.attacks = {name: build_attack(name, config.attack_settings(name)) for name in config.attack_names()}
+        for attack in self.attacks.values():
+            attack.prepare(dataset, aux if attack.knowledge.aux == "same" else None)
+
+    def _victim(self, attack: Attack, model: nn.Module, seed: int) -> nn.Module:
+        """The attack's own model: a copy of the broadcast one, or a fresh one of its architecture."""
+        if attack.knowledge.model == "architecture":
+            torch.manual_seed(seed)
+            return build_model(self.config.model, self.dataset.num_classes, self.dataset.channels).eval()
+        return copy.deepcopy(model)
+
+    def run_round(
+        self, model: nn.Module, clients: Sequence[ObservedClient], server_round: int, folder: RunFolder | None = None
+    ) -> list[dict[str, Any]]:
+        """Run every configured attack on this round's leaks and score each cell.
+
+        Parameters
+        ----------
+        model
+            The broadcast model of this round (what the server sent; the attacks' victim).
+        clients
+            Attacked clients with their leaks, ground truth and attack names.
+        server_round
+            Round number, for records and seeds.
+        folder
+            Where image grids go (none when ``None``).
+
+        Returns
+        -------
+        list[dict]
+            One row per (client, attack) with the metrics of DESIGN.md's results contract;
+            rows of attacks without image outputs have no image metrics.
+        """
+        rows: list[dict[str, Any]] = []
+        for name in sorted({a for c in clients for a in c.attacks}):
+            attack = self.attacks[name]
+            chosen = [c for c in clients if name in c.attacks]
+            targets = [
+                AttackTarget(
+                    leak=c.leak,
+                    seed=attack_seed(self.config.seed, server_round, c.partition_id, name),
+                    defense_spec=c.defense_spec if attack.knowledge.defense else None,
+                )
+                for c in chosen
+            ]
+            victim = self._victim(attack, model, attack_seed(self.config.seed, server_round, -1, name))
+            start = time.perf_counter()
+            results = _reconstruct_isolated(attack, victim, self.dataset, targets)
+            seconds = (time.perf_counter() - start) / max(len(chosen), 1)
+            for client, result in zip(chosen, results):
+                rows.append(self._row(name, client, result, server_round, seconds, folder))
+        return rows
+
+    def _row(self, name: str, client: ObservedClient, result: Reconstruction | str, server_round: int,
+             seconds: float, folder: RunFolder | None) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "round": server_round,
+            "partition_id": client.partition_id,
+            "defense": client.truth.defense,
+            "attack": name,
+            "protocol": client.leak.protocol,
+            "n_images": len(client.truth.labels),
+            "seconds": round(seconds, 3),
+        }
+        if isinstance(result, Reconstruction) and not _finite(result):
+            result = "failed: non-finite reconstruction"
+        if isinstance(result, str):
+            return row | {"status": result}
+        row |= score(result, client.truth) | {"status": "ok"}
+        row |= {k: float(v) for k, v in result.fields.items()}
+        if folder is not None and result.images is not None:
+            order = match_order(result.images, client.truth.images) if row["matched"] else slice(None)
+            grid = [client.truth.images, client.truth.defended, result.images[order]]
+            if result.defended is not None:
+                grid.append(result.defended[order])
+            folder.write_grid(f"round{server_round:03d}_client{client.partition_id:04d}_{name}", grid)
+        return row

@@ -1,4 +1,4 @@
-"""Client-side computation without Flower: local SGD behind a defense, evaluation, the leak."""
+"""Client-side computation without Flower: local SGD behind a defense, evaluation, one batch gradient."""
 
 from __future__ import annotations
 
@@ -10,18 +10,22 @@ from torch import nn
 
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses import Defense
-from fedpriv.leaks import GradientLeak, GroundTruth
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Local SGD hyper-parameters."""
+    """Local SGD hyper-parameters; ``steps`` > 0 runs exactly that many steps instead of epochs."""
 
     epochs: int
     batch_size: int
     lr: float
     momentum: float
     weight_decay: float
+    steps: int = 0
+
+    def total_steps(self, num_examples: int) -> int:
+        """SGD steps one local round takes on ``num_examples`` samples."""
+        return self.steps or self.epochs * -(-num_examples // self.batch_size)
 
 
 def to_pixels(images: torch.Tensor) -> torch.Tensor:
@@ -37,8 +41,11 @@ def train_local(
     dataset: DatasetSpec,
     settings: TrainSettings,
     generator: torch.Generator,
-) -> float:
-    """Train ``model`` in place with SGD on defended images; return the mean training loss.
+) -> tuple[float, torch.Tensor]:
+    """Train ``model`` in place with SGD on defended images.
+
+    Each pass over the data is a fresh shuffle cut into batches of ``batch_size``; with
+    ``settings.steps`` the passes repeat until that many steps ran.
 
     Parameters
     ----------
@@ -51,28 +58,41 @@ def train_local(
     dataset
         Normalisation constants.
     settings
-        Epochs, batch size, lr, momentum, weight decay.
+        Epochs or steps, batch size, lr, momentum, weight decay.
     generator
         Seeds shuffling and the defense's randomness.
+
+    Returns
+    -------
+    tuple
+        The mean training loss and each image as the model first saw it, T(x) in pixel space.
     """
     model.train()
     device = next(model.parameters()).device
     optimizer = torch.optim.SGD(
         model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
-    total, count = 0.0, 0
-    for _ in range(settings.epochs):
+    first_seen = torch.empty(images.shape, dtype=torch.float32)
+    seen = torch.zeros(len(labels), dtype=torch.bool)
+    total, count, remaining = 0.0, 0, settings.total_steps(len(labels))
+    while remaining > 0:
         order = torch.randperm(len(labels), generator=generator)
         for start in range(0, len(order), settings.batch_size):
             index = order[start : start + settings.batch_size]
             defended, _ = defense.transform(to_pixels(images[index]), generator)
+            fresh = ~seen[index]
+            first_seen[index[fresh]] = defended[fresh]
+            seen[index] = True
             loss = F.cross_entropy(model(dataset.normalize(defended.to(device))), labels[index].to(device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total += float(loss.item()) * len(index)
             count += len(index)
-    return total / max(count, 1)
+            remaining -= 1
+            if remaining == 0:
+                break
+    return total / max(count, 1), first_seen
 
 
 @torch.no_grad()
@@ -92,56 +112,33 @@ def evaluate(
     return loss / max(len(labels), 1), correct / max(len(labels), 1)
 
 
-def gradient_leak(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    defense: Defense,
-    dataset: DatasetSpec,
-    mode: str,
-    reveal_labels: bool,
-    generator: torch.Generator,
-    defense_spec: str,
-) -> tuple[GradientLeak, GroundTruth]:
-    """The FedSGD gradient of one defended batch at the current model, and its ground truth.
+def batch_gradient(
+    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, mode: str
+) -> tuple[tuple[str, ...], tuple[torch.Tensor, ...], float]:
+    """Cross-entropy gradient of one normalised batch at ``model``, which is left unchanged.
 
     Parameters
     ----------
     model
-        The broadcast model; it is not changed (a train-mode pass would move batch-norm
-        running statistics, so they are restored).
-    images, labels
-        The batch (uint8 images, int64 labels) whose gradient the client sends.
-    defense
-        The client's defense; T(x) is what the model sees.
-    dataset
-        Normalisation constants.
+        The model; a train-mode pass would move batch-norm running statistics, so they are
+        restored afterwards.
+    inputs, labels
+        The normalised batch and its labels.
     mode
-        ``"eval"`` (ATS's setting, running batch-norm statistics) or ``"train"``.
-    reveal_labels
-        Whether the protocol sends the labels with the gradient.
-    generator
-        Seeds the defense's draws for this batch.
-    defense_spec
-        Recorded in the ground truth.
+        ``"eval"`` (running batch-norm statistics, ATS's setting) or ``"train"`` (batch statistics).
+
+    Returns
+    -------
+    tuple
+        Trainable parameter names, their gradients (on the CPU) and the loss.
     """
-    pixels = to_pixels(images)
-    defended, extras = defense.transform(pixels, generator)
     device = next(model.parameters()).device
     buffers = {k: v.clone() for k, v in model.state_dict().items()}
     was_training = model.training
     model.train(mode == "train")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    loss = F.cross_entropy(model(dataset.normalize(defended.to(device))), labels.to(device))
+    loss = F.cross_entropy(model(inputs.to(device)), labels.to(device))
     grads = torch.autograd.grad(loss, [p for _, p in named])
     model.load_state_dict(buffers)
     model.train(was_training)
-    leak = GradientLeak(
-        gradients=tuple(g.detach().cpu() for g in grads),
-        parameter_names=tuple(n for n, _ in named),
-        batch_size=len(labels),
-        model_mode=mode,
-        labels=labels.clone() if reveal_labels else None,
-    )
-    truth = GroundTruth(images=pixels, defended=defended, labels=labels.clone(), defense=defense_spec, extras=extras)
-    return leak, truth
+    return tuple(n for n, _ in named), tuple(g.detach().cpu() for g in grads), float(loss.detach())

@@ -15,14 +15,17 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, R
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from fedpriv.attacks import AuxiliaryData
+from fedpriv.client_task import partition_index
 from fedpriv.config import RunConfig
 from fedpriv.data.loading import check_available, load_split
-from fedpriv.data.partition import partition_indices
 from fedpriv.data.specs import DatasetSpec, resolve_spec
 from fedpriv.errors import ConfigError
-from fedpriv.models import build_model
+from fedpriv.models import build_model, load_wire_state, wire_state
 from fedpriv.results import RunFolder, load_checkpoint, read_jsonl, save_checkpoint
-from fedpriv.strategies.attacking_fedavg import AttackingFedAvg
+from fedpriv.round_attacks import AttackHarness
+from fedpriv.strategies.attacking_strategy import AttackingStrategy
+from fedpriv.strategies.inner import inner_strategy, privacy_accountant, round_event
 from fedpriv.training import evaluate
 
 CHECKPOINT = "checkpoint.pt"
@@ -63,23 +66,26 @@ def discover_partitions(grid: Grid, timeout: float = 1800.0) -> dict[int, int]:
     return nodes
 
 
-def _check_partitions(config: RunConfig, num_partitions: int) -> None:
-    """Fail before training if an attacked client has fewer samples than ``attack-images``."""
-    labels = load_split(config.dataset, str(config.data_path()), "train").labels.numpy()
-    parts = partition_indices(labels, num_partitions, config.partitioner, config.dirichlet_alpha, config.seed)
-    for pid, part in enumerate(parts):
-        attacked = any(config.is_attacked(r, pid) for r in range(1, config.num_server_rounds + 1))
-        if attacked and config.attack_images > len(part):
-            raise ConfigError(
-                f"attack-images={config.attack_images} exceeds the {len(part)} samples of partition "
-                f"{pid}; valid: 1..{min(len(p) for p in parts)} for this partitioning"
-            )
+def _check_partitions(config: RunConfig, num_partitions: int) -> AuxiliaryData | None:
+    """Fail before training on selections of absent partitions or an impossible aux split.
+
+    Returns the server's auxiliary split (None when ``aux-samples`` is 0).
+    """
+    config.check_partitions(num_partitions)
+    parts, aux = partition_index(config, num_partitions)
+    log(INFO, "fedpriv: %d clients hold %d..%d samples; auxiliary split: %d samples",
+        num_partitions, min(map(len, parts)), max(map(len, parts)), len(aux))
+    if not len(aux):
+        return None
+    train = load_split(config.dataset, str(config.data_path()), "train")
+    return AuxiliaryData(train.images[aux], train.labels[aux])
 
 
 def _resolved_config(config: RunConfig, nodes: dict[int, int], dataset: DatasetSpec) -> dict[str, Any]:
     return {
         "run-config": config.as_run_config(),
         "num-partitions": len(nodes),
+        "aux-samples": config.aux_samples,
         "normalization-mean": list(dataset.mean),
         "normalization-std": list(dataset.std),
         "clients": {
@@ -113,17 +119,17 @@ def run_server(grid: Grid, context: Context) -> None:
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     nodes = discover_partitions(grid)
-    _check_partitions(config, len(nodes))
+    aux = _check_partitions(config, len(nodes))
+    harness = AttackHarness(config, dataset, aux)
     for pid in sorted(nodes):
         log(INFO, "fedpriv: partition %d: defense %s, attacks %s", pid, config.defense_for(pid), config.attacks_for(pid))
 
     def model_from(arrays: ArrayRecord) -> torch.nn.Module:
         model = build_model(config.model, dataset.num_classes, dataset.channels)
-        model.load_state_dict(arrays.to_torch_state_dict())
-        return model.eval()
+        return load_wire_state(model, arrays.to_torch_state_dict()).eval()
 
     offset = 0
-    initial = build_model(config.model, dataset.num_classes, dataset.channels).state_dict()
+    initial = wire_state(build_model(config.model, dataset.num_classes, dataset.channels))
     if config.resume:
         offset, initial = load_checkpoint(folder.path / CHECKPOINT)
         folder.truncate_after(offset)
@@ -133,12 +139,17 @@ def run_server(grid: Grid, context: Context) -> None:
     test = load_split(config.dataset, str(config.data_path()), "test")
     pick = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(config.seed))
     pick = pick[: config.eval_samples] if config.eval_samples else pick
-    strategy = AttackingFedAvg(config, folder, nodes, dataset, model_from, offset)
+    accountant = privacy_accountant(config, len(nodes), offset)
+    inner = inner_strategy(config, len(nodes), accountant)
+    strategy = AttackingStrategy(inner, config, folder, nodes, harness, model_from, offset)
+    reported = accountant if config.dp == "local" or config.aggregator == "fedavg" else None
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         run_round = server_round + offset
         loss, accuracy = evaluate(model_from(arrays), test.images[pick], test.labels[pick], dataset)
         summary = strategy.round_summary.get(run_round, {})
+        if server_round > 0 and config.dp == "local" and reported is not None:
+            reported.compose(round_event(config, len(nodes)))
         row = {
             "round": run_round, "accuracy": accuracy, "loss": loss,
             "sampled": summary.get("sampled", []),
@@ -146,10 +157,12 @@ def run_server(grid: Grid, context: Context) -> None:
             "attacked": sorted({r["partition_id"] for r in summary.get("rows", [])}),
             "seconds": round(time.perf_counter() - summary["start"], 3) if "start" in summary else 0.0,
         }
+        if reported is not None:
+            row |= {"dp_epsilon": reported.get_epsilon(config.dp_delta) if run_round else 0.0, "dp_delta": config.dp_delta}
         if server_round > 0 or not config.resume:
             folder.append(folder.rounds_path, [row])
         save_checkpoint(folder.path / CHECKPOINT, run_round, arrays.to_torch_state_dict())
-        psnr = [r["psnr"] for r in summary.get("rows", []) if r["status"] == "ok"]
+        psnr = [r["psnr"] for r in summary.get("rows", []) if r["status"] == "ok" and "psnr" in r]
         log(
             INFO, "fedpriv round %d: accuracy %.4f, mean PSNR %s, failed clients %d",
             run_round, accuracy, f"{sum(psnr) / len(psnr):.2f} dB" if psnr else "-", len(row["failed"]),

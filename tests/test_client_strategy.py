@@ -1,57 +1,77 @@
-"""The client task, the ClientApp handlers and the strategy called directly (no Ray)."""
+"""The client task, the ClientApp (with its mods) and the strategy called directly (no Ray)."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedpriv.client_task import run_client_round
-from fedpriv.clients.client_app import query, train
-from fedpriv.clients.records import LEAK_META, TRUTH_ARRAYS
+from fedpriv.client_task import partition_index, run_client_round
+from fedpriv.clients.client_app import app, query, train
 from fedpriv.config import RunConfig
 from fedpriv.data.specs import resolve_spec
 from fedpriv.errors import ConfigError
-from fedpriv.models import build_model
+from fedpriv.leaks import GradientLeak
+from fedpriv.models import build_model, load_wire_state, wire_state
+from fedpriv.protocols import PROTOCOLS
 from fedpriv.results import RunFolder, read_jsonl
-from fedpriv.strategies.attacking_fedavg import AttackingFedAvg, sample_partitions
+from fedpriv.round_attacks import AttackHarness
+from fedpriv.strategies.attacking_strategy import AttackingStrategy, sample_partitions
+from fedpriv.strategies.inner import inner_strategy
+from fedpriv.wire import LEAK_KEY, TRUTH_KEY
 
 TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = 1
 RUN = {
     "dataset": "embedded-photos", "model": "convnet", "num-server-rounds": 2, "attack-iterations": 20,
-    "attack-progress": 0, "defense-overrides": "1=ats:3-1-7", "attack-clients": "0,1", "local-epochs": 1,
+    "attack-progress": 0, "defense-overrides": "1=ats:3-1-7", "attack-clients": "0,1", "batch-size": 2,
 }
 
 
 def _initial(config: RunConfig) -> dict[str, torch.Tensor]:
     torch.manual_seed(config.seed)
     spec = resolve_spec(config.dataset)
-    return build_model(config.model, spec.num_classes, spec.channels).state_dict()
+    return wire_state(build_model(config.model, spec.num_classes, spec.channels))
 
 
-def _context(pid: int, run_config: dict) -> Context:
-    return Context(run_id=1, node_id=100 + pid, node_config={"partition-id": pid, "num-partitions": 4},
+def _context(pid: int, run_config: dict, partitions: int = 4) -> Context:
+    return Context(run_id=1, node_id=100 + pid, node_config={"partition-id": pid, "num-partitions": partitions},
                    state=RecordDict(), run_config=run_config)
 
 
-def test_client_round_is_deterministic_and_leaks_only_when_attacked() -> None:
+def test_client_round_is_deterministic_and_carries_truth_only_when_attacked() -> None:
     config = RunConfig.from_run_config(RUN)
     first = run_client_round(config, 1, 4, _initial(config), 1)
     second = run_client_round(config, 1, 4, _initial(config), 1)
-    for key, value in first.state_dict.items():
-        assert torch.equal(value, second.state_dict[key]), key
-    assert first.leak is not None and first.truth is not None and second.leak is not None
-    assert all(torch.equal(a, b) for a, b in zip(first.leak.gradients, second.leak.gradients))
+    for key, value in first.state.items():
+        assert torch.equal(value, second.state[key]), key
+    assert first.truth is not None and second.truth is not None and first.num_examples == 2
     assert first.truth.defense == "ats:3-1-7;crop-flip=true"
     assert not torch.equal(first.truth.images, first.truth.defended)
-    assert run_client_round(config, 2, 4, _initial(config), 1).leak is None  # client 2 not attacked
+    assert run_client_round(config, 2, 4, _initial(config), 1).truth is None  # client 2 not attacked
 
 
-def test_attack_images_beyond_the_partition_is_a_clear_error() -> None:
-    config = RunConfig.from_run_config(RUN | {"attack-images": 100000})
-    with pytest.raises(ConfigError, match="attack-images=100000 exceeds the"):
-        run_client_round(config, 0, 4, _initial(config), 1)
+def _strategy(config: RunConfig, folder: RunFolder, clients: int = 2, inner=None):
+    dataset = resolve_spec(config.dataset)
+
+    def model_from(arrays: ArrayRecord) -> torch.nn.Module:
+        return load_wire_state(build_model(config.model, dataset.num_classes, dataset.channels),
+                               arrays.to_torch_state_dict()).eval()
+
+    inner = inner or inner_strategy(config, clients, None)
+    nodes = {pid: 100 + pid for pid in range(clients)}
+    strategy = AttackingStrategy(inner, config, folder, nodes, AttackHarness(config, dataset), model_from)
+
+    class Grid:
+        def get_node_ids(self) -> list[int]:
+            return list(nodes.values())
+
+    messages = list(strategy.configure_train(1, ArrayRecord(_initial(config)), ConfigRecord(), grid=Grid()))
+    return strategy, sorted(messages, key=lambda m: m.metadata.dst_node_id)
 
 
 def test_client_app_handlers() -> None:
@@ -60,23 +80,87 @@ def test_client_app_handlers() -> None:
     assert answer.content["metrics"]["partition-id"] == 3
     content = RecordDict({"arrays": ArrayRecord(_initial(config)), "config": ConfigRecord({"server-round": 1})})
     reply = train(Message(content, dst_node_id=100, message_type=MessageType.TRAIN), _context(0, RUN))
-    assert set(reply.content.keys()) >= {"arrays", "metrics", LEAK_META, TRUTH_ARRAYS}
+    assert len(reply.content.array_records) == 1 and {LEAK_KEY, TRUTH_KEY} <= set(reply.content.keys())
     with pytest.raises(RuntimeError, match="injected failure"):
         train(Message(content, dst_node_id=100, message_type=MessageType.TRAIN),
               _context(2, RUN | {"inject-client-failure": "2"}))
 
 
-def _strategy(config: RunConfig, folder: RunFolder, clients: int = 2) -> tuple[AttackingFedAvg, list[Message]]:
-    dataset = resolve_spec(config.dataset)
+@pytest.mark.parametrize("protocol", ["fedsgd", "fedavg"])
+def test_the_leak_is_what_the_reply_carries_after_the_mods(tmp_path, protocol: str) -> None:
+    """Flower's fixedclipping_mod (with its server wrapper) and pruning change what is sent,
+    and the attacked leak is exactly the changed reply, not the client's private computation."""
+    run = RUN | {"protocol": protocol, "dp": "client-fixed", "dp-clipping-norm": 0.01, "dp-noise-multiplier": 0.0,
+                 "update-pruning": 0.5, "attacks": "label-inference", "local-samples": 4}
+    config = RunConfig.from_run_config(run)
+    inner = inner_strategy(config, 2, None)
+    strategy, messages = _strategy(config, RunFolder(tmp_path), inner=inner)
+    assert messages[0].content["config"]["clipping_norm"] == 0.01  # the DP wrapper configured the clients
+    reply = app(messages[0], _context(0, run, partitions=2))
+    assert not reply.has_error(), reply.error
+    raw = run_client_round(config, 0, 2, _initial(config), 1)  # what the client computed before the mods
+    sent = reply.content["arrays"].to_torch_state_dict()
+    broadcast = _initial(config)
+    names = [n for n, _ in build_model("convnet", 10).named_parameters()]
+    update = torch.cat([(sent[n] - broadcast[n]).flatten() for n in sent])
+    raw_update = torch.cat([(raw.state[n] - broadcast[n]).flatten() for n in sent])
+    assert float(update.norm()) == pytest.approx(0.01, rel=1e-3) and float(raw_update.norm()) > 0.02
+    assert (update == 0).float().mean() >= 0.5 > (raw_update == 0).float().mean()
+    seen = []
+    strategy.harness.run_round = lambda model, clients, *a: seen.extend(clients) or []
+    strategy.aggregate_train(1, [reply])
+    (client,) = seen
+    leak = client.leak
+    tensors = leak.gradients if isinstance(leak, GradientLeak) else leak.deltas
+    scale = -config.server_lr if protocol == "fedsgd" else 1.0
+    for name, tensor in zip(names, tensors):
+        assert torch.allclose(tensor * scale, sent[name] - broadcast[name], atol=1e-7), name
 
-    def model_from(arrays: ArrayRecord) -> torch.nn.Module:
-        model = build_model(config.model, dataset.num_classes, dataset.channels)
-        model.load_state_dict(arrays.to_torch_state_dict())
-        return model.eval()
 
-    strategy = AttackingFedAvg(config, folder, {pid: 100 + pid for pid in range(clients)}, dataset, model_from)
-    messages = list(strategy.configure_train(1, ArrayRecord(_initial(config)), ConfigRecord(), grid=None))
-    return strategy, messages
+def test_inner_strategy_never_sees_truth_and_attacks_never_get_it(tmp_path) -> None:
+    config = RunConfig.from_run_config(RUN | {"attacks": "label-inference"})
+
+    class Spy(FedAvg):
+        keys: list[set[str]] = []
+
+        def aggregate_train(self, server_round, replies):
+            replies = list(replies)
+            Spy.keys += [set(r.content.keys()) for r in replies]
+            return super().aggregate_train(server_round, replies)
+
+    spy = Spy(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
+    strategy, messages = _strategy(config, RunFolder(tmp_path), inner=spy)
+    replies = [train(m, _context(pid, RUN, partitions=2)) for pid, m in enumerate(messages)]
+    truths = [r.content[TRUTH_KEY] for r in replies]
+    handed = []
+    original = strategy.harness.run_round
+    strategy.harness.run_round = lambda model, clients, *a: handed.extend(clients) or original(model, clients, *a)
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None and Spy.keys == [{"arrays", "metrics"}] * 2
+    assert truths and all(TRUTH_KEY not in r.content for r in replies)
+    for client in handed:  # what an attack gets: the leak's fields hold no truth tensor
+        truth = client.truth
+        for field in dataclasses.fields(client.leak):
+            value = getattr(client.leak, field.name)
+            for tensor in value if isinstance(value, tuple) else (value,):
+                if isinstance(tensor, torch.Tensor) and tensor.shape == truth.images.shape:
+                    assert not torch.allclose(tensor.float(), truth.images)
+
+
+def test_auxiliary_split_is_disjoint_from_every_partition() -> None:
+    config = RunConfig.from_run_config(RUN | {"aux-samples": 300, "partitioner": "dirichlet"})
+    parts, aux = partition_index(config, 5)
+    assert len(aux) == 300 and len(set(aux.tolist())) == 300
+    used = torch.cat(parts)
+    assert len(set(used.tolist())) == len(used) and not set(used.tolist()) & set(aux.tolist())
+    with pytest.raises(ConfigError, match="aux-samples=1999 leaves too few"):
+        partition_index(RunConfig.from_run_config(RUN | {"aux-samples": 1999}), 5)
+
+
+def test_selections_of_absent_partitions_are_refused() -> None:
+    for key, value in (("attack-clients", "7"), ("defense-overrides", "9=none"), ("attack-overrides", "4=label-inference")):
+        with pytest.raises(ConfigError, match=f"{key} names partition .*valid partition ids: 0..3"):
+            RunConfig.from_run_config(RUN | {key: value}).check_partitions(4)
 
 
 def test_strategy_attacks_strips_and_survives_a_failed_client(tmp_path) -> None:
@@ -87,14 +171,28 @@ def test_strategy_attacks_strips_and_survives_a_failed_client(tmp_path) -> None:
     failed = Message(Error(code=0, reason="Traceback ...\nRuntimeError: boom"), reply_to=messages[1])
     arrays, metrics = strategy.aggregate_train(1, [ok, failed])
     assert arrays is not None and metrics["num-examples"] == ok.content["metrics"]["num-examples"]
-    assert LEAK_META not in ok.content and TRUTH_ARRAYS not in ok.content
     (row,) = read_jsonl(tmp_path / "metrics.jsonl")
-    assert (row["round"], row["partition_id"], row["status"]) == (1, 0, "ok")
+    assert (row["round"], row["partition_id"], row["status"], row["protocol"]) == (1, 0, "ok", "fedsgd")
     assert strategy.round_summary[1]["failed"] == [{"partition_id": 1, "reason": "RuntimeError: boom"}]
 
 
+def test_fedsgd_steps_the_mean_gradient_with_the_server_lr(tmp_path) -> None:
+    run = RUN | {"attack-clients": "none", "server-lr": 0.5}
+    config = RunConfig.from_run_config(run)
+    strategy, messages = _strategy(config, RunFolder(tmp_path), clients=2)
+    replies = [train(m, _context(pid, run, partitions=2)) for pid, m in enumerate(messages)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    broadcast = _initial(config)
+    grads = [PROTOCOLS.get("fedsgd").observe(config, broadcast, r.content["arrays"].to_torch_state_dict(),
+                                              list(broadcast), 2, None, "eval") for r in replies]
+    new = arrays.to_torch_state_dict()
+    for i, name in enumerate(broadcast):
+        expected = broadcast[name] - 0.5 * (grads[0].gradients[i] + grads[1].gradients[i]) / 2
+        assert torch.allclose(new[name], expected, atol=1e-6), name
+
+
 def test_aggregation_does_not_depend_on_reply_order(tmp_path) -> None:
-    run = RUN | {"attack-clients": "none"}
+    run = RUN | {"attack-clients": "none", "protocol": "fedavg", "local-samples": 16, "attacks": "update-inversion"}
     config = RunConfig.from_run_config(run)
     aggregates = []
     for name, order in (("first", (0, 1, 2, 3)), ("second", (3, 1, 0, 2)), ("third", (2, 3, 1, 0))):
@@ -120,3 +218,15 @@ def test_client_sampling_is_seeded_by_partition_id() -> None:
     first = sample_partitions(config, 2, list(range(10)))
     assert first == sample_partitions(config, 2, list(reversed(range(10)))) and len(first) == 3
     assert sample_partitions(RunConfig(), 2, [2, 0, 1]) == [0, 1, 2]
+
+
+def test_local_dp_noises_what_is_sent() -> None:
+    run = RUN | {"dp": "local", "dp-noise-multiplier": 1.0, "dp-clipping-norm": 0.1, "attack-clients": "none"}
+    config = RunConfig.from_run_config(run)
+    content = RecordDict({"arrays": ArrayRecord(_initial(config)), "config": ConfigRecord({"server-round": 1})})
+    reply = app(Message(content, dst_node_id=100, message_type=MessageType.TRAIN), _context(0, run))
+    sent = reply.content["arrays"].to_torch_state_dict()
+    broadcast = _initial(config)
+    noise = torch.cat([(sent[n] - broadcast[n]).flatten() for n in sent])
+    assert float(noise.std()) == pytest.approx(0.1, rel=0.05)  # std = noise multiplier x clipping norm
+    assert isinstance(reply.content["metrics"], MetricRecord) and np.isfinite(float(noise.sum()))

@@ -34,16 +34,42 @@ def test_selections_and_overrides() -> None:
     assert config.is_attacked(3, 2) and not config.is_attacked(2, 2) and not config.is_attacked(1, 1)
 
 
+def test_per_attack_options_reach_only_their_attack() -> None:
+    config = RunConfig.from_run_config({
+        "attacks": "inverting-gradients,label-inference", "attack-iterations": 100,
+        "attack-options": "engine=loop,inverting-gradients.iterations=7,inverting-gradients.max-batch=2",
+    })
+    ig = config.attack_settings("inverting-gradients")
+    assert (ig.iterations, ig.extra) == (7, {"engine": "loop", "max-batch": "2"})
+    assert config.attack_settings("label-inference").extra == {}
+
+
 @pytest.mark.parametrize(
     ("values", "fragment"),
     [
         ({"dataset": "imagenet"}, "valid datasets: cifar10, cifar100"),
-        ({"model": "vgg"}, "valid models: convnet, resnet20, resnet20-4"),
+        ({"model": "vgg"}, "valid models: convnet, convnet-gn, resnet20, resnet20-4"),
         ({"attacks": "dlg"}, "valid attacks: "),
         ({"defense": "ats:3-1-99"}, "0..49"),
         ({"defense": "noise"}, "valid forms"),
         ({"num-server-rounds": 0}, "num-server-rounds must be >= 1, got 0"),
-        ({"attack-images": 0}, "attack-images must be >= 1"),
+        ({"batch-size": 0}, "batch-size must be >= 1"),
+        ({"protocol": "fedprox"}, "unknown protocol 'fedprox'; valid protocols: fedavg, fedsgd"),
+        ({"protocol": "fedavg"}, "attack 'inverting-gradients' consumes gradient leaks, but protocol 'fedavg' sends "
+                                 "update leaks; attacks for it: label-inference, update-inversion"),
+        ({"attacks": "update-inversion"}, "protocol 'fedsgd' sends gradient leaks; attacks for it: inverting-gradients"),
+        ({"attack-model-mode": "train"}, "models eval-mode batch norm only, but attack-model-mode='train'; attacks "
+                                         "that support it: label-inference"),
+        ({"dp": "central"}, "dp 'central' is unknown; valid: none, client-fixed, server-fixed, local"),
+        ({"dp-noise-multiplier": -0.5}, "dp-noise-multiplier must be >= 0, got -0.5"),
+        ({"dp-clipping-norm": 0.0}, "dp-clipping-norm must be > 0, got 0.0"),
+        ({"dp": "local", "dp-noise-multiplier": 0.0}, "needs dp-noise-multiplier > 0"),
+        ({"aggregator": "bulyan"}, "valid: fedavg, fedmedian, fedtrimmedavg, krum"),
+        ({"update-pruning": 1.0}, "update-pruning must lie in [0, 1)"),
+        ({"aux-samples": -1}, "aux-samples must be >= 0"),
+        ({"attack-options": "update-inversion.max-images=4"}, "names attack 'update-inversion', which this run does not use"),
+        ({"attack-options": "inverting-gradients.max-images=4"}, "inverting-gradients.max-images is not an option of "
+                                                                 "inverting-gradients; valid: engine, iterations, lr"),
         ({"num-server-rounds": "3"}, "num-server-rounds='3' has the wrong type"),
         ({"attack-rounds": "4"}, "must lie in 1..3"),
         ({"attack-clients": "a"}, "valid: 'all', 'none'"),
@@ -58,8 +84,8 @@ def test_selections_and_overrides() -> None:
         ({"attacks": "policy-aware", "attack-options": "max-hypotheses=0"}, "max-hypotheses"),
         ({"attack-options": "enigne=loop"}, "'enigne' is not an option of this run's attacks"),
         ({"attack-options": "tx-max=0.5,ty-max=0.1"}, "valid: engine, max-batch"),
-        ({"attack-options": "engine"}, "NAME=VALUE pairs"),
-        ({"attack-options": "engine=loop,engine=vmap"}, "each name once"),
+        ({"attack-options": "engine"}, "NAME=VALUE or ATTACK.NAME=VALUE"),
+        ({"attack-options": "engine=loop,engine=vmap"}, "each once"),
     ],
 )
 def test_bad_values_raise_clear_errors(values: dict, fragment: str) -> None:

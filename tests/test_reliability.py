@@ -16,7 +16,7 @@ from fedpriv.client_task import run_client_round
 from fedpriv.config import RunConfig
 from fedpriv.defenses import build_defense
 from fedpriv.errors import ConfigError
-from fedpriv.models import build_model
+from fedpriv.models import build_model, wire_state
 from fedpriv.results import RunFolder, load_checkpoint, read_jsonl, save_checkpoint
 
 KEYS = RunConfig.keys()
@@ -86,8 +86,8 @@ def test_a_client_round_needs_no_network(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     config = RunConfig.from_run_config({"dataset": "embedded-photos", "model": "convnet", "attack-iterations": 5})
-    result = run_client_round(config, 0, 8, build_model("convnet", 10).state_dict(), 1)
-    assert result.leak is not None
+    result = run_client_round(config, 0, 8, wire_state(build_model("convnet", 10)), 1)
+    assert result.truth is not None
 
 
 def test_preset_files_merge_with_overrides(tmp_path: Path) -> None:

@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedpriv.attacks import ATTACKS, AttackSettings, AttackTarget, Reconstruction
+from fedpriv.attacks import ATTACKS, Attack, AttackSettings, AttackTarget, Knowledge, Reconstruction
 from fedpriv.config import RunConfig
 from fedpriv.data.specs import resolve_spec
 from fedpriv.leaks import GradientLeak, GroundTruth
 from fedpriv.models import build_model
 from fedpriv.results import RunFolder, read_jsonl
-from fedpriv.round_attacks import ObservedClient, run_round_attacks, score
+from fedpriv.round_attacks import AttackHarness, ObservedClient, match_order, score
 
 SPEC = resolve_spec("cifar100")
 
@@ -33,15 +33,24 @@ def _client(pid: int, attacks: tuple[str, ...], seed: int = 0) -> ObservedClient
     names = [n for n, _ in model.named_parameters()]
     grads = torch.autograd.grad(F.cross_entropy(model(SPEC.normalize(x)), y), list(model.parameters()))
     leak = GradientLeak(tuple(grads), tuple(names), 1, "eval", y)
-    return ObservedClient(pid, leak, GroundTruth(x, x, y, "none"), attacks)
+    return ObservedClient(pid, leak, GroundTruth(x, x, y, "none"), attacks, "none")
 
 
-class _Spy:
+def run_round_attacks(model, dataset, clients, config, server_round, folder=None):
+    config = dataclasses.replace(config, attacks=",".join(sorted({a for c in clients for a in c.attacks})))
+    return AttackHarness(config, dataset).run_round(model, clients, server_round, folder)
+
+
+class _Spy(Attack):
     """A test attack that records what it was handed and returns noise (or raises / NaN)."""
 
     name: ClassVar[str] = "spy"
-    leak_kind: ClassVar[str] = "gradient"
-    knows_defense: ClassVar[bool] = False
+    leak_kinds: ClassVar[tuple[str, ...]] = ("gradient",)
+    model_modes: ClassVar[tuple[str, ...]] = ("eval",)
+    optimises: ClassVar[bool] = False
+    options: ClassVar[tuple[str, ...]] = ()
+    knowledge: ClassVar[Knowledge] = Knowledge()
+    models: ClassVar[list[torch.nn.Module]] = []
     seen: ClassVar[list[AttackTarget]] = []
     mode: ClassVar[str] = "ok"
 
@@ -50,6 +59,7 @@ class _Spy:
 
     def reconstruct(self, model, dataset, targets: Sequence[AttackTarget]) -> list[Reconstruction]:
         _Spy.seen.extend(targets)
+        _Spy.models.append(model)
         if _Spy.mode == "raise":
             raise RuntimeError("CUDA out of memory (simulated)")
         fill = float("nan") if _Spy.mode == "nan" else 0.5
@@ -64,13 +74,15 @@ def test_attacks_never_receive_ground_truth() -> None:
     _Spy.seen.clear()
     _Spy.mode = "ok"
     clients = [_client(0, ("spy",)), _client(1, ("spy",), seed=1)]
-    run_round_attacks(build_model("convnet", 100), SPEC, clients, RunConfig(attack_iterations=1), 1)
+    broadcast = build_model("convnet", 100)
+    run_round_attacks(broadcast, SPEC, clients, RunConfig(attack_iterations=1), 1)
+    assert _Spy.models[-1] is not broadcast  # its own copy
     assert len(_Spy.seen) == 2
     for target in _Spy.seen:
         fields = {f.name for f in dataclasses.fields(target)}
         assert fields == {"leak", "seed", "defense_spec"}
         assert isinstance(target.leak, GradientLeak)
-        assert target.defense_spec is None  # spy does not declare knows_defense
+        assert target.defense_spec is None  # spy's knowledge does not include the defense
         assert not any(isinstance(getattr(target, f), GroundTruth) for f in fields)
     assert _Spy.seen[0].seed != _Spy.seen[1].seed
 
@@ -97,7 +109,9 @@ def test_inverting_gradients_cell_is_scored_and_written(tmp_path) -> None:
     folder.write_plot()
     (row,) = read_jsonl(folder.metrics_path)
     assert row["status"] == "ok" and row["psnr"] == row["psnr_defended"]
-    assert row["psnr"] > 12 and 0 < row["ssim"] <= 1
+    start = SPEC.denormalize(torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    baseline = score(Reconstruction(images=start), _client(0, ()).truth)["psnr"]
+    assert row["psnr"] > baseline + 3 and 0 < row["ssim"] <= 1  # beats a random start like its own
     assert (tmp_path / "metrics.csv").read_text().startswith("round,")
     assert (tmp_path / "psnr_per_round.png").stat().st_size > 1000
     assert list((tmp_path / "reconstructions").glob("round001_client0000_inverting-gradients.png"))
@@ -111,3 +125,27 @@ def test_score_uses_x_and_defended_estimates() -> None:
     assert perfect["psnr"] == float("inf") and perfect["psnr_defended"] == float("inf")
     only_x = score(Reconstruction(images=x), truth)
     assert only_x["psnr"] == float("inf") and only_x["psnr_defended"] < 30
+
+
+def test_matched_score_equals_unmatched_in_order_and_exceeds_it_shuffled() -> None:
+    x = F.interpolate(torch.rand(4, 3, 8, 8), size=32, mode="bilinear")
+    truth = GroundTruth(x, x, torch.arange(4), "none")
+    noisy = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    in_order = score(Reconstruction(images=noisy), truth)
+    from fedpriv.round_attacks import score_images
+    assert in_order["matched"] and in_order["psnr"] == pytest.approx(score_images(Reconstruction(images=noisy), truth, matched=False)["psnr"])
+    shuffled = noisy[torch.tensor([2, 0, 3, 1])]
+    assert torch.equal(match_order(shuffled, x), torch.tensor([1, 3, 0, 2]))
+    unmatched = score_images(Reconstruction(images=shuffled), truth, matched=False)["psnr"]
+    matched = score(Reconstruction(images=shuffled), truth)["psnr"]
+    assert matched == pytest.approx(in_order["psnr"]) and matched > unmatched + 5
+
+
+def test_label_rows_have_no_image_metrics_and_do_not_break_the_plot(tmp_path) -> None:
+    folder = RunFolder(tmp_path)
+    rows = run_round_attacks(_victim(0), SPEC, [_client(0, ("label-inference",))], RunConfig(), 1, folder)
+    (row,) = rows
+    assert row["status"] == "ok" and row["label_accuracy"] == 1.0 and "psnr" not in row
+    folder.append(folder.metrics_path, rows)
+    folder.write_csv()
+    folder.write_plot()

@@ -1,0 +1,164 @@
+"""Federated protocols: what a client sends, and so what the server (the attacker) observes.
+
+A protocol has two halves that meet only in the reply's one ArrayRecord (a state dict):
+:meth:`client_round` computes what the client sends, :meth:`observe` derives the leak from the
+reply *as the server received it*, after every client mod (clipping, noise, pruning) ran.
+
+- ``fedsgd``: the client computes the gradient g of one batch of ``batch-size`` of its samples at
+  the broadcast model w and replies w - ``server-lr`` * g (its buffers unchanged). FedAvg's
+  weighted mean of the replies is then exactly "average the gradients, step with server-lr",
+  and Flower's update clipping and noise act on server-lr * g. The leak is
+  g = (w - reply) / server-lr. ATS's setting is ``fedsgd`` with ``batch-size=1``.
+- ``fedavg``: the client runs ``local-epochs`` (or ``local-steps``) of SGD and replies its
+  weights; the leak is the update reply - w with the protocol's hyper-parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from fedpriv.config import RunConfig
+from fedpriv.data.specs import DatasetSpec
+from fedpriv.defenses import Defense
+from fedpriv.leaks import GradientLeak, GroundTruth, Leak, UpdateLeak
+from fedpriv.models import wire_state
+from fedpriv.registry import Registry
+from fedpriv.training import TrainSettings, batch_gradient, to_pixels, train_local
+
+
+@dataclass
+class ClientReply:
+    """What one client produces in one round.
+
+    Attributes
+    ----------
+    state
+        The one ArrayRecord it sends (floating-point state dict).
+    num_examples, train_loss
+        Its MetricRecord values.
+    labels
+        Labels the protocol reveals with the reply, else ``None``.
+    model_mode
+        Batch-norm mode of the computation behind the reply.
+    truth
+        Evaluation-only ground truth (in attacked rounds), else ``None``.
+    """
+
+    state: dict[str, torch.Tensor]
+    num_examples: int
+    train_loss: float
+    labels: torch.Tensor | None
+    model_mode: str
+    truth: GroundTruth | None
+
+
+class FederatedProtocol(Protocol):
+    """A protocol plugin; ``leak_kind`` is the kind of leak :meth:`observe` returns."""
+
+    name: ClassVar[str]
+    leak_kind: ClassVar[str]
+
+    def client_round(
+        self, config: RunConfig, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+        defense: Defense, dataset: DatasetSpec, generator: torch.Generator, attacked: bool,
+    ) -> ClientReply:
+        """Compute the reply of one client from the broadcast ``model`` (changed in place)."""
+        ...
+
+    def observe(
+        self, config: RunConfig, broadcast: dict[str, torch.Tensor], reply: dict[str, torch.Tensor],
+        parameter_names: Sequence[str], num_examples: int, labels: torch.Tensor | None, model_mode: str,
+    ) -> Leak:
+        """The leak the server derives from a received reply and what it knows."""
+        ...
+
+
+PROTOCOLS: Registry[FederatedProtocol] = Registry("protocol")
+
+
+def _truth(images: torch.Tensor, defended: torch.Tensor, labels: torch.Tensor, defense: Defense,
+           extras: dict[str, torch.Tensor] | None = None) -> GroundTruth:
+    return GroundTruth(to_pixels(images), defended, labels.clone(), defense.spec, extras or {})
+
+
+class FedSGD:
+    """One batch gradient per client and round, sent as the one-step model w - server-lr * g."""
+
+    name: ClassVar[str] = "fedsgd"
+    leak_kind: ClassVar[str] = GradientLeak.kind
+
+    def client_round(
+        self, config: RunConfig, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+        defense: Defense, dataset: DatasetSpec, generator: torch.Generator, attacked: bool,
+    ) -> ClientReply:
+        """Sample ``batch-size`` images, defend them, and send w - server-lr * grad."""
+        pick = torch.randperm(len(labels), generator=generator)[: config.batch_size]
+        batch, batch_labels = images[pick], labels[pick]
+        defended, extras = defense.transform(to_pixels(batch), generator)
+        device = next(model.parameters()).device
+        names, grads, loss = batch_gradient(
+            model, dataset.normalize(defended.to(device)), batch_labels, config.attack_model_mode
+        )
+        state = wire_state(model)
+        for name, grad in zip(names, grads):
+            state[name] = state[name] - config.server_lr * grad
+        return ClientReply(
+            state=state, num_examples=len(pick), train_loss=loss,
+            labels=batch_labels.clone() if config.reveal_labels else None, model_mode=config.attack_model_mode,
+            truth=_truth(batch, defended, batch_labels, defense, extras) if attacked else None,
+        )
+
+    def observe(
+        self, config: RunConfig, broadcast: dict[str, torch.Tensor], reply: dict[str, torch.Tensor],
+        parameter_names: Sequence[str], num_examples: int, labels: torch.Tensor | None, model_mode: str,
+    ) -> GradientLeak:
+        """g = (broadcast - reply) / server-lr for every trainable parameter."""
+        grads = tuple((broadcast[n].double() - reply[n].double()).div(config.server_lr).float() for n in parameter_names)
+        return GradientLeak(grads, tuple(parameter_names), num_examples, model_mode, labels, self.name)
+
+
+class FedAvg:
+    """Local SGD for ``local-epochs`` (or ``local-steps``); the reply is the trained weights."""
+
+    name: ClassVar[str] = "fedavg"
+    leak_kind: ClassVar[str] = UpdateLeak.kind
+
+    def client_round(
+        self, config: RunConfig, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+        defense: Defense, dataset: DatasetSpec, generator: torch.Generator, attacked: bool,
+    ) -> ClientReply:
+        """Train locally behind the defense and send the weights."""
+        loss, first_seen = train_local(model, images, labels, defense, dataset, settings(config), generator)
+        return ClientReply(
+            state=wire_state(model), num_examples=len(labels), train_loss=loss,
+            labels=labels.clone() if config.reveal_labels else None, model_mode="train",
+            truth=_truth(images, first_seen, labels, defense) if attacked else None,
+        )
+
+    def observe(
+        self, config: RunConfig, broadcast: dict[str, torch.Tensor], reply: dict[str, torch.Tensor],
+        parameter_names: Sequence[str], num_examples: int, labels: torch.Tensor | None, model_mode: str,
+    ) -> UpdateLeak:
+        """The update reply - broadcast with the local SGD the protocol prescribes."""
+        local = settings(config)
+        return UpdateLeak(
+            deltas=tuple(reply[n] - broadcast[n] for n in parameter_names), parameter_names=tuple(parameter_names),
+            num_examples=num_examples, batch_size=local.batch_size, steps=local.total_steps(num_examples),
+            lr=local.lr, momentum=local.momentum, weight_decay=local.weight_decay, labels=labels,
+            model_mode=model_mode, protocol=self.name,
+        )
+
+
+def settings(config: RunConfig) -> TrainSettings:
+    """The local SGD a run's clients use under FedAvg."""
+    return TrainSettings(config.local_epochs, config.batch_size, config.lr, config.momentum, config.weight_decay,
+                         config.local_steps)
+
+
+PROTOCOLS.add(FedSGD.name, FedSGD())
+PROTOCOLS.add(FedAvg.name, FedAvg())
