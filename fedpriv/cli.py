@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fedpriv.launcher import PrivateSuperLink
+from fedpriv.launcher import PrivateSuperLink, check_run_config_keys, run_config_string
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_RUN_CONFIG = (
@@ -22,6 +22,11 @@ DEMO_FEDERATION = "num-supernodes=4 client-resources-num-cpus=1"
 def _run(app: Path, run_config: list[str], federation_config: str, home: Path, port: int) -> int:
     if not (app / "pyproject.toml").exists():
         print(f"error: {app} is not a Flower app folder (no pyproject.toml)", file=sys.stderr)
+        return 2
+    try:
+        check_run_config_keys(app, run_config_string(run_config))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     with PrivateSuperLink(home, port) as link:
         outcome = link.run(app.resolve(), run_config, federation_config)

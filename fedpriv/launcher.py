@@ -60,6 +60,22 @@ def run_config_string(items: list[str]) -> str:
     return " ".join(f"{key}={value}" for key, value in merged.items())
 
 
+def check_run_config_keys(app: Path, run_config: str) -> None:
+    """Refuse keys the app does not declare, naming them and the valid keys (before any run).
+
+    ``flwr run`` would refuse them too, but only as "[code: 15] Invalid run configuration".
+
+    Raises
+    ------
+    ValueError
+        Naming the unknown keys and listing the app's keys.
+    """
+    declared = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"].get("config", {})
+    if unknown := sorted({key for key, _ in _PAIR.findall(run_config)} - set(declared)):
+        raise ValueError(f"unknown run-config key(s) {', '.join(unknown)} for {app.name}; valid keys: "
+                         f"{', '.join(sorted(declared))}")
+
+
 def _tool(name: str) -> str:
     """Path of a console script installed beside this Python (the venv's)."""
     beside = Path(sys.executable).parent / name

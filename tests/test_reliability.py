@@ -97,3 +97,12 @@ def test_preset_files_merge_with_overrides(tmp_path: Path) -> None:
     preset.write_text('dataset = "cifar100"\nnum-server-rounds = 2\nreveal-labels = false\n')
     merged = run_config_string([str(preset), "dataset='embedded-photos' out-dir='/tmp/a b'"])
     assert merged == "dataset='embedded-photos' num-server-rounds=2 reveal-labels=false out-dir='/tmp/a b'"
+
+
+def test_unknown_preset_keys_are_refused_with_the_valid_list(tmp_path: Path) -> None:
+    from fedpriv.cli import main
+
+    preset = tmp_path / "preset.toml"
+    preset.write_text('dataset = "embedded-photos"\nattack-images = 4\n')
+    app = Path(__file__).resolve().parent.parent / "simulations" / "cifar100_ats"
+    assert main(["run", str(app), "--run-config", str(preset), "--port", "1"]) == 2
