@@ -9,7 +9,10 @@
   LLG* variant). For the mean cross-entropy the bias gradient is exactly b = mean_i p_i - counts / n,
   so counts = n (p_bar - b), where p_bar is estimated by the model's mean softmax on the
   server's auxiliary images when it has some, else on N(0,1) inputs in normalised space. The
-  counts are rounded by largest remainder so that they sum to n.
+  counts are rounded by largest remainder so that they sum to n. What is sent may be a scaled
+  gradient (clipping, a server learning rate): for the classes absent from the batch b = p_bar,
+  so the scale is estimated as sum(b) / sum(p_bar) over the positive entries of b (LLG's
+  "impact" read off the gradient itself) and divided out first.
 - A FedAvg update: the bias moved by -lr * sum over steps of (momentum-amplified) batch-mean
   bias gradients, so b is estimated as -delta_b / (lr * steps * f), with f the mean momentum
   factor (1 - momentum^k) / (1 - momentum) over the steps; counts = n (p_bar - b) with n the
@@ -104,7 +107,9 @@ def infer_labels(model: nn.Module, dataset: DatasetSpec, leak: Leak, aux: Auxili
         return torch.argmin(bias).reshape(1)
     mode = "train" if isinstance(leak, UpdateLeak) else leak.model_mode
     p_bar = mean_prediction(model, dataset, mode, aux, torch.Generator().manual_seed(seed))
-    return counts_to_labels(n * (p_bar - bias), n)
+    absent = bias > 0
+    scale = float(bias[absent].sum() / p_bar[absent].sum()) if absent.any() else 1.0
+    return counts_to_labels(n * (p_bar - bias / scale), n)
 
 
 def label_accuracy(estimate: torch.Tensor, truth: torch.Tensor) -> float:

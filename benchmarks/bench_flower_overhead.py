@@ -50,14 +50,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from flower_app import APP, app_config, count_lines, free_port_pair
+from flower_app import APP, app_config, count_lines
 from process_tree import TreeSampler
 
 from fedpriv.client_task import TrainResult, run_client_round
 from fedpriv.config import RunConfig
 from fedpriv.data.loading import load_split
 from fedpriv.data.specs import resolve_spec
-from fedpriv.launcher import PrivateSuperLink, run_config_text
+from fedpriv.launcher import PrivateSuperLink, free_port_pair, run_config_text
 from fedpriv.models import build_model
 from fedpriv.results import read_jsonl
 from fedpriv.training import evaluate

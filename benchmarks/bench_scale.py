@@ -27,12 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flower_app import APP, app_config, count_lines, free_port_pair
+from flower_app import APP, app_config, count_lines
 from process_tree import TreeSampler
 
 from fedpriv.data.loading import load_split
 from fedpriv.data.partition import partition_indices
-from fedpriv.launcher import PrivateSuperLink, run_config_text
+from fedpriv.launcher import PrivateSuperLink, free_port_pair, run_config_text
 from fedpriv.results import read_jsonl
 from fedpriv.strategies.attacking_fedavg import sample_partitions
 
@@ -78,7 +78,7 @@ def attacked_partition(values: dict[str, Any], clients: int) -> int:
 
 
 def smallest_partition(values: dict[str, Any], clients: int) -> int:
-    """Size of the smallest partition (``attack-images`` must not exceed an attacked one's)."""
+    """Size of the smallest partition (reported beside the scale figures)."""
     config = app_config(values)
     labels = load_split(config.dataset, str(config.data_path()), "train").labels.numpy()
     parts = partition_indices(labels, clients, config.partitioner, config.dirichlet_alpha, config.seed)
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     values: dict[str, Any] = {
         "dataset": args.dataset, "data-dir": args.data_dir, "model": args.model, "partitioner": args.partitioner,
         "num-server-rounds": args.rounds, "clients-per-round": args.per_round, "attack-rounds": "1",
-        "attack-images": 1, "attack-iterations": args.attack_iterations, "attack-progress": 0,
+        "protocol": "fedsgd", "batch-size": 1, "attack-iterations": args.attack_iterations, "attack-progress": 0,
         "eval-samples": args.eval_samples, "seed": 0, "out-dir": str(work), "run-name": "scale",
     }
     target = attacked_partition(values, args.clients)

@@ -4,7 +4,8 @@ Runs a grid of small federations on ``embedded-photos`` (4 clients, ConvNet with
 clients 0 and 1 attacked): ``fedsgd`` (2-image gradients, labels hidden; Inverting Gradients
 with inferred labels, label inference) and ``fedavg`` (4 local samples, 2 steps of batch 2;
 update inversion, label inference), each without DP, with Flower's client-side fixed clipping
-and central noise at two noise multipliers, with server-side clipping, and with ``LocalDpMod``.
+and central noise at two noise multipliers, with server-side clipping, with ``LocalDpMod``, and
+with 90 % update pruning.
 Prints one Markdown table: per (protocol, dp, round) the mean PSNR per attack, label accuracy,
 global accuracy and epsilon. Usage: ``python benchmarks/bench_threat_models.py [--rounds 3]``.
 """
@@ -16,7 +17,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from benchmarks.flower_app import APP, free_port_pair
+from flower_app import APP
+
 from fedpriv.launcher import PrivateSuperLink, run_config_text
 from fedpriv.results import read_jsonl
 
@@ -32,6 +34,7 @@ DP = {
     "client-fixed nm=2": {"dp": "client-fixed", "dp-noise-multiplier": 2.0},
     "server-fixed nm=0.5": {"dp": "server-fixed", "dp-noise-multiplier": 0.5},
     "local nm=0.5": {"dp": "local", "dp-noise-multiplier": 0.5},
+    "pruning 90%": {"dp": "none", "update-pruning": 0.9},
 }
 
 
@@ -45,7 +48,7 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="fedpriv-threat-"))
     lines = ["| protocol | dp | round | IG / update-inv. PSNR (dB) | label acc. | global acc. | epsilon |",
              "|---|---|---|---|---|---|---|"]
-    with PrivateSuperLink(out / "flwr-home", free_port_pair()) as link:
+    with PrivateSuperLink(out / "flwr-home") as link:
         for protocol, settings in PROTOCOLS.items():
             for dp, dp_settings in DP.items():
                 name = f"{protocol}-{dp.replace(' ', '-').replace('=', '')}"

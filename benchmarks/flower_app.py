@@ -1,9 +1,7 @@
-"""What the Flower benchmarks share: the app's folder and config, free ports, line counts."""
+"""What the Flower benchmarks share: the app's folder and config, line counts."""
 
 from __future__ import annotations
 
-import random
-import socket
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -11,20 +9,6 @@ from typing import Any
 from fedpriv.config import RunConfig
 
 APP = Path(__file__).resolve().parent.parent / "simulations" / "cifar100_ats"
-
-
-def free_port_pair() -> int:
-    """A port ``p`` with ``p`` and ``p + 2`` free on 127.0.0.1 (PrivateSuperLink uses both)."""
-    for _ in range(200):
-        port = random.randint(41000, 59000)
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 2))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair found")
 
 
 def app_config(overrides: dict[str, Any]) -> RunConfig:

@@ -8,6 +8,8 @@ act last on what is sent.
 
 from __future__ import annotations
 
+import time
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -41,9 +43,11 @@ def train(msg: Message, context: Context) -> Message:
     config = RunConfig.from_run_config(dict(context.run_config))
     partition_id = int(context.node_config["partition-id"])
     server_round = int(msg.content["config"][ROUND_KEY])
-    failing = config.failing_partitions()
+    failing, hanging = config.failing_partitions(), config.hanging_partitions()
     if failing is None or partition_id in failing:
         raise RuntimeError(f"injected failure (inject-client-failure) in partition {partition_id}")
+    if hanging is None or partition_id in hanging:
+        time.sleep(config.round_timeout + 5)  # injected hang (inject-client-hang): past the round's timeout
     reply = run_client_round(
         config, partition_id, int(context.node_config["num-partitions"]),
         msg.content["arrays"].to_torch_state_dict(), server_round,

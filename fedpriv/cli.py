@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fedpriv.launcher import PrivateSuperLink, check_run_config_keys, run_config_string
+from fedpriv.launcher import PrivateSuperLink, check_federation_config, check_run_config_keys, run_config_string
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_RUN_CONFIG = (
@@ -19,17 +19,22 @@ DEMO_RUN_CONFIG = (
 DEMO_FEDERATION = "num-supernodes=4 client-resources-num-cpus=1"
 
 
-def _run(app: Path, run_config: list[str], federation_config: str, home: Path, port: int) -> int:
+def _run(app: Path, run_config: list[str], federation_config: str, home: Path, port: int | None) -> int:
     if not (app / "pyproject.toml").exists():
         print(f"error: {app} is not a Flower app folder (no pyproject.toml)", file=sys.stderr)
         return 2
     try:
         check_run_config_keys(app, run_config_string(run_config))
+        check_federation_config(federation_config)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    with PrivateSuperLink(home, port) as link:
-        outcome = link.run(app.resolve(), run_config, federation_config)
+    try:
+        with PrivateSuperLink(home, port) as link:
+            outcome = link.run(app.resolve(), run_config, federation_config)
+    except RuntimeError as error:  # the SuperLink did not start (a port in use, ...)
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"\nfedpriv: run {outcome.run_id or '-'} status: {outcome.status}")
     for line in outcome.log.splitlines():
         if "results go to" in line or "finished; results in" in line:
@@ -48,10 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("--federation-config", default="")
     run.add_argument("--flwr-home", type=Path, default=Path(tempfile.gettempdir()) / f"fedpriv-flwr-{os.getuid()}")
-    run.add_argument("--port", type=int, default=39291)
+    run.add_argument("--port", type=int, default=None, help="SuperLink port (and port+2); default: a free pair")
     demo = sub.add_parser("demo", help="the cifar100_ats app on the embedded photo set, small CPU settings")
     demo.add_argument("--flwr-home", type=Path, default=Path(tempfile.gettempdir()) / f"fedpriv-flwr-{os.getuid()}")
-    demo.add_argument("--port", type=int, default=39291)
+    demo.add_argument("--port", type=int, default=None, help="SuperLink port (and port+2); default: a free pair")
     sub.add_parser("search-policies", help="ATS policy search (see: fedpriv search-policies --help)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "search-policies":

@@ -116,9 +116,11 @@ class RunConfig:
     dp_clipping_norm: float = 1.0
     dp_delta: float = 1e-5
     update_pruning: float = 0.0
+    round_timeout: float = 3600.0
     fail_fast: bool = False
     resume: bool = False
     inject_client_failure: str = "none"
+    inject_client_hang: str = "none"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @staticmethod
@@ -189,7 +191,7 @@ class RunConfig:
                 raise ConfigError(f"{key} must be >= 0, got {value}")
         for key, value in {
             "lr": self.lr, "attack-lr": self.attack_lr, "dirichlet-alpha": self.dirichlet_alpha,
-            "server-lr": self.server_lr, "dp-clipping-norm": self.dp_clipping_norm,
+            "server-lr": self.server_lr, "dp-clipping-norm": self.dp_clipping_norm, "round-timeout": self.round_timeout,
         }.items():
             if not value > 0:
                 raise ConfigError(f"{key} must be > 0, got {value}")
@@ -208,11 +210,14 @@ class RunConfig:
             raise ConfigError(f"attack-model-mode {self.attack_model_mode!r}; valid: {', '.join(MODEL_MODES)}")
         if not self.out_dir.strip():
             raise ConfigError("out-dir is empty; give a folder for the run folders")
+        if not self.data_dir.strip():
+            raise ConfigError("data-dir is empty; give the folder that holds (or will receive) the data sets")
         if "/" in self.run_name or self.run_name in (".", ".."):
             raise ConfigError(f"run-name {self.run_name!r} must be a plain folder name (no '/')")
         self.attacked_rounds()
         self.attacked_clients()
         self.failing_partitions()
+        self.hanging_partitions()
         if self.resume and not self.run_name:
             raise ConfigError("resume=true needs run-name: the folder of the run to continue")
         self._check_plugins()
@@ -322,6 +327,7 @@ class RunConfig:
             "defense-overrides": tuple(self.defense_overrides_map()),
             "attack-overrides": tuple(self.attack_overrides_map()),
             "inject-client-failure": self.failing_partitions() or (),
+            "inject-client-hang": self.hanging_partitions() or (),
         }
         for key, ids in chosen.items():
             if absent := sorted(i for i in ids if i >= num_partitions):
@@ -354,6 +360,10 @@ class RunConfig:
     def failing_partitions(self) -> tuple[int, ...] | None:
         """Partitions told to raise in training (test-only fault injection; None: all)."""
         return _selection(self.inject_client_failure, "inject-client-failure")
+
+    def hanging_partitions(self) -> tuple[int, ...] | None:
+        """Partitions told to hang in training, past ``round-timeout`` (test-only; None: all)."""
+        return _selection(self.inject_client_hang, "inject-client-hang")
 
     def defense_overrides_map(self) -> dict[int, str]:
         """Per-partition defense specs that replace ``defense``."""

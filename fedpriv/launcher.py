@@ -1,17 +1,22 @@
 """Run a Flower app through the real ``flwr run`` on a private SuperLink, and judge the result.
 
 ``flwr run`` starts a detached SuperLink that outlives it and exits 0 even when the run failed.
-This module starts its own SuperLink on given ports with its own FLWR_HOME, submits the run,
-streams its log, reads the final status with ``flwr list``, and stops the SuperLink by PID.
+This module starts its own SuperLink on free ports with its own FLWR_HOME, under
+:mod:`fedpriv.supervisor` (so the SuperLink, SuperExec, simulation and Ray die with the process
+that started them, however it ends), submits the run, streams its log and reads the final
+status with ``flwr list``.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
-import shutil
+import random
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +25,8 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from fedpriv.supervisor import die_with_parent
 
 QUIET_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -72,8 +79,51 @@ def check_run_config_keys(app: Path, run_config: str) -> None:
     """
     declared = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"].get("config", {})
     if unknown := sorted({key for key, _ in _PAIR.findall(run_config)} - set(declared)):
-        raise ValueError(f"unknown run-config key(s) {', '.join(unknown)} for {app.name}; valid keys: "
+        close = difflib.get_close_matches(unknown[0], list(declared), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown run-config key {unknown[0]!r}{hint} for {app.name}; valid keys: "
                          f"{', '.join(sorted(declared))}")
+
+
+def check_federation_config(federation_config: str) -> None:
+    """Refuse client GPUs the machine does not have (Flower would fail later: "ActorPool is empty").
+
+    Raises
+    ------
+    ValueError
+        Naming ``client-resources-num-gpus`` and how many GPUs there are.
+    """
+    values = dict(_PAIR.findall(federation_config))
+    text = values.get("client-resources-num-gpus", "0").strip("'\"")
+    try:
+        gpus = float(text)
+    except ValueError:
+        raise ValueError(f"client-resources-num-gpus={text!r} is not a number") from None
+    if gpus > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"client-resources-num-gpus={text} but this machine has no CUDA GPU; use 0")
+
+
+def port_pair_free(port: int) -> bool:
+    """Whether ``port`` and ``port + 2`` (fleet/HTTP and control API) can be bound on 127.0.0.1."""
+    try:
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", port))
+            second.bind(("127.0.0.1", port + 2))
+        return True
+    except OSError:
+        return False
+
+
+def free_port_pair() -> int:
+    """A port ``p`` with ``p`` and ``p + 2`` free on 127.0.0.1 (what a PrivateSuperLink needs)."""
+    for _ in range(200):
+        port = random.randint(41000, 59000)
+        if port_pair_free(port):
+            return port
+    raise RuntimeError("no free port pair found on 127.0.0.1")
 
 
 def _tool(name: str) -> str:
@@ -104,31 +154,38 @@ class PrivateSuperLink:
     home
         FLWR_HOME for the SuperLink and CLI (state, installed apps, logs).
     port
-        Fleet port; the HTTP API uses ``port`` and the control API ``port + 2``.
+        Fleet port; the HTTP API uses ``port`` and the control API ``port + 2``. ``None``
+        picks a free pair; a pair in use is an error (never someone else's SuperLink).
     """
 
-    def __init__(self, home: Path, port: int = 39291) -> None:
-        self.home, self.port = home.resolve(), port
+    def __init__(self, home: Path, port: int | None = None) -> None:
+        self.home, self.port = home.resolve(), free_port_pair() if port is None else port
         # The SuperLink starts ``flower-superexec`` and friends by name: put this Python's
         # scripts first on PATH so they are found when the venv is not activated.
         scripts = str(Path(sys.executable).parent)
         self.env = os.environ | QUIET_ENV | {
             "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")]),
             "FLWR_HOME": str(self.home),
-            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(port),
-            "FLWR_LOCAL_CONTROL_API_PORT": str(port + 2),
+            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(self.port),
+            "FLWR_LOCAL_CONTROL_API_PORT": str(self.port + 2),
         }
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> "PrivateSuperLink":
+        if not port_pair_free(self.port):
+            raise RuntimeError(f"port {self.port} or {self.port + 2} on 127.0.0.1 is already in use (another "
+                               "SuperLink?); choose another --port or leave it out to pick free ports")
         self.home.mkdir(parents=True, exist_ok=True)
         log = (self.home / "superlink.out").open("wb")
+        # The supervisor stops the whole tree when our end of its stdin closes: on __exit__, or
+        # when this process dies in any way (the kernel closes the pipe).
         self.process = subprocess.Popen(
-            [_tool("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+            [sys.executable, "-m", "fedpriv.supervisor", "--",
+             _tool("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
              "--host", "127.0.0.1", "--port", str(self.port),
              "--control-api-address", f"127.0.0.1:{self.port + 2}",
              "--disable-runtime-dependency-installation"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=self.env, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -144,13 +201,15 @@ class PrivateSuperLink:
         raise RuntimeError(f"flower-superlink did not answer on port {self.port} within 60 s")
 
     def __exit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        if self.process is None:
+            return
+        if self.process.stdin is not None:
+            self.process.stdin.close()  # the supervisor stops the tree
+        try:
+            self.process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
     def run(
         self,
@@ -182,7 +241,8 @@ class PrivateSuperLink:
             command += ["--run-config", merged]
         if federation_config:
             command += ["--federation-config", federation_config]
-        process = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   preexec_fn=die_with_parent)
         lines: list[str] = []
         start = time.monotonic()
         assert process.stdout is not None

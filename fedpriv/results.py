@@ -18,12 +18,15 @@ from typing import Any
 
 import torch
 
+from fedpriv.errors import ConfigError
+
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would (0644 here)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -53,6 +56,15 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (``os.umask`` would, for every thread)."""
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("Umask:"))
+        return int(line.split()[1], 8)
+    except (OSError, StopIteration, ValueError):
+        return 0o022
+
+
 def save_checkpoint(path: Path, server_round: int, state_dict: dict[str, torch.Tensor]) -> None:
     """Atomically save the global model after ``server_round`` (tensors and ints only)."""
     buffer = io.BytesIO()
@@ -67,9 +79,19 @@ def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor]]:
     -------
     round, state_dict
         The last finished round and the global model after it.
+
+    Raises
+    ------
+    ConfigError
+        Naming the path when the file is missing, truncated or not a fedpriv checkpoint.
     """
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    return int(checkpoint["round"]), dict(checkpoint["model"])
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return int(checkpoint["round"]), dict(checkpoint["model"])
+    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a damaged file
+        raise ConfigError(f"checkpoint {path} cannot be read ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0] if str(error) else ''}); it is damaged or not a fedpriv "
+                          "checkpoint: resume another run-name or delete the folder") from None
 
 
 class RunFolder:
@@ -136,7 +158,7 @@ class RunFolder:
         import matplotlib.pyplot as plt
         from matplotlib.ticker import MaxNLocator
 
-        rows = [r for r in read_jsonl(self.metrics_path) if r.get("status") == "ok"]
+        rows = [r for r in read_jsonl(self.metrics_path) if r.get("status") == "ok" and "psnr" in r]
         fig, ax = plt.subplots(figsize=(6, 4))
         for attack in sorted({r["attack"] for r in rows}):
             for key, style in (("psnr", "-o"), ("psnr_defended", "--x")):

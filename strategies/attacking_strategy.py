@@ -9,6 +9,7 @@ runs the attacks, and only then passes the replies (one ArrayRecord, one MetricR
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
@@ -55,6 +56,12 @@ class ChosenNodes:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
+
+
+def failure_reason(text: str) -> str:
+    """The last line of a client's error, without the ``'>`` Flower's exception repr leaves."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return re.sub(r"'?>+$", "", lines[-1]).strip() if lines else "unknown"
 
 
 def strip_reply(content: RecordDict) -> tuple[GroundTruth | None, torch.Tensor | None, str]:
@@ -135,10 +142,14 @@ class AttackingStrategy(Strategy):
         assert self.broadcast is not None
         broadcast = self.broadcast.to_torch_state_dict()
         names = [n for n, _ in self.model_from(self.broadcast).named_parameters()]
+        replied = {self.partition_of.get(msg.metadata.src_node_id, -1) for msg in replies}
+        for pid in sorted(set(self.round_summary[run_round]["sampled"]) - replied):
+            failed.append({"partition_id": pid, "reason": f"no reply within round-timeout={self.config.round_timeout:g} s"})
+            log(WARNING, "round %d: client of partition %d did not reply in time", run_round, pid)
         for msg in replies:
             pid = self.partition_of.get(msg.metadata.src_node_id, -1)
             if msg.has_error():
-                reason = str(msg.error.reason).strip().splitlines()[-1] if msg.error.reason else "unknown"
+                reason = failure_reason(str(msg.error.reason or ""))
                 failed.append({"partition_id": pid, "reason": reason})
                 log(WARNING, "round %d: client of partition %d failed: %s", run_round, pid, reason)
                 continue

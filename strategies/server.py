@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import random
+import tempfile
 import time
 from importlib.metadata import version
 from logging import INFO
@@ -98,24 +100,85 @@ def _resolved_config(config: RunConfig, nodes: dict[int, int], dataset: DatasetS
     }
 
 
-def _run_folder(config: RunConfig) -> RunFolder:
+# Keys that may change when resuming: they do not change results.
+RESUME_FREE = ("num-server-rounds", "out-dir", "run-name", "resume", "attack-progress", "data-dir", "data-download")
+
+
+def _folder_path(config: RunConfig) -> Path:
+    """The run folder's path, checked (nothing is written): new and empty, or resumable."""
+    out = config.out_path()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise ConfigError(f"out-dir {out} is not a writable folder ({error.strerror or error}); "
+                          "give a folder you can write to") from None
     name = config.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{config.dataset}-{config.model}-seed{config.seed}"
-    path = config.out_path() / name
+    path = out / name
     if config.resume:
         if not (path / CHECKPOINT).exists():
             raise ConfigError(f"resume=true but {path / CHECKPOINT} does not exist; nothing to continue")
     elif path.exists() and any(path.iterdir()):
         raise ConfigError(f"run folder {path} already holds results; choose another run-name or set resume=true")
-    return RunFolder(path)
+    return path
+
+
+def _resume_state(config: RunConfig, path: Path, dataset: DatasetSpec) -> tuple[int, dict[str, torch.Tensor]]:
+    """The finished rounds and global model to resume from, after checking the run is the same one.
+
+    Raises
+    ------
+    ConfigError
+        If a key that changes results differs from the saved config (all differing keys listed),
+        the saved config or checkpoint cannot be read, the checkpoint does not fit the model, or
+        every round is already done.
+    """
+    try:
+        saved = json.loads((path / "config.json").read_text())["run-config"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ConfigError(f"resume=true but {path / 'config.json'} cannot be read ({error}); "
+                          "it is needed to check that the resumed run is the same experiment") from None
+    new = config.as_run_config()
+    differing = sorted(k for k in set(saved) | set(new) if k not in RESUME_FREE and saved.get(k) != new.get(k))
+    if differing:
+        changes = "; ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in differing)
+        raise ConfigError(f"resume=true would mix experiments: {changes}. Only {', '.join(RESUME_FREE)} may "
+                          "change when resuming; start a new run-name for other settings")
+    offset, state = load_checkpoint(path / CHECKPOINT)
+    try:
+        load_wire_state(build_model(config.model, dataset.num_classes, dataset.channels), state)
+    except (ValueError, RuntimeError) as error:
+        raise ConfigError(f"checkpoint {path / CHECKPOINT} does not fit model {config.model!r}: "
+                          f"{str(error).splitlines()[0]}") from None
+    if offset >= config.num_server_rounds:
+        raise ConfigError(f"resume=true but {path} already finished {offset} rounds; num-server-rounds="
+                          f"{config.num_server_rounds} leaves nothing to run (raise it to continue)")
+    return offset, state
+
+
+def check_attack_device(name: str) -> None:
+    """Fail unless the server's machine has the attack device (CUDA available, index in range)."""
+    device = torch.device(name)
+    if device.type != "cuda":
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ConfigError(f"attack-device={name!r} but CUDA is not available on the server's machine; valid: cpu")
+    if device.index is not None and device.index >= count:
+        raise ConfigError(f"attack-device={name!r} but the server's machine has {count} CUDA device(s); "
+                          f"valid: cpu, cuda, cuda:0..cuda:{count - 1}")
 
 
 def run_server(grid: Grid, context: Context) -> None:
     """Run a whole fedpriv simulation from the ServerApp (validation first, then rounds)."""
     config = RunConfig.from_run_config(dict(context.run_config))
     dataset = resolve_spec(config.dataset, config.normalization)
+    check_attack_device(config.attack_device)
+    path = _folder_path(config)
+    log(INFO, "fedpriv: results go to %s", path)
+    offset, resumed = _resume_state(config, path, dataset) if config.resume else (0, None)
     check_available(config.dataset, config.data_path(), download=config.data_download)
-    folder = _run_folder(config)
-    log(INFO, "fedpriv: results go to %s", folder.path)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     nodes = discover_partitions(grid)
@@ -123,15 +186,16 @@ def run_server(grid: Grid, context: Context) -> None:
     harness = AttackHarness(config, dataset, aux)
     for pid in sorted(nodes):
         log(INFO, "fedpriv: partition %d: defense %s, attacks %s", pid, config.defense_for(pid), config.attacks_for(pid))
+    # Every check passed: only now is anything written to the run folder (config.json last).
+    folder = RunFolder(path)
 
     def model_from(arrays: ArrayRecord) -> torch.nn.Module:
         model = build_model(config.model, dataset.num_classes, dataset.channels)
         return load_wire_state(model, arrays.to_torch_state_dict()).eval()
 
-    offset = 0
     initial = wire_state(build_model(config.model, dataset.num_classes, dataset.channels))
-    if config.resume:
-        offset, initial = load_checkpoint(folder.path / CHECKPOINT)
+    if resumed is not None:
+        initial = resumed
         folder.truncate_after(offset)
         folder.write_csv()
         log(INFO, "fedpriv: resuming after round %d", offset)
@@ -174,6 +238,7 @@ def run_server(grid: Grid, context: Context) -> None:
         initial_arrays=ArrayRecord(initial),
         num_rounds=config.num_server_rounds - offset,
         evaluate_fn=evaluate_fn,
+        timeout=config.round_timeout,
     )
     folder.write_plot()
     log(INFO, "fedpriv: finished; results in %s", folder.path)

@@ -230,3 +230,14 @@ def test_local_dp_noises_what_is_sent() -> None:
     noise = torch.cat([(sent[n] - broadcast[n]).flatten() for n in sent])
     assert float(noise.std()) == pytest.approx(0.1, rel=0.05)  # std = noise multiplier x clipping norm
     assert isinstance(reply.content["metrics"], MetricRecord) and np.isfinite(float(noise.sum()))
+
+
+def test_fedmedian_aggregates_the_coordinate_median(tmp_path) -> None:
+    run = RUN | {"attack-clients": "none", "aggregator": "fedmedian", "server-lr": 1.0}
+    config = RunConfig.from_run_config(run)
+    strategy, messages = _strategy(config, RunFolder(tmp_path), clients=3)
+    replies = [train(m, _context(pid, run, partitions=3)) for pid, m in enumerate(messages)]
+    sent = [r.content["arrays"].to_torch_state_dict() for r in replies]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    for name, value in arrays.to_torch_state_dict().items():
+        assert torch.allclose(value, torch.stack([s[name] for s in sent]).median(0).values), name

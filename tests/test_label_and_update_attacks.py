@@ -46,6 +46,8 @@ def test_batch_label_counts_beat_the_bias_sign_rule() -> None:
     bias = leak.gradients[-1]
     distinct = torch.argsort(bias)[:8]
     assert label_accuracy(estimate, labels) >= 0.875 > label_accuracy(distinct, labels)
+    clipped = GradientLeak(tuple(0.01 * g for g in leak.gradients), leak.parameter_names, 8, "eval", None)
+    assert torch.equal(infer_labels(model, SPEC, clipped, aux), estimate)  # a scaled gradient: same labels
 
 
 def test_counts_round_to_the_batch_size() -> None:

@@ -94,8 +94,7 @@ def test_app_runs_on_an_existing_ray_cluster(
     )
     # No init-args-num-cpus/-gpus: Ray refuses them when connecting to an existing cluster.
     federation = "num-supernodes=2 client-resources-num-cpus=1"
-    port = 40000 + (os.getpid() % 2000) * 10 + 5
-    with PrivateSuperLink(tmp_path / "flwr-home", port) as link:
+    with PrivateSuperLink(tmp_path / "flwr-home") as link:
         outcome = link.run(APP, run_config, federation, echo=False, timeout=600)
     assert outcome.ok, outcome.log[-4000:]
     rounds = read_jsonl(tmp_path / "cluster" / "rounds.jsonl")

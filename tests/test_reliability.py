@@ -62,7 +62,7 @@ def test_checkpoints_load_without_executing_code(tmp_path: Path, monkeypatch: py
     assert round_ == 3 and all(torch.equal(loaded[k], v) for k, v in state.items())
     evil = tmp_path / "evil.pt"
     evil.write_bytes(pickle.dumps({"round": 1, "model": _Exploit()}))
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ConfigError, match="UnpicklingError: Weights only load failed"):
         load_checkpoint(evil)
     assert not (tmp_path / "pwned").exists()
 
@@ -106,3 +106,97 @@ def test_unknown_preset_keys_are_refused_with_the_valid_list(tmp_path: Path) -> 
     preset.write_text('dataset = "embedded-photos"\nattack-images = 4\n')
     app = Path(__file__).resolve().parent.parent / "simulations" / "cifar100_ats"
     assert main(["run", str(app), "--run-config", str(preset), "--port", "1"]) == 2
+
+
+def test_unknown_key_names_the_closest_valid_one(capsys: pytest.CaptureFixture[str]) -> None:
+    from fedpriv.cli import main
+
+    app = Path(__file__).resolve().parent.parent / "simulations" / "cifar100_ats"
+    assert main(["run", str(app), "--run-config", "attack-iteration=5"]) == 2
+    assert "unknown run-config key 'attack-iteration' (did you mean 'attack-iterations'?)" in capsys.readouterr().err
+
+
+def test_client_gpus_on_a_machine_without_cuda_are_refused() -> None:
+    from fedpriv.launcher import check_federation_config
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="client-resources-num-gpus=0.5 but this machine has no CUDA GPU"):
+        check_federation_config("num-supernodes=2 client-resources-num-gpus=0.5")
+
+
+def test_a_port_in_use_is_an_error_not_someone_elses_superlink(tmp_path: Path) -> None:
+    from fedpriv.launcher import PrivateSuperLink, free_port_pair
+
+    port = free_port_pair()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        with pytest.raises(RuntimeError, match=f"port {port} or {port + 2} on 127.0.0.1 is already in use"):
+            PrivateSuperLink(tmp_path, port).__enter__()
+
+
+def test_bad_paths_and_devices_fail_before_anything_is_written(tmp_path: Path) -> None:
+    from fedpriv.strategies.server import _folder_path, check_attack_device
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    config = RunConfig.from_run_config({"out-dir": str(blocker / "runs")})
+    with pytest.raises(ConfigError, match=f"out-dir {blocker / 'runs'} is not a writable folder"):
+        _folder_path(config)
+    with pytest.raises(ConfigError, match="data-dir is empty"):
+        RunConfig.from_run_config({"data-dir": ""})
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="attack-device='cuda' but CUDA is not available"):
+            check_attack_device("cuda")
+
+
+def _resumable(tmp_path: Path, values: dict) -> tuple[RunConfig, Path]:
+    from fedpriv.strategies.server import CHECKPOINT
+
+    config = RunConfig.from_run_config(values | {"out-dir": str(tmp_path), "run-name": "r", "model": "convnet",
+                                                 "dataset": "embedded-photos"})
+    folder = RunFolder(tmp_path / "r")
+    folder.write_json("config.json", {"run-config": config.as_run_config()})
+    save_checkpoint(folder.path / CHECKPOINT, 1, wire_state(build_model("convnet", 10)))
+    folder.append(folder.rounds_path, [{"round": 0}, {"round": 1}])
+    return config, folder.path
+
+
+def test_resume_refuses_other_settings_and_leaves_the_folder_untouched(tmp_path: Path) -> None:
+    from fedpriv.data.specs import resolve_spec
+    from fedpriv.strategies.server import _resume_state
+
+    config, path = _resumable(tmp_path, {"seed": 0, "defense": "none"})
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    other = RunConfig.from_run_config(config.as_run_config() | {"seed": 1, "defense": "ats:3-1-7", "resume": True,
+                                                                 "num-server-rounds": 5, "attack-progress": 7})
+    with pytest.raises(ConfigError, match=r"defense: 'none' -> 'ats:3-1-7'; seed: 0 -> 1\. Only num-server-rounds"):
+        _resume_state(other, path, resolve_spec("embedded-photos"))
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    same = RunConfig.from_run_config(config.as_run_config() | {"resume": True, "num-server-rounds": 5})
+    offset, state = _resume_state(same, path, resolve_spec("embedded-photos"))
+    assert offset == 1 and state
+
+
+def test_a_truncated_checkpoint_names_its_path(tmp_path: Path) -> None:
+    from fedpriv.data.specs import resolve_spec
+    from fedpriv.strategies.server import CHECKPOINT, _resume_state
+
+    config, path = _resumable(tmp_path, {})
+    data = (path / CHECKPOINT).read_bytes()
+    (path / CHECKPOINT).write_bytes(data[: len(data) // 2])
+    resumed = RunConfig.from_run_config(config.as_run_config() | {"resume": True, "num-server-rounds": 5})
+    with pytest.raises(ConfigError, match=f"checkpoint {path / CHECKPOINT} cannot be read"):
+        _resume_state(resumed, path, resolve_spec("embedded-photos"))
+
+
+def test_results_files_have_the_usual_mode_and_reasons_no_repr_debris(tmp_path: Path) -> None:
+    from fedpriv.strategies.attacking_strategy import failure_reason
+
+    folder = RunFolder(tmp_path)
+    folder.write_json("config.json", {})
+    folder.append(folder.rounds_path, [{"round": 0}])
+    assert (tmp_path / "config.json").stat().st_mode & 0o777 == (tmp_path / "rounds.jsonl").stat().st_mode & 0o777
+    text = "Exception ClientAppException occurred. Message: injected failure in partition 2'>"
+    assert failure_reason(text) == "Exception ClientAppException occurred. Message: injected failure in partition 2"
