@@ -8,9 +8,7 @@ import zlib
 import torch
 
 from fedpriv.config import RunConfig
-from fedpriv.data.loading import load_split
 from fedpriv.data.partition import split_with_aux
-from fedpriv.data.specs import resolve_spec
 from fedpriv.defenses import build_defense
 from fedpriv.models import build_model, load_wire_state
 from fedpriv.protocols import PROTOCOLS, ClientReply
@@ -22,19 +20,17 @@ def generator_for(*keys: object) -> torch.Generator:
 
 
 @functools.lru_cache(maxsize=2)
-def _split(
-    dataset: str, data_dir: str, partitioner: str, alpha: float, seed: int, num_partitions: int, aux_samples: int
-) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+def _split(config: RunConfig, num_partitions: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """All partitions' indices and the server's auxiliary indices, computed once per process."""
-    labels = load_split(dataset, data_dir, "train").labels.numpy()
-    parts, aux = split_with_aux(labels, num_partitions, partitioner, alpha, seed, aux_samples)
+    labels = config.load("train").labels.numpy()
+    parts, aux = split_with_aux(labels, num_partitions, config.partitioner, config.dirichlet_alpha, config.seed,
+                                config.aux_samples)
     return tuple(torch.as_tensor(p, dtype=torch.long) for p in parts), torch.as_tensor(aux, dtype=torch.long)
 
 
 def partition_index(config: RunConfig, num_partitions: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """Training-split indices of every client's data (capped at ``local-samples``) and of the aux split."""
-    parts, aux = _split(config.dataset, str(config.data_path()), config.partitioner, config.dirichlet_alpha,
-                        config.seed, num_partitions, config.aux_samples)
+    parts, aux = _split(config, num_partitions)
     if config.local_samples:
         parts = tuple(
             p[torch.randperm(len(p), generator=generator_for(config.seed, "local-samples", pid))[: config.local_samples]]
@@ -45,7 +41,7 @@ def partition_index(config: RunConfig, num_partitions: int) -> tuple[tuple[torch
 
 def client_data(config: RunConfig, partition_id: int, num_partitions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The uint8 images and labels of one client's data."""
-    train = load_split(config.dataset, str(config.data_path()), "train")
+    train = config.load("train")
     index = partition_index(config, num_partitions)[0][partition_id]
     return train.images[index], train.labels[index]
 
@@ -75,7 +71,7 @@ def run_client_round(
     ClientReply
         What the client sends; ``truth`` is set in attacked rounds only.
     """
-    dataset = resolve_spec(config.dataset, config.normalization)
+    dataset = config.dataset_spec()
     images, labels = client_data(config, partition_id, num_partitions)
     defense = build_defense(config.defense_for(partition_id))
     # Ray sets CUDA_VISIBLE_DEVICES per actor (client-resources-num-gpus); cuda:0 is this actor's GPU.

@@ -12,6 +12,8 @@ from fedpriv.errors import ConfigError
 
 if TYPE_CHECKING:
     from fedpriv.attacks import AttackSettings
+    from fedpriv.data.loading import LabeledImages
+    from fedpriv.data.specs import DatasetSpec
 
 DEFAULT_OUT_DIR = "~/fedpriv-runs"
 DEFAULT_DATA_DIR = "~/.cache/fedpriv/data"
@@ -77,9 +79,13 @@ class RunConfig:
     normalization: str = "dataset"
     data_dir: str = DEFAULT_DATA_DIR
     data_download: bool = True
+    data_verify: bool = True
+    image_size: int = 32
+    image_channels: int = 3
     out_dir: str = DEFAULT_OUT_DIR
     run_name: str = ""
     model: str = "resnet20"
+    initial_checkpoint: str = ""
     partitioner: str = "dirichlet"
     dirichlet_alpha: float = 0.5
     clients_per_round: int = 0
@@ -167,6 +173,7 @@ class RunConfig:
             "num-server-rounds": self.num_server_rounds,
             "local-epochs": self.local_epochs,
             "batch-size": self.batch_size,
+            "image-size": self.image_size,
             "attack-iterations": self.attack_iterations,
             "attack-restarts": self.attack_restarts,
         }
@@ -210,6 +217,8 @@ class RunConfig:
             raise ConfigError(f"attack-model-mode {self.attack_model_mode!r}; valid: {', '.join(MODEL_MODES)}")
         if not self.out_dir.strip():
             raise ConfigError("out-dir is empty; give a folder for the run folders")
+        if self.image_channels not in (1, 3):
+            raise ConfigError(f"image-channels must be 1 or 3, got {self.image_channels}")
         if not self.data_dir.strip():
             raise ConfigError("data-dir is empty; give the folder that holds (or will receive) the data sets")
         if "/" in self.run_name or self.run_name in (".", ".."):
@@ -226,13 +235,17 @@ class RunConfig:
         from fedpriv.attacks import ATTACKS
         from fedpriv.attacks.base import check_settings
         from fedpriv.data.specs import resolve_spec
+        from fedpriv.data.custom import custom_path, is_custom
         from fedpriv.defenses import build_defense
-        from fedpriv.models import MODELS
-
+        from fedpriv.models import check_model_name
         from fedpriv.protocols import PROTOCOLS
 
-        resolve_spec(self.dataset, self.normalization)
-        MODELS.get(self.model)
+        if is_custom(self.dataset):
+            if not custom_path(self.dataset).is_dir():
+                raise ConfigError(f"dataset {self.dataset!r}: {custom_path(self.dataset)} is not a folder")
+        else:
+            resolve_spec(self.dataset, self.normalization)
+        check_model_name(self.model)
         protocol = PROTOCOLS.get(self.protocol)
         for spec in {self.defense, *self.defense_overrides_map().values()}:
             build_defense(spec)
@@ -393,6 +406,19 @@ class RunConfig:
         if self.clients_per_round == 0 or self.clients_per_round >= num_partitions:
             return num_partitions
         return self.clients_per_round
+
+    def dataset_spec(self) -> DatasetSpec:
+        """Classes, shape and normalisation of this run's data set (own data sets included)."""
+        from fedpriv.data.loading import dataset_spec
+
+        return dataset_spec(self.dataset, self.normalization, self.image_size, self.image_channels)
+
+    def load(self, split: str) -> LabeledImages:
+        """One split of this run's data set (cached per process)."""
+        from fedpriv.data.loading import load_split
+
+        return load_split(self.dataset, self.data_path(), split, False, self.data_verify,  # type: ignore[arg-type]
+                          self.image_size, self.image_channels)
 
     def out_path(self) -> Path:
         """Absolute folder that holds run folders (``~`` expanded)."""

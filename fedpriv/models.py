@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
+from fedpriv.errors import ConfigError
 from fedpriv.registry import Registry
 
 MODELS: Registry[Callable[[int, int], nn.Module]] = Registry("model")
@@ -124,13 +126,43 @@ def load_wire_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Modu
     return model
 
 
+def check_model_name(name: str) -> None:
+    """Fail unless ``name`` is a registered model or a ``package.module:factory`` import path.
+
+    Raises
+    ------
+    ConfigError
+        Listing the registered models and the import-path form.
+    """
+    if ":" in name:
+        _factory(name)
+    elif name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(MODELS.names())}, or "
+                          "'package.module:factory' (factory(num_classes, channels) -> nn.Module)")
+
+
+def _factory(path: str) -> Callable[[int, int], nn.Module]:
+    """The callable behind ``package.module:factory`` (imported; errors name what failed)."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # noqa: BLE001 - any import failure is the user's to fix
+        raise ConfigError(f"model {path!r}: cannot import {module_name!r} ({type(error).__name__}: {error}); "
+                          "it must be importable where the server and clients run") from None
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ConfigError(f"model {path!r}: {module_name} has no callable {attribute!r}")
+    return factory
+
+
 def build_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
-    """Build the model registered as ``name``.
+    """Build the model registered as ``name``, or a user's model from ``package.module:factory``.
 
     Parameters
     ----------
     name
-        One of ``MODELS.names()``.
+        One of ``MODELS.names()``, or an import path whose factory is called as
+        ``factory(num_classes, in_channels)`` and must return an ``nn.Module``.
     num_classes
         Number of output classes.
     in_channels
@@ -140,5 +172,36 @@ def build_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
     -------
     nn.Module
         A freshly initialised model (initialisation follows the global torch seed).
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name, a factory that cannot be imported, or one that returns no module.
     """
-    return MODELS.get(name)(num_classes, in_channels)
+    if ":" not in name:
+        return MODELS.get(name)(num_classes, in_channels)
+    model = _factory(name)(num_classes, in_channels)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model {name!r}: the factory returned {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
+def check_model_fits(name: str, num_classes: int, channels: int, size: int) -> None:
+    """Fail unless the model maps a (2, channels, size, size) batch to (2, num_classes) logits.
+
+    Raises
+    ------
+    ConfigError
+        Naming the model, the input shape and what came out.
+    """
+    model = build_model(name, num_classes, channels).eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, channels, size, size))
+    except Exception as error:  # noqa: BLE001 - a user's forward may raise anything
+        raise ConfigError(f"model {name!r} fails on inputs of shape (2, {channels}, {size}, {size}): "
+                          f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"model {name!r} maps inputs (2, {channels}, {size}, {size}) to {shape}; "
+                          f"expected logits of shape (2, {num_classes})")

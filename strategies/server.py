@@ -20,10 +20,10 @@ from flwr.serverapp import Grid
 from fedpriv.attacks import AuxiliaryData
 from fedpriv.client_task import partition_index
 from fedpriv.config import RunConfig
-from fedpriv.data.loading import check_available, load_split
-from fedpriv.data.specs import DatasetSpec, resolve_spec
+from fedpriv.data.loading import check_available
+from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
-from fedpriv.models import build_model, load_wire_state, wire_state
+from fedpriv.models import build_model, check_model_fits, load_wire_state, wire_state
 from fedpriv.results import RunFolder, load_checkpoint, read_jsonl, save_checkpoint
 from fedpriv.round_attacks import AttackHarness
 from fedpriv.strategies.attacking_strategy import AttackingStrategy
@@ -79,7 +79,7 @@ def _check_partitions(config: RunConfig, num_partitions: int) -> AuxiliaryData |
         num_partitions, min(map(len, parts)), max(map(len, parts)), len(aux))
     if not len(aux):
         return None
-    train = load_split(config.dataset, str(config.data_path()), "train")
+    train = config.load("train")
     return AuxiliaryData(train.images[aux], train.labels[aux])
 
 
@@ -157,6 +157,38 @@ def _resume_state(config: RunConfig, path: Path, dataset: DatasetSpec) -> tuple[
     return offset, state
 
 
+def initial_state(config: RunConfig, dataset: DatasetSpec) -> dict[str, torch.Tensor]:
+    """The round-0 global model: freshly seeded, or ``initial-checkpoint`` (a state dict).
+
+    Raises
+    ------
+    ConfigError
+        If the checkpoint cannot be read safely (``weights_only``) or does not fit the model
+        (missing, unexpected or mis-shaped keys named).
+    """
+    model = build_model(config.model, dataset.num_classes, dataset.channels)
+    if not config.initial_checkpoint:
+        return wire_state(model)
+    path = Path(config.initial_checkpoint).expanduser().resolve()
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a bad file
+        raise ConfigError(f"initial-checkpoint {path} cannot be read as a plain state dict "
+                          f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+    state = loaded.get("model", loaded) if isinstance(loaded, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"initial-checkpoint {path} holds no state dict (a dict of tensors, or one under 'model')")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or shapes:
+        raise ConfigError(f"initial-checkpoint {path} does not fit model {config.model!r}: missing {missing[:5]}, "
+                          f"unexpected {unexpected[:5]}, other shapes {shapes[:5]}")
+    model.load_state_dict(state)
+    return wire_state(model)
+
+
 def check_attack_device(name: str) -> None:
     """Fail unless the server's machine has the attack device (CUDA available, index in range)."""
     device = torch.device(name)
@@ -173,12 +205,15 @@ def check_attack_device(name: str) -> None:
 def run_server(grid: Grid, context: Context) -> None:
     """Run a whole fedpriv simulation from the ServerApp (validation first, then rounds)."""
     config = RunConfig.from_run_config(dict(context.run_config))
-    dataset = resolve_spec(config.dataset, config.normalization)
     check_attack_device(config.attack_device)
     path = _folder_path(config)
     log(INFO, "fedpriv: results go to %s", path)
+    check_available(config.dataset, config.data_path(), config.data_download, config.data_verify,
+                    config.image_size, config.image_channels)
+    dataset = config.dataset_spec()
+    check_model_fits(config.model, dataset.num_classes, dataset.channels, dataset.size)
     offset, resumed = _resume_state(config, path, dataset) if config.resume else (0, None)
-    check_available(config.dataset, config.data_path(), download=config.data_download)
+    start = initial_state(config, dataset) if resumed is None else resumed
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     nodes = discover_partitions(grid)
@@ -193,14 +228,12 @@ def run_server(grid: Grid, context: Context) -> None:
         model = build_model(config.model, dataset.num_classes, dataset.channels)
         return load_wire_state(model, arrays.to_torch_state_dict()).eval()
 
-    initial = wire_state(build_model(config.model, dataset.num_classes, dataset.channels))
-    if resumed is not None:
-        initial = resumed
+    if config.resume:
         folder.truncate_after(offset)
         folder.write_csv()
         log(INFO, "fedpriv: resuming after round %d", offset)
     folder.write_json("config.json", _resolved_config(config, nodes, dataset))
-    test = load_split(config.dataset, str(config.data_path()), "test")
+    test = config.load("test")
     pick = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(config.seed))
     pick = pick[: config.eval_samples] if config.eval_samples else pick
     accountant = privacy_accountant(config, len(nodes), offset)
@@ -235,7 +268,7 @@ def run_server(grid: Grid, context: Context) -> None:
 
     strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(initial),
+        initial_arrays=ArrayRecord(start),
         num_rounds=config.num_server_rounds - offset,
         evaluate_fn=evaluate_fn,
         timeout=config.round_timeout,

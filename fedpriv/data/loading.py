@@ -12,9 +12,10 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2.functional import resize
 
 from fedpriv.data import archives
+from fedpriv.data.custom import is_custom, read_custom
 from fedpriv.data.embedded import NAME as EMBEDDED
 from fedpriv.data.embedded import load_embedded
-from fedpriv.data.specs import DATASET_SPECS
+from fedpriv.data.specs import DATASET_SPECS, DatasetSpec, resolve_spec
 from fedpriv.errors import ConfigError
 
 Split = Literal["train", "test"]
@@ -44,7 +45,8 @@ class LabeledImages:
         return LabeledImages(self.images[index], self.labels[index])
 
 
-def check_available(name: str, data_dir: str | Path, download: bool = False) -> None:
+def check_available(name: str, data_dir: str | Path, download: bool = False, verify: bool = True,
+                    size: int = 32, channels: int = 3) -> None:
     """Fail fast, before training, if data set ``name`` cannot be loaded from ``data_dir``.
 
     Verifies that every file of both splits is present with its official md5 checksum
@@ -59,6 +61,11 @@ def check_available(name: str, data_dir: str | Path, download: bool = False) -> 
         Folder holding the archives in torchvision's layout (ignored for ``embedded-photos``).
     download
         Fetch missing or corrupt files from the official URLs.
+    verify
+        Check the official md5 checksums (``data-verify``); ``False`` accepts a lab's own
+        export in the standard format.
+    size, channels
+        Image size and channels of ``folder:``/``hf:`` data sets (read fully here, once).
 
     Raises
     ------
@@ -66,13 +73,19 @@ def check_available(name: str, data_dir: str | Path, download: bool = False) -> 
         Unknown name (the message lists the valid ones), or a missing or corrupt file (the
         message names the file, the folder looked in and how to provide it).
     """
+    if is_custom(name):
+        train, test = (_custom(name, split, size, channels) for split in archives.SPLITS)
+        if train[2] != test[2]:
+            raise ConfigError(f"dataset {name!r}: train classes {train[2]} differ from test classes {test[2]}")
+        return
     DATASET_SPECS.get(name)
     if name != EMBEDDED:
-        archives.ensure(name, Path(data_dir).expanduser().resolve(), archives.SPLITS, download)
+        archives.ensure(name, Path(data_dir).expanduser().resolve(), archives.SPLITS, download, verify)
 
 
 def load_split(
-    name: str, data_dir: str | Path, split: Split, download: bool = False
+    name: str, data_dir: str | Path, split: Split, download: bool = False, verify: bool = True,
+    size: int = 32, channels: int = 3,
 ) -> LabeledImages:
     """Load one split of data set ``name``.
 
@@ -91,6 +104,10 @@ def load_split(
         ``"train"`` or ``"test"``.
     download
         Fetch missing or corrupt files from the official URLs.
+    verify
+        Check the official checksums (see :func:`check_available`).
+    size, channels
+        Image size and channels of ``folder:``/``hf:`` data sets (built-in sets have their own).
 
     Returns
     -------
@@ -102,21 +119,61 @@ def load_split(
     ConfigError
         As for ``check_available``, or for an unknown split.
     """
-    DATASET_SPECS.get(name)
     if split not in archives.SPLITS:
         raise ConfigError(f"unknown split {split!r}; valid splits: {', '.join(archives.SPLITS)}")
+    if is_custom(name):
+        images, labels, _ = _custom(name, split, size, channels)
+        return LabeledImages(images, labels)
+    DATASET_SPECS.get(name)
     root = "" if name == EMBEDDED else str(Path(data_dir).expanduser().resolve())
-    return _load(name, root, split, download)
+    return _load(name, root, split, download, verify)
+
+
+@functools.lru_cache(maxsize=4)
+def _custom(name: str, split: str, size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    return read_custom(name, split, size, channels)
+
+
+def dataset_spec(name: str, normalization: str = "dataset", size: int = 32, channels: int = 3) -> DatasetSpec:
+    """The spec of any data set, a researcher's own included.
+
+    For ``folder:``/``hf:`` sets the classes come from the training split and the normalisation
+    constants are computed from it (``normalization='dataset'``) or given as
+    ``'MEAN,MEAN,MEAN/STD,STD,STD'`` (one value per channel).
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name or normalisation, or malformed constants.
+    """
+    if not is_custom(name):
+        return resolve_spec(name, normalization)
+    images, _, classes = _custom(name, "train", size, channels)
+    if normalization == "dataset":
+        pixels = images.double() / 255
+        mean = tuple(float(v) for v in pixels.mean(dim=(0, 2, 3)))
+        std = tuple(max(float(v), 1e-3) for v in pixels.std(dim=(0, 2, 3)))
+    else:
+        try:
+            mean_text, std_text = normalization.split("/")
+            mean = tuple(float(v) for v in mean_text.split(","))
+            std = tuple(float(v) for v in std_text.split(","))
+        except ValueError:
+            mean = std = ()
+        if len(mean) != channels or len(std) != channels or min(std) <= 0:
+            raise ConfigError(f"normalization {normalization!r} for {name!r}: give 'dataset' or "
+                              f"{channels} means and {channels} positive stds as 'M,M,M/S,S,S'")
+    return DatasetSpec(name, len(classes), channels, size, mean, std)
 
 
 @functools.lru_cache(maxsize=8)
-def _load(name: str, root: str, split: str, download: bool) -> LabeledImages:
+def _load(name: str, root: str, split: str, download: bool, verify: bool) -> LabeledImages:
     spec = DATASET_SPECS.get(name)
     if name == EMBEDDED:
         images, labels = load_embedded(split)
     else:
-        archives.ensure(name, Path(root), (split,), download)
-        images, labels = archives.read(name, Path(root), split)
+        archives.ensure(name, Path(root), (split,), download, verify)
+        images, labels = archives.read(name, Path(root), split, verify)
     if images.shape[-1] != spec.size:
         images = resize(
             images, [spec.size, spec.size], InterpolationMode.BILINEAR, antialias=True
