@@ -123,12 +123,15 @@ class Reconstruction:
         Estimated labels (a multiset, any order), or ``None``.
     fields
         Attack-specific scalars for the results row (final loss, learned translation, ...).
+    engine
+        The gradient-matching engine that ran (what ``engine=auto`` chose), if any.
     """
 
     images: torch.Tensor | None = None
     defended: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     fields: dict[str, float] = field(default_factory=dict)
+    engine: str | None = None
 
 
 class Attack(Protocol):

@@ -76,7 +76,7 @@ def solve_targets(
     label: str,
     extra_bounds: Sequence[torch.Tensor] | None = None,
     extra_apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-) -> list[tuple[torch.Tensor, torch.Tensor | None, float]]:
+) -> list[tuple[torch.Tensor, torch.Tensor | None, float, str]]:
     """Solve every target and restart in batches; keep each target's lowest final objective.
 
     Parameters
@@ -96,7 +96,8 @@ def solve_targets(
     Returns
     -------
     list[tuple]
-        Per target: images in input space (k, C, H, W), extra values or ``None``, final objective.
+        Per target: images in input space (k, C, H, W), extra values or ``None``, final objective,
+        and the engine that solved it (what ``auto`` chose).
     """
     engine, max_batch = engine_options(settings)
     device = torch.device(settings.device)
@@ -116,7 +117,7 @@ def solve_targets(
             problems.append(MatchingProblem(init.to(device), labels, grads))
     low, high = box_bounds(dataset, problems[0].init)
     restarts = settings.restarts
-    solved: dict[int, tuple[torch.Tensor, torch.Tensor | None, float]] = {}
+    solved: dict[int, tuple[torch.Tensor, torch.Tensor | None, float, str]] = {}
     for k in sorted({p.init.shape[0] for p in problems}):  # one solve per batch size
         index = [i for i, p in enumerate(problems) if p.init.shape[0] == k]
         extra = None
@@ -131,7 +132,7 @@ def solve_targets(
         )
         for j, i in enumerate(index):
             values = None if result.extra is None else result.extra[j]
-            solved[i] = (result.images[j], values, float(result.loss[j]))
+            solved[i] = (result.images[j], values, float(result.loss[j]), result.engine)
     runs = [[solved[i] for i in range(t * restarts, (t + 1) * restarts)] for t in range(len(targets))]
     return [min(run, key=lambda r: r[2]) for run in runs]  # the first of equals, as the loop kept
 
@@ -173,8 +174,9 @@ class InvertingGradients(Attack):
             return []
         solved = solve_targets(model, dataset, targets, self.settings, self.name)
         return [
-            Reconstruction(images=dataset.denormalize(x).cpu(), labels=_inferred(model, dataset, t), fields={"loss": loss})
-            for t, (x, _, loss) in zip(targets, solved)
+            Reconstruction(images=dataset.denormalize(x).cpu(), labels=_inferred(model, dataset, t),
+                           fields={"loss": loss}, engine=engine)
+            for t, (x, _, loss, engine) in zip(targets, solved)
         ]
 
 

@@ -309,16 +309,18 @@ class PolicyAware(Attack):
         out = []
         for t in range(len(targets)):
             best = min((i for i, (owner, _) in enumerate(owners) if owner == t), key=lambda i: solved[i][2])
-            x, values, loss = solved[best]
-            out.append(_package(dataset, x, plans[best], owners[best][1], values, loss, counts[t]))
+            x, values, loss, engine = solved[best]
+            reconstruction = _package(dataset, x, plans[best], owners[best][1], values, loss, counts[t])
+            reconstruction.engine = engine
+            out.append(reconstruction)
         return out
 
     def _solve(self, model: nn.Module, dataset: DatasetSpec, problems: Sequence[MatchingProblem],
-               table: _Plans) -> list[tuple[torch.Tensor, torch.Tensor | None, float]]:
-        """(images, extra values, final loss) per problem: one ``solve`` per batch size."""
+               table: _Plans) -> list[tuple[torch.Tensor, torch.Tensor | None, float, str]]:
+        """(images, extra values, final loss, engine) per problem: one ``solve`` per batch size."""
         s = self.settings
         low, high = box_bounds(dataset, problems[0].init)
-        solved: dict[int, tuple[torch.Tensor, torch.Tensor | None, float]] = {}
+        solved: dict[int, tuple[torch.Tensor, torch.Tensor | None, float, str]] = {}
         for k in sorted({p.init.shape[0] for p in problems}):
             rows = [i for i, p in enumerate(problems) if p.init.shape[0] == k]
             modelled = any(plan.policy is not None for r in rows for plan in table.plans[r])
@@ -328,7 +330,7 @@ class PolicyAware(Attack):
                            precision=s.precision, progress=s.progress, label=self.name)
             for j, r in enumerate(rows):
                 values = None if result.extra is None else result.extra[j]
-                solved[r] = (result.images[j], values, float(result.loss[j]))
+                solved[r] = (result.images[j], values, float(result.loss[j]), result.engine)
         return [solved[r] for r in range(len(problems))]
 
 

@@ -143,14 +143,15 @@ class TranslationAware(Attack):
             bounds.append(torch.tensor([tx, ty], dtype=torch.float64).expand(k, 2))
         solved = solve_targets(model, dataset, targets, self.settings, self.name, bounds, translate_problems)
         out = []
-        for x, shifts, loss in solved:
+        for x, shifts, loss, engine in solved:
             assert shifts is not None
             pixels = dataset.denormalize(x)
             fields = {"loss": loss}
             for i, (tx, ty) in enumerate(shifts.tolist()):
                 suffix = "" if len(shifts) == 1 else f"-{i}"
                 fields |= {f"tx{suffix}": tx, f"ty{suffix}": ty}
-            out.append(Reconstruction(images=pixels.cpu(), defended=translate(pixels, shifts).cpu(), fields=fields))
+            out.append(Reconstruction(images=pixels.cpu(), defended=translate(pixels, shifts).cpu(), fields=fields,
+                                      engine=engine))
         return out
 
 

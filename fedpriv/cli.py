@@ -58,11 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--flwr-home", type=Path, default=Path(tempfile.gettempdir()) / f"fedpriv-flwr-{os.getuid()}")
     demo.add_argument("--port", type=int, default=None, help="SuperLink port (and port+2); default: a free pair")
     sub.add_parser("search-policies", help="ATS policy search (see: fedpriv search-policies --help)", add_help=False)
+    sub.add_parser("pretrain", help="train a model centrally and save a checkpoint (see: fedpriv pretrain --help)",
+                   add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "search-policies":
         from fedpriv.policy_search.__main__ import main as search_main
 
         return search_main(rest)
+    if args.command == "pretrain":
+        from fedpriv.pretrain import main as pretrain_main
+
+        return pretrain_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "demo":

@@ -12,13 +12,15 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fedpriv.errors import ConfigError
+
+GRID_SCALE = 4  # 32x32 images become 128x128 in the grids
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -151,7 +153,11 @@ class RunFolder:
         atomic_write(self.path / "metrics.csv", buffer.getvalue().encode())
 
     def write_plot(self) -> None:
-        """Write ``psnr_per_round.png``: mean PSNR per round and attack (vs x and vs T(x))."""
+        """Write ``psnr_per_round.png``: mean PSNR per round, one line per (defense, attack) pair.
+
+        Solid lines compare with the original x, dashed ones with the defended T(x); rows
+        without image metrics (label inference) are left out.
+        """
         import matplotlib
 
         matplotlib.use("Agg")
@@ -159,20 +165,23 @@ class RunFolder:
         from matplotlib.ticker import MaxNLocator
 
         rows = [r for r in read_jsonl(self.metrics_path) if r.get("status") == "ok" and "psnr" in r]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for attack in sorted({r["attack"] for r in rows}):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        pairs = sorted({(str(r["defense"]), str(r["attack"])) for r in rows})
+        colours = plt.get_cmap("tab10")
+        for n, (defense, attack) in enumerate(pairs):
             for key, style in (("psnr", "-o"), ("psnr_defended", "--x")):
                 by_round: dict[int, list[float]] = {}
                 for r in rows:
-                    if r["attack"] == attack and isinstance(r.get(key), (int, float)):
+                    if (r["defense"], r["attack"]) == (defense, attack) and isinstance(r.get(key), (int, float)):
                         by_round.setdefault(int(r["round"]), []).append(float(r[key]))
                 rounds = sorted(by_round)
                 means = [sum(by_round[k]) / len(by_round[k]) for k in rounds]
-                label = f"{attack} vs {'x' if key == 'psnr' else 'T(x)'}"
-                ax.plot(rounds, means, style, label=label)
+                label = f"{defense.removesuffix(';crop-flip=true')} / {attack}" if key == "psnr" else None
+                ax.plot(rounds, means, style, color=colours(n % 10), label=label, alpha=1.0 if key == "psnr" else 0.6)
         ax.set_xlabel("round")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("mean PSNR over attacked clients (dB)")
+        ax.set_title("PSNR per (defense, attack): solid vs x, dashed vs T(x)", fontsize=9)
         ax.grid(alpha=0.3)
         if rows:
             ax.legend(fontsize=7)
@@ -182,10 +191,15 @@ class RunFolder:
         plt.close(fig)
         atomic_write(self.path / "psnr_per_round.png", buffer.getvalue())
 
-    def write_grid(self, name: str, rows: list[torch.Tensor]) -> None:
-        """Write ``reconstructions/<name>.png``: each tensor (n, C, H, W) in [0,1] is one row."""
+    def write_grid(self, name: str, rows: list[torch.Tensor], title: str = "", captions: Sequence[str] = ()) -> None:
+        """Write ``reconstructions/<name>.png``: each tensor (n, C, H, W) in [0,1] is one row.
+
+        Images are scaled up ``GRID_SCALE`` times (nearest neighbour, so 32x32 pixels stay
+        visible); ``title`` is written above the grid and ``captions`` (one per column, e.g.
+        per-image PSNR) below it.
+        """
+        from PIL import Image, ImageDraw
         from torchvision.utils import make_grid
-        from PIL import Image
 
         width = max(len(r) for r in rows)
         padded = []
@@ -197,7 +211,16 @@ class RunFolder:
                 r = torch.cat([r, torch.zeros(width - len(r), *r.shape[1:])])
             padded.append(r)
         grid = make_grid(torch.cat(padded), nrow=width, padding=2, pad_value=1.0)
-        image = Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
+        tiles = Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
+        tiles = tiles.resize((tiles.width * GRID_SCALE, tiles.height * GRID_SCALE), Image.Resampling.NEAREST)
+        band = 16
+        image = Image.new("RGB", (max(tiles.width, 8 * len(title)), tiles.height + 2 * band), "white")
+        image.paste(tiles, (0, band))
+        draw = ImageDraw.Draw(image)
+        draw.text((2, 2), title, fill="black")
+        step = tiles.width / width
+        for column, caption in enumerate(captions):
+            draw.text((int(column * step) + 4, tiles.height + band + 2), caption, fill="black")
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         atomic_write(self.path / "reconstructions" / f"{name}.png", buffer.getvalue())

@@ -76,7 +76,8 @@ def score_images(reconstruction: Reconstruction, truth: GroundTruth, matched: bo
     ``psnr_defended``/``ssim_defended`` compare its estimate of T(x) (``defended`` when the
     attack models the defense, else ``images``) with the defended batch T(x), the reference's
     convention. With ``matched`` and more than one image, estimates are first put in the order
-    :func:`match_order` finds against x (recorded as ``matched``: true).
+    :func:`match_order` finds against x (recorded as ``matched``: true). ``psnr_grey`` is the
+    baseline every attack must beat: a constant grey (0.5) image against x.
     """
     assert reconstruction.images is not None
     images = reconstruction.images.detach().cpu()
@@ -91,6 +92,7 @@ def score_images(reconstruction: Reconstruction, truth: GroundTruth, matched: bo
         "ssim": float(ssim_per_image(images, truth.images).mean()),
         "ssim_defended": float(ssim_per_image(defended, truth.defended).mean()),
         "mse": float(mse_per_image(images, truth.images).mean()),
+        "psnr_grey": float(psnr_per_image(torch.full_like(truth.images, 0.5), truth.images).mean()),
         "matched": matched,
     }
 
@@ -210,10 +212,15 @@ class AttackHarness:
             return row | {"status": result}
         row |= score(result, client.truth) | {"status": "ok"}
         row |= {k: float(v) for k, v in result.fields.items()}
+        if result.engine is not None:
+            row["engine"] = result.engine
         if folder is not None and result.images is not None:
             order = match_order(result.images, client.truth.images) if row["matched"] else slice(None)
             grid = [client.truth.images, client.truth.defended, result.images[order]]
             if result.defended is not None:
                 grid.append(result.defended[order])
-            folder.write_grid(f"round{server_round:03d}_client{client.partition_id:04d}_{name}", grid)
+            per_image = psnr_per_image(result.images[order], client.truth.images)
+            title = f"round {server_round} client {client.partition_id} | {client.truth.defense} | {name}"
+            folder.write_grid(f"round{server_round:03d}_client{client.partition_id:04d}_{name}", grid, title,
+                              [f"{float(v):.1f} dB" for v in per_image])
         return row

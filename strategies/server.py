@@ -26,6 +26,7 @@ from fedpriv.errors import ConfigError
 from fedpriv.models import build_model, check_model_fits, load_wire_state, wire_state
 from fedpriv.results import RunFolder, load_checkpoint, read_jsonl, save_checkpoint
 from fedpriv.round_attacks import AttackHarness
+from fedpriv.run_page import write_index
 from fedpriv.strategies.attacking_strategy import AttackingStrategy
 from fedpriv.strategies.inner import inner_strategy, privacy_accountant, round_event
 from fedpriv.training import evaluate
@@ -213,9 +214,9 @@ def run_server(grid: Grid, context: Context) -> None:
     dataset = config.dataset_spec()
     check_model_fits(config.model, dataset.num_classes, dataset.channels, dataset.size)
     offset, resumed = _resume_state(config, path, dataset) if config.resume else (0, None)
-    start = initial_state(config, dataset) if resumed is None else resumed
     random.seed(config.seed)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # seeds the initial model
+    start = initial_state(config, dataset) if resumed is None else resumed
     nodes = discover_partitions(grid)
     aux = _check_partitions(config, len(nodes))
     harness = AttackHarness(config, dataset, aux)
@@ -259,6 +260,7 @@ def run_server(grid: Grid, context: Context) -> None:
         if server_round > 0 or not config.resume:
             folder.append(folder.rounds_path, [row])
         save_checkpoint(folder.path / CHECKPOINT, run_round, arrays.to_torch_state_dict())
+        write_index(folder)
         psnr = [r["psnr"] for r in summary.get("rows", []) if r["status"] == "ok" and "psnr" in r]
         log(
             INFO, "fedpriv round %d: accuracy %.4f, mean PSNR %s, failed clients %d",
@@ -274,6 +276,7 @@ def run_server(grid: Grid, context: Context) -> None:
         timeout=config.round_timeout,
     )
     folder.write_plot()
-    log(INFO, "fedpriv: finished; results in %s", folder.path)
+    write_index(folder)
+    log(INFO, "fedpriv: finished; results in %s (open index.html)", folder.path)
     rows = read_jsonl(folder.metrics_path)
     log(INFO, "fedpriv: %d attack records in %s", len(rows), Path(folder.metrics_path))
