@@ -234,8 +234,8 @@ class RunConfig:
     def _check_plugins(self) -> None:
         from fedpriv.attacks import ATTACKS
         from fedpriv.attacks.base import check_settings
-        from fedpriv.data.specs import resolve_spec
         from fedpriv.data.custom import custom_path, is_custom
+        from fedpriv.data.specs import resolve_spec
         from fedpriv.defenses import build_defense
         from fedpriv.models import check_model_name
         from fedpriv.protocols import PROTOCOLS
@@ -245,6 +245,9 @@ class RunConfig:
                 raise ConfigError(f"dataset {self.dataset!r}: {custom_path(self.dataset)} is not a folder")
         else:
             resolve_spec(self.dataset, self.normalization)
+            if (self.image_size, self.image_channels) != (32, 3):
+                raise ConfigError(f"image-size={self.image_size} / image-channels={self.image_channels} apply to "
+                                  f"folder: and hf: data sets only; {self.dataset!r} has a fixed shape")
         check_model_name(self.model)
         protocol = PROTOCOLS.get(self.protocol)
         for spec in {self.defense, *self.defense_overrides_map().values()}:

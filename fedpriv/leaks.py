@@ -2,8 +2,8 @@
 
 A leak is exactly what the server receives under the declared protocol (see
 :mod:`fedpriv.protocols`), plus metadata the server really has. Ground truth travels apart
-(:mod:`fedpriv.wire`) and only reaches the scorer. Feature and prediction protocols add leak
-kinds to ``LEAK_KINDS``.
+(:mod:`fedpriv.wire`) and only reaches the scorer. Feature and prediction protocols add their
+leak classes here, each with its own ``kind``.
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 import torch
-
-LEAK_KINDS = ("gradient", "update")
-
 
 class Leak(Protocol):
     """Anything the server observes from one client in one round."""

@@ -22,7 +22,7 @@ from fedpriv.leaks import GroundTruth
 LEAK_KEY = "fedpriv.leak"
 TRUTH_KEY = "fedpriv.truth"
 ROUND_KEY = "server-round"
-Scalar = int | float | str | bool | bytes | list[int]
+Scalar = int | float | str | bool | bytes
 
 
 def encode_truth(truth: GroundTruth) -> dict[str, Scalar]:

@@ -66,6 +66,7 @@ def test_per_attack_options_reach_only_their_attack() -> None:
         ({"dp": "local", "dp-noise-multiplier": 0.0}, "needs dp-noise-multiplier > 0"),
         ({"aggregator": "bulyan"}, "valid: fedavg, fedmedian, fedtrimmedavg, krum"),
         ({"update-pruning": 1.0}, "update-pruning must lie in [0, 1)"),
+        ({"image-size": 64}, "apply to folder: and hf: data sets only"),
         ({"aux-samples": -1}, "aux-samples must be >= 0"),
         ({"attack-options": "update-inversion.max-images=4"}, "names attack 'update-inversion', which this run does not use"),
         ({"attack-options": "inverting-gradients.max-images=4"}, "inverting-gradients.max-images is not an option of "

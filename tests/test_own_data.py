@@ -7,7 +7,6 @@ import json
 import pickle
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from fedpriv.data.loading import check_available, dataset_spec, load_split
 from fedpriv.errors import ConfigError
 from fedpriv.models import build_model, check_model_fits, check_model_name
 from fedpriv.results import RunFolder
-from fedpriv.round_attacks import AttackHarness, ObservedClient
+from fedpriv.round_attacks import AttackHarness
 from fedpriv.run_page import write_index
 from fedpriv.strategies.server import initial_state
 from tests.test_round_attacks import _client
