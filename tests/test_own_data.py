@@ -24,7 +24,7 @@ from fedpriv.results import RunFolder
 from fedpriv.round_attacks import AttackHarness
 from fedpriv.run_page import write_index
 from fedpriv.strategies.server import initial_state
-from tests.test_round_attacks import _client
+from tests.observed import observed_client
 
 PHOTOS = {"astronaut": data.astronaut, "coffee": data.coffee, "chelsea": data.chelsea}
 
@@ -181,7 +181,7 @@ def test_every_gradient_attack_runs_on_a_user_model_and_records_its_engine(user_
     torch.manual_seed(0)
     name = f"{user_models}:small_cnn"
     model = build_model(name, 100).eval()
-    observed = _client(0, ("inverting-gradients", "translation-aware", "policy-aware"))
+    observed = observed_client(0, ("inverting-gradients", "translation-aware", "policy-aware"))
     x, y = observed.truth.images, observed.truth.labels
     spec = resolve_spec("cifar100")
     grads = torch.autograd.grad(torch.nn.functional.cross_entropy(model(spec.normalize(x)), y), list(model.parameters()))
@@ -232,7 +232,7 @@ def test_index_html_summarises_the_run(tmp_path: Path) -> None:
     harness = AttackHarness(RunConfig(attacks="inverting-gradients,label-inference", attack_iterations=3,
                                       attack_progress=0), dataset_spec("cifar100"))
     rows = harness.run_round(
-        build_model("convnet", 100).eval(), [_client(0, ("inverting-gradients", "label-inference"))], 1, folder)
+        build_model("convnet", 100).eval(), [observed_client(0, ("inverting-gradients", "label-inference"))], 1, folder)
     folder.append(folder.metrics_path, rows)
     folder.append(folder.rounds_path, [{"round": 0, "accuracy": 0.1}, {"round": 1, "accuracy": 0.2, "sampled": [0]}])
     folder.write_plot()

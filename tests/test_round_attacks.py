@@ -16,24 +16,12 @@ from fedpriv.data.specs import resolve_spec
 from fedpriv.leaks import GradientLeak, GroundTruth
 from fedpriv.models import build_model
 from fedpriv.results import RunFolder, read_jsonl
-from fedpriv.round_attacks import AttackHarness, ObservedClient, match_order, score
+from fedpriv.round_attacks import AttackHarness, match_order, score
+from tests.observed import observed_client, victim
 
 SPEC = resolve_spec("cifar100")
 
 
-def _victim(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_model("convnet", 100).eval()
-
-
-def _client(pid: int, attacks: tuple[str, ...], seed: int = 0) -> ObservedClient:
-    model = _victim(seed)
-    x = F.interpolate(torch.rand(1, 3, 8, 8), size=32, mode="bilinear")
-    y = torch.tensor([3])
-    names = [n for n, _ in model.named_parameters()]
-    grads = torch.autograd.grad(F.cross_entropy(model(SPEC.normalize(x)), y), list(model.parameters()))
-    leak = GradientLeak(tuple(grads), tuple(names), 1, "eval", y)
-    return ObservedClient(pid, leak, GroundTruth(x, x, y, "none"), attacks, "none")
 
 
 def run_round_attacks(model, dataset, clients, config, server_round, folder=None):
@@ -73,7 +61,7 @@ if "spy" not in ATTACKS:
 def test_attacks_never_receive_ground_truth() -> None:
     _Spy.seen.clear()
     _Spy.mode = "ok"
-    clients = [_client(0, ("spy",)), _client(1, ("spy",), seed=1)]
+    clients = [observed_client(0, ("spy",)), observed_client(1, ("spy",), seed=1)]
     broadcast = build_model("convnet", 100)
     run_round_attacks(broadcast, SPEC, clients, RunConfig(attack_iterations=1), 1)
     assert _Spy.models[-1] is not broadcast  # its own copy
@@ -92,7 +80,7 @@ def test_failed_attack_is_a_failed_cell(mode: str, reason: str, tmp_path) -> Non
     _Spy.mode = mode
     try:
         rows = run_round_attacks(
-            build_model("convnet", 100), SPEC, [_client(0, ("spy",)), _client(1, ("spy",))],
+            build_model("convnet", 100), SPEC, [observed_client(0, ("spy",)), observed_client(1, ("spy",))],
             RunConfig(attack_iterations=1), 2, RunFolder(tmp_path),
         )
     finally:
@@ -103,14 +91,14 @@ def test_failed_attack_is_a_failed_cell(mode: str, reason: str, tmp_path) -> Non
 def test_inverting_gradients_cell_is_scored_and_written(tmp_path) -> None:
     folder = RunFolder(tmp_path)
     config = RunConfig(attack_iterations=150, attack_progress=0)
-    rows = run_round_attacks(_victim(0), SPEC, [_client(0, ("inverting-gradients",))], config, 1, folder)
+    rows = run_round_attacks(victim(0), SPEC, [observed_client(0, ("inverting-gradients",))], config, 1, folder)
     folder.append(folder.metrics_path, rows)
     folder.write_csv()
     folder.write_plot()
     (row,) = read_jsonl(folder.metrics_path)
     assert row["status"] == "ok" and row["psnr"] == row["psnr_defended"]
     start = SPEC.denormalize(torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
-    baseline = score(Reconstruction(images=start), _client(0, ()).truth)["psnr"]
+    baseline = score(Reconstruction(images=start), observed_client(0, ()).truth)["psnr"]
     assert row["psnr"] > baseline + 3 and 0 < row["ssim"] <= 1  # beats a random start like its own
     assert (tmp_path / "metrics.csv").read_text().startswith("round,")
     assert (tmp_path / "psnr_per_round.png").stat().st_size > 1000
@@ -143,7 +131,7 @@ def test_matched_score_equals_unmatched_in_order_and_exceeds_it_shuffled() -> No
 
 def test_label_rows_have_no_image_metrics_and_do_not_break_the_plot(tmp_path) -> None:
     folder = RunFolder(tmp_path)
-    rows = run_round_attacks(_victim(0), SPEC, [_client(0, ("label-inference",))], RunConfig(), 1, folder)
+    rows = run_round_attacks(victim(0), SPEC, [observed_client(0, ("label-inference",))], RunConfig(), 1, folder)
     (row,) = rows
     assert row["status"] == "ok" and row["label_accuracy"] == 1.0 and "psnr" not in row
     folder.append(folder.metrics_path, rows)
