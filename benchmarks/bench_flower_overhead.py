@@ -53,12 +53,11 @@ import torch
 from flower_app import APP, app_config, count_lines
 from process_tree import TreeSampler
 
-from fedpriv.client_task import TrainResult, run_client_round
+from fedpriv.client_task import run_client_round
 from fedpriv.config import RunConfig
-from fedpriv.data.loading import load_split
-from fedpriv.data.specs import resolve_spec
 from fedpriv.launcher import PrivateSuperLink, free_port_pair, run_config_text
-from fedpriv.models import build_model
+from fedpriv.models import build_model, load_wire_state, wire_state
+from fedpriv.protocols import ClientReply
 from fedpriv.results import read_jsonl
 from fedpriv.training import evaluate
 
@@ -96,7 +95,7 @@ def fedavg(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[st
 
 def _timed_client(
     config: RunConfig, partition_id: int, num_clients: int, state: dict[str, torch.Tensor], server_round: int
-) -> tuple[TrainResult, float, float]:
+) -> tuple[ClientReply, float, float]:
     start, cpu = time.perf_counter(), time.process_time()
     result = run_client_round(config, partition_id, num_clients, state, server_round)
     return result, time.perf_counter() - start, time.process_time() - cpu
@@ -134,11 +133,10 @@ def run_in_process(config: RunConfig, num_clients: int, threads: int, workers: i
     if workers:
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread)
     try:
-        dataset = resolve_spec(config.dataset, config.normalization)
+        dataset = config.dataset_spec()
         torch.manual_seed(config.seed)  # as the ServerApp does before building the initial model
-        model = build_model(config.model, dataset.num_classes, dataset.channels)
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        test = load_split(config.dataset, str(config.data_path()), "test")
+        state = wire_state(build_model(config.model, dataset.num_classes, dataset.channels))
+        test = config.load("test")
         pick = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(config.seed))
         pick = pick[: config.eval_samples] if config.eval_samples else pick
         seconds: list[float] = []
@@ -153,9 +151,8 @@ def run_in_process(config: RunConfig, num_clients: int, threads: int, workers: i
             else:
                 timed = list(pool.map(_timed_client, *zip(*args)))
             client_seconds += sum(t[1] for t in timed)
-            state = fedavg([t[0].state_dict for t in timed], [t[0].num_examples for t in timed])
-            model = build_model(config.model, dataset.num_classes, dataset.channels)
-            model.load_state_dict(state)
+            state = fedavg([t[0].state for t in timed], [t[0].num_examples for t in timed])
+            model = load_wire_state(build_model(config.model, dataset.num_classes, dataset.channels), state)
             _, accuracy = evaluate(model.eval(), test.images[pick], test.labels[pick], dataset)
             seconds.append(time.perf_counter() - start)
             workers_cpu = sum(t[2] for t in timed) if pool is not None else 0.0
@@ -204,7 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     actors = max(1, cpus // args.cpus_per_client)
     values: dict[str, Any] = {
         "dataset": args.dataset, "data-dir": args.data_dir, "model": args.model, "partitioner": args.partitioner,
-        "num-server-rounds": args.rounds, "local-epochs": 1, "attack-rounds": "none", "clients-per-round": 0,
+        "num-server-rounds": args.rounds, "protocol": "fedavg", "batch-size": 32, "local-epochs": 1,
+        "attack-rounds": "none", "clients-per-round": 0,
         "eval-samples": args.eval_samples, "seed": 0,
     }
     federation = f"num-supernodes={args.clients} client-resources-num-cpus={args.cpus_per_client}"

@@ -34,7 +34,7 @@ from fedpriv.data.loading import load_split
 from fedpriv.data.partition import partition_indices
 from fedpriv.launcher import PrivateSuperLink, free_port_pair, run_config_text
 from fedpriv.results import read_jsonl
-from fedpriv.strategies.attacking_fedavg import sample_partitions
+from fedpriv.strategies.attacking_strategy import sample_partitions
 
 GB = 1e9
 

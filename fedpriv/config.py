@@ -296,7 +296,9 @@ class RunConfig:
         return options
 
     def attack_names(self) -> list[str]:
-        """Every attack some client of this run is attacked with."""
+        """Every attack some client of this run is attacked with (none if no round or client is)."""
+        if self.attacked_rounds() == () or self.attacked_clients() == ():
+            return []
         texts = {self.attacks, *self.attack_overrides_map().values()}
         return sorted({n for text in texts for n in self._attack_list(text)})
 
