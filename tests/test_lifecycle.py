@@ -68,9 +68,9 @@ def test_sigkill_of_the_launcher_leaves_no_process_and_complete_files(tmp_path: 
 
 def test_a_hanging_client_times_out_and_is_recorded_as_failed(tmp_path: Path) -> None:
     run_config = (f"{RUN} out-dir='{tmp_path}' run-name='hang' num-server-rounds=1 attack-clients='none' "
-                  "inject-client-hang='1' round-timeout=15.0")
+                  "inject-client-hang='1' round-timeout=25.0")
     with PrivateSuperLink(tmp_path / "flwr-home") as link:
         outcome = link.run(APP, run_config, "num-supernodes=2 client-resources-num-cpus=1", echo=False, timeout=600)
     assert outcome.ok, outcome.log[-4000:]
     (_, first) = read_jsonl(tmp_path / "hang" / "rounds.jsonl")
-    assert first["failed"] == [{"partition_id": 1, "reason": "no reply within round-timeout=15 s"}]
+    assert first["failed"] == [{"partition_id": 1, "reason": "no reply within round-timeout=25 s"}]
