@@ -1,4 +1,4 @@
-"""The ServerApp's main: validate, find the clients, open the run folder, run AttackingFedAvg."""
+"""The ServerApp's main: check everything, find the clients, then run the attacking strategy round by round."""
 
 from __future__ import annotations
 
