@@ -18,7 +18,9 @@ matching. Labels are the revealed ones or :mod:`fedpriv.attacks.label_inference`
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -35,6 +37,7 @@ from fedpriv.errors import ConfigError
 from fedpriv.leaks import UpdateLeak
 
 DEFAULT_MAX_IMAGES = 32
+ENGINES = ("auto", "loop", "vmap")  # auto: vmap when there is more than one problem
 
 
 def simulated_update(
@@ -72,6 +75,59 @@ def _cosine_distance(simulated: Sequence[torch.Tensor], observed: Sequence[torch
     return 1 - dot / (norm_s * norm_o + 1e-12)
 
 
+@dataclass(frozen=True)
+class _Problem:
+    """One start of one target: what to reconstruct, from which update."""
+
+    target: int
+    leak: UpdateLeak
+    labels: torch.Tensor
+    observed: tuple[torch.Tensor, ...]
+    init: torch.Tensor
+
+    @property
+    def shape_key(self) -> tuple[object, ...]:
+        """Problems with equal keys run the same simulation shape and can share one batched solve."""
+        leak = self.leak
+        return (tuple(self.init.shape), leak.steps, leak.batch_size, leak.lr, leak.momentum, leak.weight_decay)
+
+
+def _vmap_objective(model: nn.Module, leak: UpdateLeak, tv: float):  # noqa: ANN202 - a torch.func callable
+    """objective(x, labels, observed) of one problem, written with torch.func for ``vmap``.
+
+    ``model`` must have had its batch norms made stateless (``replace_all_batch_norm_modules_``):
+    train-mode batch statistics are what the client's steps used; running statistics never
+    change the simulated update.
+    """
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    buffers = {n: b for n, b in model.named_buffers()}
+    names = leak.parameter_names
+    n = leak.num_examples
+    batches = [torch.arange(i, min(i + leak.batch_size, n)) for i in range(0, n, leak.batch_size)]
+
+    def objective(x: torch.Tensor, labels: torch.Tensor, observed: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        theta = {k: params[k] for k in names}
+        momentum: dict[str, torch.Tensor] = {}
+        for step in range(leak.steps):
+            index = batches[step % len(batches)]
+
+            def batch_loss(th: dict[str, torch.Tensor], index: torch.Tensor = index) -> torch.Tensor:
+                logits = functional_call(model, (params | th, buffers), (x[index],))
+                return F.cross_entropy(logits, labels[index])
+
+            grads = torch.func.grad(batch_loss)(theta)
+            for name in names:
+                d = grads[name] + leak.weight_decay * theta[name] if leak.weight_decay else grads[name]
+                if leak.momentum:
+                    d = momentum[name] * leak.momentum + d if name in momentum else d
+                    momentum[name] = d
+                theta[name] = theta[name] - leak.lr * d
+        simulated = tuple(theta[k] - params[k] for k in names)
+        return _cosine_distance(simulated, observed) + tv * total_variation(x.unsqueeze(0))[0]
+
+    return objective
+
+
 class UpdateInversion(Attack):
     """Reconstructs a FedAvg client's local data from its update (module docstring).
 
@@ -79,14 +135,16 @@ class UpdateInversion(Attack):
     ----------
     settings
         Iterations, restarts, lr, TV weight, device, progress; ``extra["max-images"]`` caps the
-        examples one update may hold (default 32; more is a failed cell naming the cap).
+        examples one update may hold (default 32; more is a failed cell naming the cap);
+        ``extra["engine"]``: ``loop`` (autograd, one problem at a time), ``vmap`` (problems of one
+        shape batched with torch.func) or ``auto`` (vmap for more than one problem).
     """
 
     name: ClassVar[str] = "update-inversion"
     leak_kinds: ClassVar[tuple[str, ...]] = ("update",)
     model_modes: ClassVar[tuple[str, ...]] = ("train",)
     optimises: ClassVar[bool] = True
-    options: ClassVar[tuple[str, ...]] = ("max-images",)
+    options: ClassVar[tuple[str, ...]] = ("max-images", "engine")
     knowledge: ClassVar[Knowledge] = Knowledge()
 
     def __init__(self, settings: AttackSettings) -> None:
@@ -94,60 +152,116 @@ class UpdateInversion(Attack):
         text = settings.extra.get("max-images", str(DEFAULT_MAX_IMAGES))
         if not text.isdigit() or int(text) < 1:
             raise ConfigError(f"attack option max-images must be an integer >= 1, got {text!r}")
-        self.settings, self.max_images = settings, int(text)
+        engine = settings.extra.get("engine", "auto")
+        if engine not in ENGINES:
+            raise ConfigError(f"attack option engine {engine!r} is not one of update-inversion's engines; valid: "
+                              f"{', '.join(ENGINES)}")
+        self.settings, self.max_images, self.engine = settings, int(text), engine
 
     def reconstruct(
         self, model: nn.Module, dataset: DatasetSpec, targets: Sequence[AttackTarget]
     ) -> list[Reconstruction]:
-        """Invert each target's update, one target at a time.
+        """Invert every target's update; problems of one shape share a batched solve (``vmap``).
 
         Returns
         -------
         list[Reconstruction]
             Per target: N images in pixel space [0,1] (in no particular order), the final
-            objective ``loss``, and the inferred labels when the protocol hid them.
+            objective ``loss``, the inferred labels when the protocol hid them, the engine.
         """
-        return [self._invert(model, dataset, target) for target in targets]
-
-    def _invert(self, model: nn.Module, dataset: DatasetSpec, target: AttackTarget) -> Reconstruction:
-        leak = target.leak
-        if not isinstance(leak, UpdateLeak):
-            raise TypeError(f"{self.name} consumes update leaks, got {type(leak).__name__}")
-        if leak.num_examples > self.max_images:
-            raise ValueError(f"the update holds {leak.num_examples} examples; {self.name} reconstructs at most "
-                             f"{self.max_images} (attack option max-images; local-samples caps a client's data)")
         s = self.settings
         device = torch.device(s.device)
         model = model.to(device).train()
+        dtype = next(model.parameters()).dtype
+        problems: list[_Problem] = []
+        inferred: list[torch.Tensor | None] = []
+        for t, target in enumerate(targets):
+            leak = target.leak
+            if not isinstance(leak, UpdateLeak):
+                raise TypeError(f"{self.name} consumes update leaks, got {type(leak).__name__}")
+            if leak.num_examples > self.max_images:
+                raise ValueError(f"the update holds {leak.num_examples} examples; {self.name} reconstructs at most "
+                                 f"{self.max_images} (attack option max-images; local-samples caps a client's data)")
+            guess = None if leak.labels is not None else infer_labels(model, dataset, leak, seed=target.seed).cpu()
+            inferred.append(guess)
+            labels = (leak.labels if leak.labels is not None else guess).to(device)
+            observed = tuple(d.to(device, dtype) for d in leak.deltas)
+            generator = torch.Generator().manual_seed(target.seed)
+            for _ in range(s.restarts):
+                init = torch.randn((leak.num_examples, *dataset.shape), generator=generator, dtype=dtype).to(device)
+                problems.append(_Problem(t, leak, labels, observed, init))
+        solved: dict[int, tuple[torch.Tensor, float]] = {}
+        groups: dict[tuple[object, ...], list[int]] = {}
+        for i, problem in enumerate(problems):
+            groups.setdefault(problem.shape_key, []).append(i)
+        engine = "vmap" if self.engine == "vmap" or (self.engine == "auto" and len(problems) > 1) else "loop"
+        for index in groups.values():
+            group = [problems[i] for i in index]
+            results = self._solve_vmap(model, dataset, group) if engine == "vmap" else [
+                self._solve_loop(model, dataset, p) for p in group]
+            solved.update(zip(index, results))
+        out = []
+        for t in range(len(targets)):
+            x, loss = min((solved[i] for i, p in enumerate(problems) if p.target == t), key=lambda r: r[1])
+            out.append(Reconstruction(images=dataset.denormalize(x).cpu(), labels=inferred[t], fields={"loss": loss},
+                                      engine=engine))
+        return out
+
+    def _solve_loop(self, model: nn.Module, dataset: DatasetSpec, problem: _Problem) -> tuple[torch.Tensor, float]:
+        """One problem with autograd (the reference); returns the last iterate and its objective."""
+        s, leak = self.settings, problem.leak
         for p in model.parameters():
             p.requires_grad_(True)
-        inferred = None if leak.labels is not None else infer_labels(model, dataset, leak, seed=target.seed).cpu()
-        labels = (leak.labels if leak.labels is not None else inferred).to(device)
-        observed = tuple(d.to(device) for d in leak.deltas)
-        generator = torch.Generator().manual_seed(target.seed)
-        best: tuple[float, torch.Tensor] | None = None
-        for _ in range(s.restarts):
-            x = torch.randn((leak.num_examples, *dataset.shape), generator=generator).to(device).requires_grad_(True)
-            low, high = box_bounds(dataset, x)
-            optimizer = torch.optim.Adam([x], lr=s.lr)
-            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, lr_milestones(s.iterations), gamma=0.1)
-            for iteration in range(s.iterations):
-                optimizer.zero_grad()
-                loss = _cosine_distance(simulated_update(model, x, labels, leak, True), observed)
-                loss = loss + s.tv * total_variation(x.unsqueeze(0))[0]
-                (grad,) = torch.autograd.grad(loss, [x])
-                x.grad = grad.sign()
-                optimizer.step()
-                scheduler.step()
-                with torch.no_grad():
-                    x.copy_(torch.maximum(torch.minimum(x, high), low))
-                if s.progress and (iteration + 1) % s.progress == 0:
-                    print(f"{self.name}: iteration {iteration + 1}/{s.iterations} loss {float(loss):.4f}", flush=True)
-            final = float(_cosine_distance(simulated_update(model, x.detach(), labels, leak, False), observed))
-            if best is None or final < best[0]:
-                best = (final, x.detach())
-        assert best is not None
-        return Reconstruction(images=dataset.denormalize(best[1]).cpu(), labels=inferred, fields={"loss": best[0]})
+        x = problem.init.clone().requires_grad_(True)
+        low, high = box_bounds(dataset, x)
+        optimizer = torch.optim.Adam([x], lr=s.lr)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, lr_milestones(s.iterations), gamma=0.1)
+        for iteration in range(s.iterations):
+            optimizer.zero_grad()
+            loss = _cosine_distance(simulated_update(model, x, problem.labels, leak, True), problem.observed)
+            loss = loss + s.tv * total_variation(x.unsqueeze(0))[0]
+            (grad,) = torch.autograd.grad(loss, [x])
+            x.grad = grad.sign()
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                x.copy_(torch.maximum(torch.minimum(x, high), low))
+            if s.progress and (iteration + 1) % s.progress == 0:
+                print(f"{self.name}: iteration {iteration + 1}/{s.iterations} loss {float(loss):.4f}", flush=True)
+        x = x.detach()
+        final = _cosine_distance(simulated_update(model, x, problem.labels, leak, False), problem.observed)
+        return x, float(final.detach() + s.tv * total_variation(x.unsqueeze(0))[0])
+
+    def _solve_vmap(self, model: nn.Module, dataset: DatasetSpec, group: list[_Problem]) -> list[tuple[torch.Tensor, float]]:
+        """Problems of one shape in one optimisation: per-problem gradients by ``vmap``.
+
+        Adam, its schedule, the sign and the box act element by element, so solving the stacked
+        images jointly equals solving each problem alone (tested in float64).
+        """
+        s = self.settings
+        stateless = copy.deepcopy(model)
+        torch.func.replace_all_batch_norm_modules_(stateless)
+        objective = _vmap_objective(stateless, group[0].leak, s.tv)
+        step = torch.func.vmap(torch.func.grad_and_value(objective))
+        x = torch.stack([p.init for p in group]).clone().requires_grad_(True)
+        labels = torch.stack([p.labels for p in group])
+        observed = tuple(torch.stack(parts) for parts in zip(*(p.observed for p in group)))
+        low, high = box_bounds(dataset, x)
+        optimizer = torch.optim.Adam([x], lr=s.lr)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, lr_milestones(s.iterations), gamma=0.1)
+        for iteration in range(s.iterations):
+            grad, loss = step(x.detach(), labels, observed)
+            x.grad = grad.sign()
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                x.copy_(torch.maximum(torch.minimum(x, high), low))
+            if s.progress and (iteration + 1) % s.progress == 0:
+                print(f"{self.name}: iteration {iteration + 1}/{s.iterations} mean loss {float(loss.mean()):.4f}",
+                      flush=True)
+        x = x.detach()
+        final = torch.func.vmap(objective)(x, labels, observed)
+        return [(x[j], float(final[j])) for j in range(len(group))]
 
 
 ATTACKS.add(UpdateInversion.name, UpdateInversion)

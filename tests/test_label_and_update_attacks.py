@@ -105,3 +105,36 @@ def test_update_inversion_refuses_more_examples_than_its_cap() -> None:
     attack = build_attack("update-inversion", AttackSettings(iterations=1, extra={"max-images": "2"}))
     with pytest.raises(ValueError, match="holds 4 examples; update-inversion reconstructs at most 2"):
         attack.reconstruct(model, SMALL, [AttackTarget(leak, seed=0)])
+
+
+def _tiny_bn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 16 * 16, 10)).double()
+
+
+def test_batched_update_inversion_equals_one_at_a_time_in_float64() -> None:
+    """vmap over the round's clients (train-mode batch norm included) gives the loop's iterates."""
+    model = _tiny_bn()
+    spec = DatasetSpec("cifar10-16px", 10, 3, 16, CIFAR10_MEAN, CIFAR10_STD)
+    targets = []
+    for t in range(3):
+        x = spec.normalize(photo(4, dtype=torch.float64, size=16).roll(3 * t, dims=3))
+        labels = torch.tensor([0, 1, 2, 3]).roll(t)
+        trained = _tiny_bn()
+        optimizer = torch.optim.SGD(trained.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        for batch in torch.arange(4).split(2):
+            optimizer.zero_grad()
+            F.cross_entropy(trained(x[batch]), labels[batch]).backward()
+            optimizer.step()
+        deltas = tuple(dict(trained.named_parameters())[n].detach() - p.detach() for n, p in model.named_parameters())
+        leak = UpdateLeak(deltas, tuple(n for n, _ in model.named_parameters()), 4, 2, 2, 0.05, 0.9, 5e-4, labels)
+        targets.append(AttackTarget(leak, seed=10 + t))
+    results = {}
+    for engine in ("loop", "vmap"):
+        settings = AttackSettings(iterations=4, lr=0.1, tv=1e-4, restarts=2, extra={"engine": engine})
+        results[engine] = build_attack("update-inversion", settings).reconstruct(model, spec, targets)
+    for loop, batched in zip(results["loop"], results["vmap"]):
+        assert (loop.engine, batched.engine) == ("loop", "vmap")
+        assert torch.allclose(loop.images, batched.images, atol=1e-10, rtol=0)
+        assert loop.fields["loss"] == pytest.approx(batched.fields["loss"], abs=1e-10)
