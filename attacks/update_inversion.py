@@ -19,7 +19,7 @@ matching. Labels are the revealed ones or :mod:`fedpriv.attacks.label_inference`
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -207,28 +207,39 @@ class UpdateInversion(Attack):
                                       engine=engine))
         return out
 
-    def _solve_loop(self, model: nn.Module, dataset: DatasetSpec, problem: _Problem) -> tuple[torch.Tensor, float]:
-        """One problem with autograd (the reference); returns the last iterate and its objective."""
-        s, leak = self.settings, problem.leak
-        for p in model.parameters():
-            p.requires_grad_(True)
-        x = problem.init.clone().requires_grad_(True)
+    def _optimise(self, x: torch.Tensor, dataset: DatasetSpec,
+                  gradient: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """IG's signed Adam on ``x`` with its lr schedule and the [0,1] box; ``gradient(x)`` gives
+        (d objective / d x, objective); returns the last iterate."""
+        s = self.settings
+        x = x.clone().requires_grad_(True)
         low, high = box_bounds(dataset, x)
         optimizer = torch.optim.Adam([x], lr=s.lr)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, lr_milestones(s.iterations), gamma=0.1)
         for iteration in range(s.iterations):
-            optimizer.zero_grad()
-            loss = _cosine_distance(simulated_update(model, x, problem.labels, leak, True), problem.observed)
-            loss = loss + s.tv * total_variation(x.unsqueeze(0))[0]
-            (grad,) = torch.autograd.grad(loss, [x])
+            grad, loss = gradient(x)
             x.grad = grad.sign()
             optimizer.step()
             scheduler.step()
             with torch.no_grad():
                 x.copy_(torch.maximum(torch.minimum(x, high), low))
             if s.progress and (iteration + 1) % s.progress == 0:
-                print(f"{self.name}: iteration {iteration + 1}/{s.iterations} loss {float(loss):.4f}", flush=True)
-        x = x.detach()
+                print(f"{self.name}: iteration {iteration + 1}/{s.iterations} loss {float(loss.mean()):.4f}", flush=True)
+        return x.detach()
+
+    def _solve_loop(self, model: nn.Module, dataset: DatasetSpec, problem: _Problem) -> tuple[torch.Tensor, float]:
+        """One problem with autograd (the reference); returns the last iterate and its objective."""
+        s, leak = self.settings, problem.leak
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+        def gradient(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            loss = _cosine_distance(simulated_update(model, x, problem.labels, leak, True), problem.observed)
+            loss = loss + s.tv * total_variation(x.unsqueeze(0))[0]
+            (grad,) = torch.autograd.grad(loss, [x])
+            return grad, loss.detach()
+
+        x = self._optimise(problem.init, dataset, gradient)
         final = _cosine_distance(simulated_update(model, x, problem.labels, leak, False), problem.observed)
         return x, float(final.detach() + s.tv * total_variation(x.unsqueeze(0))[0])
 
@@ -243,23 +254,10 @@ class UpdateInversion(Attack):
         torch.func.replace_all_batch_norm_modules_(stateless)
         objective = _vmap_objective(stateless, group[0].leak, s.tv)
         step = torch.func.vmap(torch.func.grad_and_value(objective))
-        x = torch.stack([p.init for p in group]).clone().requires_grad_(True)
         labels = torch.stack([p.labels for p in group])
         observed = tuple(torch.stack(parts) for parts in zip(*(p.observed for p in group)))
-        low, high = box_bounds(dataset, x)
-        optimizer = torch.optim.Adam([x], lr=s.lr)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, lr_milestones(s.iterations), gamma=0.1)
-        for iteration in range(s.iterations):
-            grad, loss = step(x.detach(), labels, observed)
-            x.grad = grad.sign()
-            optimizer.step()
-            scheduler.step()
-            with torch.no_grad():
-                x.copy_(torch.maximum(torch.minimum(x, high), low))
-            if s.progress and (iteration + 1) % s.progress == 0:
-                print(f"{self.name}: iteration {iteration + 1}/{s.iterations} mean loss {float(loss.mean()):.4f}",
-                      flush=True)
-        x = x.detach()
+        x = self._optimise(torch.stack([p.init for p in group]), dataset,
+                           lambda x: step(x.detach(), labels, observed))
         final = torch.func.vmap(objective)(x, labels, observed)
         return [(x[j], float(final[j])) for j in range(len(group))]
 
