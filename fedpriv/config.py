@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedpriv.config_values import coerce, overrides, parse_attack_options, selection
 from fedpriv.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -22,47 +24,6 @@ MODEL_MODES = ("eval", "train")
 DP_MODES = ("none", "client-fixed", "server-fixed", "local")
 AGGREGATORS = ("fedavg", "fedmedian", "fedtrimmedavg", "krum")
 OPTIMISATION_KEYS = ("iterations", "restarts", "lr", "tv")  # per-attack overrides of attack-*
-MAX_ID = 1_000_000  # partition ids and round numbers in selections stay below this
-
-
-def _selection(text: str, key: str) -> tuple[int, ...] | None:
-    """Parse ``all`` (None), ``none`` (empty) or a list like ``1,3,5-7`` into sorted ints."""
-    text = text.strip().lower()
-    if text == "all":
-        return None
-    if text in ("", "none"):
-        return ()
-    values: set[int] = set()
-    for part in text.split(","):
-        low, dash, high = part.strip().partition("-")
-        try:
-            start, stop = int(low), int(high if dash else low)
-        except ValueError:
-            raise ConfigError(
-                f"{key}={text!r}: {part.strip()!r} is not a number or range; valid: 'all', 'none' or "
-                "a list of non-negative integers and ranges such as '0,2,5-7'"
-            ) from None
-        if start < 0 or stop < start or stop >= MAX_ID:
-            raise ConfigError(
-                f"{key}={text!r}: bad range {part.strip()!r}; use 'a-b' with 0 <= a <= b < {MAX_ID}"
-            )
-        values.update(range(start, stop + 1))
-    return tuple(sorted(values))
-
-
-def _overrides(text: str, key: str) -> dict[int, str]:
-    """Parse per-client overrides ``0,1=spec|4=spec`` into {partition id: spec}."""
-    result: dict[int, str] = {}
-    for entry in filter(None, (e.strip() for e in text.split("|"))):
-        ids, eq, spec = entry.partition("=")
-        chosen = _selection(ids, key) if eq else None
-        if not eq or not spec.strip() or not chosen:
-            raise ConfigError(
-                f"{key}: bad entry {entry!r}; valid: 'IDS=SPEC' entries joined by '|', e.g. "
-                "'0,1=ats:3-1-7|4=none' (IDS are partition ids)"
-            )
-        result.update({pid: spec.strip() for pid in chosen})
-    return result
 
 
 @dataclass(frozen=True)
@@ -154,7 +115,7 @@ class RunConfig:
             if name not in types or name == "extra":
                 extra[str(key)] = value
                 continue
-            values[name] = _coerce(key, value, types[name])
+            values[name] = coerce(key, value, types[name])
         config = cls(**values, extra=extra)
         config.validate()
         return config
@@ -284,16 +245,8 @@ class RunConfig:
                               "(or ATTACK.OPTION for one attack)")
 
     def _attack_options(self) -> dict[tuple[str, str], str]:
-        """``attack-options`` as {(attack or "", option): value}; ``NAME.OPTION`` is for one attack."""
-        options: dict[tuple[str, str], str] = {}
-        for item in filter(None, (part.strip() for part in self.attack_options.split(","))):
-            key, equals, value = (s.strip() for s in item.partition("="))
-            owner, dot, name = key.rpartition(".")
-            if not (name and equals and value) or (dot and not owner) or (owner, name) in options:
-                raise ConfigError(f"attack-options={self.attack_options!r}: write NAME=VALUE or ATTACK.NAME=VALUE "
-                                  "pairs joined by commas, each once, e.g. 'engine=loop,inverting-gradients.max-batch=16'")
-            options[(owner, name)] = value
-        return options
+        """``attack-options`` as {(attack or "", option): value}."""
+        return parse_attack_options(self.attack_options)
 
     def attack_names(self) -> list[str]:
         """Every attack some client of this run is attacked with (none if no round or client is)."""
@@ -363,7 +316,7 @@ class RunConfig:
 
     def attacked_rounds(self) -> tuple[int, ...] | None:
         """Rounds whose leaks are attacked (None: all)."""
-        rounds = _selection(self.attack_rounds, "attack-rounds")
+        rounds = selection(self.attack_rounds, "attack-rounds")
         if rounds and (rounds[0] < 1 or rounds[-1] > self.num_server_rounds):
             raise ConfigError(
                 f"attack-rounds={self.attack_rounds!r} must lie in 1..{self.num_server_rounds} "
@@ -373,23 +326,23 @@ class RunConfig:
 
     def attacked_clients(self) -> tuple[int, ...] | None:
         """Partition ids whose leaks are attacked (None: all)."""
-        return _selection(self.attack_clients, "attack-clients")
+        return selection(self.attack_clients, "attack-clients")
 
     def failing_partitions(self) -> tuple[int, ...] | None:
         """Partitions told to raise in training (test-only fault injection; None: all)."""
-        return _selection(self.inject_client_failure, "inject-client-failure")
+        return selection(self.inject_client_failure, "inject-client-failure")
 
     def hanging_partitions(self) -> tuple[int, ...] | None:
         """Partitions told to hang in training, past ``round-timeout`` (test-only; None: all)."""
-        return _selection(self.inject_client_hang, "inject-client-hang")
+        return selection(self.inject_client_hang, "inject-client-hang")
 
     def defense_overrides_map(self) -> dict[int, str]:
         """Per-partition defense specs that replace ``defense``."""
-        return _overrides(self.defense_overrides, "defense-overrides")
+        return overrides(self.defense_overrides, "defense-overrides")
 
     def attack_overrides_map(self) -> dict[int, str]:
         """Per-partition attack lists that replace ``attacks``."""
-        return _overrides(self.attack_overrides, "attack-overrides")
+        return overrides(self.attack_overrides, "attack-overrides")
 
     def defense_for(self, partition_id: int) -> str:
         """The defense spec of one client."""
@@ -434,18 +387,15 @@ class RunConfig:
         return Path(self.data_dir).expanduser().resolve()
 
 
-def _coerce(key: str, value: Any, annotation: Any) -> Any:
-    kind = {"int": int, "float": float, "bool": bool, "str": str}.get(str(annotation))
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-    elif kind is str:
-        if isinstance(value, str):
-            return value
-    raise ConfigError(f"{key}={value!r} has the wrong type; expected a finite {str(annotation)}")
+@functools.lru_cache(maxsize=8)
+def _parsed(items: tuple[tuple[str, Any], ...]) -> RunConfig:
+    return RunConfig.from_run_config(dict(items))
+
+
+def parse_run_config(run_config: Mapping[str, Any]) -> RunConfig:
+    """:meth:`RunConfig.from_run_config`, parsed and validated once per distinct config in a process.
+
+    A ClientApp and its mods see the same run config for every message of a run; validation
+    imports plugins (and a user's model module), so it is not repeated per message.
+    """
+    return _parsed(tuple(sorted(run_config.items())))
