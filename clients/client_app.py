@@ -15,7 +15,7 @@ from flwr.clientapp import ClientApp
 
 from fedpriv.client_task import run_client_round
 from fedpriv.clients.mods import privacy_mod, pruning_mod
-from fedpriv.config import RunConfig
+from fedpriv.config import parse_run_config
 from fedpriv.wire import LEAK_KEY, ROUND_KEY, TRUTH_KEY, encode_leak_meta, encode_truth
 
 app = ClientApp(mods=[privacy_mod, pruning_mod])
@@ -40,7 +40,7 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Run the protocol's round behind the client's defense; attach truth when attacked."""
-    config = RunConfig.from_run_config(dict(context.run_config))
+    config = parse_run_config(context.run_config)
     partition_id = int(context.node_config["partition-id"])
     server_round = int(msg.content["config"][ROUND_KEY])
     failing, hanging = config.failing_partitions(), config.hanging_partitions()

@@ -18,7 +18,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MessageType
 from flwr.clientapp.mod import LocalDpMod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 
-from fedpriv.config import RunConfig
+from fedpriv.config import parse_run_config
 
 
 def local_dp_epsilon(noise_multiplier: float, delta: float) -> float:
@@ -35,7 +35,7 @@ def privacy_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
     """Dispatch train messages to Flower's DP mod for the run's ``dp`` mode (or none)."""
     if msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, context)
-    config = RunConfig.from_run_config(dict(context.run_config))
+    config = parse_run_config(context.run_config)
     if config.dp == "client-fixed":
         return fixedclipping_mod(msg, context, call_next)
     if config.dp == "local":
@@ -60,7 +60,7 @@ def pruning_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
     reply = call_next(msg, context)
     if msg.metadata.message_type != MessageType.TRAIN or reply.has_error():
         return reply
-    fraction = RunConfig.from_run_config(dict(context.run_config)).update_pruning
+    fraction = parse_run_config(context.run_config).update_pruning
     if fraction == 0:
         return reply
     sent = msg.content["arrays"]

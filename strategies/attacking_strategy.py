@@ -141,7 +141,8 @@ class AttackingStrategy(Strategy):
         failed, observed = [], []
         assert self.broadcast is not None
         broadcast = self.broadcast.to_torch_state_dict()
-        names = [n for n, _ in self.model_from(self.broadcast).named_parameters()]
+        model = self.model_from(self.broadcast)
+        names = [n for n, _ in model.named_parameters()]
         replied = {self.partition_of.get(msg.metadata.src_node_id, -1) for msg in replies}
         for pid in sorted(set(self.round_summary[run_round]["sampled"]) - replied):
             failed.append({"partition_id": pid, "reason": f"no reply within round-timeout={self.config.round_timeout:g} s"})
@@ -166,7 +167,7 @@ class AttackingStrategy(Strategy):
             raise RuntimeError(f"fail-fast: round {run_round} had failed clients: {failed}")
         rows: list[dict[str, Any]] = []
         if observed:
-            rows = self.harness.run_round(self.model_from(self.broadcast), observed, run_round, self.folder)
+            rows = self.harness.run_round(model, observed, run_round, self.folder)
             self.folder.append(self.folder.metrics_path, rows)
             self.folder.write_csv()
             self.folder.write_plot()
