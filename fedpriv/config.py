@@ -214,7 +214,7 @@ class RunConfig:
         for spec in {self.defense, *self.defense_overrides_map().values()}:
             build_defense(spec)
         names = self.attack_names()
-        options = self._attack_options()
+        options = parse_attack_options(self.attack_options)
         if stray := sorted({n for n, _ in options} - {""} - set(names)):
             name = stray[0]
             raise ConfigError(f"attack-options names attack {name!r}, which this run does not use; "
@@ -244,10 +244,6 @@ class RunConfig:
                               f"({', '.join(names)}); valid: {', '.join(sorted(known)) or 'none'} "
                               "(or ATTACK.OPTION for one attack)")
 
-    def _attack_options(self) -> dict[tuple[str, str], str]:
-        """``attack-options`` as {(attack or "", option): value}."""
-        return parse_attack_options(self.attack_options)
-
     def attack_names(self) -> list[str]:
         """Every attack some client of this run is attacked with (none if no round or client is)."""
         if self.attacked_rounds() == () or self.attacked_clients() == ():
@@ -266,7 +262,7 @@ class RunConfig:
         from fedpriv.attacks import ATTACKS, AttackSettings
 
         declared = set(ATTACKS.get(name).options)
-        options = self._attack_options()
+        options = parse_attack_options(self.attack_options)
         extra = {key: value for (owner, key), value in options.items() if owner == "" and key in declared}
         extra |= {key: value for (owner, key), value in options.items() if owner == name and key in declared}
         own = {key: value for (owner, key), value in options.items() if owner == name and key in OPTIMISATION_KEYS}
