@@ -52,7 +52,7 @@ class AttackSettings:
 
 
 MODEL_KNOWLEDGE = ("weights", "architecture")
-AUX_KNOWLEDGE = ("none", "same")
+AUX_KNOWLEDGE = ("none", "server")
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,8 @@ class Knowledge:
     defense
         The client's defense spec, as the run config (which the server has) declares it.
     aux
-        ``"none"``, or ``"same"``: the server's auxiliary split of the data set (``aux-samples``
-        images, disjoint from every client), handed to :meth:`Attack.prepare`.
+        ``"none"``, or ``"server"``: the server's auxiliary split (``aux-samples`` images drawn as
+        ``aux-type`` says, disjoint from every client), handed to :meth:`Attack.prepare`.
 
     Labels reach an attack only inside a leak, when the protocol reveals them
     (``reveal-labels``); the protocol's hyper-parameters travel in every leak.
@@ -101,10 +101,24 @@ class AttackTarget:
 
 @dataclass(frozen=True)
 class AuxiliaryData:
-    """The server's own samples (uint8 images and labels), disjoint from every client's data."""
+    """The server's own samples, disjoint from every client's data, and what it trained on them.
+
+    Attributes
+    ----------
+    images, labels
+        uint8 images at the victim's shape and their labels (another data set's labels under
+        ``aux-type='distinct'``).
+    kind
+        The ``aux-type`` they were drawn with: ``same``, ``generic`` or ``distinct``.
+    inverter
+        An inversion network the server trained jointly with the initial model
+        (``joint-training``), else ``None``.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
+    kind: str = "same"
+    inverter: nn.Module | None = None
 
 
 @dataclass
@@ -125,6 +139,11 @@ class Reconstruction:
         Attack-specific scalars for the results row (final loss, learned translation, ...).
     engine
         The gradient-matching engine that ran (what ``engine=auto`` chose), if any.
+    ordered
+        Whether ``images[i]`` estimates the i-th true image (leaks with one output per sample,
+        such as prediction vectors); otherwise a batch is first matched to the truth.
+    gallery
+        Extra images to show beside the row (e.g. one representative per class), or ``None``.
     """
 
     images: torch.Tensor | None = None
@@ -132,6 +151,8 @@ class Reconstruction:
     labels: torch.Tensor | None = None
     fields: dict[str, float] = field(default_factory=dict)
     engine: str | None = None
+    ordered: bool = False
+    gallery: torch.Tensor | None = None
 
 
 class Attack(Protocol):

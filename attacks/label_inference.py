@@ -127,7 +127,7 @@ class LabelInference(Attack):
     model_modes: ClassVar[tuple[str, ...]] = ("eval", "train")
     optimises: ClassVar[bool] = False
     options: ClassVar[tuple[str, ...]] = ()
-    knowledge: ClassVar[Knowledge] = Knowledge(aux="same")
+    knowledge: ClassVar[Knowledge] = Knowledge(aux="server")
 
     def __init__(self, settings: AttackSettings) -> None:
         try:

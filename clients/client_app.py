@@ -63,7 +63,7 @@ def train(msg: Message, context: Context) -> Message:
                     "partition-id": partition_id,
                 }
             ),
-            LEAK_KEY: ConfigRecord(encode_leak_meta(reply.labels, reply.model_mode)),
+            LEAK_KEY: ConfigRecord(encode_leak_meta(reply.meta)),
         }
     )
     if reply.truth is not None:

@@ -8,7 +8,7 @@ import zlib
 import torch
 
 from fedpriv.config import RunConfig
-from fedpriv.data.partition import split_with_aux
+from fedpriv.data.auxiliary import split_with_aux
 from fedpriv.defenses import build_defense
 from fedpriv.models import build_model, load_wire_state
 from fedpriv.protocols import PROTOCOLS, ClientReply
@@ -24,7 +24,7 @@ def _split(config: RunConfig, num_partitions: int) -> tuple[tuple[torch.Tensor, 
     """All partitions' indices and the server's auxiliary indices, computed once per process."""
     labels = config.load("train").labels.numpy()
     parts, aux = split_with_aux(labels, num_partitions, config.partitioner, config.dirichlet_alpha, config.seed,
-                                config.aux_samples)
+                                config.aux_samples, config.aux_type, config.dataset_spec().num_classes)
     return tuple(torch.as_tensor(p, dtype=torch.long) for p in parts), torch.as_tensor(aux, dtype=torch.long)
 
 

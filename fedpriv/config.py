@@ -56,6 +56,12 @@ class RunConfig:
     local_steps: int = 0
     local_samples: int = 0
     aux_samples: int = 0
+    aux_type: str = "same"
+    aux_dataset: str = ""
+    prediction_samples: int = 16
+    server_pretrain_epochs: int = 0
+    joint_training: bool = False
+    joint_weight: float = 1.0
     batch_size: int = 1
     lr: float = 0.01
     momentum: float = 0.9
@@ -153,6 +159,8 @@ class RunConfig:
             "local-samples": self.local_samples,
             "aux-samples": self.aux_samples,
             "dp-noise-multiplier": self.dp_noise_multiplier,
+            "server-pretrain-epochs": self.server_pretrain_epochs,
+            "joint-weight": self.joint_weight,
         }
         for key, value in non_negative.items():
             if value < 0:
@@ -190,7 +198,48 @@ class RunConfig:
         self.hanging_partitions()
         if self.resume and not self.run_name:
             raise ConfigError("resume=true needs run-name: the folder of the run to continue")
+        if self.prediction_samples < 1:
+            raise ConfigError(f"prediction-samples must be >= 1, got {self.prediction_samples}")
+        self._check_auxiliary()
         self._check_plugins()
+
+    def _check_auxiliary(self) -> None:
+        from fedpriv.data.auxiliary import AUX_TYPES
+
+        if self.aux_type not in AUX_TYPES:
+            raise ConfigError(f"aux-type {self.aux_type!r} is unknown; valid: {', '.join(AUX_TYPES)}")
+        if self.aux_type != "same" and self.aux_samples == 0:
+            raise ConfigError(f"aux-type={self.aux_type!r} needs aux-samples >= 1 (the server's auxiliary split)")
+        if self.aux_type == "distinct" and self.distinct_dataset() == self.dataset:
+            raise ConfigError(f"aux-dataset={self.aux_dataset!r} is the run's own data set; aux-type='distinct' "
+                              "needs another one")
+        if self.server_pretrain_epochs and self.aux_samples == 0:
+            raise ConfigError("server-pretrain-epochs > 0 trains the initial model on the server's auxiliary split: "
+                              "set aux-samples >= 1")
+        if self.joint_training:
+            if not self.server_pretrain_epochs:
+                raise ConfigError("joint-training=true trains the initial classifier jointly with an inverter: "
+                                  "set server-pretrain-epochs >= 1")
+            if self.aux_type != "same":
+                raise ConfigError(f"joint-training=true trains the task classifier on the auxiliary split, which "
+                                  f"needs aux-type='same' (its labels are the task's), got {self.aux_type!r}")
+            if self.resume:
+                raise ConfigError("resume=true with joint-training=true: the jointly trained inverter lives only in "
+                                  "the server's memory (not in the checkpoint); start a new run-name")
+            if "prediction-inversion" not in self.attack_names():
+                raise ConfigError("joint-training=true hands its inverter to the 'prediction-inversion' attack, "
+                                  f"which this run does not use (attacks: {', '.join(self.attack_names()) or 'none'})")
+
+    def distinct_dataset(self) -> str:
+        """The data set ``aux-type='distinct'`` draws from: ``aux-dataset``, or the default pairing."""
+        from fedpriv.data.auxiliary import DISTINCT_DEFAULTS
+
+        if self.aux_dataset:
+            return self.aux_dataset
+        if self.dataset not in DISTINCT_DEFAULTS:
+            raise ConfigError(f"aux-type='distinct' needs aux-dataset for dataset {self.dataset!r} (defaults exist "
+                              f"for {', '.join(sorted(DISTINCT_DEFAULTS))})")
+        return DISTINCT_DEFAULTS[self.dataset]
 
     def _check_plugins(self) -> None:
         from fedpriv.attacks import ATTACKS
@@ -210,9 +259,19 @@ class RunConfig:
                 raise ConfigError(f"image-size={self.image_size} / image-channels={self.image_channels} apply to "
                                   f"folder: and hf: data sets only; {self.dataset!r} has a fixed shape")
         check_model_name(self.model)
+        if self.aux_type == "distinct" and not is_custom(self.distinct_dataset()):
+            resolve_spec(self.distinct_dataset())
         protocol = PROTOCOLS.get(self.protocol)
-        for spec in {self.defense, *self.defense_overrides_map().values()}:
-            build_defense(spec)
+        for spec in sorted({self.defense, *self.defense_overrides_map().values()}):
+            defense = build_defense(spec)
+            if defense.acts_on not in protocol.defends:
+                raise ConfigError(f"defense {spec!r} acts on {defense.acts_on}, but protocol {self.protocol!r} "
+                                  f"defends {' or '.join(k for k in protocol.defends if k != 'nothing')}; "
+                                  f"choose a defense for it or another protocol")
+            top = getattr(defense, "top", None)
+            if top is not None and top > (classes := self.dataset_spec().num_classes):
+                raise ConfigError(f"defense {spec!r} keeps {top} entries, but {self.dataset!r} has {classes} classes; "
+                                  f"valid: truncate:1..truncate:{classes}")
         names = self.attack_names()
         options = parse_attack_options(self.attack_options)
         if stray := sorted({n for n, _ in options} - {""} - set(names)):

@@ -2,8 +2,7 @@
 
 A leak is exactly what the server receives under the declared protocol (see
 :mod:`fedpriv.protocols`), plus metadata the server really has. Ground truth travels apart
-(:mod:`fedpriv.wire`) and only reaches the scorer. Feature and prediction protocols add their
-leak classes here, each with its own ``kind``.
+(:mod:`fedpriv.wire`) and only reaches the scorer. Each protocol's leak class has its own ``kind``.
 """
 
 from __future__ import annotations
@@ -83,6 +82,24 @@ class UpdateLeak:
     labels: torch.Tensor | None = None
     model_mode: str = "train"
     protocol: str = "fedavg"
+
+
+@dataclass(frozen=True)
+class PredictionLeak:
+    """Prediction vectors of a client's private inputs, as released (after any truncation).
+
+    Attributes
+    ----------
+    predictions
+        (n, K) softmax vectors of the broadcast model on n private samples; under ``truncate:M``
+        all but the top M entries of each row are zero.
+    protocol
+        ``"predictions"``.
+    """
+
+    kind: ClassVar[str] = "prediction"
+    predictions: torch.Tensor
+    protocol: str = "predictions"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Victim models for 32x32 inputs: ResNet-20, ATS's ResNet20-4 and a small ConvNet, by name."""
+"""Victim models for 32x32 inputs: ResNet-20, ATS's ResNet20-4, a small ConvNet and Yang et al.'s digit classifier, by name."""
 
 from __future__ import annotations
 
@@ -101,10 +101,47 @@ class ConvNet(nn.Module):
         return self.fc(torch.flatten(self.features(x), 1))
 
 
+class YangClassifier(nn.Module):
+    """The MNIST classifier of Yang et al.'s prediction-inversion experiments (32x32 inputs).
+
+    Three blocks Conv3x3(pad 1) -> BatchNorm -> MaxPool2 -> ReLU with ``width``, 2x and 4x
+    channels (128, 256, 512 in the reference), then Linear(4w*4*4 -> ``hidden``) -> Dropout 0.5 ->
+    Linear(hidden -> num_classes), no activation between the two linear layers.
+
+    Parameters
+    ----------
+    num_classes
+        Output size.
+    in_channels
+        Input image channels.
+    width
+        Channels of the first block (128: the reference; ``yang-mnist-small`` uses 32).
+    hidden
+        Width of the hidden linear layer (50 in the reference).
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 1, width: int = 128, hidden: int = 50) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for out in (width, 2 * width, 4 * width):
+            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.BatchNorm2d(out), nn.MaxPool2d(2), nn.ReLU()]
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(channels * 4 * 4, hidden), nn.Dropout(0.5), nn.Linear(hidden, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
 MODELS.add("resnet20", lambda n, c: CifarResNet(n, c, base_width=16))
 MODELS.add("resnet20-4", lambda n, c: CifarResNet(n, c, base_width=64))
 MODELS.add("convnet", lambda n, c: ConvNet(n, c))
 MODELS.add("convnet-gn", lambda n, c: ConvNet(n, c, group_norm=True))
+MODELS.add("yang-mnist", lambda n, c: YangClassifier(n, c, width=128))
+MODELS.add("yang-mnist-small", lambda n, c: YangClassifier(n, c, width=32))
 
 
 def wire_state(model: nn.Module) -> dict[str, torch.Tensor]:

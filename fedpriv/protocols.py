@@ -11,6 +11,10 @@ reply *as the server received it*, after every client mod (clipping, noise, prun
   g = (w - reply) / server-lr. ATS's setting is ``fedsgd`` with ``batch-size=1``.
 - ``fedavg``: the client runs ``local-epochs`` (or ``local-steps``) of SGD and replies its
   weights; the leak is the update reply - w with the protocol's hyper-parameters.
+- ``predictions``: clients train as under ``fedavg`` and, in attacked rounds, also report the
+  prediction vectors of the broadcast model on ``prediction-samples`` of their private inputs
+  (a deployed model whose inference results reach its provider), after a ``truncate:M``
+  defense. The leak is those vectors, not the weights.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ from torch import nn
 from fedpriv.config import RunConfig
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses import Defense
-from fedpriv.leaks import GradientLeak, GroundTruth, Leak, UpdateLeak
+from fedpriv.leaks import GradientLeak, GroundTruth, Leak, PredictionLeak, UpdateLeak
 from fedpriv.models import wire_state
 from fedpriv.registry import Registry
 from fedpriv.training import TrainSettings, batch_gradient, to_pixels, train_local
+from fedpriv.wire import LeakMeta
 
 
 @dataclass
@@ -41,10 +46,8 @@ class ClientReply:
         The one ArrayRecord it sends (floating-point state dict).
     num_examples, train_loss
         Its MetricRecord values.
-    labels
-        Labels the protocol reveals with the reply, else ``None``.
-    model_mode
-        Batch-norm mode of the computation behind the reply.
+    meta
+        What it sends beside the arrays: revealed labels, batch-norm mode, released predictions.
     truth
         Evaluation-only ground truth (in attacked rounds), else ``None``.
     """
@@ -52,16 +55,20 @@ class ClientReply:
     state: dict[str, torch.Tensor]
     num_examples: int
     train_loss: float
-    labels: torch.Tensor | None
-    model_mode: str
+    meta: LeakMeta
     truth: GroundTruth | None
 
 
 class FederatedProtocol(Protocol):
-    """A protocol plugin; ``leak_kind`` is the kind of leak :meth:`observe` returns."""
+    """A protocol plugin.
+
+    ``leak_kind`` is the kind of leak :meth:`observe` returns; ``defends`` the defense kinds
+    (``Defense.acts_on``) that act on what it sends (``"nothing"``, the ``none`` defense, always).
+    """
 
     name: ClassVar[str]
     leak_kind: ClassVar[str]
+    defends: ClassVar[tuple[str, ...]]
 
     def client_round(
         self, config: RunConfig, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -72,7 +79,7 @@ class FederatedProtocol(Protocol):
 
     def observe(
         self, config: RunConfig, broadcast: dict[str, torch.Tensor], reply: dict[str, torch.Tensor],
-        parameter_names: Sequence[str], num_examples: int, labels: torch.Tensor | None, model_mode: str,
+        parameter_names: Sequence[str], num_examples: int, meta: LeakMeta,
     ) -> Leak:
         """The leak the server derives from a received reply and what it knows."""
         ...
@@ -91,6 +98,7 @@ class FedSGD:
 
     name: ClassVar[str] = "fedsgd"
     leak_kind: ClassVar[str] = GradientLeak.kind
+    defends: ClassVar[tuple[str, ...]] = ("nothing", "inputs")
 
     def client_round(
         self, config: RunConfig, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -109,17 +117,17 @@ class FedSGD:
             state[name] = state[name] - config.server_lr * grad
         return ClientReply(
             state=state, num_examples=len(pick), train_loss=loss,
-            labels=batch_labels.clone() if config.reveal_labels else None, model_mode=config.attack_model_mode,
+            meta=LeakMeta(batch_labels.clone() if config.reveal_labels else None, config.attack_model_mode),
             truth=_truth(batch, defended, batch_labels, defense, extras) if attacked else None,
         )
 
     def observe(
         self, config: RunConfig, broadcast: dict[str, torch.Tensor], reply: dict[str, torch.Tensor],
-        parameter_names: Sequence[str], num_examples: int, labels: torch.Tensor | None, model_mode: str,
+        parameter_names: Sequence[str], num_examples: int, meta: LeakMeta,
     ) -> GradientLeak:
         """g = (broadcast - reply) / server-lr for every trainable parameter."""
         grads = tuple((broadcast[n].double() - reply[n].double()).div(config.server_lr).float() for n in parameter_names)
-        return GradientLeak(grads, tuple(parameter_names), num_examples, model_mode, labels, self.name)
+        return GradientLeak(grads, tuple(parameter_names), num_examples, meta.model_mode, meta.labels, self.name)
 
 
 class FedAvg:
@@ -127,6 +135,7 @@ class FedAvg:
 
     name: ClassVar[str] = "fedavg"
     leak_kind: ClassVar[str] = UpdateLeak.kind
+    defends: ClassVar[tuple[str, ...]] = ("nothing", "inputs")
 
     def client_round(
         self, config: RunConfig, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -136,22 +145,65 @@ class FedAvg:
         loss, first_seen = train_local(model, images, labels, defense, dataset, settings(config), generator)
         return ClientReply(
             state=wire_state(model), num_examples=len(labels), train_loss=loss,
-            labels=labels.clone() if config.reveal_labels else None, model_mode="train",
+            meta=LeakMeta(labels.clone() if config.reveal_labels else None, "train"),
             truth=_truth(images, first_seen, labels, defense) if attacked else None,
         )
 
     def observe(
         self, config: RunConfig, broadcast: dict[str, torch.Tensor], reply: dict[str, torch.Tensor],
-        parameter_names: Sequence[str], num_examples: int, labels: torch.Tensor | None, model_mode: str,
+        parameter_names: Sequence[str], num_examples: int, meta: LeakMeta,
     ) -> UpdateLeak:
         """The update reply - broadcast with the local SGD the protocol prescribes."""
         local = settings(config)
         return UpdateLeak(
             deltas=tuple(reply[n] - broadcast[n] for n in parameter_names), parameter_names=tuple(parameter_names),
             num_examples=num_examples, batch_size=local.batch_size, steps=local.total_steps(num_examples),
-            lr=local.lr, momentum=local.momentum, weight_decay=local.weight_decay, labels=labels,
-            model_mode=model_mode, protocol=self.name,
+            lr=local.lr, momentum=local.momentum, weight_decay=local.weight_decay, labels=meta.labels,
+            model_mode=meta.model_mode, protocol=self.name,
         )
+
+
+class Predictions:
+    """FedAvg training; in attacked rounds the client also releases predictions on private inputs.
+
+    The vectors come from the broadcast model (eval mode), i.e. the deployed model of the
+    round, on ``prediction-samples`` of the client's samples drawn from its seed, after its
+    prediction defense (``truncate:M``). The weights go to FedAvg as under ``fedavg``; the
+    attacks see only the vectors.
+    """
+
+    name: ClassVar[str] = "predictions"
+    leak_kind: ClassVar[str] = PredictionLeak.kind
+    defends: ClassVar[tuple[str, ...]] = ("nothing", "predictions")
+
+    def client_round(
+        self, config: RunConfig, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+        defense: Defense, dataset: DatasetSpec, generator: torch.Generator, attacked: bool,
+    ) -> ClientReply:
+        """Release (defended) predictions when attacked, then train locally and send the weights."""
+        released, truth = None, None
+        if attacked:
+            pick = torch.randperm(len(labels), generator=generator)[: config.prediction_samples]
+            pixels = to_pixels(images[pick])
+            model.eval()
+            with torch.no_grad():
+                logits = model(dataset.normalize(pixels.to(next(model.parameters()).device)))
+            released = torch.softmax(logits.float(), 1).cpu()
+            if defense.acts_on == "predictions":
+                released = defense.release(released)  # type: ignore[attr-defined]
+            truth = _truth(images[pick], pixels, labels[pick], defense)
+        loss, _ = train_local(model, images, labels, defense, dataset, settings(config), generator)
+        return ClientReply(state=wire_state(model), num_examples=len(labels), train_loss=loss,
+                           meta=LeakMeta(None, "eval", released), truth=truth)
+
+    def observe(
+        self, config: RunConfig, broadcast: dict[str, torch.Tensor], reply: dict[str, torch.Tensor],
+        parameter_names: Sequence[str], num_examples: int, meta: LeakMeta,
+    ) -> PredictionLeak:
+        """The released vectors the reply carries."""
+        if meta.predictions is None:
+            raise ValueError("a predictions-protocol reply of an attacked round carries no prediction vectors")
+        return PredictionLeak(meta.predictions, self.name)
 
 
 def settings(config: RunConfig) -> TrainSettings:
@@ -162,3 +214,4 @@ def settings(config: RunConfig) -> TrainSettings:
 
 PROTOCOLS.add(FedSGD.name, FedSGD())
 PROTOCOLS.add(FedAvg.name, FedAvg())
+PROTOCOLS.add(Predictions.name, Predictions())

@@ -101,7 +101,7 @@ def score(reconstruction: Reconstruction, truth: GroundTruth) -> dict[str, Any]:
     """Every score that applies to the outputs the reconstruction has (images, labels)."""
     row: dict[str, Any] = {}
     if reconstruction.images is not None:
-        row |= score_images(reconstruction, truth)
+        row |= score_images(reconstruction, truth, matched=not reconstruction.ordered)
     if reconstruction.labels is not None:
         row["label_accuracy"] = label_accuracy(reconstruction.labels.cpu(), truth.labels)
     return row
@@ -137,14 +137,14 @@ class AttackHarness:
     dataset
         Shapes and normalisation the attacks work in.
     aux
-        The server's auxiliary split, handed to attacks that declare ``aux="same"``.
+        The server's auxiliary split, handed to attacks that declare ``aux="server"``.
     """
 
     def __init__(self, config: RunConfig, dataset: DatasetSpec, aux: AuxiliaryData | None = None) -> None:
         self.config, self.dataset = config, dataset
         self.attacks = {name: build_attack(name, config.attack_settings(name)) for name in config.attack_names()}
         for attack in self.attacks.values():
-            attack.prepare(dataset, aux if attack.knowledge.aux == "same" else None)
+            attack.prepare(dataset, aux if attack.knowledge.aux == "server" else None)
 
     def _victim(self, attack: Attack, model: nn.Module, seed: int) -> nn.Module:
         """The attack's own model: a copy of the broadcast one, or a fresh one of its architecture."""
@@ -223,4 +223,8 @@ class AttackHarness:
             title = f"round {server_round} client {client.partition_id} | {client.truth.defense} | {name}"
             folder.write_grid(f"round{server_round:03d}_client{client.partition_id:04d}_{name}", grid, title,
                               [f"{float(v):.1f} dB" for v in per_image])
+        if folder is not None and result.gallery is not None:
+            folder.write_grid(f"round{server_round:03d}_client{client.partition_id:04d}_{name}_classes",
+                              [result.gallery], f"{title} | one image per class",
+                              [f"class {k}" for k in range(len(result.gallery))])
         return row

@@ -3,7 +3,7 @@
 Flower's DP mods and strategy wrappers accept exactly one ArrayRecord per reply, so a reply
 carries only the model (or the one-step model of FedSGD) as arrays. Beside it, in
 ConfigRecords under fixed keys, go the metadata a protocol really sends (``LEAK_KEY``: revealed
-labels, batch-norm mode) and the ground truth for the scorer (``TRUTH_KEY``: one ``bytes`` value,
+labels, batch-norm mode, released prediction vectors) and the ground truth for the scorer (``TRUTH_KEY``: one ``bytes`` value,
 an ``.npz`` archive). Both sides of the simulation use this one codec; the server strips both
 records before any inner strategy sees a reply and hands truth to the scorer only.
 This module is Flower-free: the glue wraps its dicts in ConfigRecords.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,19 +26,46 @@ ROUND_KEY = "server-round"
 Scalar = int | float | str | bool | bytes
 
 
+@dataclass(frozen=True)
+class LeakMeta:
+    """What a client sends beside its arrays that the server really sees.
+
+    Attributes
+    ----------
+    labels
+        Labels the protocol reveals (``reveal-labels``), else ``None``.
+    model_mode
+        Batch-norm mode of the computation behind the arrays.
+    predictions
+        Released prediction vectors (n, K) under the ``predictions`` protocol, else ``None``.
+    """
+
+    labels: torch.Tensor | None = None
+    model_mode: str = "eval"
+    predictions: torch.Tensor | None = None
+
+
+def _npz(arrays: dict[str, torch.Tensor]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: v.detach().cpu().numpy() for k, v in arrays.items()})
+    return buffer.getvalue()
+
+
+def _unnpz(blob: Scalar) -> dict[str, torch.Tensor]:
+    with np.load(io.BytesIO(bytes(blob)), allow_pickle=False) as archive:  # type: ignore[arg-type]
+        return {k: torch.from_numpy(archive[k]) for k in archive.files}
+
+
 def encode_truth(truth: GroundTruth) -> dict[str, Scalar]:
     """Ground truth as ConfigRecord values: one ``.npz`` blob (no pickle) and the defense spec."""
     arrays = {"images": truth.images, "defended": truth.defended, "labels": truth.labels}
     arrays |= {f"extra/{k}": v for k, v in truth.extras.items()}
-    buffer = io.BytesIO()
-    np.savez(buffer, **{k: v.detach().cpu().numpy() for k, v in arrays.items()})
-    return {"arrays": buffer.getvalue(), "defense": truth.defense}
+    return {"arrays": _npz(arrays), "defense": truth.defense}
 
 
 def decode_truth(values: dict[str, Scalar]) -> GroundTruth:
     """Decode what :func:`encode_truth` produced (``allow_pickle=False``)."""
-    with np.load(io.BytesIO(bytes(values["arrays"])), allow_pickle=False) as archive:  # type: ignore[arg-type]
-        arrays = {k: torch.from_numpy(archive[k]) for k in archive.files}
+    arrays = _unnpz(values["arrays"])
     return GroundTruth(
         images=arrays.pop("images"),
         defended=arrays.pop("defended"),
@@ -47,16 +75,22 @@ def decode_truth(values: dict[str, Scalar]) -> GroundTruth:
     )
 
 
-def encode_leak_meta(labels: torch.Tensor | None, model_mode: str) -> dict[str, Scalar]:
-    """What a client sends beside its arrays: revealed labels (if any) and its batch-norm mode."""
-    meta: dict[str, Scalar] = {"model-mode": model_mode}
-    if labels is not None:
-        meta["labels"] = json.dumps([int(v) for v in labels])
-    return meta
+def encode_leak_meta(meta: LeakMeta) -> dict[str, Scalar]:
+    """:class:`LeakMeta` as ConfigRecord values (labels as JSON, predictions as an ``.npz`` blob)."""
+    values: dict[str, Scalar] = {"model-mode": meta.model_mode}
+    if meta.labels is not None:
+        values["labels"] = json.dumps([int(v) for v in meta.labels])
+    if meta.predictions is not None:
+        values["predictions"] = _npz({"predictions": meta.predictions.float()})
+    return values
 
 
-def decode_leak_meta(values: dict[str, Scalar]) -> tuple[torch.Tensor | None, str]:
-    """Decode :func:`encode_leak_meta`: (labels or ``None``, model mode)."""
+def decode_leak_meta(values: dict[str, Scalar]) -> LeakMeta:
+    """Decode :func:`encode_leak_meta`."""
     labels = values.get("labels")
-    decoded = None if labels is None else torch.tensor(json.loads(str(labels)), dtype=torch.long)
-    return decoded, str(values["model-mode"])
+    predictions = values.get("predictions")
+    return LeakMeta(
+        labels=None if labels is None else torch.tensor(json.loads(str(labels)), dtype=torch.long),
+        model_mode=str(values["model-mode"]),
+        predictions=None if predictions is None else _unnpz(predictions)["predictions"],
+    )

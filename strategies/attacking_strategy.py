@@ -16,7 +16,6 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -28,7 +27,7 @@ from fedpriv.leaks import GroundTruth
 from fedpriv.protocols import PROTOCOLS
 from fedpriv.results import RunFolder
 from fedpriv.round_attacks import AttackHarness, ObservedClient
-from fedpriv.wire import LEAK_KEY, ROUND_KEY, TRUTH_KEY, decode_leak_meta, decode_truth
+from fedpriv.wire import LEAK_KEY, ROUND_KEY, TRUTH_KEY, LeakMeta, decode_leak_meta, decode_truth
 
 
 def sample_partitions(config: RunConfig, server_round: int, partitions: list[int]) -> list[int]:
@@ -64,11 +63,11 @@ def failure_reason(text: str) -> str:
     return re.sub(r"'?>+$", "", lines[-1]).strip() if lines else "unknown"
 
 
-def strip_reply(content: RecordDict) -> tuple[GroundTruth | None, torch.Tensor | None, str]:
-    """Remove fedpriv's records from a reply; return (truth or None, revealed labels, model mode)."""
+def strip_reply(content: RecordDict) -> tuple[GroundTruth | None, LeakMeta]:
+    """Remove fedpriv's records from a reply; return (truth or None, what was sent beside the arrays)."""
     truth = decode_truth(dict(content.pop(TRUTH_KEY))) if TRUTH_KEY in content else None
-    labels, mode = decode_leak_meta(dict(content.pop(LEAK_KEY))) if LEAK_KEY in content else (None, "eval")
-    return truth, labels, mode
+    meta = decode_leak_meta(dict(content.pop(LEAK_KEY))) if LEAK_KEY in content else LeakMeta()
+    return truth, meta
 
 
 class AttackingStrategy(Strategy):
@@ -154,12 +153,12 @@ class AttackingStrategy(Strategy):
                 failed.append({"partition_id": pid, "reason": reason})
                 log(WARNING, "round %d: client of partition %d failed: %s", run_round, pid, reason)
                 continue
-            truth, labels, mode = strip_reply(msg.content)
+            truth, meta = strip_reply(msg.content)
             if truth is None:
                 continue
             leak = self.protocol.observe(
                 self.config, broadcast, msg.content["arrays"].to_torch_state_dict(), names,
-                int(msg.content["metrics"]["num-examples"]), labels, mode,
+                int(msg.content["metrics"]["num-examples"]), meta,
             )
             attacks = tuple(self.config.attacks_for(pid))
             observed.append(ObservedClient(pid, leak, truth, attacks, self.config.defense_for(pid)))

@@ -20,13 +20,15 @@ from flwr.serverapp import Grid
 from fedpriv.attacks import AuxiliaryData
 from fedpriv.client_task import partition_index
 from fedpriv.config import RunConfig
-from fedpriv.data.loading import check_available
+from fedpriv.data.auxiliary import client_classes, distinct_images
+from fedpriv.data.loading import LabeledImages, check_available, load_split
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
 from fedpriv.models import build_model, check_model_fits, load_wire_state, wire_state
 from fedpriv.results import RunFolder, load_checkpoint, read_jsonl, save_checkpoint
 from fedpriv.round_attacks import AttackHarness
 from fedpriv.run_page import write_index
+from fedpriv.server_pretraining import pretrain_on_aux
 from fedpriv.strategies.attacking_strategy import AttackingStrategy
 from fedpriv.strategies.inner import inner_strategy, privacy_accountant, round_event
 from fedpriv.training import evaluate
@@ -69,23 +71,30 @@ def discover_partitions(grid: Grid, timeout: float = 1800.0) -> dict[int, int]:
     return nodes
 
 
-def _check_partitions(config: RunConfig, num_partitions: int) -> AuxiliaryData | None:
+def _check_partitions(config: RunConfig, num_partitions: int, dataset: DatasetSpec) -> AuxiliaryData | None:
     """Fail before training on selections of absent partitions or an impossible aux split.
 
-    Returns the server's auxiliary split (None when ``aux-samples`` is 0).
+    Returns the server's auxiliary split (None when ``aux-samples`` is 0): samples of the
+    training set (``aux-type`` same or generic) or of the distinct data set, at the victim's shape.
     """
     config.check_partitions(num_partitions)
-    parts, aux = partition_index(config, num_partitions)
-    log(INFO, "fedpriv: %d clients hold %d..%d samples; auxiliary split: %d samples",
-        num_partitions, min(map(len, parts)), max(map(len, parts)), len(aux))
-    if not len(aux):
-        return None
-    train = config.load("train")
-    return AuxiliaryData(train.images[aux], train.labels[aux])
+    parts, index = partition_index(config, num_partitions)
+    if config.aux_type == "distinct":
+        other = load_split(config.distinct_dataset(), config.data_path(), "train", False, config.data_verify,
+                           config.image_size, config.image_channels)
+        aux = distinct_images(other, config.aux_samples, config.seed, dataset.channels, dataset.size)
+    else:
+        train = config.load("train")
+        aux = LabeledImages(train.images[index], train.labels[index])
+    log(INFO, "fedpriv: %d clients hold %d..%d samples; auxiliary split (%s): %d samples",
+        num_partitions, min(map(len, parts)), max(map(len, parts)), config.aux_type, len(aux))
+    return AuxiliaryData(aux.images, aux.labels, config.aux_type) if len(aux) else None
 
 
-def _resolved_config(config: RunConfig, nodes: dict[int, int], dataset: DatasetSpec) -> dict[str, Any]:
+def _resolved_config(config: RunConfig, nodes: dict[int, int], dataset: DatasetSpec,
+                     pretraining: dict[str, Any] | None) -> dict[str, Any]:
     return {
+        "server-pretraining": pretraining,
         "run-config": config.as_run_config(),
         "num-partitions": len(nodes),
         "aux-samples": config.aux_samples,
@@ -211,6 +220,9 @@ def run_server(grid: Grid, context: Context) -> None:
     log(INFO, "fedpriv: results go to %s", path)
     check_available(config.dataset, config.data_path(), config.data_download, config.data_verify,
                     config.image_size, config.image_channels)
+    if config.aux_type == "distinct":
+        check_available(config.distinct_dataset(), config.data_path(), config.data_download, config.data_verify,
+                        config.image_size, config.image_channels)
     dataset = config.dataset_spec()
     check_model_fits(config.model, dataset.num_classes, dataset.channels, dataset.size)
     offset, resumed = _resume_state(config, path, dataset) if config.resume else (0, None)
@@ -218,7 +230,13 @@ def run_server(grid: Grid, context: Context) -> None:
     torch.manual_seed(config.seed)  # seeds the initial model
     start = initial_state(config, dataset) if resumed is None else resumed
     nodes = discover_partitions(grid)
-    aux = _check_partitions(config, len(nodes))
+    aux = _check_partitions(config, len(nodes), dataset)
+    pretraining = None
+    if config.server_pretrain_epochs and resumed is None:
+        assert aux is not None  # the config requires aux-samples for server pretraining
+        log(INFO, "fedpriv: training the initial model on the auxiliary split for %d epochs%s",
+            config.server_pretrain_epochs, " jointly with an inverter" if config.joint_training else "")
+        start, aux, pretraining = pretrain_on_aux(config, dataset, aux, start)
     harness = AttackHarness(config, dataset, aux)
     for pid in sorted(nodes):
         log(INFO, "fedpriv: partition %d: defense %s, attacks %s", pid, config.defense_for(pid), config.attacks_for(pid))
@@ -233,9 +251,10 @@ def run_server(grid: Grid, context: Context) -> None:
         folder.truncate_after(offset)
         folder.write_csv()
         log(INFO, "fedpriv: resuming after round %d", offset)
-    folder.write_json("config.json", _resolved_config(config, nodes, dataset))
+    folder.write_json("config.json", _resolved_config(config, nodes, dataset, pretraining))
     test = config.load("test")
     pick = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(config.seed))
+    pick = pick[test.labels[pick] < client_classes(config.aux_type, dataset.num_classes)]  # the clients' task
     pick = pick[: config.eval_samples] if config.eval_samples else pick
     accountant = privacy_accountant(config, len(nodes), offset)
     inner = inner_strategy(config, len(nodes), accountant)

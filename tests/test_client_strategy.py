@@ -23,7 +23,7 @@ from fedpriv.results import RunFolder, read_jsonl
 from fedpriv.round_attacks import AttackHarness
 from fedpriv.strategies.attacking_strategy import AttackingStrategy, sample_partitions
 from fedpriv.strategies.inner import inner_strategy
-from fedpriv.wire import LEAK_KEY, TRUTH_KEY
+from fedpriv.wire import LEAK_KEY, TRUTH_KEY, LeakMeta
 
 TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = 1
 RUN = {
@@ -184,7 +184,7 @@ def test_fedsgd_steps_the_mean_gradient_with_the_server_lr(tmp_path) -> None:
     arrays, _ = strategy.aggregate_train(1, replies)
     broadcast = _initial(config)
     grads = [PROTOCOLS.get("fedsgd").observe(config, broadcast, r.content["arrays"].to_torch_state_dict(),
-                                              list(broadcast), 2, None, "eval") for r in replies]
+                                              list(broadcast), 2, LeakMeta()) for r in replies]
     new = arrays.to_torch_state_dict()
     for i, name in enumerate(broadcast):
         expected = broadcast[name] - 0.5 * (grads[0].gradients[i] + grads[1].gradients[i]) / 2

@@ -8,7 +8,8 @@ import pytest
 from fedpriv.config import RunConfig
 from fedpriv.errors import ConfigError
 
-APP = Path(__file__).resolve().parent.parent / "simulations" / "cifar100_ats" / "pyproject.toml"
+SIMULATIONS = Path(__file__).resolve().parent.parent / "simulations"
+APP = SIMULATIONS / "cifar100_ats" / "pyproject.toml"
 
 
 def test_app_defaults_cover_every_key_and_validate() -> None:
@@ -16,6 +17,14 @@ def test_app_defaults_cover_every_key_and_validate() -> None:
     assert sorted(defaults) == sorted(RunConfig.keys())
     config = RunConfig.from_run_config(defaults)
     assert config == RunConfig()
+
+
+def test_prediction_app_declares_every_key_and_validates() -> None:
+    app = SIMULATIONS / "mnist_prediction_inversion" / "pyproject.toml"
+    defaults = tomllib.loads(app.read_text())["tool"]["flwr"]["app"]["config"]
+    assert sorted(defaults) == sorted(RunConfig.keys())
+    config = RunConfig.from_run_config(defaults)
+    assert (config.protocol, config.model, config.attacks) == ("predictions", "yang-mnist", "prediction-inversion")
 
 
 def test_selections_and_overrides() -> None:

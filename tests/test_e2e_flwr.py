@@ -149,3 +149,27 @@ def test_unofficial_cifar_export_with_data_verify_false(superlink: PrivateSuperL
                             "num-supernodes=2 client-resources-num-cpus=1", echo=False, timeout=300)
     assert outcome.ok, outcome.log[-4000:]
     assert json.loads((tmp_path / "unverified" / "config.json").read_text())["run-config"]["data-verify"] is False
+
+
+def test_prediction_inversion_app_with_joint_training(superlink: PrivateSuperLink, tmp_path: Path) -> None:
+    """The mnist_prediction_inversion app on real digits: a server that trained the classifier
+    jointly with an inverter, clients releasing truncated predictions, inverted per round."""
+    app = APP.parent / "mnist_prediction_inversion"
+    run_config = (
+        f"dataset='embedded-digits' model='yang-mnist-small' out-dir='{tmp_path}' run-name='pred' "
+        "num-server-rounds=2 attack-rounds='2' aux-samples=600 server-pretrain-epochs=2 joint-training=true "
+        "defense='truncate:3' defense-overrides='0=truncate:1|2=none' prediction-samples=8 eval-samples=200 "
+        "attack-options='epochs=2,width=16'"
+    )
+    outcome = superlink.run(app, run_config, "num-supernodes=3 client-resources-num-cpus=1", echo=False, timeout=600)
+    assert outcome.ok, outcome.log[-4000:]
+    folder = tmp_path / "pred"
+    rows = sorted(read_jsonl(folder / "metrics.jsonl"), key=lambda r: r["partition_id"])
+    assert [(r["round"], r["defense"], r["status"], r["n_images"]) for r in rows] == [
+        (2, "truncate:1", "ok", 8), (2, "truncate:3", "ok", 8), (2, "none", "ok", 8)]
+    assert [r["top_m"] for r in rows] == [1.0, 3.0, 10.0] and all(r["matched"] is False for r in rows)
+    assert all(r["protocol"] == "predictions" and 0 < r["mse"] < 1 for r in rows)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["server-pretraining"]["joint-training"] is True and config["server-pretraining"]["inverter-top"] == 3
+    assert (folder / "reconstructions" / "round002_client0000_prediction-inversion_classes.png").exists()
+    assert read_jsonl(folder / "rounds.jsonl")[0]["accuracy"] > 0.3  # the server's pretraining trained it

@@ -13,10 +13,12 @@ from torchvision.transforms.v2.functional import resize
 
 from fedpriv.data import archives
 from fedpriv.data.custom import is_custom, read_custom
-from fedpriv.data.embedded import NAME as EMBEDDED
-from fedpriv.data.embedded import load_embedded
+from fedpriv.data import digits, embedded
 from fedpriv.data.specs import DATASET_SPECS, DatasetSpec, resolve_spec
 from fedpriv.errors import ConfigError
+
+# Sets shipped inside installed packages: no folder, no download, no checksum.
+EMBEDDED = {embedded.NAME: embedded.load_embedded, digits.NAME: digits.load_digits}
 
 Split = Literal["train", "test"]
 
@@ -58,7 +60,7 @@ def check_available(name: str, data_dir: str | Path, download: bool = False, ver
     name
         A registered data set name (``fedpriv.data.specs.DATASET_SPECS``).
     data_dir
-        Folder holding the archives in torchvision's layout (ignored for ``embedded-photos``).
+        Folder holding the archives in torchvision's layout (ignored for the embedded sets).
     download
         Fetch missing or corrupt files from the official URLs.
     verify
@@ -79,7 +81,7 @@ def check_available(name: str, data_dir: str | Path, download: bool = False, ver
             raise ConfigError(f"dataset {name!r}: train classes {train[2]} differ from test classes {test[2]}")
         return
     DATASET_SPECS.get(name)
-    if name != EMBEDDED:
+    if name not in EMBEDDED:
         archives.ensure(name, Path(data_dir).expanduser().resolve(), archives.SPLITS, download, verify)
 
 
@@ -90,16 +92,16 @@ def load_split(
     """Load one split of data set ``name``.
 
     Results are cached per process, so clients sharing a process parse the data once; treat
-    the returned tensors as read-only. MNIST and Fashion-MNIST digits (28x28) are resized to
+    the returned tensors as read-only. MNIST, Fashion-MNIST and the embedded digits (28x28) are resized to
     32x32 with antialiased bilinear interpolation, as ATS does with ``Resize(32)`` (torchvision's
     uint8 kernel matches PIL's bilinear resize up to rounding).
 
     Parameters
     ----------
     name
-        ``cifar10``, ``cifar100``, ``mnist``, ``fashion-mnist`` or ``embedded-photos``.
+        ``cifar10``, ``cifar100``, ``mnist``, ``fashion-mnist``, ``embedded-photos`` or ``embedded-digits``.
     data_dir
-        Folder holding the archives in torchvision's layout (ignored for ``embedded-photos``).
+        Folder holding the archives in torchvision's layout (ignored for the embedded sets).
     split
         ``"train"`` or ``"test"``.
     download
@@ -125,7 +127,7 @@ def load_split(
         images, labels, _ = _custom(name, split, size, channels)
         return LabeledImages(images, labels)
     DATASET_SPECS.get(name)
-    root = "" if name == EMBEDDED else str(Path(data_dir).expanduser().resolve())
+    root = "" if name in EMBEDDED else str(Path(data_dir).expanduser().resolve())
     return _load(name, root, split, download, verify)
 
 
@@ -169,8 +171,8 @@ def dataset_spec(name: str, normalization: str = "dataset", size: int = 32, chan
 @functools.lru_cache(maxsize=8)
 def _load(name: str, root: str, split: str, download: bool, verify: bool) -> LabeledImages:
     spec = DATASET_SPECS.get(name)
-    if name == EMBEDDED:
-        images, labels = load_embedded(split)
+    if name in EMBEDDED:
+        images, labels = EMBEDDED[name](split)
     else:
         archives.ensure(name, Path(root), (split,), download, verify)
         images, labels = archives.read(name, Path(root), split, verify)

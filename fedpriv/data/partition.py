@@ -106,30 +106,3 @@ def _indices(partitioner: Partitioner, table: datasets.Dataset) -> list[np.ndarr
         np.asarray(partitioner.load_partition(pid)["index"][:], dtype=np.int64)
         for pid in range(partitioner.num_partitions)
     ]
-
-
-def split_with_aux(
-    labels: np.ndarray, num_partitions: int, partitioner: str, alpha: float, seed: int, aux_samples: int
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """Carve the server's auxiliary split out of the training set, then partition the rest.
-
-    The auxiliary samples (a seeded draw of ``aux_samples`` indices) are disjoint from every
-    client's partition by construction; with ``aux_samples=0`` the partitions are exactly
-    :func:`partition_indices` on the whole set.
-
-    Raises
-    ------
-    ConfigError
-        If ``aux_samples`` leaves fewer samples than clients.
-    """
-    if aux_samples == 0:
-        return partition_indices(labels, num_partitions, partitioner, alpha, seed), np.empty(0, dtype=np.int64)
-    if aux_samples > len(labels) - num_partitions:
-        raise ConfigError(
-            f"aux-samples={aux_samples} leaves too few of the {len(labels)} training samples for "
-            f"{num_partitions} clients; valid: 0..{len(labels) - num_partitions}"
-        )
-    aux = np.sort(np.random.default_rng([seed, 0xA0C]).choice(len(labels), aux_samples, replace=False))
-    rest = np.setdiff1d(np.arange(len(labels)), aux)
-    parts = partition_indices(labels[rest], num_partitions, partitioner, alpha, seed)
-    return [rest[p].astype(np.int64) for p in parts], aux.astype(np.int64)

@@ -217,6 +217,8 @@ class AtsDefense:
         The parsed policy.
     """
 
+    acts_on = "inputs"
+
     def __init__(self, policy: AtsPolicy) -> None:
         self.policy = policy
         self.spec = policy.spec

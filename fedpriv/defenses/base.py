@@ -11,14 +11,21 @@ from fedpriv.errors import ConfigError
 from fedpriv.registry import Registry
 
 
-class Defense(Protocol):
-    """A client-side defense on the inputs the model trains on.
+ACTS_ON = ("nothing", "inputs", "predictions")
 
-    A defense must not change the model update's keys or shapes. Input defenses (ATS policies)
-    implement :meth:`transform`; randomness comes only from the generator it is given.
+
+class Defense(Protocol):
+    """A client-side defense, on the inputs the model trains on or on what the client releases.
+
+    ``acts_on`` says where: ``"inputs"`` (ATS policies: :meth:`transform` is T), ``"predictions"``
+    (:class:`~fedpriv.defenses.truncation.Truncation`: :meth:`transform` is the identity and the
+    prediction protocol calls its ``release``), ``"nothing"`` (``none``). A protocol lists the
+    kinds it applies (``FederatedProtocol.defends``); any other is a config error. A defense
+    must not change the model update's keys or shapes; randomness comes only from the generator.
     """
 
     spec: str
+    acts_on: str
 
     def transform(
         self, images: torch.Tensor, generator: torch.Generator
@@ -37,6 +44,7 @@ class NoDefense:
     """The identity: the client trains on its images as they are."""
 
     spec = "none"
+    acts_on = "nothing"
 
     def transform(
         self, images: torch.Tensor, generator: torch.Generator

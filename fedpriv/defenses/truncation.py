@@ -1,0 +1,51 @@
+"""Prediction truncation: a client releases only the top m entries of each prediction vector."""
+
+from __future__ import annotations
+
+import torch
+
+from fedpriv.defenses.base import Defense, register_defense
+from fedpriv.errors import ConfigError
+
+FORM = "truncate:M (keep the top M >= 1 entries of each released prediction vector, zero the rest)"
+
+
+class Truncation:
+    """Keep the ``top`` largest entries of each prediction vector and zero the others (no renormalising).
+
+    This is the prediction-API defense of Yang et al. (CCS 2019): the vector is not rescaled,
+    so the kept entries are the model's own probabilities. It does not touch training inputs.
+
+    Parameters
+    ----------
+    top
+        Entries kept, 1 <= top <= number of classes (checked against the data set in the config).
+    """
+
+    acts_on = "predictions"
+
+    def __init__(self, top: int) -> None:
+        self.top = top
+        self.spec = f"truncate:{top}"
+
+    def transform(
+        self, images: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training inputs are unchanged."""
+        return images, {}
+
+    def release(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """The vectors (n, K) with all but their ``top`` largest entries set to zero."""
+        values, index = probabilities.topk(min(self.top, probabilities.shape[1]), dim=1)
+        return torch.zeros_like(probabilities).scatter_(1, index, values)
+
+
+@register_defense("truncate", FORM)
+def _truncate(argument: str) -> Defense:
+    try:
+        top = int(argument)
+    except ValueError:
+        top = 0
+    if top < 1:
+        raise ConfigError(f"defense 'truncate:{argument}': M must be an integer >= 1; valid form: {FORM}")
+    return Truncation(top)

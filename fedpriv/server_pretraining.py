@@ -1,0 +1,96 @@
+"""The server trains the initial model on its auxiliary split, honestly or jointly with an inverter.
+
+``server-pretrain-epochs`` > 0: before round 1 the server trains the global classifier on its
+own (auxiliary) data with the reference's Adam (lr 2e-4, betas (0.5, 0.999), amsgrad, batch
+128). With ``joint-training=true`` it is Yang et al.'s malicious developer: it minimises
+CE(F(x), y) + ``joint-weight`` * MSE(G(trunc_m(F(x))), x) over classifier F and inverter G
+together, so that the predictions the deployed model releases are easy to invert; m is the
+run's ``defense`` (``truncate:M``), else the full vector. The honest run (joint-training=false,
+same epochs) is the baseline for the accuracy cost and the reconstruction gain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fedpriv.attacks import AuxiliaryData, build_attack
+from fedpriv.attacks.prediction_inversion import PredictionInversion, adam
+from fedpriv.config import RunConfig
+from fedpriv.data.specs import DatasetSpec
+from fedpriv.defenses import build_defense
+from fedpriv.models import build_model, load_wire_state, wire_state
+from fedpriv.training import to_pixels
+
+BATCH = 128
+LR = 2e-4
+
+
+def pretrain_on_aux(
+    config: RunConfig, dataset: DatasetSpec, aux: AuxiliaryData, state: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], AuxiliaryData, dict[str, Any]]:
+    """Train the initial model (and under ``joint-training`` an inverter) on the auxiliary split.
+
+    Parameters
+    ----------
+    config
+        The run config (``server-pretrain-epochs``, ``joint-training``, ``joint-weight``, seed).
+    dataset
+        Normalisation and shape.
+    aux
+        The server's auxiliary split (its labels are the task's: ``aux-type='same'`` for joint runs).
+    state
+        The seeded initial model.
+
+    Returns
+    -------
+    tuple
+        The trained state, ``aux`` with the jointly trained inverter attached (``None`` when
+        honest), and a report for ``config.json`` (epochs, final losses).
+    """
+    model = load_wire_state(build_model(config.model, dataset.num_classes, dataset.channels), state)
+    inverter = None
+    parameters = list(model.parameters())
+    if config.joint_training:
+        top = getattr(build_defense(config.defense), "top", dataset.num_classes)
+        attack = build_attack(PredictionInversion.name, config.attack_settings(PredictionInversion.name))
+        torch.manual_seed(config.seed)
+        inverter = attack.new_inverter(dataset, top)  # type: ignore[attr-defined]
+        parameters += list(inverter.parameters())
+    optimizer = adam(parameters, LR)
+    generator = torch.Generator().manual_seed(config.seed)
+    pixels, labels = to_pixels(aux.images), aux.labels
+    losses = {"ce": 0.0, "mse": 0.0}
+    for _ in range(config.server_pretrain_epochs):
+        model.train()
+        if inverter is not None:
+            inverter.train()
+        order = torch.randperm(len(labels), generator=generator)
+        totals, count = {"ce": 0.0, "mse": 0.0}, 0
+        for start in range(0, len(order), BATCH):
+            index = order[start : start + BATCH]
+            if len(index) < 2:  # batch norm needs two samples in train mode
+                continue
+            logits = model(dataset.normalize(pixels[index]))
+            ce = F.cross_entropy(logits, labels[index])
+            loss = ce
+            if inverter is not None:
+                mse = F.mse_loss(inverter(torch.softmax(logits, 1)), pixels[index])
+                loss = ce + config.joint_weight * mse
+                totals["mse"] += float(mse) * len(index)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            totals["ce"] += float(ce) * len(index)
+            count += len(index)
+        losses = {k: v / max(count, 1) for k, v in totals.items()}
+    if inverter is not None:
+        inverter.eval()
+    report = {"epochs": config.server_pretrain_epochs, "joint-training": config.joint_training,
+              "final-cross-entropy": losses["ce"]}
+    if inverter is not None:
+        report |= {"final-reconstruction-mse": losses["mse"], "inverter-top": int(inverter.top)}
+    return wire_state(model), dataclasses.replace(aux, inverter=inverter), report

@@ -1,0 +1,1 @@
+"""Flower app: digit classifiers trained with FedAvg whose released prediction vectors are inverted."""
