@@ -5,10 +5,12 @@ from fedpriv.attacks.base import (
 )
 
 # Importing the plugin modules registers them.
+from fedpriv.attacks import feature_inversion  # noqa: E402,F401
 from fedpriv.attacks import inverting_gradients  # noqa: E402,F401
 from fedpriv.attacks import label_inference  # noqa: E402,F401
 from fedpriv.attacks import policy_aware  # noqa: E402,F401
 from fedpriv.attacks import prediction_inversion  # noqa: E402,F401
+from fedpriv.attacks import property_inference  # noqa: E402,F401
 from fedpriv.attacks import translation_aware  # noqa: E402,F401
 from fedpriv.attacks import update_inversion  # noqa: E402,F401
 

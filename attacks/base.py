@@ -144,6 +144,12 @@ class Reconstruction:
         such as prediction vectors); otherwise a batch is first matched to the truth.
     gallery
         Extra images to show beside the row (e.g. one representative per class), or ``None``.
+    alternatives
+        A second candidate per image (two-image decoding); images are then scored best-of-two.
+    angles
+        Estimated rotation angles per sample (scored as circular errors), or ``None``.
+    properties
+        Inferred private property per sample (scored as an error rate), or ``None``.
     """
 
     images: torch.Tensor | None = None
@@ -153,6 +159,9 @@ class Reconstruction:
     engine: str | None = None
     ordered: bool = False
     gallery: torch.Tensor | None = None
+    alternatives: torch.Tensor | None = None
+    angles: torch.Tensor | None = None
+    properties: torch.Tensor | None = None
 
 
 class Attack(Protocol):

@@ -14,9 +14,7 @@ representative image per class (training-class inference), shown as a gallery pe
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -26,6 +24,7 @@ from torch import nn
 from fedpriv.attacks.base import (
     ATTACKS, Attack, AttackSettings, AttackTarget, AuxiliaryData, Knowledge, Reconstruction,
 )
+from fedpriv.attacks.decoder_training import FitReport, fit_decoder
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import PredictionLeak
@@ -113,63 +112,6 @@ def predict(classifier: nn.Module, pixels: torch.Tensor, dataset: DatasetSpec, b
     ])
 
 
-@dataclass(frozen=True)
-class FitReport:
-    """How one inverter training went: the held-out MSE of the kept epoch, and which epoch."""
-
-    val_mse: float
-    best_epoch: int
-    images_per_second: float
-
-
-def fit_inverter(
-    inverter: nn.Module, vectors: torch.Tensor, pixels: torch.Tensor, epochs: int, batch: int, lr: float,
-    val_fraction: float, generator: torch.Generator,
-) -> FitReport:
-    """Train ``inverter`` on (vector, image) pairs and keep the epoch with the lowest held-out MSE.
-
-    Parameters
-    ----------
-    inverter
-        G, trained in place (its best state is loaded at the end).
-    vectors, pixels
-        (N, K) prediction vectors (untruncated: G truncates) and (N, C, H, W) [0,1] images.
-    epochs, batch, lr
-        Passes over the fitting part, batch size, Adam learning rate.
-    val_fraction
-        Share of the pairs held out for model selection (at least one pair).
-    generator
-        Seeds the held-out split and the shuffling.
-    """
-    device = next(inverter.parameters()).device
-    order = torch.randperm(len(pixels), generator=generator)
-    held = max(1, round(val_fraction * len(pixels)))
-    val, fit = order[:held], order[held:]
-    optimizer = adam(inverter.parameters(), lr)
-    best = (float("inf"), 0, copy.deepcopy(inverter.state_dict()))
-    start, seen = time.perf_counter(), 0
-    for epoch in range(1, epochs + 1):
-        inverter.train()
-        shuffled = fit[torch.randperm(len(fit), generator=generator)]
-        for i in range(0, len(shuffled), batch):
-            index = shuffled[i : i + batch]
-            if len(index) < 2:  # batch norm needs two samples in train mode
-                continue
-            loss = F.mse_loss(inverter(vectors[index].to(device)), pixels[index].to(device))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            seen += len(index)
-        inverter.eval()
-        with torch.no_grad():
-            val_mse = float(F.mse_loss(inverter(vectors[val].to(device)), pixels[val].to(device)))
-        if val_mse < best[0]:
-            best = (val_mse, epoch, copy.deepcopy(inverter.state_dict()))
-    inverter.load_state_dict(best[2])
-    inverter.eval()
-    return FitReport(best[0], best[1], seen / max(time.perf_counter() - start, 1e-9))
-
-
 def released_top(predictions: torch.Tensor) -> int:
     """The truncation m a leak shows: the largest count of non-zero entries in one of its vectors."""
     return max(1, int((predictions > 0).sum(dim=1).max()))
@@ -245,8 +187,8 @@ class PredictionInversion(Attack):
         torch.manual_seed(seed)
         inverter = (copy.deepcopy(previous) if previous is not None else self.new_inverter(dataset, top)).to(self.device)
         pixels = self.aux.images.float() / 255.0
-        report = fit_inverter(inverter, predict(model, pixels, dataset), pixels, self.epochs, self.batch, self.lr,
-                              self.val_fraction, torch.Generator().manual_seed(seed))
+        report = fit_decoder(inverter, predict(model, pixels, dataset), pixels, self.epochs, self.batch,
+                             adam(inverter.parameters(), self.lr), self.val_fraction, torch.Generator().manual_seed(seed))
         self.inverters[top] = inverter
         return inverter, report
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from fedpriv.attacks.prediction_inversion import PredictionInverter, fit_inverter
+from fedpriv.attacks.decoder_training import fit_decoder
+from fedpriv.attacks.prediction_inversion import PredictionInverter, adam
 from fedpriv.launcher import PrivateSuperLink, run_config_text
 from fedpriv.results import read_jsonl
 
@@ -42,7 +43,8 @@ def throughput(width: int, images: int = 512, epochs: int = 2) -> float:
     inverter = PredictionInverter(10, 1, 10, width=width)
     vectors = torch.softmax(torch.randn(images, 10), 1)
     pixels = torch.rand(images, 1, 32, 32)
-    return fit_inverter(inverter, vectors, pixels, epochs, 128, 2e-4, 0.05, torch.Generator().manual_seed(0)).images_per_second
+    return fit_decoder(inverter, vectors, pixels, epochs, 128, adam(inverter.parameters(), 2e-4), 0.05,
+                       torch.Generator().manual_seed(0)).images_per_second
 
 
 def main() -> None:

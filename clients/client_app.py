@@ -19,6 +19,7 @@ from fedpriv.config import parse_run_config
 from fedpriv.wire import LEAK_KEY, ROUND_KEY, TRUTH_KEY, encode_leak_meta, encode_truth
 
 app = ClientApp(mods=[privacy_mod, pruning_mod])
+CLIENT_STATE = "fedpriv.client"
 
 
 @app.query()
@@ -48,10 +49,13 @@ def train(msg: Message, context: Context) -> Message:
         raise RuntimeError(f"injected failure (inject-client-failure) in partition {partition_id}")
     if hanging is None or partition_id in hanging:
         time.sleep(config.round_timeout + 5)  # injected hang (inject-client-hang): past the round's timeout
+    own = context.state[CLIENT_STATE].to_torch_state_dict() if CLIENT_STATE in context.state else {}
     reply = run_client_round(
         config, partition_id, int(context.node_config["num-partitions"]),
-        msg.content["arrays"].to_torch_state_dict(), server_round,
+        msg.content["arrays"].to_torch_state_dict(), server_round, own,
     )
+    if own:
+        context.state[CLIENT_STATE] = ArrayRecord(own)  # stays on the client (e.g. the rotation critic)
     content = RecordDict(
         {
             "arrays": ArrayRecord(reply.state),

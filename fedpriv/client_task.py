@@ -52,6 +52,7 @@ def run_client_round(
     num_partitions: int,
     state: dict[str, torch.Tensor],
     server_round: int,
+    client_state: dict[str, torch.Tensor] | None = None,
 ) -> ClientReply:
     """Run one client's round under the run's protocol.
 
@@ -65,6 +66,8 @@ def run_client_round(
         The broadcast global model (floating-point state dict).
     server_round
         The round, for seeds and the attack schedule.
+    client_state
+        The client's own state across rounds (updated in place; ``None``: none kept).
 
     Returns
     -------
@@ -81,5 +84,5 @@ def run_client_round(
     return protocol.client_round(
         config, model, images, labels, defense, dataset,
         generator_for(config.seed, config.protocol, server_round, partition_id),
-        config.is_attacked(server_round, partition_id),
+        config.is_attacked(server_round, partition_id), {} if client_state is None else client_state,
     )

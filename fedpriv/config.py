@@ -59,6 +59,8 @@ class RunConfig:
     aux_type: str = "same"
     aux_dataset: str = ""
     prediction_samples: int = 16
+    feature_samples: int = 8
+    split_training: bool = False
     server_pretrain_epochs: int = 0
     joint_training: bool = False
     joint_weight: float = 1.0
@@ -200,6 +202,8 @@ class RunConfig:
             raise ConfigError("resume=true needs run-name: the folder of the run to continue")
         if self.prediction_samples < 1:
             raise ConfigError(f"prediction-samples must be >= 1, got {self.prediction_samples}")
+        if self.feature_samples < 1:
+            raise ConfigError(f"feature-samples must be >= 1, got {self.feature_samples}")
         self._check_auxiliary()
         self._check_plugins()
 
@@ -259,6 +263,10 @@ class RunConfig:
                 raise ConfigError(f"image-size={self.image_size} / image-channels={self.image_channels} apply to "
                                   f"folder: and hf: data sets only; {self.dataset!r} has a fixed shape")
         check_model_name(self.model)
+        split_model = self.model.startswith(("complex-", "original-"))
+        if split_model != (self.protocol == "split-inference"):
+            raise ConfigError(f"protocol {self.protocol!r} with model {self.model!r}: the split networks "
+                              "(complex-*, original-*) run under protocol 'split-inference', and it needs one")
         if self.aux_type == "distinct" and not is_custom(self.distinct_dataset()):
             resolve_spec(self.distinct_dataset())
         protocol = PROTOCOLS.get(self.protocol)
@@ -268,6 +276,12 @@ class RunConfig:
                 raise ConfigError(f"defense {spec!r} acts on {defense.acts_on}, but protocol {self.protocol!r} "
                                   f"defends {' or '.join(k for k in protocol.defends if k != 'nothing')}; "
                                   f"choose a defense for it or another protocol")
+            if getattr(defense, "needs_complex", False) and not self.model.startswith("complex-"):
+                raise ConfigError(f"defense {spec!r} rotates features and needs a complex network; model "
+                                  f"{self.model!r} is not one (valid: complex-resnet20-alpha, ..., complex-lenet)")
+            if getattr(defense, "needs_complex", False) and min(self.batch_size, self.feature_samples) < 2:
+                raise ConfigError(f"defense {spec!r} takes b from another sample of the batch: batch-size and "
+                                  f"feature-samples must be >= 2, got {self.batch_size} and {self.feature_samples}")
             top = getattr(defense, "top", None)
             if top is not None and top > (classes := self.dataset_spec().num_classes):
                 raise ConfigError(f"defense {spec!r} keeps {top} entries, but {self.dataset!r} has {classes} classes; "
@@ -278,6 +292,9 @@ class RunConfig:
             name = stray[0]
             raise ConfigError(f"attack-options names attack {name!r}, which this run does not use; "
                               f"its attacks: {', '.join(names) or 'none'}")
+        if "gradient-phase" in names and not self.split_training:
+            raise ConfigError("attack 'gradient-phase' reads the gradient dL/dh that U-shaped split training sends "
+                              "back: set split-training=true")
         known: set[str] = set()
         for name in names:
             factory = ATTACKS.get(name)

@@ -103,6 +103,28 @@ class PredictionLeak:
 
 
 @dataclass(frozen=True)
+class FeatureLeak:
+    """What a split-inference server receives: the features x of a client's private queries.
+
+    Attributes
+    ----------
+    features
+        (n, C, H, W) features sent to the processing module: complex x = e^{i theta}(a + i b)
+        under the ``complex`` defense, a (+ noise) otherwise (complex with zero imaginary part
+        for complex networks).
+    gradients
+        dL/dh for the same queries in U-shaped split training (``split-training``), else ``None``.
+    protocol
+        ``"split-inference"``.
+    """
+
+    kind: ClassVar[str] = "features"
+    features: torch.Tensor
+    gradients: torch.Tensor | None = None
+    protocol: str = "split-inference"
+
+
+@dataclass(frozen=True)
 class GroundTruth:
     """What the client really had: evaluation only, never handed to an attack.
 

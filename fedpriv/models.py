@@ -11,6 +11,7 @@ from torchvision.models.resnet import BasicBlock
 
 from fedpriv.errors import ConfigError
 from fedpriv.registry import Registry
+from fedpriv.rotation.networks import split_factory, split_model_names
 
 MODELS: Registry[Callable[[int, int], nn.Module]] = Registry("model")
 
@@ -142,6 +143,8 @@ MODELS.add("convnet", lambda n, c: ConvNet(n, c))
 MODELS.add("convnet-gn", lambda n, c: ConvNet(n, c, group_norm=True))
 MODELS.add("yang-mnist", lambda n, c: YangClassifier(n, c, width=128))
 MODELS.add("yang-mnist-small", lambda n, c: YangClassifier(n, c, width=32))
+for _name in split_model_names():  # complex-resnet20-alpha, original-lenet, ... (fedpriv.rotation.networks)
+    MODELS.add(_name, split_factory(_name))
 
 
 def wire_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -173,6 +176,8 @@ def check_model_name(name: str) -> None:
     """
     if ":" in name:
         _factory(name)
+    elif name.startswith(("complex-", "original-")) and name not in MODELS:
+        split_factory(name)  # names the bad architecture or split point
     elif name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(MODELS.names())}, or "
                           "'package.module:factory' (factory(num_classes, channels) -> nn.Module)")

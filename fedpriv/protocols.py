@@ -15,6 +15,11 @@ reply *as the server received it*, after every client mod (clipping, noise, prun
   prediction vectors of the broadcast model on ``prediction-samples`` of their private inputs
   (a deployed model whose inference results reach its provider), after a ``truncate:M``
   defense. The leak is those vectors, not the weights.
+- ``split-inference``: clients train a split network (encoder g, processing module Phi, decoder d)
+  locally with FedAvg; in attacked rounds they run ``feature-samples`` private queries through
+  the server that hosts Phi: they send x (their feature defense's encoding of a = g(I)) and,
+  with ``split-training`` (U-shaped split learning), the gradient dL/dh back. The leak is x
+  (and dL/dh).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from torch import nn
 from fedpriv.config import RunConfig
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses import Defense
-from fedpriv.leaks import GradientLeak, GroundTruth, Leak, PredictionLeak, UpdateLeak
+from fedpriv.leaks import FeatureLeak, GradientLeak, GroundTruth, Leak, PredictionLeak, UpdateLeak
 from fedpriv.models import wire_state
 from fedpriv.registry import Registry
 from fedpriv.training import TrainSettings, batch_gradient, to_pixels, train_local
@@ -73,8 +78,13 @@ class FederatedProtocol(Protocol):
     def client_round(
         self, config: RunConfig, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         defense: Defense, dataset: DatasetSpec, generator: torch.Generator, attacked: bool,
+        client_state: dict[str, torch.Tensor],
     ) -> ClientReply:
-        """Compute the reply of one client from the broadcast ``model`` (changed in place)."""
+        """Compute the reply of one client from the broadcast ``model`` (changed in place).
+
+        ``client_state`` is the client's own state across rounds (Flower's client state; e.g. the
+        rotation defense's critic), updated in place; it is never sent.
+        """
         ...
 
     def observe(
@@ -103,6 +113,7 @@ class FedSGD:
     def client_round(
         self, config: RunConfig, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         defense: Defense, dataset: DatasetSpec, generator: torch.Generator, attacked: bool,
+        client_state: dict[str, torch.Tensor],
     ) -> ClientReply:
         """Sample ``batch-size`` images, defend them, and send w - server-lr * grad."""
         pick = torch.randperm(len(labels), generator=generator)[: config.batch_size]
@@ -140,6 +151,7 @@ class FedAvg:
     def client_round(
         self, config: RunConfig, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         defense: Defense, dataset: DatasetSpec, generator: torch.Generator, attacked: bool,
+        client_state: dict[str, torch.Tensor],
     ) -> ClientReply:
         """Train locally behind the defense and send the weights."""
         loss, first_seen = train_local(model, images, labels, defense, dataset, settings(config), generator)
@@ -179,6 +191,7 @@ class Predictions:
     def client_round(
         self, config: RunConfig, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         defense: Defense, dataset: DatasetSpec, generator: torch.Generator, attacked: bool,
+        client_state: dict[str, torch.Tensor],
     ) -> ClientReply:
         """Release (defended) predictions when attacked, then train locally and send the weights."""
         released, truth = None, None
@@ -212,6 +225,94 @@ def settings(config: RunConfig) -> TrainSettings:
                          config.local_steps)
 
 
+class SplitInference:
+    """FedAvg training of a split network; attacked rounds send private queries' features to Phi's host.
+
+    The queries use the broadcast model (eval mode) behind the client's feature defense; the
+    truth holds the images, a, b, theta and swap flags (evaluation only). Under ``complex`` the
+    local training adds the WGAN-GP term against the client's own critic, kept in client state.
+    """
+
+    name: ClassVar[str] = "split-inference"
+    leak_kind: ClassVar[str] = FeatureLeak.kind
+    defends: ClassVar[tuple[str, ...]] = ("nothing", "features")
+
+    def client_round(
+        self, config: RunConfig, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+        defense: Defense, dataset: DatasetSpec, generator: torch.Generator, attacked: bool,
+        client_state: dict[str, torch.Tensor],
+    ) -> ClientReply:
+        """Answer the queries (when attacked), then train locally and send the weights."""
+        from fedpriv.defenses.features import ComplexRotation
+        from fedpriv.rotation.adversarial import FeatureCritic
+        from fedpriv.rotation.networks import PlainCodec, SplitNetwork
+        from fedpriv.rotation.training import train_split_local
+
+        assert isinstance(model, SplitNetwork)
+        codec_of = getattr(defense, "codec", None)
+        features, grads, truth = None, None, None
+        if attacked:
+            pick = torch.randperm(len(labels), generator=generator)[: config.feature_samples]
+            features, grads, extras = query_features(
+                model, to_pixels(images[pick]), labels[pick], dataset,
+                codec_of(model.is_complex, generator) if codec_of else PlainCodec(model.is_complex),
+                config.split_training,
+            )
+            truth = _truth(images[pick], to_pixels(images[pick]), labels[pick], defense, extras)
+        if isinstance(defense, ComplexRotation):
+            critic = FeatureCritic(model.encoder[-1].out_channels)
+            if client_state:
+                critic.load_state_dict(client_state)
+            loss, _ = train_split_local(model, images, labels, defense, dataset, settings(config), generator, critic)
+            client_state.clear()
+            client_state.update({k: v.detach().cpu().clone() for k, v in critic.state_dict().items()})
+        else:
+            model.codec = codec_of(model.is_complex, generator) if codec_of else PlainCodec(model.is_complex)
+            loss, _ = train_local(model, images, labels, defense, dataset, settings(config), generator)
+        model.codec = PlainCodec(model.is_complex)
+        return ClientReply(state=wire_state(model), num_examples=len(labels), train_loss=loss,
+                           meta=LeakMeta(None, "eval", features=features, feature_grads=grads), truth=truth)
+
+    def observe(
+        self, config: RunConfig, broadcast: dict[str, torch.Tensor], reply: dict[str, torch.Tensor],
+        parameter_names: Sequence[str], num_examples: int, meta: LeakMeta,
+    ) -> FeatureLeak:
+        """The features (and the returned gradient) the queries carried."""
+        if meta.features is None:
+            raise ValueError("a split-inference reply of an attacked round carries no features")
+        return FeatureLeak(meta.features, meta.feature_grads, self.name)
+
+
+def query_features(
+    model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, dataset: DatasetSpec, codec: object,
+    split_training: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+    """Run queries through the split network as the protocol does; return x, dL/dh and the truth extras.
+
+    x = codec(g(I)) goes to the server, which returns h = Phi(x); the client decodes and, in
+    U-shaped training, sends dL/dh of its task loss back. The extras (evaluation only) are a,
+    and for the rotation codec b, theta, swap flags and the partner index of b.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    model.codec = codec  # type: ignore[assignment]
+    with torch.no_grad():
+        a = model.encoder(dataset.normalize(pixels.to(device)))  # type: ignore[operator]
+        x = codec.obfuscate(a)  # type: ignore[attr-defined]
+    grads = None
+    if split_training:
+        h = model.processing(x).detach().requires_grad_(True)  # type: ignore[operator]
+        loss = torch.nn.functional.cross_entropy(model.decoder(codec.recover(h)), labels.to(device))  # type: ignore[operator, attr-defined]
+        grads = torch.autograd.grad(loss, h)[0].detach().cpu()
+    last = getattr(codec, "last", {})
+    extras = {"a": a.detach().cpu()}
+    if last:
+        extras |= {"b": last["b"].detach().cpu(), "theta": last["theta"].cpu(), "swap": last["swap"].float().cpu(),
+                   "partner": last["partner"].cpu()}
+    return x.detach().cpu(), grads, extras
+
+
 PROTOCOLS.add(FedSGD.name, FedSGD())
 PROTOCOLS.add(FedAvg.name, FedAvg())
 PROTOCOLS.add(Predictions.name, Predictions())
+PROTOCOLS.add(SplitInference.name, SplitInference())

@@ -12,6 +12,7 @@ cells and the run go on.
 from __future__ import annotations
 
 import copy
+import math
 import time
 import traceback
 import zlib
@@ -31,6 +32,7 @@ from fedpriv.leaks import GroundTruth, Leak
 from fedpriv.metrics import mse_per_image, psnr_per_image, ssim_per_image
 from fedpriv.models import build_model
 from fedpriv.results import RunFolder
+from fedpriv.rotation.adversarial import circular_error
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,16 @@ def score_images(reconstruction: Reconstruction, truth: GroundTruth, matched: bo
     attack models the defense, else ``images``) with the defended batch T(x), the reference's
     convention. With ``matched`` and more than one image, estimates are first put in the order
     :func:`match_order` finds against x (recorded as ``matched``: true). ``psnr_grey`` is the
-    baseline every attack must beat: a constant grey (0.5) image against x.
+    baseline every attack must beat: a constant grey (0.5) image against x. ``mae`` is the mean
+    absolute error on [0,1] pixels (the rotation defense's primary metric). With ``alternatives``
+    (two candidates per image) each image is scored by its better candidate (``best_of_two``).
     """
     assert reconstruction.images is not None
     images = reconstruction.images.detach().cpu()
+    if reconstruction.alternatives is not None:  # best-of-two: per image, the candidate nearer the truth
+        other = reconstruction.alternatives.detach().cpu()
+        closer = psnr_per_image(other, truth.images) > psnr_per_image(images, truth.images)
+        images = torch.where(closer.reshape(-1, 1, 1, 1), other, images)
     defended = images if reconstruction.defended is None else reconstruction.defended.detach().cpu()
     matched = matched and len(images) > 1
     if matched:
@@ -92,18 +100,32 @@ def score_images(reconstruction: Reconstruction, truth: GroundTruth, matched: bo
         "ssim": float(ssim_per_image(images, truth.images).mean()),
         "ssim_defended": float(ssim_per_image(defended, truth.defended).mean()),
         "mse": float(mse_per_image(images, truth.images).mean()),
+        "mae": float((images.double() - truth.images.double()).abs().mean()),
         "psnr_grey": float(psnr_per_image(torch.full_like(truth.images, 0.5), truth.images).mean()),
         "matched": matched,
-    }
+    } | ({"best_of_two": True} if reconstruction.alternatives is not None else {})
 
 
 def score(reconstruction: Reconstruction, truth: GroundTruth) -> dict[str, Any]:
-    """Every score that applies to the outputs the reconstruction has (images, labels)."""
+    """Every score that applies to the outputs the reconstruction has.
+
+    Images (:func:`score_images`), labels (``label_accuracy``), angles (``angle_error``: mean
+    circular error against the client's decoding angle, chance pi/2; ``angle_error_mod_pi``,
+    chance pi/4) and properties (``property_error``: the error rate).
+    """
     row: dict[str, Any] = {}
     if reconstruction.images is not None:
         row |= score_images(reconstruction, truth, matched=not reconstruction.ordered)
     if reconstruction.labels is not None:
         row["label_accuracy"] = label_accuracy(reconstruction.labels.cpu(), truth.labels)
+    if reconstruction.angles is not None and "theta" in truth.extras:
+        angle = truth.extras["theta"].double() + truth.extras["swap"].double() * (math.pi / 2)
+        estimate = reconstruction.angles.detach().cpu().double()
+        row["angle_error"] = float(circular_error(estimate, angle).mean())
+        row["angle_error_mod_pi"] = float(circular_error(estimate, angle, math.pi).mean())
+    if reconstruction.properties is not None:
+        truth_property = truth.extras.get("property", truth.labels)
+        row["property_error"] = float((reconstruction.properties.cpu() != truth_property.long()).float().mean())
     return row
 
 
@@ -214,13 +236,14 @@ class AttackHarness:
         row |= {k: float(v) for k, v in result.fields.items()}
         if result.engine is not None:
             row["engine"] = result.engine
+        title = f"round {server_round} client {client.partition_id} | {client.truth.defense} | {name}"
         if folder is not None and result.images is not None:
             order = match_order(result.images, client.truth.images) if row["matched"] else slice(None)
             grid = [client.truth.images, client.truth.defended, result.images[order]]
-            if result.defended is not None:
-                grid.append(result.defended[order])
+            for extra in (result.defended, result.alternatives):
+                if extra is not None:
+                    grid.append(extra[order])
             per_image = psnr_per_image(result.images[order], client.truth.images)
-            title = f"round {server_round} client {client.partition_id} | {client.truth.defense} | {name}"
             folder.write_grid(f"round{server_round:03d}_client{client.partition_id:04d}_{name}", grid, title,
                               [f"{float(v):.1f} dB" for v in per_image])
         if folder is not None and result.gallery is not None:

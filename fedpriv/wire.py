@@ -38,11 +38,16 @@ class LeakMeta:
         Batch-norm mode of the computation behind the arrays.
     predictions
         Released prediction vectors (n, K) under the ``predictions`` protocol, else ``None``.
+    features, feature_grads
+        Under ``split-inference``: the features x sent to the processing module (complex for
+        complex networks) and, in U-shaped split training, the gradient dL/dh sent back.
     """
 
     labels: torch.Tensor | None = None
     model_mode: str = "eval"
     predictions: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    feature_grads: torch.Tensor | None = None
 
 
 def _npz(arrays: dict[str, torch.Tensor]) -> bytes:
@@ -76,21 +81,23 @@ def decode_truth(values: dict[str, Scalar]) -> GroundTruth:
 
 
 def encode_leak_meta(meta: LeakMeta) -> dict[str, Scalar]:
-    """:class:`LeakMeta` as ConfigRecord values (labels as JSON, predictions as an ``.npz`` blob)."""
+    """:class:`LeakMeta` as ConfigRecord values (labels as JSON, tensors in one ``.npz`` blob)."""
     values: dict[str, Scalar] = {"model-mode": meta.model_mode}
     if meta.labels is not None:
         values["labels"] = json.dumps([int(v) for v in meta.labels])
-    if meta.predictions is not None:
-        values["predictions"] = _npz({"predictions": meta.predictions.float()})
+    arrays = {key: value.detach() for key, value in (("predictions", meta.predictions), ("features", meta.features),
+                                                     ("feature_grads", meta.feature_grads)) if value is not None}
+    if arrays:
+        values["arrays"] = _npz(arrays)
     return values
 
 
 def decode_leak_meta(values: dict[str, Scalar]) -> LeakMeta:
     """Decode :func:`encode_leak_meta`."""
     labels = values.get("labels")
-    predictions = values.get("predictions")
+    arrays = _unnpz(values["arrays"]) if "arrays" in values else {}
     return LeakMeta(
         labels=None if labels is None else torch.tensor(json.loads(str(labels)), dtype=torch.long),
-        model_mode=str(values["model-mode"]),
-        predictions=None if predictions is None else _unnpz(predictions)["predictions"],
+        model_mode=str(values["model-mode"]), predictions=arrays.get("predictions"),
+        features=arrays.get("features"), feature_grads=arrays.get("feature_grads"),
     )

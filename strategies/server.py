@@ -18,14 +18,16 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedpriv.attacks import AuxiliaryData
-from fedpriv.client_task import partition_index
+from fedpriv.client_task import generator_for, partition_index
 from fedpriv.config import RunConfig
 from fedpriv.data.auxiliary import client_classes, distinct_images
 from fedpriv.data.loading import LabeledImages, check_available, load_split
 from fedpriv.data.specs import DatasetSpec
+from fedpriv.defenses import build_defense
 from fedpriv.errors import ConfigError
 from fedpriv.models import build_model, check_model_fits, load_wire_state, wire_state
 from fedpriv.results import RunFolder, load_checkpoint, read_jsonl, save_checkpoint
+from fedpriv.rotation.networks import SplitNetwork
 from fedpriv.round_attacks import AttackHarness
 from fedpriv.run_page import write_index
 from fedpriv.server_pretraining import pretrain_on_aux
@@ -261,14 +263,21 @@ def run_server(grid: Grid, context: Context) -> None:
     strategy = AttackingStrategy(inner, config, folder, nodes, harness, model_from, offset)
     reported = accountant if config.dp == "local" or config.aggregator == "fedavg" else None
 
+    codec_of = getattr(build_defense(config.defense), "codec", None)
+
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         run_round = server_round + offset
-        loss, accuracy = evaluate(model_from(arrays), test.images[pick], test.labels[pick], dataset)
+        model = model_from(arrays)
+        extra: dict[str, float] = {}
+        if isinstance(model, SplitNetwork) and codec_of is not None:  # accuracy behind the run's feature defense
+            extra["accuracy_plain"] = evaluate(model, test.images[pick], test.labels[pick], dataset)[1]
+            model.codec = codec_of(model.is_complex, generator_for(config.seed, "evaluate", run_round))
+        loss, accuracy = evaluate(model, test.images[pick], test.labels[pick], dataset)
         summary = strategy.round_summary.get(run_round, {})
         if server_round > 0 and config.dp == "local" and reported is not None:
             reported.compose(round_event(config, len(nodes)))
         row = {
-            "round": run_round, "accuracy": accuracy, "loss": loss,
+            "round": run_round, "accuracy": accuracy, "loss": loss, **extra,
             "sampled": summary.get("sampled", []),
             "failed": summary.get("failed", []),
             "attacked": sorted({r["partition_id"] for r in summary.get("rows", [])}),

@@ -27,6 +27,14 @@ def test_prediction_app_declares_every_key_and_validates() -> None:
     assert (config.protocol, config.model, config.attacks) == ("predictions", "yang-mnist", "prediction-inversion")
 
 
+def test_complex_app_declares_every_key_and_validates() -> None:
+    app = SIMULATIONS / "cifar10_complex" / "pyproject.toml"
+    defaults = tomllib.loads(app.read_text())["tool"]["flwr"]["app"]["config"]
+    assert sorted(defaults) == sorted(RunConfig.keys())
+    config = RunConfig.from_run_config(defaults)
+    assert (config.protocol, config.model, config.defense) == ("split-inference", "complex-resnet20-alpha", "complex")
+
+
 def test_selections_and_overrides() -> None:
     config = RunConfig.from_run_config(
         {
@@ -57,10 +65,10 @@ def test_per_attack_options_reach_only_their_attack() -> None:
     ("values", "fragment"),
     [
         ({"dataset": "imagenet"}, "valid datasets: cifar10, cifar100"),
-        ({"model": "vgg"}, "valid models: convnet, convnet-gn, resnet20, resnet20-4"),
+        ({"model": "vgg"}, "valid models: complex-lenet, complex-resnet110-alpha"),
         ({"attacks": "dlg"}, "valid attacks: "),
         ({"defense": "ats:3-1-99"}, "0..49"),
-        ({"defense": "noise"}, "valid forms"),
+        ({"defense": "blur"}, "valid forms"),
         ({"num-server-rounds": 0}, "num-server-rounds must be >= 1, got 0"),
         ({"batch-size": 0}, "batch-size must be >= 1"),
         ({"protocol": "fedprox"}, "unknown protocol 'fedprox'; valid protocols: fedavg, fedsgd"),

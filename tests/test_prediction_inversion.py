@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from fedpriv.attacks import AuxiliaryData, AttackSettings, AttackTarget, build_attack
-from fedpriv.attacks.prediction_inversion import (
-    PredictionInverter, adam, fit_inverter, inversion_input, predict, released_top,
-)
+from fedpriv.attacks.decoder_training import fit_decoder
+from fedpriv.attacks.prediction_inversion import PredictionInverter, adam, inversion_input, predict, released_top
 from fedpriv.config import RunConfig
 from fedpriv.data.auxiliary import distinct_images, split_with_aux
 from fedpriv.data.loading import load_split
@@ -81,8 +80,8 @@ def trained() -> dict:
 def _inverter(trained: dict, top: int) -> PredictionInverter:
     torch.manual_seed(0)
     inverter = PredictionInverter(10, 1, top, width=16)
-    report = fit_inverter(inverter, predict(trained["classifier"], trained["aux"], DIGITS), trained["aux"], 12, 64,
-                          2e-3, 0.1, torch.Generator().manual_seed(0))
+    report = fit_decoder(inverter, predict(trained["classifier"], trained["aux"], DIGITS), trained["aux"], 12, 64,
+                         adam(inverter.parameters(), 2e-3), 0.1, torch.Generator().manual_seed(0))
     assert 1 <= report.best_epoch <= 12 and report.images_per_second > 0
     return inverter
 

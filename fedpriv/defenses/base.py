@@ -11,7 +11,7 @@ from fedpriv.errors import ConfigError
 from fedpriv.registry import Registry
 
 
-ACTS_ON = ("nothing", "inputs", "predictions")
+ACTS_ON = ("nothing", "inputs", "predictions", "features")
 
 
 class Defense(Protocol):
@@ -19,7 +19,8 @@ class Defense(Protocol):
 
     ``acts_on`` says where: ``"inputs"`` (ATS policies: :meth:`transform` is T), ``"predictions"``
     (:class:`~fedpriv.defenses.truncation.Truncation`: :meth:`transform` is the identity and the
-    prediction protocol calls its ``release``), ``"nothing"`` (``none``). A protocol lists the
+    prediction protocol calls its ``release``), ``"features"`` (split networks' feature codecs:
+:mod:`fedpriv.defenses.features`), ``"nothing"`` (``none``). A protocol lists the
     kinds it applies (``FederatedProtocol.defends``); any other is a config error. A defense
     must not change the model update's keys or shapes; randomness comes only from the generator.
     """

@@ -1,0 +1,94 @@
+"""Property inference from split-inference features: k-NN and a classifier on angle-corrected features a*.
+
+The attacker estimates each leaked sample's angle as inversion attack 1 does (its own critic,
+argmax over a grid), forms a* = Re[x e^{-i theta-hat}] (a itself for real features) and infers
+the private property: ``variant=knn`` (attack 4: the majority property of the ``k`` nearest
+auxiliary features a, L2 on flattened features) or ``classifier`` (attack 2: a small CNN trained
+on the auxiliary (a, property) pairs). The property is the task label unless the
+data set defines another (the truth's ``property`` extra).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedpriv.attacks.base import ATTACKS, AttackSettings, Reconstruction
+from fedpriv.attacks.feature_inversion import ANGLE_DEFAULTS, AngleUNetInversion, QUERY_BATCH
+from fedpriv.data.specs import DatasetSpec
+from fedpriv.errors import ConfigError
+from fedpriv.leaks import FeatureLeak
+from fedpriv.rotation.adversarial import decode_at
+from fedpriv.rotation.networks import SplitNetwork
+
+VARIANTS = ("knn", "classifier")
+
+
+class FeatureClassifier(nn.Module):
+    """Conv3x3(C->32) ReLU MaxPool2, Conv3x3(32->64) ReLU, global average, Linear(classes)."""
+
+    def __init__(self, channels: int, classes: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                 nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(64, classes))
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return self.net(a)
+
+
+def knn_predict(queries: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Majority label of the ``k`` nearest keys (L2 on flattened features) for each query."""
+    distances = torch.cdist(queries.flatten(1).double(), keys.flatten(1).double())
+    nearest = labels[distances.topk(min(k, len(keys)), largest=False).indices]
+    return torch.mode(nearest, dim=1).values
+
+
+class PropertyInference(AngleUNetInversion):
+    """Infers each queried sample's property from its features (options: variant, k, classifier-epochs)."""
+
+    name: ClassVar[str] = "property-inference"
+    options: ClassVar[tuple[str, ...]] = tuple(ANGLE_DEFAULTS) + ("variant", "k", "classifier-epochs", "adam-lr")
+
+    def __init__(self, settings: AttackSettings) -> None:
+        super().__init__(settings)
+        self.variant = settings.extra.get("variant", "knn")
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"attack-options {self.name}.variant={self.variant!r}; valid: {', '.join(VARIANTS)}")
+
+    def extra_defaults(self) -> dict[str, float]:
+        return dict(ANGLE_DEFAULTS) | {"k": 5, "classifier-epochs": 10}
+
+    def train_round(self, model: SplitNetwork, dataset: DatasetSpec, spec: str, own: dict[str, torch.Tensor],
+                    seed: int) -> None:
+        assert self.aux is not None
+        self.keys, self.key_labels = own["a"], self.aux.labels[: len(own["a"])]
+        if own["x"].is_complex():
+            self._train_critic(spec, own, seed)
+        if self.variant == "classifier":
+            classifier = FeatureClassifier(own["a"].shape[1], dataset.num_classes).to(self.device)
+            optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
+            generator = torch.Generator().manual_seed(seed)
+            for _ in range(int(self.values["classifier-epochs"])):
+                for index in torch.randperm(len(self.keys), generator=generator).split(QUERY_BATCH):
+                    loss = F.cross_entropy(classifier(self.keys[index].to(self.device)), self.key_labels[index].to(self.device))
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+            self.networks[(spec, "classifier")] = classifier.eval()
+
+    def attack_one(self, model: SplitNetwork, dataset: DatasetSpec, spec: str, leak: FeatureLeak) -> Reconstruction:
+        angles = self.estimate_angles(spec, leak)
+        features = decode_at(leak.features, angles) if leak.features.is_complex() else leak.features
+        if self.variant == "knn":
+            predictions = knn_predict(features, self.keys, self.key_labels, int(self.values["k"]))
+        else:
+            with torch.no_grad():
+                predictions = self.networks[(spec, "classifier")](features.to(self.device)).argmax(1).cpu()
+        return Reconstruction(properties=predictions, angles=angles if leak.features.is_complex() else None)
+
+
+ATTACKS.add(PropertyInference.name, PropertyInference)

@@ -1,0 +1,211 @@
+"""Feature defenses of split networks: complex rotation (Xiang et al.), plain features, noisy features.
+
+Each acts on the features a = g(I) a client sends to the processing module Phi; it hands the
+network a codec (:class:`~fedpriv.rotation.networks.FeatureCodec`) seeded per client round.
+
+- ``complex[:k=8,swap=false,dtheta=2pi,gp=10,n-critic=5,adv=1,b-grad=true]``: x = e^{i theta}(a + i b)
+  with theta ~ U[0, 2 pi) per sample and b = a of another sample of the batch (a derangement:
+  never the sample itself); with ``swap`` the parts are exchanged with probability 1/2. The
+  client decodes Re[h e^{-i theta}] (theta + pi/2 when swapped). The encoder trains against a
+  WGAN-GP critic that separates a from k-1 features decoded at wrong angles (Delta theta ~
+  U(0, 2 pi), or U(0, pi) with ``dtheta=pi``), with gradient-penalty weight ``gp``, ``n-critic``
+  critic steps per task step and adversarial weight ``adv``.
+- ``plain``: x = a (theta = 0, no b); Phi runs on it unchanged.
+- ``noise:GAMMA``: x = a + GAMMA * sigma_a * eps, eps ~ N(0, I), sigma_a the batch std of a
+  (the noisy-DNN baseline with the reference's recommended noise; GAMMA >= 0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from fedpriv.defenses.base import Defense, register_defense
+from fedpriv.errors import ConfigError
+from fedpriv.rotation.networks import PlainCodec
+
+COMPLEX_FORM = "complex[:k=8,swap=false,dtheta=2pi,gp=10,n-critic=5,adv=1,b-grad=true] (k >= 2)"
+BOOLEANS = {"true": True, "false": False}
+
+
+def derangement(n: int, generator: torch.Generator) -> torch.Tensor:
+    """A uniformly random permutation of n >= 2 items without fixed points (rejection sampling)."""
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        if not bool((perm == torch.arange(n)).any()):
+            return perm
+
+
+@dataclass(frozen=True)
+class RotationSettings:
+    """Options of the ``complex`` defense (see the module docstring)."""
+
+    k: int = 8
+    swap: bool = False
+    dtheta: float = 2 * math.pi
+    gp: float = 10.0
+    n_critic: int = 5
+    adv: float = 1.0
+    b_grad: bool = True
+
+
+class RotationCodec:
+    """One client round's rotation: draws theta, b and swaps per batch and keeps them to decode.
+
+    ``last`` holds the latest batch's a, b, x, theta, swap flags and partner indices (the client's secret; the
+    critic's fakes and the evaluation-only truth are built from it).
+    """
+
+    def __init__(self, settings: RotationSettings, generator: torch.Generator) -> None:
+        self.settings, self.generator = settings, generator
+        self.last: dict[str, torch.Tensor] = {}
+
+    def obfuscate(self, a: torch.Tensor) -> torch.Tensor:
+        n = len(a)
+        if n < 2:
+            raise ValueError("the complex defense needs batches of at least 2 samples (b comes from another sample)")
+        theta = (torch.rand(n, generator=self.generator) * 2 * math.pi).to(a.device)
+        perm = derangement(n, self.generator).to(a.device)
+        swap = (torch.rand(n, generator=self.generator) < 0.5).to(a.device) if self.settings.swap else \
+            torch.zeros(n, dtype=torch.bool, device=a.device)
+        b = a[perm] if self.settings.b_grad else a[perm].detach()
+        flags = swap.reshape(-1, *([1] * (a.dim() - 1)))
+        real, imag = torch.where(flags, b, a), torch.where(flags, a, b)
+        x = _rotate(torch.complex(real, imag), theta)
+        self.last = {"a": a, "b": b, "x": x, "theta": theta, "swap": swap, "partner": perm}
+        return x
+
+    def decode_angle(self) -> torch.Tensor:
+        """The angle the client rotates back by: theta, plus pi/2 where the parts were swapped."""
+        return self.last["theta"] + self.last["swap"].float() * (math.pi / 2)
+
+    def recover(self, h: torch.Tensor) -> torch.Tensor:
+        return _rotate(h, -self.decode_angle()).real
+
+
+def _rotate(f: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """e^{i angle} f with one angle per sample."""
+    return f * torch.polar(torch.ones_like(angle), angle).reshape(-1, *([1] * (f.dim() - 1)))
+
+
+class NoisyCodec:
+    """a + gamma * std(a) * N(0, I), sent as real (or zero-imaginary complex) features."""
+
+    def __init__(self, gamma: float, is_complex: bool, generator: torch.Generator) -> None:
+        self.gamma, self.generator, self.plain = gamma, generator, PlainCodec(is_complex)
+
+    def obfuscate(self, a: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(a.shape, generator=self.generator).to(a.device)
+        return self.plain.obfuscate(a + self.gamma * a.detach().std() * noise)
+
+    def recover(self, h: torch.Tensor) -> torch.Tensor:
+        return self.plain.recover(h)
+
+
+class FeatureDefense:
+    """Base of the feature defenses: inputs unchanged, a codec per round for the split network."""
+
+    acts_on = "features"
+    needs_complex = False
+    spec = ""
+
+    def transform(
+        self, images: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training inputs are unchanged."""
+        return images, {}
+
+
+class ComplexRotation(FeatureDefense):
+    """The complex-rotation defense (needs a ``complex-*`` model)."""
+
+    needs_complex = True
+
+    def __init__(self, settings: RotationSettings, spec: str) -> None:
+        self.settings, self.spec = settings, spec
+
+    def codec(self, is_complex: bool, generator: torch.Generator) -> RotationCodec:
+        """A fresh rotation codec drawing from ``generator``."""
+        return RotationCodec(self.settings, generator)
+
+
+class PlainFeatures(FeatureDefense):
+    """Plain features through the same network: the in-run baseline."""
+
+    spec = "plain"
+
+    def codec(self, is_complex: bool, generator: torch.Generator) -> PlainCodec:
+        """The plain codec."""
+        return PlainCodec(is_complex)
+
+
+class NoisyFeatures(FeatureDefense):
+    """Noisy features a + gamma * sigma_a * eps."""
+
+    def __init__(self, gamma: float) -> None:
+        self.gamma, self.spec = gamma, f"noise:{gamma:g}"
+
+    def codec(self, is_complex: bool, generator: torch.Generator) -> NoisyCodec:
+        """A noisy codec drawing from ``generator``."""
+        return NoisyCodec(self.gamma, is_complex, generator)
+
+
+def parse_rotation(argument: str) -> RotationSettings:
+    """Parse ``k=8,swap=true,...`` (empty: the defaults).
+
+    Raises
+    ------
+    ConfigError
+        For an unknown option, a malformed value, k < 2, n-critic < 1, negative weights.
+    """
+    values: dict[str, object] = {}
+    for item in filter(None, (part.strip() for part in argument.split(","))):
+        key, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            if key == "k":
+                values["k"] = int(value)
+            elif key == "n-critic":
+                values["n_critic"] = int(value)
+            elif key in ("gp", "adv"):
+                values[key] = float(value)
+            elif key == "dtheta":
+                values["dtheta"] = {"2pi": 2 * math.pi, "pi": math.pi}[value]
+            elif key in ("swap", "b-grad"):
+                values[key.replace("-", "_")] = BOOLEANS[value]
+            else:
+                raise ConfigError(f"defense 'complex:{argument}': unknown option {key!r}; valid form: {COMPLEX_FORM}")
+        except (ValueError, KeyError):
+            raise ConfigError(f"defense 'complex:{argument}': bad value in {item!r}; valid form: {COMPLEX_FORM}") from None
+    settings = RotationSettings(**values)  # type: ignore[arg-type]
+    if settings.k < 2:
+        raise ConfigError(f"defense 'complex:{argument}': k must be >= 2 (one real and k-1 fake angles), got {settings.k}")
+    if settings.n_critic < 1 or settings.gp < 0 or settings.adv < 0:
+        raise ConfigError(f"defense 'complex:{argument}': n-critic must be >= 1 and gp, adv >= 0")
+    return settings
+
+
+@register_defense("complex", COMPLEX_FORM)
+def _complex(argument: str) -> Defense:
+    return ComplexRotation(parse_rotation(argument), f"complex:{argument}" if argument else "complex")
+
+
+@register_defense("plain", "plain (split networks: features sent as they are)")
+def _plain(argument: str) -> Defense:
+    if argument:
+        raise ConfigError(f"defense 'plain' takes no argument, got 'plain:{argument}'")
+    return PlainFeatures()
+
+
+@register_defense("noise", "noise:GAMMA (split networks: a + GAMMA * std(a) * N(0, I), GAMMA >= 0)")
+def _noise(argument: str) -> Defense:
+    try:
+        gamma = float(argument)
+    except ValueError:
+        gamma = -1.0
+    if not gamma >= 0:
+        raise ConfigError(f"defense 'noise:{argument}': GAMMA must be a number >= 0 (e.g. noise:0.5)")
+    return NoisyFeatures(gamma)

@@ -1,0 +1,170 @@
+"""The complex-rotation defense end to end without Flower: split networks, codecs, leaks and attacks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedpriv.attacks import AttackSettings, AttackTarget, AuxiliaryData, build_attack
+from fedpriv.config import RunConfig
+from fedpriv.data.loading import load_split
+from fedpriv.data.specs import resolve_spec
+from fedpriv.defenses import build_defense
+from fedpriv.defenses.features import RotationCodec, RotationSettings, derangement
+from fedpriv.errors import ConfigError
+from fedpriv.leaks import FeatureLeak, GroundTruth
+from fedpriv.models import build_model
+from fedpriv.protocols import query_features
+from fedpriv.rotation.adversarial import circular_error
+from fedpriv.rotation.networks import PlainCodec, split_model_names
+from fedpriv.round_attacks import score
+
+PHOTOS = resolve_spec("embedded-photos")
+
+
+def _features(channels: int, size: int, n: int = 3, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.complex(torch.randn(n, channels, size, size, generator=g), torch.randn(n, channels, size, size, generator=g))
+
+
+@pytest.mark.parametrize("name", [n for n in split_model_names() if n.startswith("complex-")])
+def test_every_processing_module_is_rotation_equivariant(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, 10, 3)
+    shape = (6, 14) if "lenet" in name else (16, 32)
+    x = _features(*shape)
+    rotation = torch.polar(torch.ones(3), torch.tensor([0.3, 2.0, 5.1])).reshape(3, 1, 1, 1)
+    for train in (True, False):
+        model.train(train)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        first = model.processing(rotation * x)
+        model.load_state_dict(state)
+        second = model.processing(x)
+        turn = rotation.reshape(3, *([1] * (second.dim() - 1)))
+        # relative to the output's scale: 110 float32 layers accumulate rounding (absolute 3e-4 on |h| ~ 3)
+        gap = float((first - turn * second).detach().abs().max() / second.detach().abs().max())
+        assert gap < 1e-4, (name, train, gap)
+
+
+def test_the_client_decodes_what_the_unrotated_features_give() -> None:
+    """Re[Phi(e^{i theta}(a + ib)) e^{-i theta}] = Re[Phi(a + ib)]: the key cancels, the logits agree."""
+    torch.manual_seed(0)
+    model = build_model("complex-resnet20-alpha", 10, 3).eval()
+    images = PHOTOS.normalize(load_split("embedded-photos", "", "train").images[:4].float() / 255)
+    codec = RotationCodec(RotationSettings(swap=True), torch.Generator().manual_seed(1))
+    model.codec = codec
+    rotated = model(images)
+    a, b, swap = codec.last["a"], codec.last["b"], codec.last["swap"].reshape(-1, 1, 1, 1)
+    unrotated = torch.complex(torch.where(swap, b, a), torch.where(swap, a, b))
+    phase = torch.where(codec.last["swap"], math.pi / 2, 0.0)
+    h = model.processing(unrotated)
+    direct = model.decoder((h * torch.polar(torch.ones(4), -phase).reshape(-1, 1, 1, 1)).real)
+    assert torch.allclose(rotated, direct, atol=1e-4)
+
+
+def test_derangements_never_pair_a_sample_with_itself() -> None:
+    g = torch.Generator().manual_seed(0)
+    for n in (2, 3, 8):
+        for _ in range(50):
+            assert not (derangement(n, g) == torch.arange(n)).any()
+
+
+def _phase_histogram_angles(x: torch.Tensor, bins: int = 72) -> torch.Tensor:
+    """A naive attacker's key estimate: the most frequent phase among a sample's feature elements."""
+    phases = torch.remainder(x.flatten(1).angle(), 2 * math.pi)
+    counts = torch.stack([torch.histc(p[m > 1e-6], bins, 0, 2 * math.pi) for p, m in zip(phases, x.flatten(1).abs())])
+    return (counts.argmax(1).float() + 0.5) * (2 * math.pi / bins)
+
+
+def test_the_encoder_output_does_not_leak_the_angle_through_element_phases() -> None:
+    """g ends without ReLU, so the element phases are spread: a histogram estimator is no better than
+    chance (pi/2; measured 2.0 here: the untrained encoder's phases are not uniform, which the
+    critic's training is there to remove); the negative control (non-negative features, as after a
+    final ReLU) puts every phase in [theta, theta + pi/2] and the estimator finds theta."""
+    torch.manual_seed(0)
+    model = build_model("complex-resnet20-alpha", 10, 3).eval()
+    pixels = load_split("embedded-photos", "", "train").images[:32].float() / 255
+    codec = RotationCodec(RotationSettings(), torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        a = model.encoder(PHOTOS.normalize(pixels))
+        ours = codec.obfuscate(a)
+        theta = codec.last["theta"]
+        relu = RotationCodec(RotationSettings(), torch.Generator().manual_seed(2)).obfuscate(F.relu(a))
+    assert float(circular_error(_phase_histogram_angles(ours), theta).mean()) > 1.2
+    assert float(circular_error(_phase_histogram_angles(relu), theta).mean()) < 0.8
+
+
+def test_u_shaped_training_leaks_the_angle_modulo_pi_through_the_returned_gradient() -> None:
+    torch.manual_seed(0)
+    model = build_model("complex-lenet", 10, 3)
+    train = load_split("embedded-photos", "", "train")
+    codec = RotationCodec(RotationSettings(swap=True), torch.Generator().manual_seed(3))
+    x, grads, extras = query_features(model, train.images[:6].float() / 255, train.labels[:6], PHOTOS, codec, True)
+    assert grads is not None and x.is_complex()
+    angle = extras["theta"] + extras["swap"] * math.pi / 2
+    phases = torch.remainder(grads.flatten(1).angle(), math.pi)
+    spread = circular_error(phases, torch.remainder(angle, math.pi)[:, None], math.pi)
+    assert float(spread[grads.flatten(1).abs() > 1e-9].max()) < 1e-3  # every element: theta or theta + pi
+
+
+def _aux_and_leaks(spec: str) -> tuple[torch.nn.Module, AuxiliaryData, list[AttackTarget], list[GroundTruth]]:
+    torch.manual_seed(0)
+    model = build_model("complex-lenet", 10, 3).eval()
+    train = load_split("embedded-photos", "", "train")
+    aux = AuxiliaryData(train.images[:384], train.labels[:384])
+    targets, truths = [], []
+    for client in range(2):
+        index = torch.arange(1000 + 8 * client, 1008 + 8 * client)
+        defense = build_defense(spec)
+        codec = defense.codec(True, torch.Generator().manual_seed(client)) if hasattr(defense, "codec") else PlainCodec(True)
+        pixels = train.images[index].float() / 255
+        x, grads, extras = query_features(model, pixels, train.labels[index], PHOTOS, codec, True)
+        targets.append(AttackTarget(FeatureLeak(x, grads), seed=client, defense_spec=spec))
+        truths.append(GroundTruth(pixels, pixels, train.labels[index], spec, extras))
+    return model, aux, targets, truths
+
+
+def test_unet_inversion_of_plain_features_beats_a_grey_image() -> None:
+    model, aux, targets, truths = _aux_and_leaks("plain")
+    attack = build_attack("unet-inversion", AttackSettings(extra={"epochs": "10", "width": "8", "convs": "2", "adam-lr": "1e-3"}))
+    attack.prepare(PHOTOS, aux)
+    rows = [score(r, t) for r, t in zip(attack.reconstruct(model, PHOTOS, targets), truths)]
+    assert all(r["psnr"] > r["psnr_grey"] + 2.0 and 0 < r["mae"] < 0.5 for r in rows), rows
+
+
+def test_feature_attacks_run_on_rotated_features_and_score_angles() -> None:
+    model, aux, targets, truths = _aux_and_leaks("complex:k=4")
+    options = {"epochs": "1", "width": "4", "convs": "1", "critic-epochs": "1", "angles": "36"}
+    rows = {}
+    for name in ("angle-unet-inversion", "gradient-phase", "two-image-decoder", "property-inference"):
+        attack = build_attack(name, AttackSettings(extra=options))
+        attack.prepare(PHOTOS, aux)
+        rows[name] = [score(r, t) for r, t in zip(attack.reconstruct(model, PHOTOS, targets), truths)]
+    assert all(r["angle_error_mod_pi"] < 1e-3 for r in rows["gradient-phase"])  # read off dL/dh exactly
+    assert all(0 <= r["angle_error"] <= math.pi for r in rows["angle-unet-inversion"])
+    assert all(r["best_of_two"] and "psnr" in r for r in rows["two-image-decoder"])
+    assert all(0 <= r["property_error"] <= 1 and "psnr" not in r for r in rows["property-inference"])
+
+
+RUN = {"dataset": "embedded-photos", "model": "complex-lenet", "protocol": "split-inference",
+       "attacks": "unet-inversion", "aux-samples": 256, "batch-size": 16}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"model": "complex-resnet21-alpha"}, "unknown architecture 'resnet21'"),
+    ({"model": "complex-resnet20-gamma"}, "unknown split point 'gamma'; valid: alpha, beta"),
+    ({"defense": "complex:k=1"}, "k must be >= 2"),
+    ({"defense": "noise:-0.5"}, "GAMMA must be a number >= 0"),
+    ({"defense": "ats:3-1-7"}, "acts on inputs, but protocol 'split-inference' defends features"),
+    ({"attacks": "inverting-gradients"}, "sends features leaks; attacks for it"),
+    ({"attacks": "gradient-phase"}, "set split-training=true"),
+    ({"model": "original-lenet", "defense": "complex"}, "needs a complex network"),
+    ({"model": "convnet"}, "run under protocol 'split-inference'"),
+    ({"defense": "complex", "batch-size": 1}, "batch-size and feature-samples must be >= 2"),
+])
+def test_bad_rotation_settings_fail_before_training(change: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.from_run_config(RUN | change)
