@@ -301,7 +301,7 @@ def query_features(
         x = codec.obfuscate(a)  # type: ignore[attr-defined]
     grads = None
     if split_training:
-        h = model.processing(x).detach().requires_grad_(True)  # type: ignore[operator]
+        h = model.process(x).detach().requires_grad_(True)  # type: ignore[operator]
         loss = torch.nn.functional.cross_entropy(model.decoder(codec.recover(h)), labels.to(device))  # type: ignore[operator, attr-defined]
         grads = torch.autograd.grad(loss, h)[0].detach().cpu()
     last = getattr(codec, "last", {})

@@ -173,3 +173,28 @@ def test_prediction_inversion_app_with_joint_training(superlink: PrivateSuperLin
     assert config["server-pretraining"]["joint-training"] is True and config["server-pretraining"]["inverter-top"] == 3
     assert (folder / "reconstructions" / "round002_client0000_prediction-inversion_classes.png").exists()
     assert read_jsonl(folder / "rounds.jsonl")[0]["accuracy"] > 0.3  # the server's pretraining trained it
+
+
+def test_complex_rotation_app_with_every_feature_attack(superlink: PrivateSuperLink, tmp_path: Path) -> None:
+    """The cifar10_complex app on the embedded photographs: a complex LeNet federation with rotated,
+    plain and noisy clients under U-shaped split training, all five feature attacks on the same leaks."""
+    app = APP.parent / "cifar10_complex"
+    run_config = (
+        f"dataset='embedded-photos' model='complex-lenet' out-dir='{tmp_path}' run-name='rot' num-server-rounds=1 "
+        "local-samples=64 batch-size=32 aux-samples=256 feature-samples=8 split-training=true "
+        "defense='complex:k=4,n-critic=1' defense-overrides='1=plain|2=noise:0.5' eval-samples=200 "
+        "attacks='unet-inversion,angle-unet-inversion,gradient-phase,two-image-decoder,property-inference' "
+        "attack-options='epochs=1,width=4,convs=1,critic-epochs=1,angles=36'"
+    )
+    outcome = superlink.run(app, run_config, "num-supernodes=3 client-resources-num-cpus=1", echo=False, timeout=600)
+    assert outcome.ok, outcome.log[-4000:]
+    folder = tmp_path / "rot"
+    rows = read_jsonl(folder / "metrics.jsonl")
+    assert len(rows) == 15 and all(r["status"] == "ok" and r["protocol"] == "split-inference" for r in rows)
+    rotated = {r["attack"]: r for r in rows if r["partition_id"] == 0}
+    assert rotated["gradient-phase"]["angle_error_mod_pi"] < 1e-3  # U-shaped training leaks theta mod pi
+    assert "angle_error" in rotated["angle-unet-inversion"] and "mae" in rotated["unet-inversion"]
+    assert rotated["two-image-decoder"]["best_of_two"] and 0 <= rotated["property-inference"]["property_error"] <= 1
+    assert {r["defense"] for r in rows} == {"complex:k=4,n-critic=1", "plain", "noise:0.5"}
+    round1 = read_jsonl(folder / "rounds.jsonl")[1]
+    assert 0 <= round1["accuracy"] <= 1 and "accuracy_plain" in round1

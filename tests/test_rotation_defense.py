@@ -40,9 +40,9 @@ def test_every_processing_module_is_rotation_equivariant(name: str) -> None:
     for train in (True, False):
         model.train(train)
         state = {k: v.clone() for k, v in model.state_dict().items()}
-        first = model.processing(rotation * x)
+        first = model.process(rotation * x)
         model.load_state_dict(state)
-        second = model.processing(x)
+        second = model.process(x)
         turn = rotation.reshape(3, *([1] * (second.dim() - 1)))
         # relative to the output's scale: 110 float32 layers accumulate rounding (absolute 3e-4 on |h| ~ 3)
         gap = float((first - turn * second).detach().abs().max() / second.detach().abs().max())
@@ -60,7 +60,7 @@ def test_the_client_decodes_what_the_unrotated_features_give() -> None:
     a, b, swap = codec.last["a"], codec.last["b"], codec.last["swap"].reshape(-1, 1, 1, 1)
     unrotated = torch.complex(torch.where(swap, b, a), torch.where(swap, a, b))
     phase = torch.where(codec.last["swap"], math.pi / 2, 0.0)
-    h = model.processing(unrotated)
+    h = model.process(unrotated)
     direct = model.decoder((h * torch.polar(torch.ones(4), -phase).reshape(-1, 1, 1, 1)).real)
     assert torch.allclose(rotated, direct, atol=1e-4)
 

@@ -1,13 +1,19 @@
 """Rotation-equivariant complex layers: Phi(e^{i theta} f) = e^{i theta} Phi(f) for a per-sample theta.
 
-Activations are native complex64 tensors; weights are pairs of real tensors (convolution and
-linear layers, without bias: a bias breaks equivariance). Batch norm, pooling by norm, the
-norm-gated activation and dropout with one mask are written here because PyTorch has no
-complex versions.
+A complex activation f = f_r + i f_i with C channels travels through Phi as one real tensor of 2C
+channels, [f_r; f_i] (:func:`to_stacked`, :func:`from_stacked`): convolutions and linear layers
+are then single real products with the block weight [[W_r, -W_i], [W_i, W_r]], and nothing pays
+for complex arithmetic or re-packing between layers (measured on this CPU: a complex ResNet-20's
+epoch took 2.5x the real network's with complex64 activations and PyTorch's complex
+convolution 3x slower still). Weights are pairs of real tensors, without bias (a bias breaks
+equivariance). Batch norm, pooling by norm, the norm-gated activation and dropout with one mask
+act on the modulus |f| and scale both halves by the same real factor.
 Nothing in this module acts on the phase or on the real and imaginary parts separately.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +22,36 @@ from torch import nn
 EPS = 1e-5
 
 
+def to_stacked(x: torch.Tensor) -> torch.Tensor:
+    """A complex tensor (n, C, ...) as the real (n, 2C, ...) tensor [Re; Im]."""
+    return torch.cat([x.real, x.imag], 1)
+
+
+def from_stacked(f: torch.Tensor) -> torch.Tensor:
+    """The complex tensor behind a stacked (n, 2C, ...) tensor."""
+    real, imag = f.chunk(2, 1)
+    return torch.complex(real.contiguous(), imag.contiguous())
+
+
+def _halves(f: torch.Tensor) -> torch.Tensor:
+    """(n, 2C, ...) viewed as (n, 2, C, ...): the real and imaginary halves."""
+    return f.unflatten(1, (2, f.shape[1] // 2))
+
+
+def power(f: torch.Tensor) -> torch.Tensor:
+    """|f|^2 per complex element, (n, C, ...)."""
+    halves = _halves(f)
+    return halves[:, 0].square() + halves[:, 1].square()
+
+
 def modulus(f: torch.Tensor) -> torch.Tensor:
-    """|f| = sqrt(Re^2 + Im^2 + eps): differentiable at 0 (no NaN gradients)."""
-    return torch.sqrt(f.real.square() + f.imag.square() + EPS)
+    """|f| = sqrt(Re^2 + Im^2 + eps) per complex element: differentiable at 0 (no NaN gradients)."""
+    return torch.sqrt(power(f) + EPS)
+
+
+def scale(f: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Both halves of ``f`` times one real ``factor`` (broadcastable to (n, C, ...))."""
+    return (_halves(f) * factor.unsqueeze(1)).flatten(1, 2)
 
 
 def _stacked(real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
@@ -30,7 +63,7 @@ class ComplexConv2d(nn.Module):
     """A complex convolution without bias: out_r = W_r*f_r - W_i*f_i, out_i = W_r*f_i + W_i*f_r.
 
     The weights are two real tensors, each initialised as ``nn.Conv2d`` initialises its weight;
-    the product runs as one real convolution on [f_r; f_i] with the block weight
+    the product is one real convolution of the stacked [f_r; f_i] with the block weight
     [[W_r, -W_i], [W_i, W_r]]. PyTorch's native complex convolution gives the same numbers but
     measured 3x slower than this on the CPU (450 vs 148 ms for a 32-channel 16x16 batch of 32,
     forward and backward), so it is not used.
@@ -46,9 +79,7 @@ class ComplexConv2d(nn.Module):
             nn.init.kaiming_uniform_(weight, a=5**0.5)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        out = F.conv2d(torch.cat([f.real, f.imag], 1), _stacked(self.weight_real, self.weight_imag),
-                       stride=self.stride, padding=self.padding)
-        return torch.complex(out[:, : self.out_channels], out[:, self.out_channels :])
+        return F.conv2d(f, _stacked(self.weight_real, self.weight_imag), stride=self.stride, padding=self.padding)
 
 
 class ComplexLinear(nn.Module):
@@ -63,8 +94,7 @@ class ComplexLinear(nn.Module):
             nn.init.kaiming_uniform_(weight, a=5**0.5)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        out = F.linear(torch.cat([f.real, f.imag], 1), _stacked(self.weight_real, self.weight_imag))
-        return torch.complex(out[:, : self.out_features], out[:, self.out_features :])
+        return F.linear(f, _stacked(self.weight_real, self.weight_imag))
 
 
 class NormGate(nn.Module):
@@ -86,9 +116,8 @@ class NormGate(nn.Module):
         norm = modulus(f)
         if self.c is None:
             threshold = norm.mean(dim=tuple(range(2, f.dim())) if f.dim() > 2 else 1, keepdim=True)
-        else:
-            threshold = torch.full_like(norm, self.c)
-        return f * (norm / torch.maximum(norm, threshold))
+            return scale(f, norm / torch.maximum(norm, threshold))
+        return scale(f, norm / norm.clamp_min(self.c))
 
 
 class ComplexBatchNorm(nn.Module):
@@ -121,19 +150,19 @@ class ComplexBatchNorm(nn.Module):
         self.scale = nn.Parameter(torch.zeros(channels)) if affine else None
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        power = f.real.square() + f.imag.square()
         if self.training:
-            dims = (0,) if self.per_element else tuple(d for d in range(f.dim()) if d != 1)
-            batch = power.mean(dim=dims)
+            energy = power(f)
+            dims = (0,) if self.per_element else tuple(d for d in range(energy.dim()) if d != 1)
+            batch = energy.mean(dim=dims)
             with torch.no_grad():
                 self.running_power.lerp_(batch.detach().reshape(self.running_power.shape), self.momentum)
         else:
             batch = self.running_power
         view = (1, *batch.shape) if self.per_element else (1, -1) + (1,) * (f.dim() - 2)
-        out = f / torch.sqrt(batch.reshape(view) + EPS)
+        factor = torch.rsqrt(batch.reshape(view) + EPS)
         if self.scale is not None:
-            out = out * (F.softplus(self.scale) / F.softplus(torch.zeros(()))).reshape((1, -1) + (1,) * (f.dim() - 2))
-        return out
+            factor = factor * (F.softplus(self.scale) / math.log(2)).reshape((1, -1) + (1,) * (f.dim() - 2))
+        return scale(f, factor)
 
 
 class NormMaxPool2d(nn.Module):
@@ -144,21 +173,21 @@ class NormMaxPool2d(nn.Module):
         self.kernel_size, self.stride = kernel_size, stride or kernel_size
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        _, index = F.max_pool2d(modulus(f), self.kernel_size, self.stride, return_indices=True)
+        _, index = F.max_pool2d(power(f), self.kernel_size, self.stride, return_indices=True)
         flat = f.flatten(2)
-        picked = torch.complex(flat.real.gather(2, index.flatten(2)), flat.imag.gather(2, index.flatten(2)))
-        return picked.reshape(index.shape)
+        picked = flat.gather(2, index.flatten(2).repeat(1, 2, 1))
+        return picked.reshape(len(f), f.shape[1], *index.shape[2:])
 
 
 class ComplexAvgPool2d(nn.Module):
-    """Average pooling (linear, so applied to both parts; PyTorch's avg_pool2d has no complex kernel)."""
+    """Average pooling (linear, so it acts on both halves alike)."""
 
     def __init__(self, kernel_size: int) -> None:
         super().__init__()
         self.kernel_size = kernel_size
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return torch.complex(F.avg_pool2d(f.real, self.kernel_size), F.avg_pool2d(f.imag, self.kernel_size))
+        return F.avg_pool2d(f, self.kernel_size)
 
 
 class ComplexDropout(nn.Module):
@@ -171,8 +200,8 @@ class ComplexDropout(nn.Module):
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return f
-        mask = torch.bernoulli(torch.full(f.shape, 1 - self.p, device=f.device)) / (1 - self.p)
-        return f * mask
+        shape = (len(f), f.shape[1] // 2, *f.shape[2:])
+        return scale(f, torch.bernoulli(torch.full(shape, 1 - self.p, device=f.device)) / (1 - self.p))
 
 
 class ComplexBasicBlock(nn.Module):
@@ -199,7 +228,7 @@ class ComplexBasicBlock(nn.Module):
 
 
 class ComplexFlatten(nn.Module):
-    """Flatten all but the batch dimension (complex tensors)."""
+    """Flatten all but the batch dimension, keeping [Re; Im] halves: (n, 2C, H, W) -> (n, 2CHW)."""
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return f.flatten(1)
+        return _halves(f).flatten(2).flatten(1)

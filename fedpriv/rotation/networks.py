@@ -76,10 +76,15 @@ class SplitNetwork(nn.Module):
         self.is_complex = is_complex
         self.codec: FeatureCodec = PlainCodec(is_complex)
 
+    def process(self, x: torch.Tensor) -> torch.Tensor:
+        """h = Phi(x): complex in, complex out for complex networks (stacked [Re; Im] inside)."""
+        if not self.is_complex:
+            return self.processing(x)
+        return layers.from_stacked(self.processing(layers.to_stacked(x)))
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         a = self.encoder(inputs)
-        h = self.processing(self.codec.obfuscate(a))
-        return self.decoder(self.codec.recover(h))
+        return self.decoder(self.codec.recover(self.process(self.codec.obfuscate(a))))
 
 
 def _real_block(inplanes: int, width: int, stride: int) -> BasicBlock:

@@ -55,7 +55,7 @@ def train_split_local(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(task) * len(index)
+            total += float(task.detach()) * len(index)
             count += len(index)
             if remaining == 0:
                 break
