@@ -37,7 +37,7 @@ SETTINGS = {
 TOPS = (1, 3, 5, 10)  # partitions 0..3 (truncate:M); partition 4 sends full vectors
 
 
-def throughput(width: int, images: int = 512, epochs: int = 2) -> float:
+def throughput(width: int, images: int = 1024, epochs: int = 3) -> float:
     """Inverter training images per second at ``width`` (batch 128, one thread pool as configured)."""
     torch.manual_seed(0)
     inverter = PredictionInverter(10, 1, 10, width=width)
@@ -52,14 +52,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--only", default="", help="comma-separated setting names (default: all)")
+    parser.add_argument("--only", default="", help="setting names joined by ';' (default: all)")
     args = parser.parse_args()
     for width in (32, 128):
         print(f"inverter training throughput, width {width}: {throughput(width):.0f} images/s "
               f"({torch.get_num_threads()} threads)", flush=True)
     base = tomllib.loads(PRESET.read_text())
     out = Path(tempfile.mkdtemp(prefix="fedpriv-prediction-"))
-    chosen = [s for s in SETTINGS if not args.only or s in args.only.split(",")]
+    chosen = [s for s in SETTINGS if not args.only or s in args.only.split(";")]
     header = ("| setting | round | accuracy | " + " | ".join(f"m={m}" for m in TOPS)
               + " | full | grey | (MSE / PSNR dB / SSIM) |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
