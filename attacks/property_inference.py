@@ -1,10 +1,13 @@
-"""Property inference from split-inference features: k-NN and a classifier on angle-corrected features a*.
+"""Property inference from split-inference features, the four attacks of Xiang et al.
 
 The attacker estimates each leaked sample's angle as inversion attack 1 does (its own critic,
 argmax over a grid), forms a* = Re[x e^{-i theta-hat}] (a itself for real features) and infers
-the private property: ``variant=knn`` (attack 4: the majority property of the ``k`` nearest
-auxiliary features a, L2 on flattened features) or ``classifier`` (attack 2: a small CNN trained
-on the auxiliary (a, property) pairs). The property is the task label unless the
+the private property with ``variant``: ``images`` (attack 1: a classifier trained on the raw
+auxiliary images, applied to the attack-1 reconstruction U-Net(a*)), ``classifier`` (attack 2: a
+small CNN trained on the auxiliary (a, property) pairs, applied to a*), ``reconstructions``
+(attack 3: an image classifier trained on the U-Net's reconstructions of the auxiliary features,
+applied to the victims' reconstructions) or ``knn`` (attack 4: the majority property of the
+``k`` nearest auxiliary features a, L2 on flattened features). The property is the task label unless the
 data set defines another (the truth's ``property`` extra).
 """
 
@@ -21,10 +24,11 @@ from fedpriv.attacks.feature_inversion import ANGLE_DEFAULTS, AngleUNetInversion
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import FeatureLeak
+from fedpriv.models import ConvNet
 from fedpriv.rotation.adversarial import decode_at
 from fedpriv.rotation.networks import SplitNetwork
 
-VARIANTS = ("knn", "classifier")
+VARIANTS = ("knn", "classifier", "images", "reconstructions")
 
 
 class FeatureClassifier(nn.Module):
@@ -51,7 +55,9 @@ class PropertyInference(AngleUNetInversion):
     """Infers each queried sample's property from its features (options: variant, k, classifier-epochs)."""
 
     name: ClassVar[str] = "property-inference"
-    options: ClassVar[tuple[str, ...]] = tuple(ANGLE_DEFAULTS) + ("variant", "k", "classifier-epochs", "adam-lr")
+    options: ClassVar[tuple[str, ...]] = tuple(ANGLE_DEFAULTS) + (
+        "variant", "k", "classifier-epochs", "adam-lr", "epochs", "width", "convs", "batch", "val-fraction",
+    )
 
     def __init__(self, settings: AttackSettings) -> None:
         super().__init__(settings)
@@ -66,19 +72,21 @@ class PropertyInference(AngleUNetInversion):
                     seed: int) -> None:
         assert self.aux is not None
         self.keys, self.key_labels = own["a"], self.aux.labels[: len(own["a"])]
-        if own["x"].is_complex():
-            self._train_critic(spec, own, seed)
-        if self.variant == "classifier":
-            classifier = FeatureClassifier(own["a"].shape[1], dataset.num_classes).to(self.device)
-            optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
-            generator = torch.Generator().manual_seed(seed)
-            for _ in range(int(self.values["classifier-epochs"])):
-                for index in torch.randperm(len(self.keys), generator=generator).split(QUERY_BATCH):
-                    loss = F.cross_entropy(classifier(self.keys[index].to(self.device)), self.key_labels[index].to(self.device))
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-            self.networks[(spec, "classifier")] = classifier.eval()
+        if self.variant in ("images", "reconstructions"):
+            super().train_round(model, dataset, spec, own, seed)  # the critic and the attack-1 U-Net
+            pixels = self._pixels()[: len(own["a"])]
+            if self.variant == "reconstructions":
+                with torch.no_grad():
+                    pixels = torch.cat([self.networks[(spec, "a")](part.to(self.device)).cpu() for part in own["a"].split(256)])
+            inputs, classifier = dataset.normalize(pixels), ConvNet(dataset.num_classes, dataset.channels, width=16)
+        else:
+            if own["x"].is_complex():
+                self._train_critic(spec, own, seed)
+            if self.variant == "knn":
+                return
+            inputs, classifier = self.keys, FeatureClassifier(own["a"].shape[1], dataset.num_classes)
+        self.networks[(spec, "classifier")] = _fit_classifier(classifier.to(self.device), inputs, self.key_labels,
+                                                              int(self.values["classifier-epochs"]), seed, self.device)
 
     def attack_one(self, model: SplitNetwork, dataset: DatasetSpec, spec: str, leak: FeatureLeak) -> Reconstruction:
         angles = self.estimate_angles(spec, leak)
@@ -87,8 +95,28 @@ class PropertyInference(AngleUNetInversion):
             predictions = knn_predict(features, self.keys, self.key_labels, int(self.values["k"]))
         else:
             with torch.no_grad():
-                predictions = self.networks[(spec, "classifier")](features.to(self.device)).argmax(1).cpu()
+                inputs = features.to(self.device)
+                if self.variant in ("images", "reconstructions"):
+                    inputs = dataset.normalize(self.networks[(spec, "a")](inputs))
+                predictions = self.networks[(spec, "classifier")](inputs).argmax(1).cpu()
         return Reconstruction(properties=predictions, angles=angles if leak.features.is_complex() else None)
+
+
+def _fit_classifier(classifier: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, epochs: int, seed: int,
+                    device: torch.device) -> nn.Module:
+    """Adam(1e-3) cross-entropy training in batches of 64; returns the classifier in eval mode."""
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(seed)
+    classifier.train()
+    for _ in range(epochs):
+        for index in torch.randperm(len(labels), generator=generator).split(QUERY_BATCH):
+            if len(index) < 2:
+                continue
+            loss = F.cross_entropy(classifier(inputs[index].to(device)), labels[index].to(device))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return classifier.eval()
 
 
 ATTACKS.add(PropertyInference.name, PropertyInference)

@@ -168,3 +168,24 @@ RUN = {"dataset": "embedded-photos", "model": "complex-lenet", "protocol": "spli
 def test_bad_rotation_settings_fail_before_training(change: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         RunConfig.from_run_config(RUN | change)
+
+
+@pytest.mark.parametrize("variant", ["knn", "classifier", "images", "reconstructions"])
+def test_property_inference_variants_infer_a_property_per_query(variant: str) -> None:
+    model, aux, targets, truths = _aux_and_leaks("complex:k=4")
+    options = {"variant": variant, "epochs": "1", "width": "4", "convs": "1", "critic-epochs": "1", "angles": "12",
+               "classifier-epochs": "1"}
+    attack = build_attack("property-inference", AttackSettings(extra=options))
+    attack.prepare(PHOTOS, aux)
+    results = attack.reconstruct(model, PHOTOS, targets)
+    assert all(r.properties.shape == (8,) and r.angles is not None for r in results)
+    assert all(0 <= score(r, t)["property_error"] <= 1 for r, t in zip(results, truths))
+
+
+def test_plain_features_keep_the_class_the_knn_attack_reads() -> None:
+    """Against plain features of an untrained encoder, k-NN on a beats chance (0.9 error on 10 classes)."""
+    model, aux, targets, truths = _aux_and_leaks("plain")
+    attack = build_attack("property-inference", AttackSettings(extra={"variant": "knn", "k": "1"}))
+    attack.prepare(PHOTOS, aux)
+    errors = [score(r, t)["property_error"] for r, t in zip(attack.reconstruct(model, PHOTOS, targets), truths)]
+    assert sum(errors) / len(errors) < 0.7, errors
