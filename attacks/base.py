@@ -113,12 +113,15 @@ class AuxiliaryData:
     inverter
         An inversion network the server trained jointly with the initial model
         (``joint-training``), else ``None``.
+    properties
+        The samples' private property where the data set defines one (else ``None``: the labels).
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     kind: str = "same"
     inverter: nn.Module | None = None
+    properties: torch.Tensor | None = None
 
 
 @dataclass

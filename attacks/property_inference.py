@@ -8,7 +8,7 @@ small CNN trained on the auxiliary (a, property) pairs, applied to a*), ``recons
 (attack 3: an image classifier trained on the U-Net's reconstructions of the auxiliary features,
 applied to the victims' reconstructions) or ``knn`` (attack 4: the majority property of the
 ``k`` nearest auxiliary features a, L2 on flattened features). The property is the task label unless the
-data set defines another (the truth's ``property`` extra).
+data set defines another (``cifar100-super``: the fine label of a 20-superclass task).
 """
 
 from __future__ import annotations
@@ -71,20 +71,22 @@ class PropertyInference(AngleUNetInversion):
     def train_round(self, model: SplitNetwork, dataset: DatasetSpec, spec: str, own: dict[str, torch.Tensor],
                     seed: int) -> None:
         assert self.aux is not None
-        self.keys, self.key_labels = own["a"], self.aux.labels[: len(own["a"])]
+        prop = self.aux.labels if self.aux.properties is None else self.aux.properties
+        self.keys, self.key_labels = own["a"], prop[: len(own["a"])]
+        classes = int(prop.max()) + 1
         if self.variant in ("images", "reconstructions"):
             super().train_round(model, dataset, spec, own, seed)  # the critic and the attack-1 U-Net
             pixels = self._pixels()[: len(own["a"])]
             if self.variant == "reconstructions":
                 with torch.no_grad():
                     pixels = torch.cat([self.networks[(spec, "a")](part.to(self.device)).cpu() for part in own["a"].split(256)])
-            inputs, classifier = dataset.normalize(pixels), ConvNet(dataset.num_classes, dataset.channels, width=16)
+            inputs, classifier = dataset.normalize(pixels), ConvNet(classes, dataset.channels, width=16)
         else:
             if own["x"].is_complex():
                 self._train_critic(spec, own, seed)
             if self.variant == "knn":
                 return
-            inputs, classifier = self.keys, FeatureClassifier(own["a"].shape[1], dataset.num_classes)
+            inputs, classifier = self.keys, FeatureClassifier(own["a"].shape[1], classes)
         self.networks[(spec, "classifier")] = _fit_classifier(classifier.to(self.device), inputs, self.key_labels,
                                                               int(self.values["classifier-epochs"]), seed, self.device)
 

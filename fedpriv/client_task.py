@@ -46,6 +46,11 @@ def client_data(config: RunConfig, partition_id: int, num_partitions: int) -> tu
     return train.images[index], train.labels[index]
 
 
+def client_properties(config: RunConfig, partition_id: int, num_partitions: int) -> torch.Tensor:
+    """The private property of each of one client's samples (its labels where the set defines none)."""
+    return config.load("train").property_of(partition_index(config, num_partitions)[0][partition_id])
+
+
 def run_client_round(
     config: RunConfig,
     partition_id: int,
@@ -85,4 +90,5 @@ def run_client_round(
         config, model, images, labels, defense, dataset,
         generator_for(config.seed, config.protocol, server_round, partition_id),
         config.is_attacked(server_round, partition_id), {} if client_state is None else client_state,
+        client_properties(config, partition_id, num_partitions),
     )

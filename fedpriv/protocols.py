@@ -78,12 +78,13 @@ class FederatedProtocol(Protocol):
     def client_round(
         self, config: RunConfig, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         defense: Defense, dataset: DatasetSpec, generator: torch.Generator, attacked: bool,
-        client_state: dict[str, torch.Tensor],
+        client_state: dict[str, torch.Tensor], properties: torch.Tensor | None = None,
     ) -> ClientReply:
         """Compute the reply of one client from the broadcast ``model`` (changed in place).
 
         ``client_state`` is the client's own state across rounds (Flower's client state; e.g. the
-        rotation defense's critic), updated in place; it is never sent.
+        rotation defense's critic), updated in place; it is never sent. ``properties`` are the
+        samples' private property where the data set defines one (else the labels are).
         """
         ...
 
@@ -113,7 +114,7 @@ class FedSGD:
     def client_round(
         self, config: RunConfig, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         defense: Defense, dataset: DatasetSpec, generator: torch.Generator, attacked: bool,
-        client_state: dict[str, torch.Tensor],
+        client_state: dict[str, torch.Tensor], properties: torch.Tensor | None = None,
     ) -> ClientReply:
         """Sample ``batch-size`` images, defend them, and send w - server-lr * grad."""
         pick = torch.randperm(len(labels), generator=generator)[: config.batch_size]
@@ -151,7 +152,7 @@ class FedAvg:
     def client_round(
         self, config: RunConfig, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         defense: Defense, dataset: DatasetSpec, generator: torch.Generator, attacked: bool,
-        client_state: dict[str, torch.Tensor],
+        client_state: dict[str, torch.Tensor], properties: torch.Tensor | None = None,
     ) -> ClientReply:
         """Train locally behind the defense and send the weights."""
         loss, first_seen = train_local(model, images, labels, defense, dataset, settings(config), generator)
@@ -191,7 +192,7 @@ class Predictions:
     def client_round(
         self, config: RunConfig, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         defense: Defense, dataset: DatasetSpec, generator: torch.Generator, attacked: bool,
-        client_state: dict[str, torch.Tensor],
+        client_state: dict[str, torch.Tensor], properties: torch.Tensor | None = None,
     ) -> ClientReply:
         """Release (defended) predictions when attacked, then train locally and send the weights."""
         released, truth = None, None
@@ -240,7 +241,7 @@ class SplitInference:
     def client_round(
         self, config: RunConfig, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         defense: Defense, dataset: DatasetSpec, generator: torch.Generator, attacked: bool,
-        client_state: dict[str, torch.Tensor],
+        client_state: dict[str, torch.Tensor], properties: torch.Tensor | None = None,
     ) -> ClientReply:
         """Answer the queries (when attacked), then train locally and send the weights."""
         from fedpriv.defenses.features import ComplexRotation
@@ -258,6 +259,7 @@ class SplitInference:
                 codec_of(model.is_complex, generator) if codec_of else PlainCodec(model.is_complex),
                 config.split_training,
             )
+            extras["property"] = (labels if properties is None else properties)[pick]
             truth = _truth(images[pick], to_pixels(images[pick]), labels[pick], defense, extras)
         if isinstance(defense, ComplexRotation):
             critic = FeatureCritic(model.encoder[-1].out_channels)

@@ -21,7 +21,7 @@ from fedpriv.attacks import AuxiliaryData
 from fedpriv.client_task import generator_for, partition_index
 from fedpriv.config import RunConfig
 from fedpriv.data.auxiliary import client_classes, distinct_images
-from fedpriv.data.loading import LabeledImages, check_available, load_split
+from fedpriv.data.loading import check_available, load_split
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses import build_defense
 from fedpriv.errors import ConfigError
@@ -86,11 +86,12 @@ def _check_partitions(config: RunConfig, num_partitions: int, dataset: DatasetSp
                            config.image_size, config.image_channels)
         aux = distinct_images(other, config.aux_samples, config.seed, dataset.channels, dataset.size)
     else:
-        train = config.load("train")
-        aux = LabeledImages(train.images[index], train.labels[index])
+        aux = config.load("train").subset(index)
     log(INFO, "fedpriv: %d clients hold %d..%d samples; auxiliary split (%s): %d samples",
         num_partitions, min(map(len, parts)), max(map(len, parts)), config.aux_type, len(aux))
-    return AuxiliaryData(aux.images, aux.labels, config.aux_type) if len(aux) else None
+    if not len(aux):
+        return None
+    return AuxiliaryData(aux.images, aux.labels, config.aux_type, properties=aux.properties)
 
 
 def _resolved_config(config: RunConfig, nodes: dict[int, int], dataset: DatasetSpec,

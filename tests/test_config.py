@@ -112,7 +112,7 @@ def test_bad_values_raise_clear_errors(values: dict, fragment: str) -> None:
     assert fragment in str(error.value)
 
 
-@pytest.mark.parametrize("preset", sorted((APP.parent / "presets").glob("*.toml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("preset", sorted(SIMULATIONS.glob("*/presets/*.toml")), ids=lambda p: f"{p.parent.parent.name}/{p.stem}")
 def test_presets_use_existing_keys_and_validate(preset: Path) -> None:
     defaults = tomllib.loads(APP.read_text())["tool"]["flwr"]["app"]["config"]
     values = tomllib.loads(preset.read_text())

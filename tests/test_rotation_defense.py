@@ -185,7 +185,32 @@ def test_property_inference_variants_infer_a_property_per_query(variant: str) ->
 def test_plain_features_keep_the_class_the_knn_attack_reads() -> None:
     """Against plain features of an untrained encoder, k-NN on a beats chance (0.9 error on 10 classes)."""
     model, aux, targets, truths = _aux_and_leaks("plain")
-    attack = build_attack("property-inference", AttackSettings(extra={"variant": "knn", "k": "1"}))
+    attack = build_attack("property-inference", AttackSettings(extra={"variant": "knn", "k": "1", "critic-epochs": "1",
+                                                                        "angles": "12"}))
     attack.prepare(PHOTOS, aux)
     errors = [score(r, t)["property_error"] for r, t in zip(attack.reconstruct(model, PHOTOS, targets), truths)]
     assert sum(errors) / len(errors) < 0.7, errors
+
+
+def test_cifar100_superclasses_are_the_task_and_fine_labels_the_property(tmp_path) -> None:
+    """``cifar100-super`` reads the standard CIFAR-100 batches: coarse labels as the task, fine ones
+    as the private property the inference attacks are scored on."""
+    import pickle
+
+    import numpy as np
+
+    from fedpriv.data import archives
+
+    folder = tmp_path / archives.CIFAR_ARCHIVES["cifar100-super"].folder
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for file, _ in archives.CIFAR_ARCHIVES["cifar100-super"].files[split]:
+            batch = {b"data": rng.integers(0, 256, (6, 3072), dtype=np.uint8), b"coarse_labels": [0, 1, 2, 3, 4, 19],
+                     b"fine_labels": [10, 11, 12, 13, 14, 99]}
+            (folder / file).write_bytes(pickle.dumps(batch))
+    with pytest.warns(UserWarning, match="data-verify=false"):
+        train = load_split("cifar100-super", tmp_path, "train", verify=False)
+    assert train.labels.tolist() == [0, 1, 2, 3, 4, 19] and train.properties.tolist() == [10, 11, 12, 13, 14, 99]
+    assert train.subset([5]).property_of(torch.tensor([0])).tolist() == [99]
+    assert resolve_spec("cifar100-super").num_classes == 20

@@ -38,6 +38,9 @@ class CifarArchive:
         Per split, the pickled batches in ``folder`` as (file name, md5), in reading order.
     label_key
         Key of the labels in each pickled batch.
+    property_key
+        Key of a second label that is the samples' private property (CIFAR-100's fine labels
+        when the task is its 20 superclasses), or ``None``.
     """
 
     archive: str
@@ -46,6 +49,7 @@ class CifarArchive:
     folder: str
     files: Mapping[str, tuple[tuple[str, str], ...]]
     label_key: bytes
+    property_key: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ class IdxArchive:
     files: Mapping[str, tuple[tuple[str, str], tuple[str, str]]]
 
 
-def _cifar(dataset: type[CIFAR10], label_key: bytes) -> CifarArchive:
+def _cifar(dataset: type[CIFAR10], label_key: bytes, property_key: bytes | None = None) -> CifarArchive:
     files = {
         split: tuple((file, md5) for file, md5 in entries)
         for split, entries in (("train", dataset.train_list), ("test", dataset.test_list))
@@ -79,6 +83,7 @@ def _cifar(dataset: type[CIFAR10], label_key: bytes) -> CifarArchive:
         folder=dataset.base_folder,
         files=files,
         label_key=label_key,
+        property_key=property_key,
     )
 
 
@@ -94,6 +99,8 @@ def _idx(dataset: type[MNIST]) -> IdxArchive:
 CIFAR_ARCHIVES: dict[str, CifarArchive] = {
     "cifar10": _cifar(CIFAR10, b"labels"),
     "cifar100": _cifar(CIFAR100, b"fine_labels"),
+    # The same archive with the 20 superclasses as labels and the 100 fine labels as the property.
+    "cifar100-super": _cifar(CIFAR100, b"coarse_labels", b"fine_labels"),
 }
 IDX_ARCHIVES: dict[str, IdxArchive] = {
     "mnist": _idx(MNIST),
@@ -243,7 +250,7 @@ def ensure(
         _ensure_idx(name, root, splits, download, verify)
 
 
-def read(name: str, root: Path, split: str, verify: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def read(name: str, root: Path, split: str, verify: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Parse one split that ``ensure`` has made available.
 
     Parameters
@@ -253,13 +260,14 @@ def read(name: str, root: Path, split: str, verify: bool = True) -> tuple[torch.
 
     Returns
     -------
-    images, labels
-        uint8 tensor (N, C, H, W) at the archive's own size (CIFAR 3x32x32, MNIST-like 1x28x28)
-        and int64 tensor (N,), in the archive's order.
+    images, labels, properties
+        uint8 tensor (N, C, H, W) at the archive's own size (CIFAR 3x32x32, MNIST-like 1x28x28),
+        int64 tensor (N,), in the archive's order, and the int64 private property (N,) where the
+        layout defines one (else ``None``).
     """
     if name in CIFAR_ARCHIVES:
         return _read_cifar(CIFAR_ARCHIVES[name], root, split, verify)
-    return _read_idx(name, IDX_ARCHIVES[name], root, split)
+    return (*_read_idx(name, IDX_ARCHIVES[name], root, split), None)
 
 
 class ArrayUnpickler(pickle.Unpickler):
@@ -281,12 +289,13 @@ class ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _read_cifar(layout: CifarArchive, root: Path, split: str, verify: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_cifar(layout: CifarArchive, root: Path, split: str,
+                verify: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     # Parsed here rather than through torchvision.datasets.CIFAR10, which verifies both splits
     # against its own checksum table and returns HWC arrays. Unpickling is safe: ``ensure``
     # has matched every batch against its published md5, or (data-verify=false) the restricted
     # ArrayUnpickler reads it.
-    images, labels = [], []
+    images, labels, properties = [], [], []
     for file, _ in layout.files[split]:
         path = root / layout.folder / file
         with open(path, "rb") as handle:
@@ -297,7 +306,10 @@ def _read_cifar(layout: CifarArchive, root: Path, split: str, verify: bool) -> t
                 raise ConfigError(f"{path} is not a CIFAR batch ({error})") from None
         images.append(data)
         labels.extend(batch[layout.label_key])
-    return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64)
+        if layout.property_key is not None:
+            properties.extend(batch[layout.property_key])
+    prop = torch.tensor(properties, dtype=torch.int64) if layout.property_key is not None else None
+    return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64), prop
 
 
 def _read_idx(

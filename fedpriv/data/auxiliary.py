@@ -15,7 +15,7 @@ AUX_TYPES = ("same", "generic", "distinct")
 # aux-type='distinct' draws from another data set; these pairs are the default (aux-dataset='').
 DISTINCT_DEFAULTS = {
     "embedded-digits": "embedded-photos", "embedded-photos": "embedded-digits", "mnist": "fashion-mnist",
-    "fashion-mnist": "mnist", "cifar10": "cifar100", "cifar100": "cifar10",
+    "fashion-mnist": "mnist", "cifar10": "cifar100", "cifar100": "cifar10", "cifar100-super": "cifar10",
 }
 
 

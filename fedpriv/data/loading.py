@@ -33,10 +33,14 @@ class LabeledImages:
         uint8 tensor (N, C, H, W), pixels 0-255, at the data set spec's shape.
     labels
         int64 tensor (N,).
+    properties
+        A private property per sample other than the task label (``cifar100-super``: the fine
+        label), or ``None`` (the property is the label).
     """
 
     images: torch.Tensor
     labels: torch.Tensor
+    properties: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -44,7 +48,12 @@ class LabeledImages:
     def subset(self, indices: torch.Tensor | list[int]) -> LabeledImages:
         """Return the images and labels at ``indices`` (e.g. one client's partition)."""
         index = torch.as_tensor(indices, dtype=torch.int64)
-        return LabeledImages(self.images[index], self.labels[index])
+        return LabeledImages(self.images[index], self.labels[index],
+                             None if self.properties is None else self.properties[index])
+
+    def property_of(self, index: torch.Tensor) -> torch.Tensor:
+        """The private property of the samples at ``index`` (the label where none is defined)."""
+        return (self.labels if self.properties is None else self.properties)[index]
 
 
 def check_available(name: str, data_dir: str | Path, download: bool = False, verify: bool = True,
@@ -171,13 +180,14 @@ def dataset_spec(name: str, normalization: str = "dataset", size: int = 32, chan
 @functools.lru_cache(maxsize=8)
 def _load(name: str, root: str, split: str, download: bool, verify: bool) -> LabeledImages:
     spec = DATASET_SPECS.get(name)
+    properties = None
     if name in EMBEDDED:
         images, labels = EMBEDDED[name](split)
     else:
         archives.ensure(name, Path(root), (split,), download, verify)
-        images, labels = archives.read(name, Path(root), split, verify)
+        images, labels, properties = archives.read(name, Path(root), split, verify)
     if images.shape[-1] != spec.size:
         images = resize(
             images, [spec.size, spec.size], InterpolationMode.BILINEAR, antialias=True
         )
-    return LabeledImages(images, labels)
+    return LabeledImages(images, labels, properties)

@@ -69,6 +69,9 @@ CIFAR100_STD = (0.2673342823982239, 0.2564384639263153, 0.2761504650115967)
 DATASET_SPECS: Registry[DatasetSpec] = Registry("dataset")
 DATASET_SPECS.add("cifar10", DatasetSpec("cifar10", 10, 3, 32, CIFAR10_MEAN, CIFAR10_STD))
 DATASET_SPECS.add("cifar100", DatasetSpec("cifar100", 100, 3, 32, CIFAR100_MEAN, CIFAR100_STD))
+# CIFAR-100 with its 20 superclasses as the task (Xiang et al.'s inference-attack protocol; the
+# 100 fine labels are the private property).
+DATASET_SPECS.add("cifar100-super", DatasetSpec("cifar100-super", 20, 3, 32, CIFAR100_MEAN, CIFAR100_STD))
 DATASET_SPECS.add("mnist", DatasetSpec("mnist", 10, 1, 32, (0.1307,), (0.3081,)))
 DATASET_SPECS.add("fashion-mnist", DatasetSpec("fashion-mnist", 10, 1, 32, (0.2860,), (0.3530,)))
 # Real photographs shipped with scikit-image, cut into 32x32 patches (see embedded.py); the
