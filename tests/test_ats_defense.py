@@ -194,6 +194,7 @@ def test_parse_canonical_forms() -> None:
     assert policy.spec == "ats:hybrid(3-1-7,43-18-18);crop-flip=false"
     assert parse_ats_policy(policy.spec) == policy
     assert parse_ats_policy("hybrid(0)").spec == "ats:0;crop-flip=true"
+    assert parse_ats_policy("3-1-7+43-18-18") == parse_ats_policy("hybrid(3-1-7,43-18-18)")  # the reference's alias
     assert [p.op for p in parse_ats_policy("2-43-21").primitives[0]] == [
         "rotate", "translateY", "translateX"]
 
@@ -205,7 +206,7 @@ def test_parse_canonical_forms() -> None:
         ("ats:3-1-7-2", "4 primitives"), ("ats:3--7", "''"), ("ats:-1", "''"), ("ats:a-b", "'a'"),
         ("ats:3.0", "'3.0'"), ("ats:hybrid()", "no sub-policy"), ("ats:hybrid(3-1-7,)", "empty"),
         ("ats:hybrid(3-1-7", "hybrid(3-1-7"), ("ats:hybrid[3-1-7]", "hybrid[3-1-7]"),
-        ("ats:3-1-7+43-18-18", "hybrid(a-b-c,d-e-f)"), ("ats:3-1-7;flip=true", "'flip=true'"),
+        ("ats:3-1-7+", "empty"), ("ats:3-1-7;flip=true", "'flip=true'"),
         ("ats:3-1-7;crop-flip=maybe", "crop-flip=maybe"), ("ats:3-1-7;", "''"),
         ("ats:3;crop-flip=true;crop-flip=false", "twice"), ("ats:hybrid(3-1-7,51)", "51"),
     ],

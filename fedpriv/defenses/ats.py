@@ -17,7 +17,8 @@ from fedpriv.errors import ConfigError
 ATS_FORMS = (
     "ats:i-j-k (1 to 3 primitive indices in 0..49 joined by '-', e.g. ats:3-1-7), "
     "ats:hybrid(i-j-k,...) (one sub-policy drawn uniformly per image, e.g. "
-    "ats:hybrid(3-1-7,43-18-18)), either optionally followed by ;crop-flip=true|false "
+    "ats:hybrid(3-1-7,43-18-18), or the reference's alias ats:3-1-7+43-18-18), either optionally followed by "
+    ";crop-flip=true|false "
     "(default true: RandomCrop(32, padding=4) and a horizontal flip with p=0.5 before the policy)"
 )
 MAX_PRIMITIVES = 3
@@ -101,7 +102,8 @@ def parse_ats_policy(text: str) -> AtsPolicy:
     Parameters
     ----------
     text
-        ``i-j-k``, ``hybrid(i-j-k,...)``, optionally followed by ``;crop-flip=true|false``.
+        ``i-j-k``, ``hybrid(i-j-k,...)`` or its alias ``i-j-k+l-m-n`` (the ATS reference's
+        hybrid syntax), optionally followed by ``;crop-flip=true|false``.
 
     Returns
     -------
@@ -129,8 +131,8 @@ def parse_ats_policy(text: str) -> AtsPolicy:
         if not match.group(1).strip():
             raise _malformed(text, "the hybrid lists no sub-policy")
         parts = [part.strip() for part in match.group(1).split(",")]
-    elif "+" in policy_text:
-        raise _malformed(text, f"write ATS's '+' hybrid {policy_text!r} as hybrid(a-b-c,d-e-f)")
+    elif "+" in policy_text:  # the ATS reference's own hybrid syntax, an alias of hybrid(...)
+        parts = [part.strip() for part in policy_text.split("+")]
     else:
         parts = [policy_text]
     return AtsPolicy(tuple(_parse_sub_policy(part, text) for part in parts), crop_flip)
