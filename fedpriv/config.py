@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedpriv.config_checks import check_auxiliary
 from fedpriv.config_values import coerce, overrides, parse_attack_options, selection
 from fedpriv.errors import ConfigError
 
@@ -204,35 +205,8 @@ class RunConfig:
             raise ConfigError(f"prediction-samples must be >= 1, got {self.prediction_samples}")
         if self.feature_samples < 1:
             raise ConfigError(f"feature-samples must be >= 1, got {self.feature_samples}")
-        self._check_auxiliary()
+        check_auxiliary(self)
         self._check_plugins()
-
-    def _check_auxiliary(self) -> None:
-        from fedpriv.data.auxiliary import AUX_TYPES
-
-        if self.aux_type not in AUX_TYPES:
-            raise ConfigError(f"aux-type {self.aux_type!r} is unknown; valid: {', '.join(AUX_TYPES)}")
-        if self.aux_type != "same" and self.aux_samples == 0:
-            raise ConfigError(f"aux-type={self.aux_type!r} needs aux-samples >= 1 (the server's auxiliary split)")
-        if self.aux_type == "distinct" and self.distinct_dataset() == self.dataset:
-            raise ConfigError(f"aux-dataset={self.aux_dataset!r} is the run's own data set; aux-type='distinct' "
-                              "needs another one")
-        if self.server_pretrain_epochs and self.aux_samples == 0:
-            raise ConfigError("server-pretrain-epochs > 0 trains the initial model on the server's auxiliary split: "
-                              "set aux-samples >= 1")
-        if self.joint_training:
-            if not self.server_pretrain_epochs:
-                raise ConfigError("joint-training=true trains the initial classifier jointly with an inverter: "
-                                  "set server-pretrain-epochs >= 1")
-            if self.aux_type != "same":
-                raise ConfigError(f"joint-training=true trains the task classifier on the auxiliary split, which "
-                                  f"needs aux-type='same' (its labels are the task's), got {self.aux_type!r}")
-            if self.resume:
-                raise ConfigError("resume=true with joint-training=true: the jointly trained inverter lives only in "
-                                  "the server's memory (not in the checkpoint); start a new run-name")
-            if "prediction-inversion" not in self.attack_names():
-                raise ConfigError("joint-training=true hands its inverter to the 'prediction-inversion' attack, "
-                                  f"which this run does not use (attacks: {', '.join(self.attack_names()) or 'none'})")
 
     def distinct_dataset(self) -> str:
         """The data set ``aux-type='distinct'`` draws from: ``aux-dataset``, or the default pairing."""
@@ -246,11 +220,9 @@ class RunConfig:
         return DISTINCT_DEFAULTS[self.dataset]
 
     def _check_plugins(self) -> None:
-        from fedpriv.attacks import ATTACKS
-        from fedpriv.attacks.base import check_settings
+        from fedpriv.config_checks import check_attacks, check_protocol_fit, check_split_model
         from fedpriv.data.custom import custom_path, is_custom
         from fedpriv.data.specs import resolve_spec
-        from fedpriv.defenses import build_defense
         from fedpriv.models import check_model_name
         from fedpriv.protocols import PROTOCOLS
 
@@ -263,62 +235,10 @@ class RunConfig:
                 raise ConfigError(f"image-size={self.image_size} / image-channels={self.image_channels} apply to "
                                   f"folder: and hf: data sets only; {self.dataset!r} has a fixed shape")
         check_model_name(self.model)
-        split_model = self.model.startswith(("complex-", "original-"))
-        if split_model != (self.protocol == "split-inference"):
-            raise ConfigError(f"protocol {self.protocol!r} with model {self.model!r}: the split networks "
-                              "(complex-*, original-*) run under protocol 'split-inference', and it needs one")
-        if self.aux_type == "distinct" and not is_custom(self.distinct_dataset()):
-            resolve_spec(self.distinct_dataset())
+        check_split_model(self)
         protocol = PROTOCOLS.get(self.protocol)
-        for spec in sorted({self.defense, *self.defense_overrides_map().values()}):
-            defense = build_defense(spec)
-            if defense.acts_on not in protocol.defends:
-                raise ConfigError(f"defense {spec!r} acts on {defense.acts_on}, but protocol {self.protocol!r} "
-                                  f"defends {' or '.join(k for k in protocol.defends if k != 'nothing')}; "
-                                  f"choose a defense for it or another protocol")
-            if getattr(defense, "needs_complex", False) and not self.model.startswith("complex-"):
-                raise ConfigError(f"defense {spec!r} rotates features and needs a complex network; model "
-                                  f"{self.model!r} is not one (valid: complex-resnet20-alpha, ..., complex-lenet)")
-            if getattr(defense, "needs_complex", False) and min(self.batch_size, self.feature_samples) < 2:
-                raise ConfigError(f"defense {spec!r} takes b from another sample of the batch: batch-size and "
-                                  f"feature-samples must be >= 2, got {self.batch_size} and {self.feature_samples}")
-            top = getattr(defense, "top", None)
-            if top is not None and top > (classes := self.dataset_spec().num_classes):
-                raise ConfigError(f"defense {spec!r} keeps {top} entries, but {self.dataset!r} has {classes} classes; "
-                                  f"valid: truncate:1..truncate:{classes}")
-        names = self.attack_names()
-        options = parse_attack_options(self.attack_options)
-        if stray := sorted({n for n, _ in options} - {""} - set(names)):
-            name = stray[0]
-            raise ConfigError(f"attack-options names attack {name!r}, which this run does not use; "
-                              f"its attacks: {', '.join(names) or 'none'}")
-        if "gradient-phase" in names and not self.split_training:
-            raise ConfigError("attack 'gradient-phase' reads the gradient dL/dh that U-shaped split training sends "
-                              "back: set split-training=true")
-        known: set[str] = set()
-        for name in names:
-            factory = ATTACKS.get(name)
-            if protocol.leak_kind not in factory.leak_kinds:
-                fitting = [n for n in ATTACKS.names() if protocol.leak_kind in ATTACKS.get(n).leak_kinds]
-                raise ConfigError(f"attack {name!r} consumes {'/'.join(factory.leak_kinds)} leaks, but protocol "
-                                  f"{self.protocol!r} sends {protocol.leak_kind} leaks; attacks for it: {', '.join(fitting)}")
-            if self.attack_model_mode not in factory.model_modes and protocol.leak_kind == "gradient":
-                fitting = [n for n in ATTACKS.names() if self.attack_model_mode in ATTACKS.get(n).model_modes]
-                raise ConfigError(f"attack {name!r} models {'/'.join(factory.model_modes)}-mode batch norm only, but "
-                                  f"attack-model-mode={self.attack_model_mode!r}; attacks that support it: "
-                                  f"{', '.join(fitting)}")
-            declared = set(factory.options) | (set(OPTIMISATION_KEYS) if factory.optimises else set())
-            if unknown := sorted({key for owner, key in options if owner == name} - declared):
-                raise ConfigError(f"attack-options: {name}.{unknown[0]} is not an option of {name}; "
-                                  f"valid: {', '.join(sorted(declared)) or 'none'}")
-            known |= set(factory.options)
-            settings = self.attack_settings(name)
-            check_settings(settings)
-            factory(settings)  # attacks check their own options' values
-        if unknown := sorted({key for owner, key in options if owner == ""} - known):
-            raise ConfigError(f"attack-options: {unknown[0]!r} is not an option of this run's attacks "
-                              f"({', '.join(names)}); valid: {', '.join(sorted(known)) or 'none'} "
-                              "(or ATTACK.OPTION for one attack)")
+        check_protocol_fit(self, protocol)
+        check_attacks(self, protocol)
 
     def attack_names(self) -> list[str]:
         """Every attack some client of this run is attacked with (none if no round or client is)."""

@@ -19,20 +19,16 @@ def test_app_defaults_cover_every_key_and_validate() -> None:
     assert config == RunConfig()
 
 
-def test_prediction_app_declares_every_key_and_validates() -> None:
-    app = SIMULATIONS / "mnist_prediction_inversion" / "pyproject.toml"
-    defaults = tomllib.loads(app.read_text())["tool"]["flwr"]["app"]["config"]
+@pytest.mark.parametrize(("app", "expected"), [
+    ("mnist_prediction_inversion", ("predictions", "yang-mnist", "prediction-inversion")),
+    ("cifar10_complex", ("split-inference", "complex-resnet20-alpha", "unet-inversion,angle-unet-inversion,"
+                                                                      "property-inference,two-image-decoder")),
+])
+def test_every_other_app_declares_every_key_and_validates(app: str, expected: tuple[str, str, str]) -> None:
+    defaults = tomllib.loads((SIMULATIONS / app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert sorted(defaults) == sorted(RunConfig.keys())
     config = RunConfig.from_run_config(defaults)
-    assert (config.protocol, config.model, config.attacks) == ("predictions", "yang-mnist", "prediction-inversion")
-
-
-def test_complex_app_declares_every_key_and_validates() -> None:
-    app = SIMULATIONS / "cifar10_complex" / "pyproject.toml"
-    defaults = tomllib.loads(app.read_text())["tool"]["flwr"]["app"]["config"]
-    assert sorted(defaults) == sorted(RunConfig.keys())
-    config = RunConfig.from_run_config(defaults)
-    assert (config.protocol, config.model, config.defense) == ("split-inference", "complex-resnet20-alpha", "complex")
+    assert (config.protocol, config.model, config.attacks) == expected
 
 
 def test_selections_and_overrides() -> None:
