@@ -108,8 +108,6 @@ class AuxiliaryData:
     images, labels
         uint8 images at the victim's shape and their labels (another data set's labels under
         ``aux-type='distinct'``).
-    kind
-        The ``aux-type`` they were drawn with: ``same``, ``generic`` or ``distinct``.
     inverter
         An inversion network the server trained jointly with the initial model
         (``joint-training``), else ``None``.
@@ -119,7 +117,6 @@ class AuxiliaryData:
 
     images: torch.Tensor
     labels: torch.Tensor
-    kind: str = "same"
     inverter: nn.Module | None = None
     properties: torch.Tensor | None = None
 

@@ -34,12 +34,13 @@ from fedpriv.attacks.decoder_training import fit_decoder
 from fedpriv.attacks.unet import UNet
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses import build_defense
+from fedpriv.defenses.features import feature_codec
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import FeatureLeak
 from fedpriv.rotation.adversarial import (
     FeatureCritic, critic_optimizer, decode_at, grid_angles, train_critic, wrong_decodings,
 )
-from fedpriv.rotation.networks import PlainCodec, SplitNetwork
+from fedpriv.rotation.networks import SplitNetwork
 
 QUERY_BATCH = 64  # the attacker's simulated clients encode in batches of this size (b from the same batch)
 
@@ -53,7 +54,6 @@ def simulate_clients(model: SplitNetwork, pixels: torch.Tensor, dataset: Dataset
                      generator: torch.Generator) -> dict[str, torch.Tensor]:
     """The attacker's own queries: x, a, the decoding angle and the partner index, per auxiliary image."""
     defense = build_defense(spec)
-    codec_of = getattr(defense, "codec", None)
     out: dict[str, list[torch.Tensor]] = {"x": [], "a": [], "angle": [], "partner": []}
     device = next(model.parameters()).device
     model.eval()
@@ -62,7 +62,7 @@ def simulate_clients(model: SplitNetwork, pixels: torch.Tensor, dataset: Dataset
             batch = pixels[start : start + QUERY_BATCH].to(device)
             if len(batch) < 2:
                 break
-            codec = codec_of(model.is_complex, generator) if codec_of else PlainCodec(model.is_complex)
+            codec = feature_codec(defense, model.is_complex, generator)
             a = model.encoder(dataset.normalize(batch))
             x = codec.obfuscate(a)
             last = getattr(codec, "last", {})

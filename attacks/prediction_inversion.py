@@ -181,13 +181,12 @@ class PredictionInversion(Attack):
         if aux.inverter is not None:
             self.inverters[int(aux.inverter.top)] = aux.inverter  # type: ignore[arg-type]
 
-    def _trained(self, model: nn.Module, dataset: DatasetSpec, top: int, seed: int) -> tuple[nn.Module, FitReport]:
-        assert self.aux is not None
+    def _trained(self, vectors: torch.Tensor, pixels: torch.Tensor, dataset: DatasetSpec, top: int,
+                 seed: int) -> tuple[nn.Module, FitReport]:
         previous = self.inverters.get(top) if self.warm_start else None
         torch.manual_seed(seed)
         inverter = (copy.deepcopy(previous) if previous is not None else self.new_inverter(dataset, top)).to(self.device)
-        pixels = self.aux.images.float() / 255.0
-        report = fit_decoder(inverter, predict(model, pixels, dataset), pixels, self.epochs, self.batch,
+        report = fit_decoder(inverter, vectors, pixels, self.epochs, self.batch,
                              adam(inverter.parameters(), self.lr), self.val_fraction, torch.Generator().manual_seed(seed))
         self.inverters[top] = inverter
         return inverter, report
@@ -200,7 +199,11 @@ class PredictionInversion(Attack):
         leaks = [t.leak for t in targets]
         assert all(isinstance(leak, PredictionLeak) for leak in leaks)
         tops = [released_top(leak.predictions) if self.align else dataset.num_classes for leak in leaks]  # type: ignore[attr-defined]
-        trained = {top: self._trained(model, dataset, top, targets[tops.index(top)].seed) for top in sorted(set(tops))}
+        assert self.aux is not None
+        pixels = self.aux.images.float() / 255.0
+        vectors = predict(model, pixels, dataset)  # the round's classifier on the aux split, once for every m
+        trained = {top: self._trained(vectors, pixels, dataset, top, targets[tops.index(top)].seed)
+                   for top in sorted(set(tops))}
         eye = torch.eye(dataset.num_classes)
         results = []
         for leak, top in zip(leaks, tops):

@@ -34,9 +34,13 @@ from torch import nn
 from fedpriv.config import RunConfig
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses import Defense
+from fedpriv.defenses.features import ComplexRotation, feature_codec
 from fedpriv.leaks import FeatureLeak, GradientLeak, GroundTruth, Leak, PredictionLeak, UpdateLeak
 from fedpriv.models import wire_state
 from fedpriv.registry import Registry
+from fedpriv.rotation.adversarial import FeatureCritic
+from fedpriv.rotation.networks import FeatureCodec, PlainCodec, SplitNetwork
+from fedpriv.rotation.training import train_split_local
 from fedpriv.training import TrainSettings, batch_gradient, to_pixels, train_local
 from fedpriv.wire import LeakMeta
 
@@ -244,20 +248,13 @@ class SplitInference:
         client_state: dict[str, torch.Tensor], properties: torch.Tensor | None = None,
     ) -> ClientReply:
         """Answer the queries (when attacked), then train locally and send the weights."""
-        from fedpriv.defenses.features import ComplexRotation
-        from fedpriv.rotation.adversarial import FeatureCritic
-        from fedpriv.rotation.networks import PlainCodec, SplitNetwork
-        from fedpriv.rotation.training import train_split_local
-
         assert isinstance(model, SplitNetwork)
-        codec_of = getattr(defense, "codec", None)
         features, grads, truth = None, None, None
         if attacked:
             pick = torch.randperm(len(labels), generator=generator)[: config.feature_samples]
             features, grads, extras = query_features(
                 model, to_pixels(images[pick]), labels[pick], dataset,
-                codec_of(model.is_complex, generator) if codec_of else PlainCodec(model.is_complex),
-                config.split_training,
+                feature_codec(defense, model.is_complex, generator), config.split_training,
             )
             extras["property"] = (labels if properties is None else properties)[pick]
             truth = _truth(images[pick], to_pixels(images[pick]), labels[pick], defense, extras)
@@ -269,7 +266,7 @@ class SplitInference:
             client_state.clear()
             client_state.update({k: v.detach().cpu().clone() for k, v in critic.state_dict().items()})
         else:
-            model.codec = codec_of(model.is_complex, generator) if codec_of else PlainCodec(model.is_complex)
+            model.codec = feature_codec(defense, model.is_complex, generator)
             loss, _ = train_local(model, images, labels, defense, dataset, settings(config), generator)
         model.codec = PlainCodec(model.is_complex)
         return ClientReply(state=wire_state(model), num_examples=len(labels), train_loss=loss,
@@ -286,7 +283,7 @@ class SplitInference:
 
 
 def query_features(
-    model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, dataset: DatasetSpec, codec: object,
+    model: SplitNetwork, pixels: torch.Tensor, labels: torch.Tensor, dataset: DatasetSpec, codec: FeatureCodec,
     split_training: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
     """Run queries through the split network as the protocol does; return x, dL/dh and the truth extras.
@@ -297,14 +294,14 @@ def query_features(
     """
     model.eval()
     device = next(model.parameters()).device
-    model.codec = codec  # type: ignore[assignment]
+    model.codec = codec
     with torch.no_grad():
-        a = model.encoder(dataset.normalize(pixels.to(device)))  # type: ignore[operator]
-        x = codec.obfuscate(a)  # type: ignore[attr-defined]
+        a = model.encoder(dataset.normalize(pixels.to(device)))
+        x = codec.obfuscate(a)
     grads = None
     if split_training:
-        h = model.process(x).detach().requires_grad_(True)  # type: ignore[operator]
-        loss = torch.nn.functional.cross_entropy(model.decoder(codec.recover(h)), labels.to(device))  # type: ignore[operator, attr-defined]
+        h = model.process(x).detach().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(model.decoder(codec.recover(h)), labels.to(device))
         grads = torch.autograd.grad(loss, h)[0].detach().cpu()
     last = getattr(codec, "last", {})
     extras = {"a": a.detach().cpu()}

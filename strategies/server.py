@@ -24,6 +24,7 @@ from fedpriv.data.auxiliary import client_classes, distinct_images
 from fedpriv.data.loading import check_available, load_split
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses import build_defense
+from fedpriv.defenses.features import FeatureDefense, feature_codec
 from fedpriv.errors import ConfigError
 from fedpriv.models import build_model, check_model_fits, load_wire_state, wire_state
 from fedpriv.results import RunFolder, load_checkpoint, read_jsonl, save_checkpoint
@@ -91,7 +92,7 @@ def _check_partitions(config: RunConfig, num_partitions: int, dataset: DatasetSp
         num_partitions, min(map(len, parts)), max(map(len, parts)), config.aux_type, len(aux))
     if not len(aux):
         return None
-    return AuxiliaryData(aux.images, aux.labels, config.aux_type, properties=aux.properties)
+    return AuxiliaryData(aux.images, aux.labels, properties=aux.properties)
 
 
 def _resolved_config(config: RunConfig, nodes: dict[int, int], dataset: DatasetSpec,
@@ -264,15 +265,15 @@ def run_server(grid: Grid, context: Context) -> None:
     strategy = AttackingStrategy(inner, config, folder, nodes, harness, model_from, offset)
     reported = accountant if config.dp == "local" or config.aggregator == "fedavg" else None
 
-    codec_of = getattr(build_defense(config.defense), "codec", None)
+    run_defense = build_defense(config.defense)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         run_round = server_round + offset
         model = model_from(arrays)
         extra: dict[str, float] = {}
-        if isinstance(model, SplitNetwork) and codec_of is not None:  # accuracy behind the run's feature defense
+        if isinstance(model, SplitNetwork) and isinstance(run_defense, FeatureDefense):  # behind the run's defense
             extra["accuracy_plain"] = evaluate(model, test.images[pick], test.labels[pick], dataset)[1]
-            model.codec = codec_of(model.is_complex, generator_for(config.seed, "evaluate", run_round))
+            model.codec = feature_codec(run_defense, model.is_complex, generator_for(config.seed, "evaluate", run_round))
         loss, accuracy = evaluate(model, test.images[pick], test.labels[pick], dataset)
         summary = strategy.round_summary.get(run_round, {})
         if server_round > 0 and config.dp == "local" and reported is not None:
