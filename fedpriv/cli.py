@@ -1,4 +1,4 @@
-"""The ``fedpriv`` command: run a Flower app on a private SuperLink, the demo, policy search."""
+"""The ``fedpriv`` command: run a Flower app on a private SuperLink, the demo, policy search, reports."""
 
 from __future__ import annotations
 
@@ -60,7 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("search-policies", help="ATS policy search (see: fedpriv search-policies --help)", add_help=False)
     sub.add_parser("pretrain", help="train a model centrally and save a checkpoint (see: fedpriv pretrain --help)",
                    add_help=False)
+    sub.add_parser("report", help="tables beside the sources, plots and gallery from run folders "
+                   "(see: fedpriv report --help)", add_help=False)
     args, rest = parser.parse_known_args(argv)
+    if args.command == "report":
+        from fedpriv.reports.command import main as report_main
+
+        return report_main(rest)
     if args.command == "search-policies":
         from fedpriv.policy_search.__main__ import main as search_main
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import pytest
 
 from fedpriv.launcher import PrivateSuperLink
+from fedpriv.reports.command import main as report_main
 from fedpriv.results import read_jsonl
 
 APP = Path(__file__).resolve().parent.parent / "simulations" / "cifar100_ats"
@@ -49,6 +51,14 @@ def test_attacked_federation_with_a_failing_client(superlink: PrivateSuperLink, 
     assert resolved["attack-options"] == "engine=grouped,max-batch=2" and resolved["attack-precision"] == "strict-fp32"
     assert (folder / "psnr_per_round.png").exists() and (folder / "metrics.csv").exists()
     assert len(list((folder / "reconstructions").glob("*.png"))) == 4
+    # the report reads the real run folder: client 1's last-round PSNR vs T(x) fills the 3-1-7 row
+    assert report_main([str(folder), "--out", str(tmp_path / "report")]) == 0
+    with (tmp_path / "report" / "comparison.csv").open() as handle:
+        compared = [r for r in csv.DictReader(handle) if r["table"] == "seed002-table1-cifar100"
+                    and r["row"] == "3-1-7" and r["column"] == "PSNR paper (dB)"]
+    last = next(r for r in metrics if r["partition_id"] == 1 and r["round"] == 2)
+    assert [float(r["mean"]) for r in compared] == [pytest.approx(last["psnr_defended"])]
+    assert "model convnet (source: resnet20-4)" in compared[0]["deviations"]
 
 
 def test_bad_value_fails_before_training(superlink: PrivateSuperLink, tmp_path: Path) -> None:

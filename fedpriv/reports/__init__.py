@@ -1,0 +1,1 @@
+"""Reports over run folders: the sources' values beside measured ones, plots, frontier, gallery."""

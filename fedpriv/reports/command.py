@@ -1,0 +1,130 @@
+"""``fedpriv report RUN_DIR [RUN_DIR ...]``: tables beside the sources' values, plots, frontier and gallery."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from fedpriv.errors import ConfigError
+from fedpriv.reports.figures import frontier, psnr_per_round
+from fedpriv.reports.gallery import write_gallery
+from fedpriv.reports.runs import Run, Sample, load_runs, select_round
+from fedpriv.reports.sources import SOURCES_PATH, load_sources
+from fedpriv.reports.tables import comparison_markdown, comparison_rows, compare, summary_markdown, summary_rows
+from fedpriv.results import atomic_write
+
+PLOT_METRICS = ("psnr", "psnr_defended")
+
+
+def _csv(rows: list[dict[str, Any]]) -> bytes:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue().encode()
+
+
+def _runs_table(runs: list[Run]) -> str:
+    lines = ["| run | data set | model | protocol | dp | rounds | defenses | attacks | folder |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        rc = run.run_config
+        defenses = ", ".join(sorted(set(run.client_defenses().values())))
+        lines.append(f"| {run.name} | {run.dataset} | {rc.get('model')} | {rc.get('protocol')} "
+                     f"| {rc.get('dp', 'none')} "
+                     f"| {rc.get('num-server-rounds')} | {defenses} | {rc.get('attacks')} | {run.path} |")
+    return "\n".join(lines) + "\n"
+
+
+def build_report(runs: list[Run], out: Path, which_round: str, metric: str, sources: Path) -> dict[str, int]:
+    """Write the report files into ``out`` (each atomically); return counts for the command's summary."""
+    tables = load_sources(sources)
+    every = [s for run in runs for s in run.samples]
+    chosen = select_round(every, which_round)
+    by_name = {run.name: run for run in runs}
+    if len(by_name) != len(runs):
+        raise ConfigError("two run folders share a name; report runs with distinct folder names "
+                          f"(given: {', '.join(str(r.path) for r in runs)})")
+    parts = ["# fedpriv report", "",
+             f"Runs: {len(runs)}. Round selection for the tables: `{which_round}` (per run, client, attack and metric; "
+             "`last` = the latest round in which it was measured; accuracy: the final round). n counts (round, "
+             "client) cells for attack metrics (each the mean over its n_images) and runs for accuracy. 95% CI: "
+             "Student t on the mean. Values of different data sets or models are never averaged together: each "
+             "setting is its own line.", "", "## Runs", "", _runs_table(runs), "## Beside the sources", ""]
+    compared, comparison_csv, unmatched = 0, [], []
+    for table in tables:
+        measured = compare(table, chosen, by_name)
+        if not any(measured.values()):
+            unmatched.append(table)
+            continue
+        compared += 1
+        parts.append(comparison_markdown(table, measured))
+        comparison_csv += comparison_rows(table, measured)
+    if unmatched:
+        parts += ["Source tables no run here measures (their values: `fedpriv/reports/sources.toml`): "
+                  + ", ".join(f"`{t.id}` ({t.source})" for t in unmatched) + ".", ""]
+    summary = summary_rows(chosen)
+    parts += ["## Measured, per data set", "", summary_markdown(summary)]
+    by_dataset: dict[str, list[Sample]] = defaultdict(list)
+    for s in every:
+        by_dataset[s.dataset].append(s)
+    figures, frontier_rows = [], []
+    parts += ["## PSNR per round and the privacy-utility frontier", ""]
+    for dataset, samples in sorted(by_dataset.items()):
+        name = f"psnr_per_round_{dataset}.png"
+        title = f"{dataset}: {metric} per round (all runs, all attacked clients)"
+        if psnr_per_round(samples, metric, out / name, title):
+            figures.append(name)
+            parts += [f"![{metric} per round, {dataset}]({name})", ""]
+        name = f"frontier_{dataset}.png"
+        points = frontier(samples, metric, out / name, f"{dataset}: final accuracy vs last attacked round's {metric}")
+        if points:
+            figures.append(name)
+            frontier_rows += [{"dataset": dataset, **p} for p in points]
+            parts += [f"![privacy-utility frontier, {dataset}]({name})", "",
+                      "| defense | attack | run | accuracy (%) | round | " + metric + " |", "|---|---|---|---|---|---|"]
+            parts += [f"| {p['defense']} | {p['attack']} | {p['run']} | {float(p['accuracy_pct']):.2f} "
+                      f"| {p['round']} | "
+                      f"{float(p[metric]):.2f} |" for p in points]
+            parts.append("")
+    if not figures:
+        parts += ["No run has image metrics or uniform-defense accuracy to plot.", ""]
+    images = write_gallery(runs, out)
+    parts += ["## Reconstructions", "", f"[gallery.html](gallery.html): {images} grids, per run and round.", ""]
+    atomic_write(out / "comparison.csv", _csv(comparison_csv))
+    atomic_write(out / "summary.csv", _csv(summary))
+    atomic_write(out / "frontier.csv", _csv(frontier_rows))
+    atomic_write(out / "report.md", "\n".join(parts).encode())
+    return {"tables": compared, "figures": len(figures), "images": images}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns 0, or 2 for bad input (reported before anything is written)."""
+    parser = argparse.ArgumentParser(prog="fedpriv report", description=__doc__)
+    parser.add_argument("runs", nargs="*", type=Path, help="run folders (each with config.json and rounds.jsonl)")
+    parser.add_argument("--out", type=Path, default=Path("fedpriv-report"),
+                        help="output folder (default: ./fedpriv-report)")
+    parser.add_argument("--round", default="last", help="'last' (default), 'all' or a round number")
+    parser.add_argument("--metric", default="psnr", choices=PLOT_METRICS, help="PSNR of the plots and frontier")
+    parser.add_argument("--sources", type=Path, default=SOURCES_PATH, help="the sources' values (TOML)")
+    args = parser.parse_args(argv)
+    try:
+        runs = load_runs(args.runs)
+        out = args.out.expanduser().resolve()
+        if any(out == run.path for run in runs):
+            raise ConfigError(f"--out {out} is one of the run folders; choose another folder")
+        counts = build_report(runs, out, args.round, args.metric, args.sources)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"fedpriv report: {len(runs)} runs, {counts['tables']} source tables, {counts['figures']} figures, "
+          f"{counts['images']} grids -> {out / 'report.md'}")
+    return 0

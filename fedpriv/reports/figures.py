@@ -1,0 +1,112 @@
+"""Report figures: PSNR per round across runs (one line per defense x attack) and the privacy-utility frontier."""
+
+from __future__ import annotations
+
+import io
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from fedpriv.reports.runs import Sample
+from fedpriv.results import atomic_write
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    _pyplot().close(fig)
+    atomic_write(path, buffer.getvalue())
+
+
+def psnr_per_round(samples: list[Sample], metric: str, path: Path, title: str) -> bool:
+    """Plot mean ``metric`` per round, one line per (model, defense [+ DP], attack); error bars: std over cells.
+
+    Returns False (and writes nothing) when no sample has the metric.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    lines: dict[tuple[str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for s in samples:
+        if s.metric == metric:
+            lines[(s.model, s.label, s.attack)][s.round].append(s.value)
+    if not lines:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours = plt.get_cmap("tab10")
+    for n, ((model, label, attack), by_round) in enumerate(sorted(lines.items())):
+        rounds = sorted(by_round)
+        means = [statistics.fmean(by_round[r]) for r in rounds]
+        stds = [statistics.stdev(by_round[r]) if len(by_round[r]) > 1 else 0.0 for r in rounds]
+        ax.errorbar(rounds, means, yerr=stds, fmt="o", linestyle=("-", "--", ":", "-.")[n // 10 % 4], markersize=3,
+                    capsize=2, color=colours(n % 10), label=f"{model}: {label} / {attack}")
+    ax.set_xlabel("round (the attacked gradient is taken at the model broadcast in that round)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"mean {metric} over attacked clients and runs (dB)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    return True
+
+
+def frontier(samples: list[Sample], metric: str, path: Path, title: str) -> list[dict[str, object]]:
+    """Scatter final accuracy against the last attacked round's mean ``metric``, per (defense [+ DP], attack).
+
+    Only runs whose clients share one defense count (a mixed run's accuracy belongs to no single
+    defense). The Pareto front (higher accuracy, lower PSNR) is joined by a line. Returns the
+    points (empty, and nothing written, when there are none).
+    """
+    accuracy: dict[str, tuple[int, float]] = {}
+    privacy: dict[tuple[str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for s in samples:
+        if s.run_defense == "mixed":
+            continue
+        if s.metric == "accuracy_pct" and s.round >= accuracy.get(s.run, (-1, 0.0))[0]:
+            accuracy[s.run] = (s.round, s.value)
+        elif s.metric == metric:
+            privacy[(s.run, s.label, s.attack)][s.round].append(s.value)
+    points: list[dict[str, object]] = []
+    for (run, label, attack), by_round in sorted(privacy.items()):
+        if run in accuracy:
+            last = max(by_round)
+            points.append({"run": run, "defense": label, "attack": attack, "accuracy_pct": accuracy[run][1],
+                           metric: statistics.fmean(by_round[last]), "round": last})
+    if not points:
+        return []
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    attacks = sorted({str(p["attack"]) for p in points})
+    markers = "os^Dv<>P*X"
+    for p in points:
+        ax.scatter(p["accuracy_pct"], p[metric], marker=markers[attacks.index(str(p["attack"])) % len(markers)],
+                   color="C0")
+        ax.annotate(str(p["defense"]), (float(p["accuracy_pct"]), float(p[metric])), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    front = sorted(points, key=lambda p: (-float(p["accuracy_pct"]), float(p[metric])))
+    kept, best = [], float("inf")
+    for p in front:
+        if float(p[metric]) < best:
+            kept.append(p)
+            best = float(p[metric])
+    ax.plot([p["accuracy_pct"] for p in kept], [p[metric] for p in kept], "--", color="grey", alpha=0.7,
+            label="frontier (higher accuracy, lower PSNR)")
+    for a in attacks:
+        ax.scatter([], [], marker=markers[attacks.index(a) % len(markers)], color="C0", label=a)
+    ax.set_xlabel("final accuracy of the global model (%)")
+    ax.set_ylabel(f"mean {metric} of the last attacked round (dB)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    return points

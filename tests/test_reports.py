@@ -1,0 +1,127 @@
+"""``fedpriv report``: sources file, statistics, matching runs to the sources' rows, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from fedpriv.cli import main as cli_main
+from fedpriv.errors import ConfigError
+from fedpriv.reports.runs import load_run, select_round
+from fedpriv.reports.sources import SOURCES_PATH, load_sources
+from fedpriv.reports.statistics import summarise
+from fedpriv.results import RunFolder
+
+
+def _write_run(root: Path, name: str, dataset: str, defenses: dict[int, str], psnr: dict[tuple[int, int], float],
+               accuracy: list[float], model: str = "resnet20", attack: str = "inverting-gradients") -> Path:
+    """A run folder as the strategy writes it: config.json, metrics.jsonl, rounds.jsonl."""
+    folder = RunFolder(root / name)
+    run_config = {"dataset": dataset, "model": model, "protocol": "fedsgd", "dp": "none", "attack-iterations": 300,
+                  "num-server-rounds": len(accuracy) - 1, "attacks": attack, "aux-type": "same"}
+    folder.write_json("config.json", {"run-config": run_config,
+                                      "clients": {str(p): {"defense": d, "attacks": [attack]} for p, d in defenses.items()}})
+    folder.append(folder.metrics_path, [
+        {"round": r, "partition_id": p, "defense": defenses[p], "attack": attack, "n_images": 1, "psnr": v,
+         "psnr_defended": v - 1.0, "ssim": 0.1, "mse": 10 ** (-v / 10), "status": "ok"}
+        for (r, p), v in sorted(psnr.items())])
+    folder.append(folder.rounds_path, [{"round": r, "accuracy": a} for r, a in enumerate(accuracy)])
+    return folder.path
+
+
+def _comparison(out: Path) -> list[dict[str, str]]:
+    with (out / "comparison.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_sources_file_has_a_citation_and_a_number_for_every_value() -> None:
+    tables = {t.id: t for t in load_sources()}
+    expected = {"seed002-table1-cifar100", "seed002-table1-fmnist", "seed002-table2", "seed001-table1",
+                "seed001-table2-cifar10", "seed001-table2-cifar100", "seed001-angles", "seed000-table3",
+                "seed000-table4", "seed003-table2"}
+    assert expected <= set(tables)
+    ats = tables["seed002-table1-cifar100"]
+    none = next(r for r in ats.rows if r.label == "None")
+    assert none.values["psnr_paper"].mean == 13.88 and none.values["psnr_repro"].std == 2.19
+    assert tables["seed001-angles"].rows[0].values["error"].mean == pytest.approx(0.7890)
+    for table in tables.values():
+        assert table.citation and table.source.startswith("seed 00")
+        for row in table.rows:
+            for value in row.values.values():
+                assert math.isfinite(value.mean) and row.label in value.cite
+    assert all(not r.values for r in tables["seed003-table2"].rows)  # Table II: not retrieved, no numbers
+
+
+def test_a_bad_sources_file_names_the_bad_entry(tmp_path: Path) -> None:
+    text = SOURCES_PATH.read_text().replace('metric = "angle_error"', 'metric = "angle_errror"', 1)
+    (tmp_path / "bad.toml").write_text(text)
+    with pytest.raises(ConfigError, match="angle_errror.*valid:"):
+        load_sources(tmp_path / "bad.toml")
+
+
+def test_summary_mean_std_and_student_t_interval() -> None:
+    summary = summarise([1.0, 2.0, 3.0])
+    assert (summary.mean, summary.std, summary.n) == (2.0, 1.0, 3)
+    assert summary.ci_high - summary.mean == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
+    single = summarise([5.0])
+    assert single.n == 1 and math.isnan(single.std) and single.ci_text() == "-"
+
+
+def test_last_round_is_chosen_per_client_and_attack(tmp_path: Path) -> None:
+    path = _write_run(tmp_path, "a", "embedded-photos", {0: "none", 1: "none"},
+                      {(1, 0): 10.0, (3, 0): 20.0, (1, 1): 12.0}, [0.1, 0.2, 0.3, 0.4])
+    chosen = select_round(load_run(path).samples, "last")
+    psnr = sorted((s.partition, s.round, s.value) for s in chosen if s.metric == "psnr")
+    assert psnr == [(0, 3, 20.0), (1, 1, 12.0)]
+    assert [s.value for s in chosen if s.metric == "accuracy_pct"] == [pytest.approx(40.0)]
+    with pytest.raises(ConfigError, match="valid: 'last', 'all'"):
+        select_round(chosen, "final")
+
+
+def test_report_puts_measured_values_beside_the_source_row_and_never_mixes_data_sets(tmp_path: Path) -> None:
+    photos = _write_run(tmp_path, "photos", "embedded-photos", {0: "ats:3-1-7+43-18-18", 1: "ats:3-1-7"},
+                        {(2, 0): 11.0, (2, 1): 9.0}, [0.1, 0.2, 0.3])
+    photos2 = _write_run(tmp_path, "photos2", "embedded-photos", {0: "ats:hybrid(3-1-7,43-18-18)", 1: "none"},
+                         {(2, 0): 13.0, (2, 1): 15.0}, [0.1, 0.2, 0.3])
+    cifar = _write_run(tmp_path, "cifar", "cifar100", {0: "ats:hybrid(3-1-7,43-18-18)"}, {(1, 0): 30.0}, [0.1, 0.5])
+    out = tmp_path / "report"
+    assert cli_main(["report", str(photos), str(photos2), str(cifar), "--out", str(out)]) == 0
+    rows = [r for r in _comparison(out) if r["table"] == "seed002-table1-cifar100" and r["row"] == "Hybrid"
+            and r["column"] == "PSNR paper (dB)"]
+    by_dataset = {r["dataset"]: r for r in rows}
+    # the alias and the canonical hybrid spec are one row; psnr_defended = psnr - 1 in these folders
+    assert float(by_dataset["embedded-photos"]["mean"]) == pytest.approx(11.0)
+    assert by_dataset["embedded-photos"]["n"] == "2" and by_dataset["embedded-photos"]["runs"] == "photos photos2"
+    assert "data set embedded-photos (source: cifar100)" in by_dataset["embedded-photos"]["deviations"]
+    assert float(by_dataset["cifar100"]["mean"]) == pytest.approx(29.0) and by_dataset["cifar100"]["n"] == "1"
+    assert "data set" not in by_dataset["cifar100"]["deviations"]
+    assert float(rows[0]["source_value"]) == 7.64 and "Table 1" in rows[0]["citation"]
+    report = (out / "report.md").read_text()
+    assert "### Data set `cifar100`" in report and "### Data set `embedded-photos`" in report
+    for name in ("psnr_per_round_embedded-photos.png", "psnr_per_round_cifar100.png", "gallery.html", "summary.csv"):
+        assert (out / name).exists(), name
+    # a mixed-defense run's accuracy belongs to no row; the uniform cifar run's does
+    accuracy = [r for r in _comparison(out) if r["table"] == "seed002-table1-cifar100" and r["metric"] == "accuracy_pct"
+                and r["mean"]]
+    assert [(r["row"], r["dataset"], float(r["mean"])) for r in accuracy] == [
+        ("Hybrid", "cifar100", pytest.approx(50.0)), ("Hybrid", "cifar100", pytest.approx(50.0))]
+
+
+def test_bad_input_is_refused_before_anything_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = _write_run(tmp_path, "good", "embedded-photos", {0: "none"}, {(1, 0): 10.0}, [0.1, 0.2])
+    not_a_run = tmp_path / "notes"
+    not_a_run.mkdir()
+    (not_a_run / "config.json").write_text(json.dumps({"something": 1}))
+    out = tmp_path / "report"
+    assert cli_main(["report", str(good), str(not_a_run), "--out", str(out)]) == 2
+    assert "is not a fedpriv run folder" in capsys.readouterr().err and not out.exists()
+    assert cli_main(["report", str(good), str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert cli_main(["report", str(good), str(good), "--out", str(out)]) == 2
+    assert "more than once" in capsys.readouterr().err
+    assert cli_main(["report", str(good), "--round", "last-but-one", "--out", str(out)]) == 2
+    assert not out.exists()
+    assert cli_main(["report", "--out", str(out)]) == 2
