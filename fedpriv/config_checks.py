@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 from fedpriv.errors import ConfigError
 
+REFERENCE_GEOMETRY_SETS = ("mnist", "fashion-mnist", "embedded-digits")  # 1-channel, 28x28 in their archives
+
 if TYPE_CHECKING:
     from fedpriv.config import RunConfig
     from fedpriv.protocols import FederatedProtocol
@@ -66,7 +68,8 @@ def check_protocol_fit(config: RunConfig, protocol: FederatedProtocol) -> None:
     ------
     ConfigError
         A defense of another kind than the protocol defends, a rotation on a real network or on
-        batches of one, a truncation to more entries than classes.
+        batches of one, a truncation to more entries than classes, the ATS reference geometry on a
+        data set that is not 1-channel 28x28 or with the policy-aware attack.
     """
     from fedpriv.defenses import build_defense
 
@@ -82,6 +85,14 @@ def check_protocol_fit(config: RunConfig, protocol: FederatedProtocol) -> None:
         if getattr(defense, "needs_complex", False) and min(config.batch_size, config.feature_samples) < 2:
             raise ConfigError(f"defense {spec!r} takes b from another sample of the batch: batch-size and "
                               f"feature-samples must be >= 2, got {config.batch_size} and {config.feature_samples}")
+        if getattr(getattr(defense, "policy", None), "geometry", "resized") == "reference":
+            if config.dataset not in REFERENCE_GEOMETRY_SETS:
+                raise ConfigError(f"defense {spec!r}: geometry=reference reproduces the ATS reference's pipeline for "
+                                  f"1-channel 28x28 sets ({', '.join(REFERENCE_GEOMETRY_SETS)}); dataset "
+                                  f"{config.dataset!r} is not one: drop the option")
+            if "policy-aware" in config.attack_names():
+                raise ConfigError(f"defense {spec!r}: attack 'policy-aware' models the resized geometry only; "
+                                  "use inverting-gradients or translation-aware with geometry=reference")
         top = getattr(defense, "top", None)
         if top is not None and top > (classes := config.dataset_spec().num_classes):
             raise ConfigError(f"defense {spec!r} keeps {top} entries, but {config.dataset!r} has {classes} classes; "

@@ -225,3 +225,41 @@ def test_registry_builds_ats() -> None:
     assert "ats:i-j-k" in defense_names()
     with pytest.raises(ConfigError, match="outside 0..49"):
         primitive(50)
+
+
+def test_reference_geometry_crops_the_28x28_image_into_32x32_with_5_offsets() -> None:
+    """The ATS reference's F-MNIST pipeline: RandomCrop(32, padding=4) of the 28x28 image.
+
+    Every output has exactly 4 zero rows and 4 zero columns (a 28x28 image inside 32x32), the
+    crop takes 5 offsets per axis; the resized geometry crops the 32x32 image (9 offsets, 0-8
+    zero rows).
+    """
+    white = torch.ones(400, 1, 32, 32)
+    identity = "ats:28"  # solarize with threshold 256: the policy itself changes nothing
+    reference = build_defense(f"{identity};geometry=reference")
+    assert reference.spec == "ats:28;crop-flip=true;geometry=reference"
+    defended, extras = reference.transform(white, torch.Generator().manual_seed(0))
+    zero_rows = (defended.amax(dim=(1, 3)) == 0).sum(dim=1)
+    zero_cols = (defended.amax(dim=(1, 2)) == 0).sum(dim=1)
+    assert zero_rows.eq(4).all() and zero_cols.eq(4).all()
+    assert set(extras["crop_dy"].tolist()) == set(range(-4, 1)) and set(extras["crop_dx"].tolist()) == set(range(-4, 1))
+    resized, extras = build_defense(identity).transform(white, torch.Generator().manual_seed(0))
+    assert set((resized.amax(dim=(1, 3)) == 0).sum(dim=1).tolist()) == set(range(5))
+    assert len(set(extras["crop_dy"].tolist())) == 9
+    # without crop-flip the policy runs at 28x28 and the result is resized: no zero border at all
+    plain, _ = build_defense(f"{identity};crop-flip=false;geometry=reference").transform(
+        white[:4], torch.Generator().manual_seed(0))
+    assert plain.shape == (4, 1, 32, 32) and plain.min() > 0.99
+
+
+def test_reference_geometry_is_refused_where_it_does_not_apply() -> None:
+    from fedpriv.config import RunConfig
+
+    with pytest.raises(ConfigError, match="geometry=resized or geometry=reference"):
+        parse_ats_policy("ats:3-1-7;geometry=native")
+    with pytest.raises(ConfigError, match="1-channel 28x28 sets"):
+        RunConfig.from_run_config({"dataset": "embedded-photos", "defense": "ats:3-1-7;geometry=reference"})
+    with pytest.raises(ConfigError, match="policy-aware"):
+        RunConfig.from_run_config({"dataset": "embedded-digits", "defense": "ats:19-15-45;geometry=reference",
+                                   "attacks": "inverting-gradients,policy-aware"})
+    RunConfig.from_run_config({"dataset": "embedded-digits", "defense": "ats:19-15-45;geometry=reference"})

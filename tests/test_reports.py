@@ -125,3 +125,16 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path: Path, capsys:
     assert cli_main(["report", str(good), "--round", "last-but-one", "--out", str(out)]) == 2
     assert not out.exists()
     assert cli_main(["report", "--out", str(out)]) == 2
+
+
+def test_ats_geometry_is_a_named_deviation_of_the_fashion_mnist_rows(tmp_path: Path) -> None:
+    resized = _write_run(tmp_path, "resized", "embedded-digits", {0: "ats:19-15-45"}, {(1, 0): 12.0}, [0.1, 0.2])
+    reference = _write_run(tmp_path, "reference", "embedded-digits", {0: "ats:19-15-45;geometry=reference"},
+                           {(1, 0): 14.0}, [0.1, 0.2])
+    for run, mean, marked in ((resized, 11.0, True), (reference, 13.0, False)):
+        out = tmp_path / f"report-{run.name}"
+        assert cli_main(["report", str(run), "--out", str(out)]) == 0
+        row = next(r for r in _comparison(out) if r["table"] == "seed002-table1-fmnist" and r["row"] == "19-15-45"
+                   and r["column"] == "PSNR paper (dB)")
+        assert float(row["mean"]) == pytest.approx(mean)
+        assert ("ATS geometry resized (source: reference)" in row["deviations"]) is marked

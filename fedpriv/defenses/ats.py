@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2.functional import resize
 
 from fedpriv.defenses.ats_primitives import NUM_PRIMITIVES, PRIMITIVES, Primitive, sampled_shift
 from fedpriv.defenses.base import Defense, register_defense
@@ -19,8 +21,12 @@ ATS_FORMS = (
     "ats:hybrid(i-j-k,...) (one sub-policy drawn uniformly per image, e.g. "
     "ats:hybrid(3-1-7,43-18-18), or the reference's alias ats:3-1-7+43-18-18), either optionally followed by "
     ";crop-flip=true|false "
-    "(default true: RandomCrop(32, padding=4) and a horizontal flip with p=0.5 before the policy)"
+    "(default true: RandomCrop(32, padding=4) and a horizontal flip with p=0.5 before the policy) and "
+    ";geometry=resized|reference (default resized; reference: 1-channel 28x28 data sets are cropped and "
+    "augmented at 28x28 as the ATS reference does, see AtsPolicy)"
 )
+GEOMETRIES = ("resized", "reference")
+REFERENCE_NATIVE_SIZE = 28  # the 1-channel built-in sets (MNIST, Fashion-MNIST, embedded digits) are 28x28
 MAX_PRIMITIVES = 3
 CROP_PADDING = 4
 _HYBRID = re.compile(r"hybrid\((.*)\)")
@@ -39,12 +45,23 @@ class AtsPolicy:
     crop_flip
         Whether ATS's training pipeline runs first: RandomCrop (padding 4, zero fill) and a
         horizontal flip with probability 0.5.
+    geometry
+        ``resized`` (default): the policy runs on the data set's 32x32 images, 1-channel 28x28 sets
+        included (the loader resized them). ``reference``: for 1-channel images, the ATS
+        reference's F-MNIST pipeline: the 28x28 image (the 32x32 one resized back, antialiased
+        bilinear) is padded by 4 and cropped to 32x32, so every output has exactly 4 zero rows and
+        4 zero columns and the crop has 5 offsets per axis (not 9), then flipped and augmented at
+        32x32; without crop-flip the policy runs at 28x28 and the result is resized to 32x32.
+        3-channel images are the same under both.
     """
 
     sub_policies: tuple[tuple[int, ...], ...]
     crop_flip: bool = True
+    geometry: str = "resized"
 
     def __post_init__(self) -> None:
+        if self.geometry not in GEOMETRIES:
+            raise ConfigError(f"ATS geometry {self.geometry!r}; valid: {', '.join(GEOMETRIES)}")
         if not self.sub_policies:
             raise ConfigError(f"an ATS policy needs at least one sub-policy; valid forms: {ATS_FORMS}")
         for sub in self.sub_policies:
@@ -62,10 +79,14 @@ class AtsPolicy:
 
     @property
     def spec(self) -> str:
-        """The canonical spec string, crop-flip always explicit, e.g. ``ats:3-1-7;crop-flip=true``."""
+        """The canonical spec string, crop-flip always explicit, e.g. ``ats:3-1-7;crop-flip=true``.
+
+        ``;geometry=reference`` is appended when set (the default ``resized`` is not written).
+        """
         subs = ",".join("-".join(str(i) for i in sub) for sub in self.sub_policies)
         body = f"hybrid({subs})" if self.is_hybrid else subs
-        return f"ats:{body};crop-flip={str(self.crop_flip).lower()}"
+        geometry = "" if self.geometry == "resized" else f";geometry={self.geometry}"
+        return f"ats:{body};crop-flip={str(self.crop_flip).lower()}{geometry}"
 
     @property
     def is_hybrid(self) -> bool:
@@ -103,7 +124,8 @@ def parse_ats_policy(text: str) -> AtsPolicy:
     ----------
     text
         ``i-j-k``, ``hybrid(i-j-k,...)`` or its alias ``i-j-k+l-m-n`` (the ATS reference's
-        hybrid syntax), optionally followed by ``;crop-flip=true|false``.
+        hybrid syntax), optionally followed by ``;crop-flip=true|false`` and
+        ``;geometry=resized|reference``.
 
     Returns
     -------
@@ -123,7 +145,7 @@ def parse_ats_policy(text: str) -> AtsPolicy:
     body = body[len("ats:"):] if body.startswith("ats:") else body
     text = f"ats:{body}"  # errors quote the full spec
     policy_text, *options = (part.strip() for part in body.split(";"))
-    crop_flip = _parse_options(options, text)
+    crop_flip, geometry = _parse_options(options, text)
     if policy_text.startswith("hybrid"):
         match = _HYBRID.fullmatch(policy_text)
         if match is None:
@@ -135,26 +157,28 @@ def parse_ats_policy(text: str) -> AtsPolicy:
         parts = [part.strip() for part in policy_text.split("+")]
     else:
         parts = [policy_text]
-    return AtsPolicy(tuple(_parse_sub_policy(part, text) for part in parts), crop_flip)
+    return AtsPolicy(tuple(_parse_sub_policy(part, text) for part in parts), crop_flip, geometry)
 
 
 def _malformed(text: str, reason: str) -> ConfigError:
     return ConfigError(f"invalid ATS policy {text!r}: {reason}; valid forms: {ATS_FORMS}")
 
 
-def _parse_options(options: list[str], text: str) -> bool:
-    """Return the crop-flip switch from ``key=value`` options."""
-    crop_flip: bool | None = None
+def _parse_options(options: list[str], text: str) -> tuple[bool, str]:
+    """Return the crop-flip switch and the geometry from ``key=value`` options."""
+    given: dict[str, str] = {}
     for option in options:
         key, sep, value = (s.strip() for s in option.partition("="))
-        if key != "crop-flip":
-            raise _malformed(text, f"unknown option {option!r} (the only option is crop-flip)")
-        if not sep or value.lower() not in _BOOLEANS:
+        if key not in ("crop-flip", "geometry"):
+            raise _malformed(text, f"unknown option {option!r} (the options are crop-flip and geometry)")
+        if key in given:
+            raise _malformed(text, f"{key} is given twice")
+        if key == "crop-flip" and (not sep or value.lower() not in _BOOLEANS):
             raise _malformed(text, f"option {option!r} must be crop-flip=true or crop-flip=false")
-        if crop_flip is not None:
-            raise _malformed(text, "crop-flip is given twice")
-        crop_flip = _BOOLEANS[value.lower()]
-    return True if crop_flip is None else crop_flip
+        if key == "geometry" and (not sep or value.lower() not in GEOMETRIES):
+            raise _malformed(text, f"option {option!r} must be geometry={' or geometry='.join(GEOMETRIES)}")
+        given[key] = value.lower()
+    return _BOOLEANS[given.get("crop-flip", "true")], given.get("geometry", "resized")
 
 
 def _parse_sub_policy(part: str, text: str) -> tuple[int, ...]:
@@ -258,24 +282,36 @@ class AtsDefense:
             "translate_x": torch.zeros(n, dtype=torch.int64),
             "translate_y": torch.zeros(n, dtype=torch.int64),
         }
-        out = np.empty_like(arrays)
+        size = arrays.shape[1]
+        reference = self.policy.geometry == "reference" and images.shape[1] == 1
+        if reference:  # back to the 28x28 image the ATS reference crops and augments
+            native = resize(pixels, [REFERENCE_NATIVE_SIZE] * 2, InterpolationMode.BILINEAR, antialias=True)
+            arrays = native.permute(0, 2, 3, 1).numpy()
+        out = np.empty((n, size, size, arrays.shape[3]), dtype=np.uint8)
         for b, array in enumerate(arrays):
             if self.policy.crop_flip:
-                array = self._crop_flip(array, generator, extras, b)
-            out[b] = self._apply_policy(array, generator, extras, b)
+                array = self._crop_flip(array, generator, extras, b, size)
+            result = self._apply_policy(array, generator, extras, b)
+            if result.shape[0] != size:  # reference geometry without crop: augmented at 28x28, then Resize(32)
+                result = resize(torch.from_numpy(np.array(result)).permute(2, 0, 1), [size, size],
+                                InterpolationMode.BILINEAR, antialias=True).permute(1, 2, 0).numpy()
+            out[b] = result
         defended = torch.from_numpy(out).permute(0, 3, 1, 2).to(images.dtype) / 255
         return defended.to(images.device), extras
 
     @staticmethod
     def _crop_flip(
-        array: np.ndarray, generator: torch.Generator, extras: dict[str, torch.Tensor], b: int
+        array: np.ndarray, generator: torch.Generator, extras: dict[str, torch.Tensor], b: int, size: int
     ) -> np.ndarray:
-        """RandomCrop(size, padding=4, zero fill) then a horizontal flip with p=0.5."""
-        height, width = array.shape[:2]
+        """RandomCrop(size, padding=4, zero fill) then a horizontal flip with p=0.5.
+
+        The input may be smaller than ``size`` (a 28x28 image under the reference geometry: 5
+        offsets per axis instead of 2 * 4 + 1 = 9).
+        """
         padded = np.pad(array, ((CROP_PADDING, CROP_PADDING), (CROP_PADDING, CROP_PADDING), (0, 0)))
-        top = int(torch.randint(0, 2 * CROP_PADDING + 1, (1,), generator=generator))
-        left = int(torch.randint(0, 2 * CROP_PADDING + 1, (1,), generator=generator))
-        array = padded[top : top + height, left : left + width]
+        top = int(torch.randint(0, padded.shape[0] - size + 1, (1,), generator=generator))
+        left = int(torch.randint(0, padded.shape[1] - size + 1, (1,), generator=generator))
+        array = padded[top : top + size, left : left + size]
         flip = bool(torch.rand(1, generator=generator) < 0.5)
         extras["crop_dy"][b] = top - CROP_PADDING
         extras["crop_dx"][b] = left - CROP_PADDING
@@ -304,6 +340,6 @@ class AtsDefense:
         return result[..., None] if gray else result
 
 
-@register_defense("ats", "ats:i-j-k | ats:hybrid(i-j-k,...)[;crop-flip=true|false]")
+@register_defense("ats", "ats:i-j-k | ats:hybrid(i-j-k,...)[;crop-flip=true|false][;geometry=resized|reference]")
 def _ats(argument: str) -> Defense:
     return AtsDefense(parse_ats_policy(argument))

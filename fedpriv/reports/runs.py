@@ -24,7 +24,7 @@ MODEL_PREFIXES = ("complex-", "original-")
 
 
 def canonical_defense(spec: str) -> str:
-    """A defense spec in the registry's canonical form, without the default ``;crop-flip=true``.
+    """A defense spec in the registry's canonical form, without the default option ``;crop-flip=true``.
 
     ``ats:3-1-7+43-18-18`` and ``ats:hybrid(3-1-7,43-18-18)`` become the same string; a spec the
     installed registry does not know is returned unchanged (reports read old runs too).
@@ -35,7 +35,7 @@ def canonical_defense(spec: str) -> str:
         spec = build_defense(spec).spec
     except ValueError:
         pass
-    return spec.removesuffix(";crop-flip=true")
+    return spec.replace(";crop-flip=true", "")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedpriv.reports.runs import ATTACK_METRICS, Run, Sample
-from fedpriv.reports.sources import Column, SourceTable
+from fedpriv.reports.sources import REFERENCE_GEOMETRY, Column, SourceTable
 from fedpriv.reports.statistics import Summary, digits_for, summarise
 
 # Metrics listed in the per-data-set summary tables, in this order.
@@ -31,14 +31,20 @@ def _setting(sample: Sample) -> tuple[str, str, str]:
     return sample.dataset, sample.model, sample.dp
 
 
-def deviations(table: SourceTable, column: Column, dataset: str, model: str, runs: list[Run], n: int) -> list[str]:
-    """How the measured setting differs from the source's: data set, model, iterations, images, training."""
+def deviations(table: SourceTable, column: Column, dataset: str, model: str, runs: list[Run],
+               samples: list[Sample]) -> list[str]:
+    """How the measured setting differs from the source's: data set, model, geometry, iterations, images, training."""
     notes = []
+    n = len(samples)
     if table.datasets and dataset != table.datasets[0]:
         notes.append(f"data set {dataset} (source: {table.datasets[0]})")
     if table.model and model != table.model:
         notes.append(f"model {model} (source: {table.model})")
     settings = table.settings
+    geometries = sorted({"reference" if s.defense.endswith(REFERENCE_GEOMETRY) else "resized"
+                         for s in samples if s.defense.startswith("ats:")})
+    if "geometry" in settings and geometries and geometries != [settings["geometry"]]:
+        notes.append(f"ATS geometry {','.join(geometries)} (source: {settings['geometry']})")
     iterations = sorted({int(r.run_config.get("attack-iterations", 0)) for r in runs})
     source_iterations = settings.get("attack-iterations")
     if column.metric in ATTACK_METRICS and source_iterations is not None and iterations != [source_iterations]:
@@ -71,7 +77,7 @@ def compare(table: SourceTable, samples: list[Sample], runs: dict[str, Run]) -> 
             for (dataset, model, dp), group in sorted(groups.items()):
                 group_runs = sorted({s.run for s in group})
                 summary = summarise([s.value for s in group])
-                notes = deviations(table, column, dataset, model, [runs[r] for r in group_runs], summary.n)
+                notes = deviations(table, column, dataset, model, [runs[r] for r in group_runs], group)
                 if dp != "none":
                     notes.append(f"dp={dp}")
                 entries.append(Measured(dataset, model, dp, summary, tuple(group_runs), tuple(notes)))
