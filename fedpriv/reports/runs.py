@@ -18,7 +18,8 @@ ATTACK_METRICS = ("psnr", "psnr_defended", "ssim", "ssim_defended", "mse", "mae"
 ROUND_METRICS = ("accuracy", "accuracy_pct", "error_pct", "accuracy_plain")
 METRICS = ATTACK_METRICS + ROUND_METRICS
 # Data sets that stand in for a source's data set in a table (same channels, same classes per image).
-FAMILY = {"cifar10": "cifar10", "embedded-photos": "cifar10", "cifar100": "cifar100", "cifar100-super": "cifar100",
+FAMILY = {"cifar10": "cifar10", "embedded-photos": "cifar10", "embedded-photos-large": "cifar10",
+          "cifar100": "cifar100", "cifar100-super": "cifar100",
           "mnist": "mnist", "embedded-digits": "mnist", "fashion-mnist": "fashion-mnist"}
 MODEL_PREFIXES = ("complex-", "original-")
 
