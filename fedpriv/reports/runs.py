@@ -75,7 +75,7 @@ class Sample:
         """``defense`` plus the run's DP mode where there is one: one line of a plot."""
         return self.defense if self.dp in ("", "none") else f"{self.defense} + dp={self.dp}"
 
-    def field(self, name: str) -> Any:
+    def value_of(self, name: str) -> Any:
         """The value of a filter field (``dataset``, ``family``, ``architecture``, ``defense``, ...)."""
         if name not in FILTER_FIELDS:
             raise ConfigError(f"unknown filter field {name!r}; valid: {', '.join(FILTER_FIELDS)}")

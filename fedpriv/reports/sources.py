@@ -52,7 +52,7 @@ class Filter:
     def accepts(self, sample: Sample) -> bool:
         """Whether every constraint holds for ``sample``."""
         for key, value in self.fields:
-            actual = str(sample.field(key))
+            actual = str(sample.value_of(key))
             if key in ("defense", "run_defense"):  # the ATS geometry is a deviation, not another row
                 actual = actual.removesuffix(REFERENCE_GEOMETRY)
             if value.endswith("*"):
