@@ -64,8 +64,8 @@ def frontier(samples: list[Sample], metric: str, path: Path, title: str) -> list
     """Scatter final accuracy against the last attacked round's mean ``metric``, per (defense [+ DP], attack).
 
     Only runs whose clients share one defense count (a mixed run's accuracy belongs to no single
-    defense). The Pareto front (higher accuracy, lower PSNR) is joined by a line. Returns the
-    points (empty, and nothing written, when there are none).
+    defense). The Pareto front (higher accuracy, lower PSNR) of each run's strongest attack is
+    joined by a line. Returns the points (empty, and nothing written, when there are none).
     """
     accuracy: dict[str, tuple[int, float]] = {}
     privacy: dict[tuple[str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -93,14 +93,18 @@ def frontier(samples: list[Sample], metric: str, path: Path, title: str) -> list
                    color="C0")
         ax.annotate(str(p["defense"]), (float(p["accuracy_pct"]), float(p[metric])), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
-    front = sorted(points, key=lambda p: (-float(p["accuracy_pct"]), float(p[metric])))
+    worst: dict[str, dict[str, object]] = {}  # per run, its strongest attack: what the defense must withstand
+    for p in points:
+        if str(p["run"]) not in worst or float(p[metric]) > float(worst[str(p["run"])][metric]):
+            worst[str(p["run"])] = p
+    front = sorted(worst.values(), key=lambda p: (-float(p["accuracy_pct"]), float(p[metric])))
     kept, best = [], float("inf")
     for p in front:
         if float(p[metric]) < best:
             kept.append(p)
             best = float(p[metric])
-    ax.plot([p["accuracy_pct"] for p in kept], [p[metric] for p in kept], "--", color="grey", alpha=0.7,
-            label="frontier (higher accuracy, lower PSNR)")
+    ax.plot([p["accuracy_pct"] for p in kept], [p[metric] for p in kept], "--o", color="grey", alpha=0.7,
+            markerfacecolor="none", markersize=12, label="frontier of the runs' strongest attacks")
     for a in attacks:
         ax.scatter([], [], marker=markers[attacks.index(a) % len(markers)], color="C0", label=a)
     ax.set_xlabel("final accuracy of the global model (%)")
