@@ -54,9 +54,10 @@ def deviations(table: SourceTable, column: Column, dataset: str, model: str, run
     if "training" in settings:
         rounds = sorted({int(r.run_config.get("num-server-rounds", 0)) for r in runs})
         notes.append(f"{','.join(map(str, rounds))} federated rounds (source: {settings['training']})")
-    for key in ("inverter-epochs", "inverter-width", "decoder"):
-        if key in settings:
-            notes.append(f"{key}: see the run's attack-options (source: {settings[key]})")
+    sourced = [f"{key} {settings[key]}" for key in ("inverter-epochs", "inverter-width", "decoder") if key in settings]
+    if sourced:
+        options = sorted({str(r.run_config.get("attack-options", "")) or "defaults" for r in runs})
+        notes.append(f"attack-options {' / '.join(repr(o) for o in options)} (source: {', '.join(sourced)})")
     return notes
 
 
@@ -95,7 +96,8 @@ def _measurements(table: SourceTable) -> list[Column]:
 
 
 def _quantity_label(column: Column) -> str:
-    filters = ", ".join(value for key, value in column.where.fields if key in ("attack", "defense", "model"))
+    filters = ", ".join(value if key in ("attack", "defense", "model") else f"{key}={value}"
+                        for key, value in column.where.fields)
     return f"ours: {column.metric}" + (f" ({filters})" if filters else "")
 
 
