@@ -138,3 +138,15 @@ def test_ats_geometry_is_a_named_deviation_of_the_fashion_mnist_rows(tmp_path: P
                    and r["column"] == "PSNR paper (dB)")
         assert float(row["mean"]) == pytest.approx(mean)
         assert ("ATS geometry resized (source: reference)" in row["deviations"]) is marked
+
+
+def test_runs_of_the_two_ats_geometries_are_separate_lines(tmp_path: Path) -> None:
+    resized = _write_run(tmp_path, "resized", "embedded-digits", {0: "ats:19-15-45"}, {(1, 0): 12.0}, [0.1, 0.2])
+    reference = _write_run(tmp_path, "reference", "embedded-digits", {0: "ats:19-15-45;geometry=reference"},
+                           {(1, 0): 14.0}, [0.1, 0.2])
+    out = tmp_path / "report"
+    assert cli_main(["report", str(resized), str(reference), "--out", str(out)]) == 0
+    rows = [r for r in _comparison(out) if r["table"] == "seed002-table1-fmnist" and r["row"] == "19-15-45"
+            and r["column"] == "PSNR paper (dB)"]
+    assert sorted((r["geometry"], float(r["mean"]), r["n"]) for r in rows) == [("reference", 13.0, "1"),
+                                                                                ("resized", 11.0, "1")]

@@ -17,18 +17,26 @@ SUMMARY_METRICS = ("psnr", "psnr_defended", "ssim", "mae", "mse", "label_accurac
 
 @dataclass(frozen=True)
 class Measured:
-    """The measured values for one (row, column) from one setting (data set, model, DP mode)."""
+    """The measured values for one (row, column) from one setting (data set, model, DP mode, ATS geometry)."""
 
     dataset: str
     model: str
     dp: str
+    geometry: str
     summary: Summary
     runs: tuple[str, ...]
     deviations: tuple[str, ...]
 
 
-def _setting(sample: Sample) -> tuple[str, str, str]:
-    return sample.dataset, sample.model, sample.dp
+def _geometry(sample: Sample) -> str:
+    """The ATS geometry of an ATS client's sample (``reference`` or ``resized``), else ``""``."""
+    if not sample.defense.startswith("ats:"):
+        return ""
+    return "reference" if sample.defense.endswith(REFERENCE_GEOMETRY) else "resized"
+
+
+def _setting(sample: Sample) -> tuple[str, str, str, str]:
+    return sample.dataset, sample.model, sample.dp, _geometry(sample)
 
 
 def deviations(table: SourceTable, column: Column, dataset: str, model: str, runs: list[Run],
@@ -41,8 +49,7 @@ def deviations(table: SourceTable, column: Column, dataset: str, model: str, run
     if table.model and model != table.model:
         notes.append(f"model {model} (source: {table.model})")
     settings = table.settings
-    geometries = sorted({"reference" if s.defense.endswith(REFERENCE_GEOMETRY) else "resized"
-                         for s in samples if s.defense.startswith("ats:")})
+    geometries = sorted({g for s in samples if (g := _geometry(s))})
     if "geometry" in settings and geometries and geometries != [settings["geometry"]]:
         notes.append(f"ATS geometry {','.join(geometries)} (source: {settings['geometry']})")
     iterations = sorted({int(r.run_config.get("attack-iterations", 0)) for r in runs})
@@ -62,7 +69,8 @@ def deviations(table: SourceTable, column: Column, dataset: str, model: str, run
 
 
 def compare(table: SourceTable, samples: list[Sample], runs: dict[str, Run]) -> dict[tuple[str, str], list[Measured]]:
-    """Measured values per (row label, column id), one entry per setting; never averaged across settings."""
+    """Measured values per (row label, column id), one entry per setting (data set, model, DP mode, ATS
+    geometry); never averaged across settings."""
     result: dict[tuple[str, str], list[Measured]] = {}
     eligible = [s for s in samples if not table.datasets or s.dataset in table.datasets]
     for row in table.rows:
@@ -71,17 +79,17 @@ def compare(table: SourceTable, samples: list[Sample], runs: dict[str, Run]) -> 
             if not column.measured:
                 continue
             chosen = [s for s in in_row if s.metric == column.metric and column.where.accepts(s)]
-            groups: dict[tuple[str, str, str], list[Sample]] = defaultdict(list)
+            groups: dict[tuple[str, str, str, str], list[Sample]] = defaultdict(list)
             for s in chosen:
                 groups[_setting(s)].append(s)
             entries = []
-            for (dataset, model, dp), group in sorted(groups.items()):
+            for (dataset, model, dp, geometry), group in sorted(groups.items()):
                 group_runs = sorted({s.run for s in group})
                 summary = summarise([s.value for s in group])
                 notes = deviations(table, column, dataset, model, [runs[r] for r in group_runs], group)
                 if dp != "none":
                     notes.append(f"dp={dp}")
-                entries.append(Measured(dataset, model, dp, summary, tuple(group_runs), tuple(notes)))
+                entries.append(Measured(dataset, model, dp, geometry, summary, tuple(group_runs), tuple(notes)))
             result[(row.label, column.id)] = entries
     return result
 
@@ -112,17 +120,18 @@ def comparison_markdown(table: SourceTable, measured: dict[tuple[str, str], list
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.rows:
         source_cells = [row.values[c.id].text() if c.id in row.values else "-" for c in table.columns]
-        settings: dict[tuple[str, str, str], dict[str, Measured]] = defaultdict(dict)
+        settings: dict[tuple[str, str, str, str], dict[str, Measured]] = defaultdict(dict)
         for quantity in quantities:
             for entry in measured.get((row.label, quantity.id), []):
-                settings[(entry.dataset, entry.model, entry.dp)][quantity.id] = entry
+                settings[(entry.dataset, entry.model, entry.dp, entry.geometry)][quantity.id] = entry
         if not settings:
             lines.append("| " + " | ".join([row.label, *source_cells, "not measured"] + ["-"] * (len(quantities) + 1))
                          + " |")
             continue
         for k, (setting, entries) in enumerate(sorted(settings.items())):
             cells = [row.label if k == 0 else "", *(source_cells if k == 0 else [""] * len(source_cells))]
-            cells.append(f"{setting[0]}, {setting[1]}" + (f", dp={setting[2]}" if setting[2] != "none" else ""))
+            cells.append(f"{setting[0]}, {setting[1]}" + (f", dp={setting[2]}" if setting[2] != "none" else "")
+                         + (f", ATS geometry {setting[3]}" if setting[3] else ""))
             for quantity in quantities:
                 entry = entries.get(quantity.id)
                 if entry is None:
@@ -149,10 +158,12 @@ def comparison_rows(table: SourceTable, measured: dict[tuple[str, str], list[Mea
                     "citation": source.cite if source else column.cite}
             entries = measured.get((row.label, column.id), [])
             if not entries:
-                rows.append({**base, "dataset": "", "model": "", "dp": "", "mean": "", "std": "", "ci_low": "",
+                rows.append({**base, "dataset": "", "model": "", "dp": "", "geometry": "", "mean": "", "std": "",
+                             "ci_low": "",
                              "ci_high": "", "n": 0, "runs": "", "deviations": ""})
             for e in entries:
-                rows.append({**base, "dataset": e.dataset, "model": e.model, "dp": e.dp, "mean": e.summary.mean,
+                rows.append({**base, "dataset": e.dataset, "model": e.model, "dp": e.dp, "geometry": e.geometry,
+                             "mean": e.summary.mean,
                              "std": e.summary.std, "ci_low": e.summary.ci_low, "ci_high": e.summary.ci_high,
                              "n": e.summary.n, "runs": " ".join(e.runs), "deviations": "; ".join(e.deviations)})
     return rows
