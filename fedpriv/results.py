@@ -96,6 +96,18 @@ def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor]]:
                           "checkpoint: resume another run-name or delete the folder") from None
 
 
+def csv_bytes(rows: list[dict[str, Any]]) -> bytes:
+    """Rows as CSV text (UTF-8): the union of their keys as columns, in order of first appearance."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue().encode()
+
+
 class RunFolder:
     """One run's results folder (absolute path).
 
@@ -142,15 +154,7 @@ class RunFolder:
 
     def write_csv(self) -> None:
         """Rewrite ``metrics.csv`` from ``metrics.jsonl`` (same rows, union of columns)."""
-        rows = read_jsonl(self.metrics_path)
-        columns: list[str] = []
-        for row in rows:
-            columns += [k for k in row if k not in columns]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write(self.path / "metrics.csv", buffer.getvalue().encode())
+        atomic_write(self.path / "metrics.csv", csv_bytes(read_jsonl(self.metrics_path)))
 
     def write_plot(self) -> None:
         """Write ``psnr_per_round.png``: mean PSNR per round, one line per (defense, attack) pair.

@@ -22,8 +22,8 @@ ATS_FORMS = (
     "ats:hybrid(3-1-7,43-18-18), or the reference's alias ats:3-1-7+43-18-18), either optionally followed by "
     ";crop-flip=true|false "
     "(default true: RandomCrop(32, padding=4) and a horizontal flip with p=0.5 before the policy) and "
-    ";geometry=resized|reference (default resized; reference: 1-channel 28x28 data sets are cropped and "
-    "augmented at 28x28 as the ATS reference does, see AtsPolicy)"
+    ";geometry=resized|reference (default resized; reference: 1-channel 28x28 data sets are padded and "
+    "cropped from 28x28 into 32x32 as the ATS reference does, see AtsPolicy)"
 )
 GEOMETRIES = ("resized", "reference")
 REFERENCE_NATIVE_SIZE = 28  # the 1-channel built-in sets (MNIST, Fashion-MNIST, embedded digits) are 28x28
@@ -114,6 +114,8 @@ class AtsPolicy:
             if self.crop_flip
             else "no crop/flip, "
         )
+        if self.geometry == "reference":  # 1-channel images start from their 28x28 version
+            crop = f"(1-channel: from {REFERENCE_NATIVE_SIZE}x{REFERENCE_NATIVE_SIZE}) {crop}"
         return f"ATS {self.spec}: {crop}{head}{subs}"
 
 

@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
-
 from fedpriv.errors import ConfigError
 from fedpriv.reports.figures import frontier, psnr_per_round
 from fedpriv.reports.gallery import write_gallery
 from fedpriv.reports.runs import Run, Sample, load_runs, select_round
 from fedpriv.reports.sources import SOURCES_PATH, load_sources
 from fedpriv.reports.tables import comparison_markdown, comparison_rows, compare, summary_markdown, summary_rows
-from fedpriv.results import atomic_write
+from fedpriv.results import atomic_write, csv_bytes
 
 PLOT_METRICS = ("psnr", "psnr_defended")
-
-
-def _csv(rows: list[dict[str, Any]]) -> bytes:
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue().encode()
 
 
 def _runs_table(runs: list[Run]) -> str:
@@ -99,9 +84,9 @@ def build_report(runs: list[Run], out: Path, which_round: str, metric: str, sour
         parts += ["No run has image metrics or uniform-defense accuracy to plot.", ""]
     images = write_gallery(runs, out)
     parts += ["## Reconstructions", "", f"[gallery.html](gallery.html): {images} grids, per run and round.", ""]
-    atomic_write(out / "comparison.csv", _csv(comparison_csv))
-    atomic_write(out / "summary.csv", _csv(summary))
-    atomic_write(out / "frontier.csv", _csv(frontier_rows))
+    atomic_write(out / "comparison.csv", csv_bytes(comparison_csv))
+    atomic_write(out / "summary.csv", csv_bytes(summary))
+    atomic_write(out / "frontier.csv", csv_bytes(frontier_rows))
     atomic_write(out / "report.md", "\n".join(parts).encode())
     return {"tables": compared, "figures": len(figures), "images": images}
 

@@ -20,7 +20,13 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    """Label, grid and legend the axes, then write the figure to ``path`` atomically."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=110)
@@ -50,13 +56,9 @@ def psnr_per_round(samples: list[Sample], metric: str, path: Path, title: str) -
         stds = [statistics.stdev(by_round[r]) if len(by_round[r]) > 1 else 0.0 for r in rounds]
         ax.errorbar(rounds, means, yerr=stds, fmt="o", linestyle=("-", "--", ":", "-.")[n // 10 % 4], markersize=3,
                     capsize=2, color=colours(n % 10), label=f"{model}: {label} / {attack}")
-    ax.set_xlabel("round (the attacked gradient is taken at the model broadcast in that round)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"mean {metric} over attacked clients and runs (dB)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    _save(fig, path)
+    _finish(fig, ax, "round (the attacked gradient is taken at the model broadcast in that round)",
+            f"mean {metric} over attacked clients and runs (dB)", title, path)
     return True
 
 
@@ -107,10 +109,6 @@ def frontier(samples: list[Sample], metric: str, path: Path, title: str) -> list
             markerfacecolor="none", markersize=12, label="frontier of the runs' strongest attacks")
     for a in attacks:
         ax.scatter([], [], marker=markers[attacks.index(a) % len(markers)], color="C0", label=a)
-    ax.set_xlabel("final accuracy of the global model (%)")
-    ax.set_ylabel(f"mean {metric} of the last attacked round (dB)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    _save(fig, path)
+    _finish(fig, ax, "final accuracy of the global model (%)", f"mean {metric} of the last attacked round (dB)",
+            title, path)
     return points
