@@ -4,12 +4,14 @@ A problem (k images against one observed gradient, ATS "inversed" objective 1 - 
 tv * TV(x)) keeps its own optimisation when P problems are stacked into one (P, k, C, H, W)
 tensor: objectives are summed, Adam and sign are elementwise, cosine and TV per problem. Extra
 per-problem parameters (a learned translation) join the same Adam unsigned and clamped.
-Engines: ``loop`` (the sources' one-at-a-time autograd), ``grouped`` (per-problem model copies
-as grouped convolutions), ``vmap`` (``torch.func``), ``auto`` (:func:`choose_engine`).
+Engines: ``loop`` (the sources' one-at-a-time autograd), ``loop-channels-last`` (the same on a
+channels-last copy of the model: other CPU kernels, same arithmetic), ``grouped`` (per-problem model
+copies as grouped convolutions), ``vmap`` (``torch.func``), ``auto`` (:func:`choose_engine`).
 """
 
 from __future__ import annotations
 
+import copy
 import operator
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +27,8 @@ from fedpriv.attacks.grouped_model import grouped_copy
 from fedpriv.attacks.precision import check_precision, precision_scope
 from fedpriv.errors import ConfigError
 
-ENGINES = ("auto", "loop", "grouped", "vmap")
+ENGINES = ("auto", "loop", "loop-channels-last", "grouped", "vmap")
+LOOPS = ("loop", "loop-channels-last")
 PROBE_MARGIN = 1.25  # auto batches only if the probe finds it this much faster: CPU timings vary ~20%
 PROBE_PROBLEMS = 16  # most problems a probe step batches (bounds its memory); its time is scaled up
 Matcher = Callable[[torch.Tensor], torch.Tensor]
@@ -87,6 +90,58 @@ def _cosine_loss(grads: torch.Tensor, flat: torch.Tensor, norm: torch.Tensor) ->
     return 1 - (grads * flat).sum(-1) / (grads.pow(2).sum(-1).sqrt() * norm).clamp_min(1e-8)
 
 
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise inner products of (P, n) matrices as one ``bmm``: half ``vecdot``'s time on our CPU (no product temporary)."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(len(a))
+
+
+def _block_targets(problems: Sequence[MatchingProblem]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The target gradients as one (P, n_i) matrix per parameter tensor, and their global norms (P,)."""
+    blocks = [torch.stack([p.target[i] for p in problems]).flatten(1) for i in range(len(problems[0].target))]
+    return blocks, reduce(operator.add, [_row_dot(t, t) for t in blocks]).sqrt()
+
+
+class _BlockCosine(torch.autograd.Function):
+    """1 - global cosine per problem of gradient blocks (P, n_i) with targets, and its first derivative.
+
+    Plain autograd on the concatenated (P, N) gradients copies them once (``cat``) and runs ``pow``'s
+    generic kernel forward and backward: at P = 16 on ResNet20-4 (N = 4.3M, 275 MB per pass) that
+    was half of a step. Here the forward is two row-wise dot products per block and the backward
+    one ``t * a + g * b`` per block (a product and an in-place ``addcmul_``). Only the first derivative exists (the objective's gradient with
+    respect to the parameter gradients; the second never is needed).
+    """
+
+    @staticmethod
+    def forward(ctx, target_norm, blocks, *tensors):  # type: ignore[no-untyped-def]
+        grads, targets = tensors[:blocks], tensors[blocks:]
+        dot = reduce(operator.add, [_row_dot(g, t) for g, t in zip(grads, targets)])
+        squared = reduce(operator.add, [_row_dot(g, g) for g in grads])
+        product = squared.sqrt() * target_norm
+        denominator = product.clamp_min(1e-8)
+        ctx.save_for_backward(dot, squared, denominator, product > 1e-8, *grads, *targets)
+        ctx.blocks = blocks
+        return 1 - dot / denominator
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):  # type: ignore[no-untyped-def]
+        dot, squared, denominator, unclamped, *tensors = ctx.saved_tensors
+        grads, targets = tensors[:ctx.blocks], tensors[ctx.blocks:]
+        along_target = (-grad_loss / denominator)[:, None]
+        along_grad = torch.where(unclamped, grad_loss * dot / (denominator * squared), 0)[:, None]
+        out = [torch.mul(t, along_target).addcmul_(g, along_grad) for g, t in zip(grads, targets)]
+        return None, None, *out, *[None] * len(targets)
+
+
+def block_cosine_loss(grads: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
+                      target_norm: torch.Tensor) -> torch.Tensor:
+    """1 - global cosine per problem of parameter gradients (P, ...) with targets (P, n_i) of norms (P,).
+
+    Differentiable once (with respect to ``grads``), which is all the matching objective needs.
+    """
+    return _BlockCosine.apply(target_norm, len(grads), *[g.flatten(1) for g in grads], *targets)
+
+
 def loop_matcher(model: nn.Module, problems: Sequence[MatchingProblem]) -> Matcher:
     """Whole-model autograd per problem with ``create_graph=True``: the sources' reference."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -101,6 +156,15 @@ def loop_matcher(model: nn.Module, problems: Sequence[MatchingProblem]) -> Match
         return torch.stack(losses)
 
     return match
+
+
+def loop_model(engine: str, model: nn.Module) -> nn.Module:
+    """The model a loop engine differentiates: ``model``, or for ``loop-channels-last`` a channels-last copy.
+
+    At batch 1 PyTorch's CPU convolution heuristic sends small NCHW convolutions to its native
+    im2col kernels, 2-4x slower on our CPU than the channels-last ones (benchmarks/RESULTS.md).
+    """
+    return copy.deepcopy(model).to(memory_format=torch.channels_last) if engine == "loop-channels-last" else model
 
 
 def vmap_matcher(model: nn.Module, problems: Sequence[MatchingProblem]) -> Matcher:
@@ -128,7 +192,7 @@ def grouped_matcher(model: nn.Module, problems: Sequence[MatchingProblem]) -> Ma
     if (built := grouped_copy(model, len(problems))) is None:
         return None
     replica, copies = built
-    labels, (flat, norm) = torch.stack([p.labels for p in problems]), _flat_targets(problems)
+    labels, (targets, norm) = torch.stack([p.labels for p in problems]), _block_targets(problems)
 
     def run(inputs: torch.Tensor) -> torch.Tensor:
         n, k = inputs.shape[:2]
@@ -147,7 +211,7 @@ def grouped_matcher(model: nn.Module, problems: Sequence[MatchingProblem]) -> Ma
     def match(inputs: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(run(inputs).permute(1, 2, 0), labels, reduction="none").mean(1)
         grads = torch.autograd.grad(loss.sum(), copies, create_graph=True)  # the per-problem gradients
-        return _cosine_loss(torch.cat([g.reshape(len(flat), -1) for g in grads], 1), flat, norm)
+        return block_cosine_loss([g.reshape(len(norm), -1) for g in grads], targets, norm)
 
     return match
 
@@ -213,16 +277,20 @@ def _step_seconds(match: Matcher, x: torch.Tensor, extra: ExtraParameters | None
 
 def _probe(model: nn.Module, problems: Sequence[MatchingProblem], extra: ExtraParameters | None, tv: float,
            repeats: int) -> str:
-    """The fastest engine for P problems, timing batched engines on at most :data:`PROBE_PROBLEMS`."""
+    """The fastest engine for P problems, timing batched engines on at most :data:`PROBE_PROBLEMS`.
+
+    Only the loops are timed for one problem or a train-mode model (batched engines need eval mode).
+    """
     size = min(len(problems), PROBE_PROBLEMS)
     x, part = torch.stack([p.init for p in problems[:size]]), None if extra is None else extra.rows(0, size)
-    found = {"grouped": grouped_matcher(model, problems[:size])}
-    if (found["grouped"] is None or x.device.type != "cpu") and not torch.is_autocast_enabled(x.device.type):
-        found["vmap"] = vmap_matcher(model, problems[:size])  # vmap's batch norm fails under bf16 autocast
-    loop = partial(_step_seconds, loop_matcher(model, problems[:1]), x[:1], part and part.rows(0, 1), tv)
-    steps = {"loop": (loop, float(len(problems)))}
-    steps |= {name: (partial(_step_seconds, match, x, part, tv), PROBE_MARGIN * len(problems) / size)
-              for name, match in found.items() if match is not None}
+    steps = {name: (partial(_step_seconds, loop_matcher(loop_model(name, model), problems[:1]), x[:1],
+                            part and part.rows(0, 1), tv), float(len(problems))) for name in LOOPS}
+    if len(problems) > 1 and not model.training:
+        found = {"grouped": grouped_matcher(model, problems[:size])}
+        if (found["grouped"] is None or x.device.type != "cpu") and not torch.is_autocast_enabled(x.device.type):
+            found["vmap"] = vmap_matcher(model, problems[:size])  # vmap's batch norm fails under bf16 autocast
+        steps |= {name: (partial(_step_seconds, match, x, part, tv), PROBE_MARGIN * len(problems) / size)
+                  for name, match in found.items() if match is not None}
     best = {name: scale * min(step() for _ in range(repeats + 1)) for name, (step, scale) in steps.items()}
     return min(best, key=best.__getitem__)
 
@@ -231,8 +299,9 @@ def choose_engine(model: nn.Module, problems: Sequence[MatchingProblem], extra: 
                   tv: float, repeats: int = 3) -> tuple[str, Matcher | None]:
     """``auto``: the engine (and its matcher) that a timing probe finds fastest, cached per shape.
 
-    Candidates: ``grouped``; ``vmap`` off the CPU or where grouped does not cover the model (on
-    CPU it never beat grouped in our measurements). Batched engines must beat P loop steps by
+    Candidates: the two loops (:data:`LOOPS`); for more than one problem of an eval-mode model
+    ``grouped``, and ``vmap`` off the CPU or where grouped does not cover the model (on CPU it never
+    beat grouped in our measurements). Batched engines must beat P loop steps by
     :data:`PROBE_MARGIN` (each the minimum of a few steps; batched ones on at most
     :data:`PROBE_PROBLEMS` problems, scaled). Keyed by model, problem shape, dtype, device, extras
     and precision.
@@ -240,7 +309,7 @@ def choose_engine(model: nn.Module, problems: Sequence[MatchingProblem], extra: 
     first = next(model.parameters())
     key = (type(model).__name__, tuple(tuple(p.shape) for p in model.parameters()), len(problems),
            tuple(problems[0].init.shape), first.dtype, str(first.device), extra is not None,
-           torch.is_autocast_enabled(first.device.type), torch.backends.cudnn.allow_tf32)
+           torch.is_autocast_enabled(first.device.type), torch.backends.cudnn.allow_tf32, model.training)
     if key not in _PROBE_CACHE:
         _PROBE_CACHE[key] = _probe(model, problems, extra, tv, repeats)
     return _batched_matcher(_PROBE_CACHE[key], model, problems, extra, tv)
@@ -248,10 +317,10 @@ def choose_engine(model: nn.Module, problems: Sequence[MatchingProblem], extra: 
 
 def _batched_matcher(engine: str, model: nn.Module, problems: Sequence[MatchingProblem],
                      extra: ExtraParameters | None, tv: float) -> tuple[str, Matcher | None]:
-    if engine == "loop" or (engine == "auto" and (model.training or len(problems) == 1)):
-        return "loop", None
     if engine == "auto":
         return choose_engine(model, problems, extra, tv)
+    if engine in LOOPS:
+        return engine, None
     match = grouped_matcher(model, problems) if engine == "grouped" else vmap_matcher(model, problems)
     if match is None:
         raise ConfigError(f"engine 'grouped' covers Conv2d (zero padding), eval BatchNorm2d, Linear and "
@@ -304,8 +373,9 @@ def solve(model: nn.Module, problems: Sequence[MatchingProblem], low: torch.Tens
         init = torch.stack([p.init for p in chunk])
         with precision_scope(precision, init.device):
             name, match = _batched_matcher(engine, model, chunk, part, tv)
+            differentiated = model if match is not None else loop_model(name, model)
             runs = [(match, init, part)] if match is not None else [
-                (loop_matcher(model, [p]), init[i:i + 1], None if part is None else part.rows(i, i + 1))
+                (loop_matcher(differentiated, [p]), init[i:i + 1], None if part is None else part.rows(i, i + 1))
                 for i, p in enumerate(chunk)
             ]
             results += [optimize(m, x, low, high, iterations=iterations, lr=lr, tv=tv, extra=e, progress=progress,

@@ -14,37 +14,49 @@ from torch import nn
 
 
 class _GroupedConv(torch.autograd.Function):
-    """conv2d over per-problem weight copies (groups) with a backward that is cheap to differentiate.
+    """conv2d of P problems with per-problem weight copies, cheap to differentiate twice.
 
-    Input and weight gradients are separate differentiable ops (a transposed convolution, a weight-only
-    ``convolution_backward``), so the second derivative never reaches aten's loop over groups in
-    ``_convolution_double_backward``. Weight gradients are only formed while a graph is built.
+    The copies are equal in value (each problem's copy of one model), so the forward and the input
+    gradient are ordinary convolutions with the shared weight over all k x P images (the layout
+    (k, P * C, H, W) is a view of (k * P, C, H, W)): the CPU's ungrouped kernels, 1.2-4x faster
+    than grouped ones at 128-256 channels. Only the weight gradient, the one per-problem term, is
+    grouped. Input and weight gradients are separate differentiable ops (a transposed convolution,
+    a weight-only ``convolution_backward``), so the second derivative never reaches aten's loop over
+    groups in ``_convolution_double_backward``; the input gradient's own weight derivative is left
+    out (only derivatives with respect to the inputs pass through it). Weight gradients are only
+    formed while a graph is built.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, stride, padding, dilation, groups):  # type: ignore[no-untyped-def]
+    def forward(ctx, x, weight, stride, padding, dilation, groups, problems):  # type: ignore[no-untyped-def]
         ctx.save_for_backward(x, weight)
-        ctx.conf = (stride, padding, dilation, groups)
-        return F.conv2d(x, weight, None, stride, padding, dilation, groups)
+        ctx.conf = (stride, padding, dilation, groups, problems)
+        shared = weight[: len(weight) // problems]
+        y = F.conv2d(x.reshape(len(x) * problems, -1, *x.shape[2:]), shared, None, stride, padding, dilation, groups)
+        return y.reshape(len(x), -1, *y.shape[2:])
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[no-untyped-def]
         x, weight = ctx.saved_tensors
         dtypes = x.dtype, weight.dtype
         x, weight = x.to(grad_out.dtype), weight.to(grad_out.dtype)  # bf16 under autocast
-        stride, padding, dilation, groups = ctx.conf
+        stride, padding, dilation, groups, problems = ctx.conf
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             extra = [x.shape[i + 2] - ((grad_out.shape[i + 2] - 1) * stride[i] - 2 * padding[i]
                                        + dilation[i] * (weight.shape[i + 2] - 1) + 1) for i in range(2)]
-            grad_x = F.conv_transpose2d(grad_out, weight, None, stride, padding, extra, groups, dilation)
+            shared = weight[: len(weight) // problems].detach()
+            per_image = grad_out.reshape(len(x) * problems, -1, *grad_out.shape[2:])
+            grad_x = F.conv_transpose2d(per_image, shared, None, stride, padding, extra, groups, dilation)
+            grad_x = grad_x.reshape(x.shape)
         if ctx.needs_input_grad[1] and torch.is_grad_enabled():
             grad_w = torch.ops.aten.convolution_backward(
-                grad_out, x, weight, None, stride, padding, dilation, False, [0, 0], groups, [False, True, False]
+                grad_out, x, weight, None, stride, padding, dilation, False, [0, 0], groups * problems,
+                [False, True, False]
             )[1]
         grad_x = None if grad_x is None else grad_x.to(dtypes[0])
         grad_w = None if grad_w is None else grad_w.to(dtypes[1])
-        return grad_x, grad_w, None, None, None, None
+        return grad_x, grad_w, None, None, None, None, None
 
 
 class _Copies(nn.Module):
@@ -67,7 +79,7 @@ class _Copies(nn.Module):
         m, n = self.module, self.problems
         c = {name: t if t.dim() > 1 else t[:, None, None] for name, t in self.copies.items()}
         if isinstance(m, nn.Conv2d):
-            y: torch.Tensor = _GroupedConv.apply(x, c["weight"], m.stride, m.padding, m.dilation, m.groups * n)
+            y: torch.Tensor = _GroupedConv.apply(x, c["weight"], m.stride, m.padding, m.dilation, m.groups, n)
             return y + c["bias"] if "bias" in c else y
         if isinstance(m, nn.BatchNorm2d):  # affine (covered BatchNorm2d has parameters)
             return torch.addcmul(c["bias"], torch.addcmul(self.shift, x, self.scale), c["weight"])

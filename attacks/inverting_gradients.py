@@ -7,7 +7,8 @@ of 4800); N(0,1) initialisation in normalised space; known labels (or, when the 
 them, :mod:`fedpriv.attacks.label_inference`'s); the last iterate returned;
 with several restarts the one with the lowest final objective is kept. All targets and restarts
 are solved together by :mod:`fedpriv.attacks.gradient_matching` (``extra["engine"]``: ``auto``,
-``loop``, ``grouped``, ``vmap``; ``extra["max-batch"]``: most problems per optimisation).
+``loop``, ``loop-channels-last``, ``grouped``, ``vmap``; ``extra["max-batch"]``: most problems per
+optimisation).
 """
 
 from __future__ import annotations

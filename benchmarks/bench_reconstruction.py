@@ -75,14 +75,14 @@ def _sync(device: torch.device) -> None:
 
 def time_engine(engine: str, model: torch.nn.Module, problems: list[gm.MatchingProblem],
                 low: torch.Tensor, high: torch.Tensor, iterations: int, clock: str = "wall") -> float:
-    """Seconds per iteration for all problems: the loop times one problem and multiplies.
+    """Seconds per iteration for all problems: a loop engine times one problem and multiplies.
 
     A run of ``iterations`` minus a run of none (set-up and the final objective) over
     ``iterations``. ``clock`` is ``wall`` or ``cpu`` (this process's CPU time: with one thread,
     a measure that other processes competing for the cores barely move).
     """
     device = problems[0].init.device
-    sub = problems[:1] if engine == "loop" else problems
+    sub = problems[:1] if engine in gm.LOOPS else problems
     now = time.perf_counter if clock == "wall" else time.process_time
     spans = []
     for count in (0, iterations):
@@ -91,7 +91,7 @@ def time_engine(engine: str, model: torch.nn.Module, problems: list[gm.MatchingP
         gm.solve(model, sub, low, high, iterations=count, lr=0.1, tv=1e-4, engine=engine, max_batch=len(sub))
         _sync(device)
         spans.append(now() - start)
-    return (spans[1] - spans[0]) / iterations * (len(problems) if engine == "loop" else 1)
+    return (spans[1] - spans[0]) / iterations * (len(problems) if engine in gm.LOOPS else 1)
 
 
 def speed(args: argparse.Namespace) -> None:
@@ -102,7 +102,7 @@ def speed(args: argparse.Namespace) -> None:
     print(f"# torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
           f"cpus {os.cpu_count()}, {args.clock} clock, load {os.getloadavg()[0]:.2f}, iterations {args.iterations} "
           f"x {args.repeats} repeats (median), job {args.job_iterations} iterations")
-    print(f"{'model':<11} {'B':>3} {'engine':<8} {'ms/it':>9} {'rec/s':>8} {'x loop':>7}")
+    print(f"{'model':<11} {'B':>3} {'engine':<18} {'ms/it':>9} {'rec/s':>8} {'x loop':>7}")
     for name in args.models.split(","):
         torch.manual_seed(0)
         model = build_model(name, spec.num_classes).to(device).eval()
@@ -120,7 +120,7 @@ def speed(args: argparse.Namespace) -> None:
             for engine in engines:
                 sec = statistics.median(runs[engine])
                 rate = b / (sec * args.job_iterations)
-                print(f"{name:<11} {b:>3} {engine:<8} {sec * 1e3:>9.1f} {rate:>8.5f} {loop / sec:>7.2f}",
+                print(f"{name:<11} {b:>3} {engine:<18} {sec * 1e3:>9.1f} {rate:>8.5f} {loop / sec:>7.2f}",
                       flush=True)
     chosen = {f"{k[0]}({sum(math.prod(s) for s in k[1])} parameters) B={k[2]}": v for k, v in gm._PROBE_CACHE.items()}
     print(f"# auto chose: {chosen}")
@@ -157,7 +157,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="resnet20,resnet20-4")
     parser.add_argument("--batch-sizes", default="1,4,16,64")
-    parser.add_argument("--engines", default="loop,grouped,vmap,auto")
+    parser.add_argument("--engines", default="loop,loop-channels-last,grouped,vmap,auto")
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--job-iterations", type=int, default=4800)

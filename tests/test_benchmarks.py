@@ -19,7 +19,7 @@ def test_speed_table_has_every_engine_and_a_ratio_to_the_loop() -> None:
     # one iteration minus none timed <= 0 once under heavy load; four make that far less likely
     lines = _run("--models", "convnet", "--batch-sizes", "2", "--iterations", "4", "--repeats", "1")
     rows = [line.split() for line in lines if line.startswith("convnet")]
-    assert [row[2] for row in rows] == ["loop", "grouped", "vmap", "auto"]
+    assert [row[2] for row in rows] == ["loop", "loop-channels-last", "grouped", "vmap", "auto"]
     assert float(rows[0][5]) == 1.0 and all(float(row[3]) > 0 for row in rows)
 
 

@@ -22,7 +22,7 @@ from fedpriv.models import CifarResNet, build_model
 
 SPEC = DATASET_SPECS.get("cifar10")
 SMALL = DatasetSpec("cifar10-16px", 10, 3, 16, CIFAR10_MEAN, CIFAR10_STD)  # keeps float64 tests fast
-BATCHED = ("grouped", "vmap", "auto")
+OTHER_ENGINES = ("loop-channels-last", "grouped", "vmap", "auto")  # each must give the loop's iterates
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -99,8 +99,8 @@ def _targets(model: nn.Module) -> list[AttackTarget]:
     ]
 
 
-@pytest.mark.parametrize("engine", BATCHED)
-def test_batched_inverting_gradients_equals_the_loop(engine: str) -> None:
+@pytest.mark.parametrize("engine", OTHER_ENGINES)
+def test_every_engine_gives_the_loops_iterates(engine: str) -> None:
     model = small_resnet()
     targets = _targets(model)
     runs = {}
@@ -141,7 +141,7 @@ def test_translate_moves_content_by_minus_t_half_widths() -> None:
     torch.testing.assert_close(moved, expected, atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("engine", ["grouped", "vmap"])
+@pytest.mark.parametrize("engine", ["loop-channels-last", "grouped", "vmap"])
 def test_batched_translation_aware_equals_one_at_a_time(engine: str) -> None:
     model = tiny(torch.float64, SMALL.size)
     targets = _targets(model)
@@ -234,7 +234,7 @@ def test_bad_engine_use_raises_config_error() -> None:
     run = dict(iterations=1, lr=0.1, tv=1e-4)
     with pytest.raises(ConfigError, match="eval mode"):
         gm.solve(model.train(), [problem, problem], low, high, engine="grouped", **run)
-    assert gm.solve(model, [problem, problem], low, high, engine="auto", **run).engine == "loop"
+    assert gm.solve(model, [problem, problem], low, high, engine="auto", **run).engine in gm.LOOPS
     normed = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(4 * 30 * 30, 10)).eval()
     leak = leak_of(normed, torch.randn(1, 3, 32, 32), torch.tensor([1]))
     problem = gm.MatchingProblem(torch.randn(1, 3, 32, 32), torch.tensor([1]), leak.gradients)
@@ -242,3 +242,15 @@ def test_bad_engine_use_raises_config_error() -> None:
         gm.solve(normed, [problem, problem], low, high, engine="grouped", **run)
     with pytest.raises(ConfigError, match="outside"):
         translation_clamps("ats:3-1-99", AttackSettings())
+
+
+def test_block_cosine_equals_the_cosine_of_concatenated_gradients_and_its_derivative() -> None:
+    torch.manual_seed(0)
+    grads = [torch.randn(3, 5, dtype=torch.float64, requires_grad=True),
+             torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)]
+    targets = [torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 8, dtype=torch.float64)]
+    norm = torch.cat(targets, 1).norm(dim=1)
+    flat = torch.cat([g.flatten(1) for g in grads], 1)
+    expected = 1 - torch.nn.functional.cosine_similarity(flat, torch.cat(targets, 1), dim=1)
+    torch.testing.assert_close(gm.block_cosine_loss(grads, targets, norm), expected, atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(lambda a, b: gm.block_cosine_loss([a, b], targets, norm), grads)
