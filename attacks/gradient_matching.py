@@ -91,7 +91,7 @@ def _cosine_loss(grads: torch.Tensor, flat: torch.Tensor, norm: torch.Tensor) ->
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise inner products of (P, n) matrices as one ``bmm``: half ``vecdot``'s time on our CPU (no product temporary)."""
+    """Row-wise inner products of (P, n) matrices by ``bmm``: no product temporary, half ``vecdot``'s time here."""
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(len(a))
 
 
@@ -107,8 +107,9 @@ class _BlockCosine(torch.autograd.Function):
     Plain autograd on the concatenated (P, N) gradients copies them once (``cat``) and runs ``pow``'s
     generic kernel forward and backward: at P = 16 on ResNet20-4 (N = 4.3M, 275 MB per pass) that
     was half of a step. Here the forward is two row-wise dot products per block and the backward
-    one ``t * a + g * b`` per block (a product and an in-place ``addcmul_``). Only the first derivative exists (the objective's gradient with
-    respect to the parameter gradients; the second never is needed).
+    one ``t * a + g * b`` per block (a product and an in-place ``addcmul_``). Only the first
+    derivative exists (the objective's gradient with respect to the parameter gradients; the
+    second never is needed).
     """
 
     @staticmethod
