@@ -278,20 +278,16 @@ def _step_seconds(match: Matcher, x: torch.Tensor, extra: ExtraParameters | None
 
 def _probe(model: nn.Module, problems: Sequence[MatchingProblem], extra: ExtraParameters | None, tv: float,
            repeats: int) -> str:
-    """The fastest engine for P problems, timing batched engines on at most :data:`PROBE_PROBLEMS`.
-
-    Only the loops are timed for one problem or a train-mode model (batched engines need eval mode).
-    """
+    """The fastest engine for P problems, timing batched engines on at most :data:`PROBE_PROBLEMS`."""
     size = min(len(problems), PROBE_PROBLEMS)
     x, part = torch.stack([p.init for p in problems[:size]]), None if extra is None else extra.rows(0, size)
+    found = {"grouped": grouped_matcher(model, problems[:size])}
+    if (found["grouped"] is None or x.device.type != "cpu") and not torch.is_autocast_enabled(x.device.type):
+        found["vmap"] = vmap_matcher(model, problems[:size])  # vmap's batch norm fails under bf16 autocast
     steps = {name: (partial(_step_seconds, loop_matcher(loop_model(name, model), problems[:1]), x[:1],
                             part and part.rows(0, 1), tv), float(len(problems))) for name in LOOPS}
-    if len(problems) > 1 and not model.training:
-        found = {"grouped": grouped_matcher(model, problems[:size])}
-        if (found["grouped"] is None or x.device.type != "cpu") and not torch.is_autocast_enabled(x.device.type):
-            found["vmap"] = vmap_matcher(model, problems[:size])  # vmap's batch norm fails under bf16 autocast
-        steps |= {name: (partial(_step_seconds, match, x, part, tv), PROBE_MARGIN * len(problems) / size)
-                  for name, match in found.items() if match is not None}
+    steps |= {name: (partial(_step_seconds, match, x, part, tv), PROBE_MARGIN * len(problems) / size)
+              for name, match in found.items() if match is not None}
     best = {name: scale * min(step() for _ in range(repeats + 1)) for name, (step, scale) in steps.items()}
     return min(best, key=best.__getitem__)
 
@@ -300,9 +296,11 @@ def choose_engine(model: nn.Module, problems: Sequence[MatchingProblem], extra: 
                   tv: float, repeats: int = 3) -> tuple[str, Matcher | None]:
     """``auto``: the engine (and its matcher) that a timing probe finds fastest, cached per shape.
 
-    Candidates: the two loops (:data:`LOOPS`); for more than one problem of an eval-mode model
-    ``grouped``, and ``vmap`` off the CPU or where grouped does not cover the model (on CPU it never
-    beat grouped in our measurements). Batched engines must beat P loop steps by
+    Candidates: the two loops (:data:`LOOPS`), ``grouped``, and ``vmap`` off the CPU or where
+    grouped does not cover the model (on CPU it never beat grouped in our measurements). One
+    problem or a train-mode model keeps ``loop`` without a probe, so that single reconstructions
+    repeat bit for bit across runs (the loops agree only to rounding, which sign-Adam amplifies).
+    Batched engines must beat P loop steps by
     :data:`PROBE_MARGIN` (each the minimum of a few steps; batched ones on at most
     :data:`PROBE_PROBLEMS` problems, scaled). Keyed by model, problem shape, dtype, device, extras
     and precision.
@@ -310,7 +308,7 @@ def choose_engine(model: nn.Module, problems: Sequence[MatchingProblem], extra: 
     first = next(model.parameters())
     key = (type(model).__name__, tuple(tuple(p.shape) for p in model.parameters()), len(problems),
            tuple(problems[0].init.shape), first.dtype, str(first.device), extra is not None,
-           torch.is_autocast_enabled(first.device.type), torch.backends.cudnn.allow_tf32, model.training)
+           torch.is_autocast_enabled(first.device.type), torch.backends.cudnn.allow_tf32)
     if key not in _PROBE_CACHE:
         _PROBE_CACHE[key] = _probe(model, problems, extra, tv, repeats)
     return _batched_matcher(_PROBE_CACHE[key], model, problems, extra, tv)
@@ -318,6 +316,8 @@ def choose_engine(model: nn.Module, problems: Sequence[MatchingProblem], extra: 
 
 def _batched_matcher(engine: str, model: nn.Module, problems: Sequence[MatchingProblem],
                      extra: ExtraParameters | None, tv: float) -> tuple[str, Matcher | None]:
+    if engine == "auto" and (model.training or len(problems) == 1):
+        return "loop", None
     if engine == "auto":
         return choose_engine(model, problems, extra, tv)
     if engine in LOOPS:
