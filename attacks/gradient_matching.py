@@ -279,8 +279,8 @@ def _probe(model: nn.Module, problems: Sequence[MatchingProblem], extra: ExtraPa
     found = {"grouped": grouped_matcher(model, problems[:size])}
     if (found["grouped"] is None or x.device.type != "cpu") and not torch.is_autocast_enabled(x.device.type):
         found["vmap"] = vmap_matcher(model, problems[:size])  # vmap's batch norm fails under bf16 autocast
-    steps = {name: (partial(_step_seconds, loop_matcher(loop_model(name, model), problems[:1]), x[:1],
-                            part and part.rows(0, 1), tv), float(len(problems))) for name in LOOPS}
+    loop = partial(_step_seconds, loop_matcher(model, problems[:1]), x[:1], part and part.rows(0, 1), tv)
+    steps = {"loop": (loop, float(len(problems)))}
     steps |= {name: (partial(_step_seconds, match, x, part, tv), PROBE_MARGIN * len(problems) / size)
               for name, match in found.items() if match is not None}
     best = {name: scale * min(step() for _ in range(repeats + 1)) for name, (step, scale) in steps.items()}
@@ -291,11 +291,12 @@ def choose_engine(model: nn.Module, problems: Sequence[MatchingProblem], extra: 
                   tv: float, repeats: int = 3) -> tuple[str, Matcher | None]:
     """``auto``: the engine (and its matcher) that a timing probe finds fastest, cached per shape.
 
-    Candidates: the two loops (:data:`LOOPS`), ``grouped``, and ``vmap`` off the CPU or where
-    grouped does not cover the model (on CPU it never beat grouped in our measurements). One
-    problem or a train-mode model keeps ``loop`` without a probe, so that single reconstructions
-    repeat bit for bit across runs (the loops agree only to rounding, which sign-Adam amplifies).
-    Batched engines must beat P loop steps by
+    Candidates: ``loop``, ``grouped``, and ``vmap`` off the CPU or where grouped does not cover the
+    model (on CPU it never beat grouped in our measurements). One problem or a train-mode model
+    keeps ``loop`` without a probe. ``loop-channels-last`` is never chosen: it is within ~1.4x of the
+    loop, so a probe would pick either by noise, and the two agree only to rounding, which sign-Adam
+    amplifies; the same configuration must give the same attack numbers. Batched engines must beat
+    P loop steps by
     :data:`PROBE_MARGIN` (each the minimum of a few steps; batched ones on at most
     :data:`PROBE_PROBLEMS` problems, scaled). Keyed by model, problem shape, dtype, device, extras
     and precision.
