@@ -86,7 +86,10 @@ def _flat_targets(problems: Sequence[MatchingProblem]) -> tuple[torch.Tensor, to
 
 
 def _cosine_loss(grads: torch.Tensor, flat: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-    """1 - cosine of flat gradients (..., N) with targets (..., N) of norms (...)."""
+    """1 - cosine of flat gradients (..., N) with targets (..., N) of norms (...).
+
+    Used under ``vmap``, where :func:`block_cosine_loss` (a custom autograd Function) has no batching rule.
+    """
     return 1 - (grads * flat).sum(-1) / (grads.pow(2).sum(-1).sqrt() * norm).clamp_min(1e-8)
 
 
