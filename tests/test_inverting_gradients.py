@@ -244,7 +244,10 @@ def test_bad_engine_use_raises_config_error() -> None:
         translation_clamps("ats:3-1-99", AttackSettings())
 
 
-def test_block_cosine_equals_the_cosine_of_concatenated_gradients_and_its_derivative() -> None:
+@pytest.mark.parametrize("row_dot_loop", [gm.ROW_DOT_LOOP, 1])  # vecdot, and one dot per row
+def test_block_cosine_equals_the_cosine_of_concatenated_gradients_and_its_derivative(
+        row_dot_loop: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gm, "ROW_DOT_LOOP", row_dot_loop)
     torch.manual_seed(0)
     grads = [torch.randn(3, 5, dtype=torch.float64, requires_grad=True),
              torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)]
