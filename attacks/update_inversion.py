@@ -30,6 +30,7 @@ from torch.func import functional_call
 
 from fedpriv.attacks.base import ATTACKS, Attack, AttackSettings, AttackTarget, Knowledge, Reconstruction, check_settings
 from fedpriv.attacks.gradient_matching import lr_milestones, total_variation
+from fedpriv.attacks.heap_reuse import reused_heap
 from fedpriv.attacks.inverting_gradients import box_bounds
 from fedpriv.attacks.label_inference import infer_labels
 from fedpriv.data.specs import DatasetSpec
@@ -195,11 +196,12 @@ class UpdateInversion(Attack):
         for i, problem in enumerate(problems):
             groups.setdefault(problem.shape_key, []).append(i)
         engine = "vmap" if self.engine == "vmap" or (self.engine == "auto" and len(problems) > 1) else "loop"
-        for index in groups.values():
-            group = [problems[i] for i in index]
-            results = self._solve_vmap(model, dataset, group) if engine == "vmap" else [
-                self._solve_loop(model, dataset, p) for p in group]
-            solved.update(zip(index, results))
+        with reused_heap():  # the batched per-problem gradients: no page faults per iteration
+            for index in groups.values():
+                group = [problems[i] for i in index]
+                results = self._solve_vmap(model, dataset, group) if engine == "vmap" else [
+                    self._solve_loop(model, dataset, p) for p in group]
+                solved.update(zip(index, results))
         out = []
         for t in range(len(targets)):
             x, loss = min((solved[i] for i, p in enumerate(problems) if p.target == t), key=lambda r: r[1])
