@@ -247,7 +247,11 @@ def _probe(model: nn.Module, problems: Sequence[MatchingProblem], extra: ExtraPa
     steps = {"loop": (loop, float(len(problems)))}
     steps |= {name: (partial(_step_seconds, match, x, part, tv), PROBE_MARGIN * len(problems) / size)
               for name, match in found.items() if match is not None}
-    best = {name: scale * min(step() for _ in range(repeats + 1)) for name, (step, scale) in steps.items()}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats + 1):  # interleaved: this CPU's speed drifts over seconds, so time the engines alike
+        for name, (step, _scale) in steps.items():
+            times[name].append(step())
+    best = {name: scale * min(times[name]) for name, (_step, scale) in steps.items()}
     return min(best, key=best.__getitem__)
 
 
@@ -260,15 +264,15 @@ def choose_engine(model: nn.Module, problems: Sequence[MatchingProblem], extra: 
     keeps ``loop`` without a probe. ``loop-channels-last`` is never chosen: it is within ~1.4x of the
     loop, so a probe would pick either by noise, and the two agree only to rounding, which sign-Adam
     amplifies; the same configuration must give the same attack numbers. Batched engines must beat
-    P loop steps by
-    :data:`PROBE_MARGIN` (each the minimum of a few steps; batched ones on at most
-    :data:`PROBE_PROBLEMS` problems, scaled). Keyed by model, problem shape, dtype, device, extras
-    and precision.
+    P loop steps by :data:`PROBE_MARGIN` (each the minimum of a few steps, the engines' steps
+    interleaved; batched ones on at most :data:`PROBE_PROBLEMS` problems, scaled). Keyed by model,
+    problem shape, dtype, device, extras and precision (the TF32 flag only on CUDA: on a CPU
+    ``strict-fp32`` is ``default``, and the two share one probe).
     """
     first = next(model.parameters())
     key = (type(model).__name__, tuple(tuple(p.shape) for p in model.parameters()), len(problems),
            tuple(problems[0].init.shape), first.dtype, str(first.device), extra is not None,
-           torch.is_autocast_enabled(first.device.type), torch.backends.cudnn.allow_tf32)
+           torch.is_autocast_enabled(first.device.type), first.is_cuda and torch.backends.cudnn.allow_tf32)
     if key not in _PROBE_CACHE:
         _PROBE_CACHE[key] = _probe(model, problems, extra, tv, repeats)
     return _batched_matcher(_PROBE_CACHE[key], model, problems, extra, tv)

@@ -61,6 +61,12 @@ def leak_of(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> Gra
     return GradientLeak(tuple(grads), tuple(n for n, _ in model.named_parameters()), len(labels), "eval", labels)
 
 
+def photo_targets(model: nn.Module, truth: torch.Tensor) -> list[AttackTarget]:
+    """One target per image, labelled by its index, seeded by it."""
+    return [AttackTarget(leak_of(model, SPEC.normalize(image[None]), torch.tensor([i])), seed=i)
+            for i, image in enumerate(truth)]
+
+
 def test_recovers_photo_from_its_own_gradient() -> None:
     model, truth = tiny(), photo()
     leak = leak_of(model, SPEC.normalize(truth), torch.tensor([3]))
@@ -74,7 +80,7 @@ def test_recovers_photo_from_its_own_gradient() -> None:
 @pytest.mark.parametrize("engine", ["loop", "grouped", "auto"])
 def test_bf16_reconstructs_and_strict_fp32_restores_the_flags(engine: str) -> None:
     model, truth = tiny(), photo(2)
-    targets = [AttackTarget(leak_of(model, SPEC.normalize(truth[i:i + 1]), torch.tensor([i])), seed=i) for i in range(2)]
+    targets = photo_targets(model, truth)
     results = {}
     for precision in ("default", "bf16", "strict-fp32"):
         settings = AttackSettings(iterations=150, precision=precision, extra={"engine": engine})
@@ -88,6 +94,20 @@ def test_bf16_reconstructs_and_strict_fp32_restores_the_flags(engine: str) -> No
     with precision_scope("strict-fp32", torch.device("cpu")):
         assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == flags
+
+
+def test_auto_probes_once_for_default_and_strict_fp32_on_a_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU the two precisions are one computation: a second probe could pick another engine."""
+    picks = iter(["grouped", "loop"])  # what a noisy probe could answer twice
+    monkeypatch.setattr(gm, "_PROBE_CACHE", {})
+    monkeypatch.setattr(gm, "_probe", lambda *args: next(picks))
+    model, truth = tiny(), photo(2)
+    targets = photo_targets(model, truth)
+    engines = {}
+    for precision in ("default", "strict-fp32"):
+        attack = build_attack("inverting-gradients", AttackSettings(iterations=2, precision=precision))
+        engines[precision] = [result.engine for result in attack.reconstruct(model, SPEC, targets)]
+    assert engines == {"default": ["grouped"] * 2, "strict-fp32": ["grouped"] * 2}
 
 
 def _targets(model: nn.Module) -> list[AttackTarget]:
