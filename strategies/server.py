@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import random
 import tempfile
 import time
 from importlib.metadata import version
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +204,26 @@ def initial_state(config: RunConfig, dataset: DatasetSpec) -> dict[str, torch.Te
     return wire_state(model)
 
 
+def divergence_warning(config: RunConfig, run_round: int, loss: float) -> str | None:
+    """What to tell the user when the global model's test loss is not finite, else ``None``.
+
+    Parameters
+    ----------
+    config
+        The run's configuration (its protocol and the step size that drives training).
+    run_round
+        The round just evaluated.
+    loss
+        The global model's test loss after that round.
+    """
+    if math.isfinite(loss):
+        return None
+    key, value = ("server-lr", config.server_lr) if config.protocol == "fedsgd" else ("lr", config.lr)
+    return (f"fedpriv round {run_round}: the global model's test loss is {loss}: training diverged "
+            f"(protocol {config.protocol}, {key} {value:g}), and later rounds attack a diverged model; "
+            f"a smaller {key} or an initial-checkpoint of a trained model keeps it finite")
+
+
 def check_attack_device(name: str) -> None:
     """Fail unless the server's machine has the attack device (CUDA available, index in range)."""
     device = torch.device(name)
@@ -291,6 +312,8 @@ def run_server(grid: Grid, context: Context) -> None:
             folder.append(folder.rounds_path, [row])
         save_checkpoint(folder.path / CHECKPOINT, run_round, arrays.to_torch_state_dict())
         write_index(folder)
+        if warning := divergence_warning(config, run_round, loss):
+            log(WARNING, warning)
         psnr = [r["psnr"] for r in summary.get("rows", []) if r["status"] == "ok" and "psnr" in r]
         log(
             INFO, "fedpriv round %d: accuracy %.4f, mean PSNR %s, failed clients %d",

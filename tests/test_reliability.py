@@ -151,6 +151,18 @@ def test_bad_paths_and_devices_fail_before_anything_is_written(tmp_path: Path) -
             check_attack_device("cuda")
 
 
+def test_a_diverged_global_model_is_reported_with_the_step_size_that_drives_it() -> None:
+    from fedpriv.strategies.server import divergence_warning
+
+    fedsgd = RunConfig.from_run_config({})
+    assert divergence_warning(fedsgd, 1, 4047.4) is None  # large but finite: still a model to attack
+    warning = divergence_warning(fedsgd, 2, float("nan"))
+    assert warning is not None and "round 2" in warning and "nan" in warning and "server-lr 0.1" in warning
+    local = RunConfig.from_run_config({"protocol": "fedavg", "attacks": "update-inversion", "lr": 0.5})
+    fedavg = divergence_warning(local, 1, float("inf"))
+    assert fedavg is not None and "lr 0.5" in fedavg and "server-lr" not in fedavg
+
+
 def _resumable(tmp_path: Path, values: dict) -> tuple[RunConfig, Path]:
     from fedpriv.strategies.server import CHECKPOINT
 
