@@ -313,7 +313,7 @@ def run_server(grid: Grid, context: Context) -> None:
         save_checkpoint(folder.path / CHECKPOINT, run_round, arrays.to_torch_state_dict())
         write_index(folder)
         if warning := divergence_warning(config, run_round, loss):
-            log(WARNING, warning)
+            log(WARNING, "%s", warning)
         psnr = [r["psnr"] for r in summary.get("rows", []) if r["status"] == "ok" and "psnr" in r]
         log(
             INFO, "fedpriv round %d: accuracy %.4f, mean PSNR %s, failed clients %d",
