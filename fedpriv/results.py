@@ -159,8 +159,9 @@ class RunFolder:
     def write_plot(self) -> None:
         """Write ``psnr_per_round.png``: mean PSNR per round, one line per (defense, attack) pair.
 
-        Solid lines compare with the original x, dashed ones with the defended T(x); rows
-        without image metrics (label inference) are left out.
+        Solid lines compare with the original x, dashed ones with the defended T(x), dotted ones
+        show the baseline the attack must beat (``psnr_baseline``); rows without image metrics
+        (label inference) are left out.
         """
         import matplotlib
 
@@ -173,7 +174,7 @@ class RunFolder:
         pairs = sorted({(str(r["defense"]), str(r["attack"])) for r in rows})
         colours = plt.get_cmap("tab10")
         for n, (defense, attack) in enumerate(pairs):
-            for key, style in (("psnr", "-o"), ("psnr_defended", "--x")):
+            for key, style in (("psnr", "-o"), ("psnr_defended", "--x"), ("psnr_baseline", ":")):
                 by_round: dict[int, list[float]] = {}
                 for r in rows:
                     if (r["defense"], r["attack"]) == (defense, attack) and isinstance(r.get(key), (int, float)):
@@ -181,11 +182,13 @@ class RunFolder:
                 rounds = sorted(by_round)
                 means = [sum(by_round[k]) / len(by_round[k]) for k in rounds]
                 label = f"{defense.removesuffix(';crop-flip=true')} / {attack}" if key == "psnr" else None
-                ax.plot(rounds, means, style, color=colours(n % 10), label=label, alpha=1.0 if key == "psnr" else 0.6)
+                ax.plot(rounds, means, style, color=colours(n % 10), label=label, alpha=1.0 if key == "psnr" else 0.6,
+                        linewidth=2.5 if key == "psnr_baseline" else 1.5)
         ax.set_xlabel("round")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("mean PSNR over attacked clients (dB)")
-        ax.set_title("PSNR per (defense, attack): solid vs x, dashed vs T(x)", fontsize=9)
+        ax.set_title("PSNR per (defense, attack): solid vs x, dashed vs T(x), dotted: baseline "
+                     "(grey image or the attacker's prior)", fontsize=9)
         ax.grid(alpha=0.3)
         if rows:
             ax.legend(fontsize=7)

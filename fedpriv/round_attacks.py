@@ -26,6 +26,7 @@ from torch import nn
 
 from fedpriv.attacks import Attack, AttackTarget, AuxiliaryData, Reconstruction, build_attack
 from fedpriv.attacks.label_inference import label_accuracy
+from fedpriv.baselines import baseline_fields, prior_image
 from fedpriv.config import RunConfig
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.leaks import GroundTruth, Leak
@@ -71,15 +72,18 @@ def match_order(estimate: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return order
 
 
-def score_images(reconstruction: Reconstruction, truth: GroundTruth, matched: bool = True) -> dict[str, Any]:
+def score_images(
+    reconstruction: Reconstruction, truth: GroundTruth, matched: bool = True, prior: torch.Tensor | None = None
+) -> dict[str, Any]:
     """PSNR, SSIM and MSE of an image reconstruction, averaged over its images.
 
     ``psnr``/``ssim``/``mse`` compare the attack's estimate of x with the original x;
     ``psnr_defended``/``ssim_defended`` compare its estimate of T(x) (``defended`` when the
     attack models the defense, else ``images``) with the defended batch T(x), the reference's
     convention. With ``matched`` and more than one image, estimates are first put in the order
-    :func:`match_order` finds against x (recorded as ``matched``: true). ``psnr_grey`` is the
-    baseline every attack must beat: a constant grey (0.5) image against x. ``mae`` is the mean
+    :func:`match_order` finds against x (recorded as ``matched``: true). The row carries its
+    baselines and verdict (:func:`fedpriv.baselines.baseline_fields`: ``psnr_grey``, ``psnr_prior``
+    when the attacker has a ``prior`` image, ``psnr_baseline``, ``beats_baseline``). ``mae`` is the mean
     absolute error on [0,1] pixels (the rotation defense's primary metric). With ``alternatives``
     (two candidates per image) each image is scored by its better candidate (``best_of_two``).
     """
@@ -94,28 +98,31 @@ def score_images(reconstruction: Reconstruction, truth: GroundTruth, matched: bo
     if matched:
         order = match_order(images, truth.images)
         images, defended = images[order], defended[order]
+    psnr = float(psnr_per_image(images, truth.images).mean())
     return {
-        "psnr": float(psnr_per_image(images, truth.images).mean()),
+        "psnr": psnr,
         "psnr_defended": float(psnr_per_image(defended, truth.defended).mean()),
         "ssim": float(ssim_per_image(images, truth.images).mean()),
         "ssim_defended": float(ssim_per_image(defended, truth.defended).mean()),
         "mse": float(mse_per_image(images, truth.images).mean()),
         "mae": float((images.double() - truth.images.double()).abs().mean()),
-        "psnr_grey": float(psnr_per_image(torch.full_like(truth.images, 0.5), truth.images).mean()),
         "matched": matched,
-    } | ({"best_of_two": True} if reconstruction.alternatives is not None else {})
+    } | baseline_fields(psnr, truth.images, prior) | (
+        {"best_of_two": True} if reconstruction.alternatives is not None else {}
+    )
 
 
-def score(reconstruction: Reconstruction, truth: GroundTruth) -> dict[str, Any]:
+def score(reconstruction: Reconstruction, truth: GroundTruth, prior: torch.Tensor | None = None) -> dict[str, Any]:
     """Every score that applies to the outputs the reconstruction has.
 
-    Images (:func:`score_images`), labels (``label_accuracy``), angles (``angle_error``: mean
-    circular error against the client's decoding angle, chance pi/2; ``angle_error_mod_pi``,
-    chance pi/4) and properties (``property_error``: the error rate).
+    Images (:func:`score_images`, with the attacker's ``prior`` image as a baseline), labels
+    (``label_accuracy``), angles (``angle_error``: mean circular error against the client's
+    decoding angle, chance pi/2; ``angle_error_mod_pi``, chance pi/4) and properties
+    (``property_error``: the error rate).
     """
     row: dict[str, Any] = {}
     if reconstruction.images is not None:
-        row |= score_images(reconstruction, truth, matched=not reconstruction.ordered)
+        row |= score_images(reconstruction, truth, matched=not reconstruction.ordered, prior=prior)
     if reconstruction.labels is not None:
         row["label_accuracy"] = label_accuracy(reconstruction.labels.cpu(), truth.labels)
     if reconstruction.angles is not None and "theta" in truth.extras:
@@ -159,11 +166,13 @@ class AttackHarness:
     dataset
         Shapes and normalisation the attacks work in.
     aux
-        The server's auxiliary split, handed to attacks that declare ``aux="server"``.
+        The server's auxiliary split, handed to attacks that declare ``aux="server"``; its mean
+        image is those attacks' prior baseline (``psnr_prior``).
     """
 
     def __init__(self, config: RunConfig, dataset: DatasetSpec, aux: AuxiliaryData | None = None) -> None:
         self.config, self.dataset = config, dataset
+        self.prior = prior_image(aux.images) if aux is not None and len(aux.images) else None
         self.attacks = {name: build_attack(name, config.attack_settings(name)) for name in config.attack_names()}
         for attack in self.attacks.values():
             attack.prepare(dataset, aux if attack.knowledge.aux == "server" else None)
@@ -232,7 +241,8 @@ class AttackHarness:
             result = "failed: non-finite reconstruction"
         if isinstance(result, str):
             return row | {"status": result}
-        row |= score(result, client.truth) | {"status": "ok"}
+        prior = self.prior if self.attacks[name].knowledge.aux == "server" else None
+        row |= score(result, client.truth, prior) | {"status": "ok"}
         row |= {k: float(v) for k, v in result.fields.items()}
         if result.engine is not None:
             row["engine"] = result.engine

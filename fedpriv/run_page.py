@@ -11,6 +11,7 @@ import json
 from collections import defaultdict
 from typing import Any
 
+from fedpriv.baselines import BASELINE_MARGIN_DB, verdict
 from fedpriv.results import RunFolder, atomic_write, read_jsonl
 
 SUMMARY_KEYS = ("dataset", "model", "protocol", "num-server-rounds", "seed", "defense", "defense-overrides",
@@ -23,10 +24,42 @@ def _cell(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def _table(header: list[str], rows: list[list[Any]], classes: list[str] | None = None) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    marks = classes or [""] * len(rows)
+    body = "".join(f'<tr class="{mark}">' + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>"
+                   for row, mark in zip(rows, marks))
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _verdict_note(metrics: list[dict[str, Any]]) -> str:
+    """A warning above the tables when reconstructions did not beat their baselines."""
+    scored = [m for m in metrics if m.get("status") == "ok" and isinstance(m.get("beats_baseline"), bool)]
+    if not scored:
+        return ""
+    failed = [m for m in scored if not m["beats_baseline"]]
+    undefended = [m for m in scored if m.get("defense") == "none"]
+    lines = [f"{len(scored) - len(failed)} of {len(scored)} image reconstructions beat their baseline (the grey "
+             f"image, or the attacker's prior image) by {BASELINE_MARGIN_DB:g} dB; cells that did not are marked."]
+    if len(failed) == len(scored):
+        lines.append("No attack in this run recovered anything: these numbers say nothing about the defenses.")
+    elif undefended and not any(m["beats_baseline"] for m in undefended):
+        lines.append("The attacks did not beat their baseline on any undefended client, so the defended clients' "
+                     "numbers cannot be credited to their defenses.")
+    return f'<p class="verdict">{"<br>".join(html.escape(line) for line in lines)}</p>'
+
+
+def _round_cell(rows: list[dict[str, Any]]) -> str:
+    """Mean PSNR of one attack in one round with its mean baseline (else the mean label accuracy)."""
+    if not rows:
+        return "-"
+    if "psnr" not in rows[0]:
+        return f"{sum(float(r['label_accuracy']) for r in rows) / len(rows):.3f}"
+    mean = sum(float(r["psnr"]) for r in rows) / len(rows)
+    if not all("psnr_baseline" in r for r in rows):  # rows written before baselines were recorded
+        return f"{mean:.2f}"
+    baseline = sum(float(r["psnr_baseline"]) for r in rows) / len(rows)
+    return f"{mean:.2f} (baseline {baseline:.2f}; {sum(bool(r['beats_baseline']) for r in rows)}/{len(rows)} beat it)"
 
 
 def write_index(folder: RunFolder) -> None:
@@ -41,19 +74,19 @@ def write_index(folder: RunFolder) -> None:
                 for pid, c in sorted(config.get("clients", {}).items(), key=lambda item: int(item[0]))]
     metrics = read_jsonl(folder.metrics_path)
     attacks = sorted({m["attack"] for m in metrics})
-    by_round: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    by_round: dict[int, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for m in metrics:
-        if m.get("status") == "ok":
-            value = m.get("psnr", m.get("label_accuracy"))
-            if isinstance(value, (int, float)):
-                by_round[int(m["round"])][m["attack"]].append(float(value))
+        if m.get("status") == "ok" and isinstance(m.get("psnr", m.get("label_accuracy")), (int, float)):
+            by_round[int(m["round"])][m["attack"]].append(m)
     rounds = [
         [r["round"], r.get("accuracy", "-"), len(r.get("sampled", [])), len(r.get("failed", [])), r.get("dp_epsilon", "-")]
-        + [sum(v) / len(v) if (v := by_round[int(r["round"])].get(a)) else "-" for a in attacks]
+        + [_round_cell(by_round[int(r["round"])].get(a, [])) for a in attacks]
         for r in read_jsonl(folder.rounds_path)
     ]
-    cells = [[m["round"], m["partition_id"], m["defense"], m["attack"], m.get("psnr", "-"), m.get("psnr_defended", "-"),
-              m.get("ssim", "-"), m.get("label_accuracy", "-"), m.get("engine", "-"), m["status"]] for m in metrics]
+    cells = [[m["round"], m["partition_id"], m["defense"], m["attack"], m.get("psnr", "-"), m.get("psnr_baseline", "-"),
+              verdict(m) or "-", m.get("psnr_defended", "-"), m.get("ssim", "-"), m.get("label_accuracy", "-"),
+              m.get("engine", "-"), m["status"]] for m in metrics]
+    marks = ["miss" if m.get("beats_baseline") is False else "" for m in metrics]
     grids = sorted((folder.path / "reconstructions").glob("*.png")) if (folder.path / "reconstructions").is_dir() else []
     images = "".join(f'<figure><img src="reconstructions/{html.escape(g.name)}" alt="{html.escape(g.stem)}">'
                      f"<figcaption>{html.escape(g.stem)}</figcaption></figure>" for g in grids)
@@ -61,14 +94,19 @@ def write_index(folder: RunFolder) -> None:
 <html lang="en"><head><meta charset="utf-8"><title>fedpriv run {html.escape(folder.path.name)}</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse;margin-bottom:1.5em}}
 td,th{{border:1px solid #bbb;padding:2px 8px;font-size:13px}} th{{background:#eee}}
-figure{{display:inline-block;margin:6px}} img{{image-rendering:pixelated;max-width:100%}}</style></head>
+figure{{display:inline-block;margin:6px}} img{{image-rendering:pixelated;max-width:100%}}
+tr.miss td{{background:#fde2e2}} p.verdict{{background:#fff4d6;border:1px solid #e0c060;padding:6px 10px}}</style></head>
 <body><h1>fedpriv run {html.escape(folder.path.name)}</h1><p>{html.escape(str(folder.path))}</p>
+{_verdict_note(metrics)}
 <h2>Configuration</h2>{_table(["key", "value"], summary)}
-<h2>Rounds</h2><p>Per attack: mean PSNR in dB vs x (label inference: label accuracy).</p>
+<h2>Rounds</h2><p>Per attack: mean PSNR in dB vs x, its mean baseline and how many cells beat it (label inference:
+label accuracy).</p>
 {_table(["round", "accuracy", "sampled", "failed", "epsilon"] + attacks, rounds)}
 <h2>PSNR per round</h2><img src="psnr_per_round.png" alt="PSNR per round">
-<h2>Cells</h2>{_table(["round", "client", "defense", "attack", "PSNR", "PSNR vs T(x)", "SSIM", "label acc.", "engine",
-                      "status"], cells)}
+<h2>Cells</h2><p>PSNR in dB vs x; baseline: the best of the grey image and the attacker's prior image (mean of its
+auxiliary data) on the same images; a cell beats it by at least {BASELINE_MARGIN_DB:g} dB or is marked.</p>
+{_table(["round", "client", "defense", "attack", "PSNR", "baseline", "verdict", "PSNR vs T(x)", "SSIM", "label acc.",
+         "engine", "status"], cells, marks)}
 <h2>Reconstructions</h2><p>Rows: x, T(x), the reconstruction (and its T(x) estimate); per-image PSNR below.</p>
 {images}
 </body></html>

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
+from fedpriv.baselines import verdict
 from fedpriv.config import RunConfig
 from fedpriv.leaks import GroundTruth
 from fedpriv.protocols import PROTOCOLS
@@ -190,7 +191,8 @@ class AttackingStrategy(Strategy):
 def _describe(row: dict[str, Any]) -> str:
     parts = []
     if isinstance(row.get("psnr"), float):
-        parts.append(f"PSNR {row['psnr']:.2f} dB (vs T(x) {row['psnr_defended']:.2f})")
+        parts.append(f"PSNR {row['psnr']:.2f} dB, baseline {row['psnr_baseline']:.2f} dB: {verdict(row)} "
+                     f"(vs T(x) {row['psnr_defended']:.2f} dB)")
     if isinstance(row.get("label_accuracy"), float):
         parts.append(f"label accuracy {row['label_accuracy']:.2f}")
     return ", ".join(parts) or "-"

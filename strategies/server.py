@@ -19,6 +19,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedpriv.attacks import AuxiliaryData
+from fedpriv.baselines import psnr_summary
 from fedpriv.client_task import generator_for, partition_index
 from fedpriv.config import RunConfig
 from fedpriv.data.auxiliary import client_classes, distinct_images
@@ -314,11 +315,8 @@ def run_server(grid: Grid, context: Context) -> None:
         write_index(folder)
         if warning := divergence_warning(config, run_round, loss):
             log(WARNING, "%s", warning)
-        psnr = [r["psnr"] for r in summary.get("rows", []) if r["status"] == "ok" and "psnr" in r]
-        log(
-            INFO, "fedpriv round %d: accuracy %.4f, mean PSNR %s, failed clients %d",
-            run_round, accuracy, f"{sum(psnr) / len(psnr):.2f} dB" if psnr else "-", len(row["failed"]),
-        )
+        log(INFO, "fedpriv round %d: accuracy %.4f, %s, failed clients %d",
+            run_round, accuracy, psnr_summary(summary.get("rows", [])), len(row["failed"]))
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
     strategy.start(

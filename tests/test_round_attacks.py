@@ -137,3 +137,40 @@ def test_label_rows_have_no_image_metrics_and_do_not_break_the_plot(tmp_path) ->
     folder.append(folder.metrics_path, rows)
     folder.write_csv()
     folder.write_plot()
+
+
+def test_a_constant_reconstruction_never_beats_its_baseline() -> None:
+    """Grey, the truth's own mean colour and the attacker's prior image: none is a recovered image."""
+    x = F.interpolate(torch.rand(3, 3, 4, 4), size=32, mode="bilinear")
+    truth = GroundTruth(x, x, torch.arange(3), "none")
+    mean_colour = x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+    for constant in (torch.full_like(x, 0.5), mean_colour):
+        row = score(Reconstruction(images=constant), truth)
+        assert row["beats_baseline"] is False, row
+    prior = x.mean(dim=0)  # an attacker whose auxiliary mean is close to these images
+    row = score(Reconstruction(images=prior.expand_as(x).clone()), truth, prior=prior)
+    assert row["psnr"] > row["psnr_grey"] + 1 and row["psnr_prior"] == pytest.approx(row["psnr"])
+    assert row["psnr_baseline"] == row["psnr_prior"] and row["beats_baseline"] is False
+    near = score(Reconstruction(images=(x + 0.02 * torch.randn_like(x)).clamp(0, 1)), truth, prior=prior)
+    assert near["beats_baseline"] is True and near["psnr_baseline"] == pytest.approx(row["psnr_prior"])
+
+
+def test_the_prior_baseline_goes_only_to_attacks_with_auxiliary_data(tmp_path) -> None:
+    from fedpriv.attacks import AuxiliaryData
+
+    class _AuxSpy(_Spy):
+        name: ClassVar[str] = "aux-spy"
+        knowledge: ClassVar[Knowledge] = Knowledge(aux="server")
+
+    if "aux-spy" not in ATTACKS:
+        ATTACKS.add("aux-spy", _AuxSpy)
+    aux = AuxiliaryData(torch.full((4, 3, 32, 32), 200, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))
+    config = dataclasses.replace(RunConfig(), attacks="spy,aux-spy")
+    _Spy.mode = "ok"
+    harness = AttackHarness(config, SPEC, aux)
+    rows = {r["attack"]: r for r in harness.run_round(victim(0), [observed_client(0, ("spy", "aux-spy"))], 1)}
+    assert "psnr_prior" not in rows["spy"] and rows["spy"]["psnr_baseline"] == rows["spy"]["psnr_grey"]
+    expected = score(Reconstruction(images=torch.full((1, 3, 32, 32), 200 / 255)), observed_client(0, ()).truth)["psnr"]
+    assert rows["aux-spy"]["psnr_prior"] == pytest.approx(expected)
+    assert rows["aux-spy"]["psnr_baseline"] == max(rows["aux-spy"]["psnr_grey"], rows["aux-spy"]["psnr_prior"])
+    assert not rows["spy"]["beats_baseline"] and not rows["aux-spy"]["beats_baseline"]  # both return grey

@@ -12,8 +12,10 @@ from fedpriv.errors import ConfigError
 from fedpriv.results import read_jsonl
 
 # Per-(round, client, attack) fields of metrics.jsonl that reports aggregate.
-ATTACK_METRICS = ("psnr", "psnr_defended", "ssim", "ssim_defended", "mse", "mae", "psnr_grey", "label_accuracy",
-                  "angle_error", "angle_error_mod_pi", "property_error", "class_accuracy")
+# ``beats_baseline`` (a bool in the row) becomes 1.0 or 0.0: its mean is the share of cells that beat it.
+ATTACK_METRICS = ("psnr", "psnr_defended", "ssim", "ssim_defended", "mse", "mae", "psnr_grey", "psnr_prior",
+                  "psnr_baseline", "beats_baseline", "label_accuracy", "angle_error", "angle_error_mod_pi",
+                  "property_error", "class_accuracy")
 # Per-round fields of rounds.jsonl: the global model's accuracy, as a fraction and in percent.
 ROUND_METRICS = ("accuracy", "accuracy_pct", "error_pct", "accuracy_plain")
 METRICS = ATTACK_METRICS + ROUND_METRICS
@@ -173,6 +175,10 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _verdict_number(value: Any) -> float | None:
+    return float(value) if isinstance(value, bool) else None
+
+
 def _samples(run: Run) -> list[Sample]:
     rc = run.run_config
     common = {"run": run.name, "dataset": run.dataset, "model": str(rc.get("model", "?")),
@@ -185,7 +191,7 @@ def _samples(run: Run) -> list[Sample]:
             continue
         defense = canonical_defense(str(row.get("defense", "none")))
         for metric in ATTACK_METRICS:
-            value = _number(row.get(metric))
+            value = _number(row.get(metric)) if metric != "beats_baseline" else _verdict_number(row.get(metric))
             if value is not None:
                 samples.append(Sample(**common, defense=defense, run_defense=run_defense, attack=str(row["attack"]),
                                       partition=int(row["partition_id"]), round=int(row["round"]), metric=metric,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,8 @@ from fedpriv.reports.statistics import Summary, digits_for, summarise
 # Metrics listed in the per-data-set summary tables, in this order.
 SUMMARY_METRICS = ("psnr", "psnr_defended", "ssim", "mae", "mse", "label_accuracy", "angle_error", "property_error",
                    "class_accuracy", "accuracy_pct", "accuracy_plain")
+# Shown beside the PSNR row of the same cell (its mean baseline, how many cells beat it), not as rows.
+BASELINE_METRICS = ("psnr_baseline", "beats_baseline")
 
 
 @dataclass(frozen=True)
@@ -173,16 +176,35 @@ def summary_rows(samples: list[Sample]) -> list[dict[str, Any]]:
     """Every measured (data set, model, protocol, DP, defense, attack, metric) cell, summarised."""
     groups: dict[tuple[str, ...], list[Sample]] = defaultdict(list)
     for s in samples:
-        if s.metric in SUMMARY_METRICS:
+        if s.metric in SUMMARY_METRICS + BASELINE_METRICS:
             groups[(s.dataset, s.model, s.protocol, s.dp, s.defense, s.attack or "-", s.metric)].append(s)
+    shown = [(key, group) for key, group in groups.items() if key[6] in SUMMARY_METRICS]
     rows = []
-    for key, group in sorted(groups.items(), key=lambda item: (item[0][:6], SUMMARY_METRICS.index(item[0][6]))):
+    for key, group in sorted(shown, key=lambda item: (item[0][:6], SUMMARY_METRICS.index(item[0][6]))):
         summary = summarise([s.value for s in group])
-        rows.append({"dataset": key[0], "model": key[1], "protocol": key[2], "dp": key[3], "defense": key[4],
-                     "attack": key[5], "metric": key[6], "rounds": ",".join(map(str, sorted({s.round for s in group}))),
-                     "mean": summary.mean, "std": summary.std, "ci_low": summary.ci_low, "ci_high": summary.ci_high,
-                     "n": summary.n, "runs": " ".join(sorted({s.run for s in group}))})
+        row = {"dataset": key[0], "model": key[1], "protocol": key[2], "dp": key[3], "defense": key[4],
+               "attack": key[5], "metric": key[6], "rounds": ",".join(map(str, sorted({s.round for s in group}))),
+               "mean": summary.mean, "std": summary.std, "ci_low": summary.ci_low, "ci_high": summary.ci_high,
+               "n": summary.n, "runs": " ".join(sorted({s.run for s in group}))}
+        if key[6] == "psnr":
+            baseline, beats = groups.get(key[:6] + ("psnr_baseline",)), groups.get(key[:6] + ("beats_baseline",))
+            row["baseline"] = statistics.fmean(s.value for s in baseline) if baseline else None
+            row["beat_baseline"] = f"{round(sum(s.value for s in beats))}/{len(beats)}" if beats else ""
+        rows.append(row)
     return rows
+
+
+def _baseline_text(row: dict[str, Any]) -> str:
+    return f"{row['baseline']:.2f}" if isinstance(row.get("baseline"), float) else ""
+
+
+def _beat_text(row: dict[str, Any]) -> str:
+    """``k/n`` cells that beat their baseline, in bold with a warning when fewer than half did."""
+    text = str(row.get("beat_baseline") or "")
+    if not text:
+        return ""
+    beating, total = map(int, text.split("/"))
+    return text if 2 * beating >= total else f"**{text}: attack failed, says nothing about the defense**"
 
 
 def summary_markdown(rows: list[dict[str, Any]]) -> str:
@@ -191,7 +213,8 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         by_dataset[r["dataset"]].append(r)
     parts = []
-    header = ["model", "protocol", "dp", "defense", "attack", "metric", "rounds", "mean ± std", "95% CI", "n"]
+    header = ["model", "protocol", "dp", "defense", "attack", "metric", "rounds", "mean ± std", "95% CI", "n",
+              "baseline (dB)", "beat it"]
     for dataset, group in sorted(by_dataset.items()):
         lines = [f"### Data set `{dataset}`", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in group:
@@ -199,6 +222,6 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
             digits = digits_for(r["metric"])
             lines.append("| " + " | ".join([r["model"], r["protocol"], r["dp"], r["defense"], r["attack"], r["metric"],
                                             r["rounds"], summary.text(digits), summary.ci_text(digits),
-                                            str(r["n"])]) + " |")
+                                            str(r["n"]), _baseline_text(r), _beat_text(r)]) + " |")
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
