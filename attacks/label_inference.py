@@ -42,7 +42,7 @@ def bias_gradient(leak: Leak) -> tuple[torch.Tensor, int]:
     if isinstance(leak, GradientLeak):
         names, tensors, n = leak.parameter_names, leak.gradients, leak.batch_size
     elif isinstance(leak, UpdateLeak):
-        names, tensors, n = leak.parameter_names, leak.deltas, leak.num_examples
+        names, tensors, n = leak.parameter_names, leak.deltas, leak.num_images
     else:
         raise TypeError(f"label inference reads gradient or update leaks, got {type(leak).__name__}")
     biases = [t for name, t in zip(names, tensors) if name.endswith("bias") and t.dim() == 1]

@@ -103,7 +103,7 @@ def _vmap_objective(model: nn.Module, leak: UpdateLeak, tv: float):  # noqa: ANN
     params = {n: p.detach() for n, p in model.named_parameters()}
     buffers = {n: b for n, b in model.named_buffers()}
     names = leak.parameter_names
-    n = leak.num_examples
+    n = leak.num_images
     batches = [torch.arange(i, min(i + leak.batch_size, n)) for i in range(0, n, leak.batch_size)]
 
     def objective(x: torch.Tensor, labels: torch.Tensor, observed: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -180,16 +180,17 @@ class UpdateInversion(Attack):
             leak = target.leak
             if not isinstance(leak, UpdateLeak):
                 raise TypeError(f"{self.name} consumes update leaks, got {type(leak).__name__}")
-            if leak.num_examples > self.max_images:
-                raise ValueError(f"the update holds {leak.num_examples} examples; {self.name} reconstructs at most "
-                                 f"{self.max_images} (attack option max-images; local-samples caps a client's data)")
+            if leak.num_images > self.max_images:
+                raise ValueError(f"the update depends on {leak.num_images} images; {self.name} reconstructs at most "
+                                 f"{self.max_images} (attack option max-images; local-steps x batch-size or "
+                                 "local-samples bound the images)")
             guess = None if leak.labels is not None else infer_labels(model, dataset, leak, seed=target.seed).cpu()
             inferred.append(guess)
             labels = (leak.labels if leak.labels is not None else guess).to(device)
             observed = tuple(d.to(device, dtype) for d in leak.deltas)
             generator = torch.Generator().manual_seed(target.seed)
             for _ in range(s.restarts):
-                init = torch.randn((leak.num_examples, *dataset.shape), generator=generator, dtype=dtype).to(device)
+                init = torch.randn((leak.num_images, *dataset.shape), generator=generator, dtype=dtype).to(device)
                 problems.append(_Problem(t, leak, labels, observed, init))
         solved: dict[int, tuple[torch.Tensor, float]] = {}
         groups: dict[tuple[object, ...], list[int]] = {}

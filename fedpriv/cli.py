@@ -11,12 +11,6 @@ from pathlib import Path
 from fedpriv.launcher import PrivateSuperLink, check_federation_config, check_run_config_keys, run_config_string
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_RUN_CONFIG = (
-    "dataset='embedded-photos' num-server-rounds=2 attack-rounds='1,2' attack-clients='0,1' "
-    "attack-iterations=300 attack-progress=100 local-epochs=1 eval-samples=400 "
-    "defense-overrides='1=ats:3-1-7'"
-)
-DEMO_FEDERATION = "num-supernodes=4 client-resources-num-cpus=1"
 
 
 def _run(app: Path, run_config: list[str], federation_config: str, home: Path, port: int | None) -> int:
@@ -54,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--federation-config", default="")
     run.add_argument("--flwr-home", type=Path, default=Path(tempfile.gettempdir()) / f"fedpriv-flwr-{os.getuid()}")
     run.add_argument("--port", type=int, default=None, help="SuperLink port (and port+2); default: a free pair")
-    demo = sub.add_parser("demo", help="the cifar100_ats app on the embedded photo set, small CPU settings")
+    demo = sub.add_parser("demo", help="a trained victim, one undefended and one ATS-defended client attacked, "
+                          "with the verdicts (fedpriv/demo.py)")
+    demo.add_argument("--seed", type=int, default=0, help="seeds the victim's training and the run")
+    demo.add_argument("--out-dir", type=Path, default=Path("~/fedpriv-runs"), help="where the run folder goes")
     demo.add_argument("--flwr-home", type=Path, default=Path(tempfile.gettempdir()) / f"fedpriv-flwr-{os.getuid()}")
     demo.add_argument("--port", type=int, default=None, help="SuperLink port (and port+2); default: a free pair")
     sub.add_parser("search-policies", help="ATS policy search (see: fedpriv search-policies --help)", add_help=False)
@@ -78,5 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "demo":
-        return _run(REPO / "simulations" / "cifar100_ats", [DEMO_RUN_CONFIG], DEMO_FEDERATION, args.flwr_home, args.port)
+        from fedpriv import demo as demo_run
+
+        run_config, folder = demo_run.prepare(args.seed, args.out_dir)
+        code = _run(REPO / "simulations" / "cifar100_ats", [run_config], demo_run.FEDERATION, args.flwr_home, args.port)
+        if (folder / "metrics.jsonl").exists():
+            print(demo_run.table(folder))
+        return code
     return _run(args.app, args.run_config, args.federation_config, args.flwr_home, args.port)

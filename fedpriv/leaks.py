@@ -59,11 +59,13 @@ class UpdateLeak:
     parameter_names
         Names of those parameters.
     num_examples
-        Samples the client trained on (it reports them for FedAvg's weighting).
+        Samples the client holds (it reports them for FedAvg's weighting); the update depends
+        on :attr:`num_images` of them.
     batch_size, steps, lr, momentum, weight_decay
         The local SGD the protocol prescribes (``steps`` local steps in total).
     labels
-        The client's labels (as a multiset, in the client's order) when revealed, else ``None``.
+        The labels of the images the update depends on (a multiset, in no particular order)
+        when revealed, else ``None``.
     model_mode
         ``"train"``: local training uses batch statistics.
     protocol
@@ -82,6 +84,15 @@ class UpdateLeak:
     labels: torch.Tensor | None = None
     model_mode: str = "train"
     protocol: str = "fedavg"
+
+    @property
+    def num_images(self) -> int:
+        """Images the update depends on, as the server infers them from the protocol.
+
+        ``steps`` x ``batch_size`` distinct images of one shuffle when that is fewer than the
+        client's ``num_examples``, else all of them.
+        """
+        return min(self.steps * self.batch_size, self.num_examples)
 
 
 @dataclass(frozen=True)

@@ -158,12 +158,19 @@ class FedAvg:
         defense: Defense, dataset: DatasetSpec, generator: torch.Generator, attacked: bool,
         client_state: dict[str, torch.Tensor], properties: torch.Tensor | None = None,
     ) -> ClientReply:
-        """Train locally behind the defense and send the weights."""
-        loss, first_seen = train_local(model, images, labels, defense, dataset, settings(config), generator)
+        """Train locally behind the defense and send the weights.
+
+        The update depends only on the images the local steps used (``local-steps`` x
+        ``batch-size`` of a larger partition are the first of one shuffle): the truth holds
+        exactly those, and revealed labels are theirs. ``num_examples`` stays the client's data
+        size, FedAvg's weight.
+        """
+        trained = train_local(model, images, labels, defense, dataset, settings(config), generator)
+        used_labels = labels[trained.used]
         return ClientReply(
-            state=wire_state(model), num_examples=len(labels), train_loss=loss,
-            meta=LeakMeta(labels.clone() if config.reveal_labels else None, "train"),
-            truth=_truth(images, first_seen, labels, defense) if attacked else None,
+            state=wire_state(model), num_examples=len(labels), train_loss=trained.loss,
+            meta=LeakMeta(used_labels.clone() if config.reveal_labels else None, "train"),
+            truth=_truth(images[trained.used], trained.first_seen, used_labels, defense) if attacked else None,
         )
 
     def observe(
@@ -210,7 +217,7 @@ class Predictions:
             if defense.acts_on == "predictions":
                 released = defense.release(released)  # type: ignore[attr-defined]
             truth = _truth(images[pick], pixels, labels[pick], defense)
-        loss, _ = train_local(model, images, labels, defense, dataset, settings(config), generator)
+        loss = train_local(model, images, labels, defense, dataset, settings(config), generator).loss
         return ClientReply(state=wire_state(model), num_examples=len(labels), train_loss=loss,
                            meta=LeakMeta(None, "eval", released), truth=truth)
 
@@ -267,7 +274,7 @@ class SplitInference:
             client_state.update({k: v.detach().cpu().clone() for k, v in critic.state_dict().items()})
         else:
             model.codec = feature_codec(defense, model.is_complex, generator)
-            loss, _ = train_local(model, images, labels, defense, dataset, settings(config), generator)
+            loss = train_local(model, images, labels, defense, dataset, settings(config), generator).loss
         model.codec = PlainCodec(model.is_complex)
         return ClientReply(state=wire_state(model), num_examples=len(labels), train_loss=loss,
                            meta=LeakMeta(None, "eval", features=features, feature_grads=grads), truth=truth)

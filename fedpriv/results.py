@@ -187,8 +187,7 @@ class RunFolder:
         ax.set_xlabel("round")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("mean PSNR over attacked clients (dB)")
-        ax.set_title("PSNR per (defense, attack): solid vs x, dashed vs T(x), dotted: baseline "
-                     "(grey image or the attacker's prior)", fontsize=9)
+        ax.set_title("PSNR per (defense, attack): solid vs x, dashed vs T(x), dotted: the baseline", fontsize=9)
         ax.grid(alpha=0.3)
         if rows:
             ax.legend(fontsize=7)

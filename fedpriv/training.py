@@ -28,6 +28,26 @@ class TrainSettings:
         return self.steps or self.epochs * -(-num_examples // self.batch_size)
 
 
+@dataclass(frozen=True)
+class LocalRound:
+    """What one client's local training did.
+
+    Attributes
+    ----------
+    loss
+        The mean training loss over all steps.
+    used
+        Indices of the images the steps used, in order of first use (all of them unless
+        ``steps`` x ``batch_size`` is less than the client's data: then the first of one shuffle).
+    first_seen
+        Those images as the model first saw them, T(x) in pixel space, in the same order.
+    """
+
+    loss: float
+    used: torch.Tensor
+    first_seen: torch.Tensor
+
+
 def to_pixels(images: torch.Tensor) -> torch.Tensor:
     """uint8 images (n, C, H, W) to float pixels in [0,1]."""
     return images.float() / 255.0
@@ -41,7 +61,7 @@ def train_local(
     dataset: DatasetSpec,
     settings: TrainSettings,
     generator: torch.Generator,
-) -> tuple[float, torch.Tensor]:
+) -> LocalRound:
     """Train ``model`` in place with SGD on defended images.
 
     Each pass over the data is a fresh shuffle cut into batches of ``batch_size``; with
@@ -64,8 +84,8 @@ def train_local(
 
     Returns
     -------
-    tuple
-        The mean training loss and each image as the model first saw it, T(x) in pixel space.
+    LocalRound
+        The mean training loss, which images the steps used and each as the model first saw it.
     """
     model.train()
     device = next(model.parameters()).device
@@ -74,6 +94,7 @@ def train_local(
     )
     first_seen = torch.empty(images.shape, dtype=torch.float32)
     seen = torch.zeros(len(labels), dtype=torch.bool)
+    used: list[torch.Tensor] = []
     total, count, remaining = 0.0, 0, settings.total_steps(len(labels))
     while remaining > 0:
         order = torch.randperm(len(labels), generator=generator)
@@ -82,6 +103,7 @@ def train_local(
             defended, _ = defense.transform(to_pixels(images[index]), generator)
             fresh = ~seen[index]
             first_seen[index[fresh]] = defended[fresh]
+            used.append(index[fresh])
             seen[index] = True
             loss = F.cross_entropy(model(dataset.normalize(defended.to(device))), labels[index].to(device))
             optimizer.zero_grad()
@@ -92,7 +114,8 @@ def train_local(
             remaining -= 1
             if remaining == 0:
                 break
-    return total / max(count, 1), first_seen
+    order = torch.cat(used) if used else torch.zeros(0, dtype=torch.long)
+    return LocalRound(total / max(count, 1), order, first_seen[order])
 
 
 @torch.no_grad()

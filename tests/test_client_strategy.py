@@ -55,6 +55,35 @@ def test_client_round_is_deterministic_and_carries_truth_only_when_attacked() ->
     assert run_client_round(config, 2, 4, _initial(config), 1).truth is None  # client 2 not attacked
 
 
+def test_realistic_fedavg_truth_is_exactly_the_images_the_local_steps_used() -> None:
+    """5 steps of 4 out of a partition of hundreds: the truth, the leak and the labels cover those 20 only."""
+    config = RunConfig.from_run_config(RUN | {"protocol": "fedavg", "local-steps": 5, "batch-size": 4,
+                                              "momentum": 0.0, "attack-clients": "0", "attacks": "update-inversion"})
+    spec = resolve_spec(config.dataset)
+    fed = []
+
+    def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        if module.training and type(module).__name__ == "ConvNet":  # the client's model, not its layers
+            fed.append(spec.denormalize(inputs[0].detach()))
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        reply = run_client_round(config, 0, 4, _initial(config), 1)
+    finally:
+        handle.remove()
+    images = partition_index(config, 4)[0][0]
+    assert reply.num_examples == len(images) > 100  # FedAvg's weight stays the client's data size
+    used = torch.cat(fed)
+    assert reply.truth is not None and len(used) == len(reply.truth.images) == 20
+    assert torch.allclose(used, reply.truth.defended, atol=1e-5)  # in the order the steps used them
+    assert torch.equal(reply.truth.images, reply.truth.defended)  # no defense: T(x) = x
+    assert reply.meta.labels is not None and torch.equal(reply.meta.labels, reply.truth.labels)
+    leak = PROTOCOLS.get("fedavg").observe(config, _initial(config), reply.state,
+                                           [n for n, _ in build_model(config.model, 10).named_parameters()],
+                                           reply.num_examples, reply.meta)
+    assert leak.num_images == 20 and leak.steps == 5 and leak.num_examples == len(images)
+
+
 def _strategy(config: RunConfig, folder: RunFolder, clients: int = 2, inner=None):
     dataset = resolve_spec(config.dataset)
 

@@ -61,6 +61,25 @@ def test_attacked_federation_with_a_failing_client(superlink: PrivateSuperLink, 
     assert "model convnet (source: resnet20-4)" in compared[0]["deviations"]
 
 
+def test_demo_shows_an_undefended_client_leaking_and_a_defended_one_near_its_baseline(tmp_path: Path, capsys) -> None:
+    from fedpriv.cli import main as cli_main
+
+    assert cli_main(["demo", "--seed", "0", "--out-dir", str(tmp_path), "--flwr-home", str(tmp_path / "home")]) == 0
+    (folder,) = [p for p in tmp_path.glob("demo-seed0-*") if p.is_dir()]
+    rows = read_jsonl(folder / "metrics.jsonl")
+    assert sorted((r["round"], r["partition_id"], r["status"]) for r in rows) == [
+        (n, p, "ok") for n in (1, 2, 3) for p in (0, 1)]
+    mean = {p: {k: sum(r[k] for r in rows if r["partition_id"] == p) / 3 for k in ("psnr", "psnr_baseline")}
+            for p in (0, 1)}
+    assert all(r["beats_baseline"] for r in rows if r["partition_id"] == 0), rows
+    assert mean[0]["psnr"] >= mean[0]["psnr_baseline"] + 5, mean  # recognisable
+    assert mean[1]["psnr"] < mean[0]["psnr"] - 5 and mean[1]["psnr"] < mean[1]["psnr_baseline"] + 3, mean
+    rounds = read_jsonl(folder / "rounds.jsonl")
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3] and all(r["accuracy"] > 0.5 for r in rounds), rounds
+    out = capsys.readouterr().out
+    assert "beats baseline" in out and "no better than baseline" in out and f"open {folder / 'index.html'}" in out
+
+
 def test_bad_value_fails_before_training(superlink: PrivateSuperLink, tmp_path: Path) -> None:
     run_config = f"dataset='embedded-photos' out-dir='{tmp_path}' defense='ats:3-1-77'"
     outcome = superlink.run(APP, run_config, "num-supernodes=2 client-resources-num-cpus=1", echo=False, timeout=300)

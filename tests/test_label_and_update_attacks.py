@@ -103,7 +103,7 @@ def test_update_inversion_refuses_more_examples_than_its_cap() -> None:
     model = _tiny()
     leak = _update_leak(model, SMALL.normalize(photo(4, size=16)), torch.tensor([0, 1, 2, 3]))
     attack = build_attack("update-inversion", AttackSettings(iterations=1, extra={"max-images": "2"}))
-    with pytest.raises(ValueError, match="holds 4 examples; update-inversion reconstructs at most 2"):
+    with pytest.raises(ValueError, match="depends on 4 images; update-inversion reconstructs at most 2"):
         attack.reconstruct(model, SMALL, [AttackTarget(leak, seed=0)])
 
 
