@@ -178,8 +178,9 @@ def initial_state(config: RunConfig, dataset: DatasetSpec) -> dict[str, torch.Te
     Raises
     ------
     ConfigError
-        If the checkpoint cannot be read safely (``weights_only``) or does not fit the model
-        (missing, unexpected or mis-shaped keys named).
+        If the checkpoint cannot be read safely (``weights_only``), does not fit the model
+        (missing, unexpected or mis-shaped keys named) or holds a model whose weights or outputs
+        are not finite.
     """
     model = build_model(config.model, dataset.num_classes, dataset.channels)
     if not config.initial_checkpoint:
@@ -201,7 +202,28 @@ def initial_state(config: RunConfig, dataset: DatasetSpec) -> dict[str, torch.Te
         raise ConfigError(f"initial-checkpoint {path} does not fit model {config.model!r}: missing {missing[:5]}, "
                           f"unexpected {unexpected[:5]}, other shapes {shapes[:5]}")
     model.load_state_dict(state)
+    _check_finite(model, path, dataset)
     return wire_state(model)
+
+
+def _check_finite(model: torch.nn.Module, path: Path, dataset: DatasetSpec) -> None:
+    """Fail unless every tensor of ``model`` and its logits on a zero batch are finite.
+
+    Raises
+    ------
+    ConfigError
+        Naming the checkpoint and the first non-finite tensors (or the logits).
+    """
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ConfigError(f"initial-checkpoint {path} holds NaN or infinite values in {len(bad)} tensors "
+                          f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); valid: a checkpoint of a "
+                          "model whose weights are all finite (its rounds and attacks would be no results)")
+    with torch.no_grad():
+        logits = model.eval()(torch.zeros(2, dataset.channels, dataset.size, dataset.size))
+    if not bool(torch.isfinite(logits).all()):
+        raise ConfigError(f"initial-checkpoint {path}: the model's outputs on a zero batch are not finite; "
+                          "valid: a checkpoint of a model whose outputs are finite")
 
 
 def divergence_warning(config: RunConfig, run_round: int, loss: float) -> str | None:
@@ -314,6 +336,8 @@ def run_server(grid: Grid, context: Context) -> None:
         write_index(folder)
         if warning := divergence_warning(config, run_round, loss):
             log(WARNING, "%s", warning)
+            if strategy.diverged_after is None:
+                strategy.diverged_after = run_round  # later rounds' attack rows are no results
         psnr = [r["psnr"] for r in summary.get("rows", []) if r["status"] == "ok" and "psnr" in r]
         log(
             INFO, "fedpriv round %d: accuracy %.4f, mean PSNR %s, failed clients %d",

@@ -163,6 +163,22 @@ def test_a_diverged_global_model_is_reported_with_the_step_size_that_drives_it()
     assert fedavg is not None and "lr 0.5" in fedavg and "server-lr" not in fedavg
 
 
+def test_a_checkpoint_of_non_finite_values_is_refused_before_round_1(tmp_path: Path) -> None:
+    from fedpriv.data.specs import resolve_spec
+    from fedpriv.strategies.server import initial_state
+
+    state = build_model("convnet", 10).state_dict()
+    broken = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(broken, tmp_path / "nan.pt")
+    config = RunConfig.from_run_config({"model": "convnet", "dataset": "embedded-photos",
+                                        "initial-checkpoint": str(tmp_path / "nan.pt")})
+    with pytest.raises(ConfigError, match=r"initial-checkpoint .*nan\.pt holds NaN or infinite values in \d+ tensors"):
+        initial_state(config, resolve_spec("embedded-photos"))
+    torch.save(state, tmp_path / "good.pt")
+    good = RunConfig.from_run_config(config.as_run_config() | {"initial-checkpoint": str(tmp_path / "good.pt")})
+    assert set(initial_state(good, resolve_spec("embedded-photos"))) <= set(state)  # a finite one loads
+
+
 def _resumable(tmp_path: Path, values: dict) -> tuple[RunConfig, Path]:
     from fedpriv.strategies.server import CHECKPOINT
 
