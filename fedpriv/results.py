@@ -7,12 +7,14 @@ line at a time and flushed, so a run killed at any point leaves every finished r
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import torch
 from fedpriv.errors import ConfigError
 
 GRID_SCALE = 4  # 32x32 images become 128x128 in the grids
+LOCK_NAME = ".fedpriv-run.lock"  # held (flock) by the run that writes the folder
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -94,6 +97,46 @@ def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor]]:
         raise ConfigError(f"checkpoint {path} cannot be read ({type(error).__name__}: "
                           f"{str(error).splitlines()[0] if str(error) else ''}); it is damaged or not a fedpriv "
                           "checkpoint: resume another run-name or delete the folder") from None
+
+
+@contextmanager
+def claim_folder(path: Path, resume: bool) -> Iterator[None]:
+    """Hold run folder ``path`` for one run: an exclusive lock, taken before any other work.
+
+    The lock (``flock`` on ``LOCK_NAME``, removed when the block ends) is released when the
+    block ends or the process dies, so a killed run leaves no stale claim. A folder this call
+    created is removed again when the block ends with nothing written into it.
+
+    Parameters
+    ----------
+    path
+        The run folder (created if missing).
+    resume
+        Whether the run continues the folder's results; otherwise the folder must hold none.
+
+    Raises
+    ------
+    ConfigError
+        When another run holds the folder, or (new runs) it already holds results.
+    """
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    lock = path / LOCK_NAME
+    with lock.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"run folder {path} is in use by another run that is still running; choose another "
+                              "run-name, or wait for it to end") from None
+        try:
+            if not resume and any(p.name != LOCK_NAME for p in path.iterdir()):
+                raise ConfigError(f"run folder {path} already holds results; choose another run-name or set "
+                                  "resume=true")
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+            if created and not any(path.iterdir()):
+                path.rmdir()
 
 
 def csv_bytes(rows: list[dict[str, Any]]) -> bytes:

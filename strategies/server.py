@@ -28,7 +28,7 @@ from fedpriv.defenses import build_defense
 from fedpriv.defenses.features import FeatureDefense, feature_codec
 from fedpriv.errors import ConfigError
 from fedpriv.models import build_model, check_model_fits, load_wire_state, wire_state
-from fedpriv.results import RunFolder, load_checkpoint, read_jsonl, save_checkpoint
+from fedpriv.results import RunFolder, claim_folder, load_checkpoint, read_jsonl, save_checkpoint
 from fedpriv.rotation.networks import SplitNetwork
 from fedpriv.round_attacks import AttackHarness
 from fedpriv.run_page import write_index
@@ -120,7 +120,10 @@ RESUME_FREE = ("num-server-rounds", "out-dir", "run-name", "resume", "attack-pro
 
 
 def _folder_path(config: RunConfig) -> Path:
-    """The run folder's path, checked (nothing is written): new and empty, or resumable."""
+    """The run folder's path (nothing is written): out-dir writable, a checkpoint to resume from.
+
+    Whether the folder is free is checked when it is claimed (:func:`claim_folder`).
+    """
     out = config.out_path()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -131,11 +134,8 @@ def _folder_path(config: RunConfig) -> Path:
                           "give a folder you can write to") from None
     name = config.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{config.dataset}-{config.model}-seed{config.seed}"
     path = out / name
-    if config.resume:
-        if not (path / CHECKPOINT).exists():
-            raise ConfigError(f"resume=true but {path / CHECKPOINT} does not exist; nothing to continue")
-    elif path.exists() and any(path.iterdir()):
-        raise ConfigError(f"run folder {path} already holds results; choose another run-name or set resume=true")
+    if config.resume and not (path / CHECKPOINT).exists():
+        raise ConfigError(f"resume=true but {path / CHECKPOINT} does not exist; nothing to continue")
     return path
 
 
@@ -260,10 +260,19 @@ def check_attack_device(name: str) -> None:
 
 
 def run_server(grid: Grid, context: Context) -> None:
-    """Run a whole fedpriv simulation from the ServerApp (validation first, then rounds)."""
+    """Run a whole fedpriv simulation from the ServerApp (validation first, then rounds).
+
+    The run folder is claimed (:func:`claim_folder`) before any other work, and held until the
+    run ends: a second run with the same ``out-dir`` and ``run-name`` is refused.
+    """
     config = RunConfig.from_run_config(dict(context.run_config))
     check_attack_device(config.attack_device)
     path = _folder_path(config)
+    with claim_folder(path, config.resume):
+        _run(grid, config, path)
+
+
+def _run(grid: Grid, config: RunConfig, path: Path) -> None:
     log(INFO, "fedpriv: results go to %s", path)
     check_available(config.dataset, config.data_path(), config.data_download, config.data_verify,
                     config.image_size, config.image_channels)

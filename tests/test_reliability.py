@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from fedpriv.config import RunConfig
 from fedpriv.defenses import build_defense
 from fedpriv.errors import ConfigError
 from fedpriv.models import build_model, wire_state
-from fedpriv.results import RunFolder, load_checkpoint, read_jsonl, save_checkpoint
+from fedpriv.results import RunFolder, claim_folder, load_checkpoint, read_jsonl, save_checkpoint
 
 KEYS = RunConfig.keys()
 VALUES = st.one_of(
@@ -149,6 +151,42 @@ def test_bad_paths_and_devices_fail_before_anything_is_written(tmp_path: Path) -
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="attack-device='cuda' but CUDA is not available"):
             check_attack_device("cuda")
+
+
+HOLDER = """
+import sys
+from pathlib import Path
+from fedpriv.results import RunFolder, claim_folder
+with claim_folder(Path(sys.argv[1]), False):
+    folder = RunFolder(Path(sys.argv[1]))
+    folder.append(folder.rounds_path, [{"round": 0}])
+    print("claimed", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_two_runs_for_one_folder_the_second_is_refused_and_the_first_keeps_its_files(tmp_path: Path) -> None:
+    from fedpriv.strategies.server import _folder_path
+
+    config = RunConfig.from_run_config({"out-dir": str(tmp_path), "run-name": "r"})
+    first = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "r")],  # claims, writes, waits
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout is not None and first.stdout.readline() == "claimed\n"
+        with pytest.raises(ConfigError, match=f"run folder {tmp_path / 'r'} is in use by another run"):
+            with claim_folder(_folder_path(config), config.resume):
+                pass
+        assert (tmp_path / "r" / "rounds.jsonl").read_text() == '{"round": 0}\n'
+    finally:
+        first.communicate("\n", timeout=60)
+    with pytest.raises(ConfigError, match="already holds results; choose another run-name or set resume=true"):
+        with claim_folder(_folder_path(config), config.resume):
+            pass
+    assert [p.name for p in (tmp_path / "r").iterdir()] == ["rounds.jsonl"]
+    with pytest.raises(RuntimeError):  # a run that fails before writing anything leaves no folder behind
+        with claim_folder(tmp_path / "s", False):
+            raise RuntimeError("data check failed")
+    assert not (tmp_path / "s").exists()
 
 
 def test_a_diverged_global_model_is_reported_with_the_step_size_that_drives_it() -> None:
