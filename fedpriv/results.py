@@ -49,16 +49,32 @@ def _json_value(value: Any) -> Any:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSONL file, ignoring a trailing line cut short by a crash."""
+    """Read a JSONL file, ignoring a trailing line cut short by a crash (see :func:`read_jsonl_checked`)."""
+    return read_jsonl_checked(path)[0]
+
+
+def read_jsonl_checked(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """Read a JSONL file and say which lines are damaged.
+
+    Returns
+    -------
+    rows, damaged
+        The lines that are JSON objects, and the numbers (from 1) of the lines that are not
+        (cut short by a crash, or corrupted); a missing file has neither.
+    """
     if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
+        return [], []
+    rows, damaged = [], []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            continue
-    return rows
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            damaged.append(number)
+    return rows, damaged
 
 
 def _umask() -> int:
