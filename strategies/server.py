@@ -6,6 +6,7 @@ import json
 import math
 import platform
 import random
+import re
 import tempfile
 import time
 from importlib.metadata import version
@@ -119,6 +120,17 @@ def _resolved_config(config: RunConfig, nodes: dict[int, int], dataset: DatasetS
 RESUME_FREE = ("num-server-rounds", "out-dir", "run-name", "resume", "attack-progress", "data-dir", "data-download")
 
 
+def automatic_name(config: RunConfig) -> str:
+    """The run folder's name when ``run-name`` is empty: time, data set, model and seed, one safe path component.
+
+    Characters other than letters, digits, ``.``, ``_`` and ``-`` (the ``:`` and ``/`` of
+    ``folder:/data/photos``) become ``_``; data set and model keep their last 60 characters
+    (a path's end names it best), so the name fits any file system's limit.
+    """
+    dataset, model = (re.sub(r"[^A-Za-z0-9._-]+", "_", text)[-60:].strip("._") for text in (config.dataset, config.model))
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{dataset}-{model}-seed{config.seed}"
+
+
 def _folder_path(config: RunConfig) -> Path:
     """The run folder's path (nothing is written): out-dir writable, a checkpoint to resume from.
 
@@ -132,8 +144,7 @@ def _folder_path(config: RunConfig) -> Path:
     except OSError as error:
         raise ConfigError(f"out-dir {out} is not a writable folder ({error.strerror or error}); "
                           "give a folder you can write to") from None
-    name = config.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{config.dataset}-{config.model}-seed{config.seed}"
-    path = out / name
+    path = out / (config.run_name or automatic_name(config))
     if config.resume and not (path / CHECKPOINT).exists():
         raise ConfigError(f"resume=true but {path / CHECKPOINT} does not exist; nothing to continue")
     return path

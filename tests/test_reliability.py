@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -163,6 +164,18 @@ with claim_folder(Path(sys.argv[1]), False):
     print("claimed", flush=True)
     sys.stdin.readline()
 """
+
+
+def test_the_automatic_run_name_is_one_path_component(tmp_path: Path) -> None:
+    from fedpriv.strategies.server import _folder_path
+
+    photos = tmp_path / "data" / "photos"
+    (photos / "cats").mkdir(parents=True)
+    config = RunConfig.from_run_config({"out-dir": str(tmp_path / "runs"), "dataset": f"folder:{photos}",
+                                        "model": "convnet"})
+    path = _folder_path(config)
+    assert path.parent == tmp_path / "runs"
+    assert re.fullmatch(r"\d{8}-\d{6}-[A-Za-z0-9._-]+_data_photos-convnet-seed0", path.name), path.name
 
 
 def test_two_runs_for_one_folder_the_second_is_refused_and_the_first_keeps_its_files(tmp_path: Path) -> None:
