@@ -51,6 +51,34 @@ def test_defense_specs_raise_only_clean_errors(spec: str) -> None:
         assert str(error)
 
 
+SPLIT = {"dataset": "embedded-photos", "model": "complex-lenet", "protocol": "split-inference",
+         "attacks": "unet-inversion", "aux-samples": 256, "batch-size": 16}
+PREDICTIONS = {"dataset": "embedded-digits", "model": "yang-mnist-small", "protocol": "predictions",
+               "attacks": "prediction-inversion", "aux-samples": 256, "defense": "none"}
+GRADIENTS = {"dataset": "embedded-photos", "model": "convnet"}
+
+
+@pytest.mark.parametrize(("run", "values", "message"), [
+    (SPLIT, {"defense": "complex:adv=nan"}, "defense 'complex:adv=nan': adv='nan' is not a finite number in 0..1000"),
+    (SPLIT, {"defense": "complex:gp=nan"}, "defense 'complex:gp=nan': gp='nan' is not a finite number in 0..1000"),
+    (SPLIT, {"defense": "complex:adv=inf"}, "adv='inf' is not a finite number in 0..1000"),
+    (SPLIT, {"defense": "complex:k=100000"}, "k='100000' is not an integer in 2..64"),
+    (SPLIT, {"defense": "complex:n-critic=100000000"}, "n-critic='100000000' is not an integer in 1..100"),
+    (SPLIT, {"defense": "complex:foo=1"}, "unknown option 'foo'; valid options: k, swap, dtheta, gp, n-critic, adv"),
+    (SPLIT, {"defense": "complex:k=4,k=8"}, "option 'k' is given twice"),
+    (SPLIT, {"defense": "noise:inf"}, "GAMMA='inf' is not a finite number in 0..100"),
+    (SPLIT, {"attack-options": "unet-inversion.adam-lr=nan"}, "adam-lr='nan' is not a finite number in 0..1"),
+    (GRADIENTS, {"attack-options": "inverting-gradients.tv=nan"}, "inverting-gradients.tv='nan' is not a finite number"),
+    (GRADIENTS, {"attack-options": "inverting-gradients.iterations=1e9"}, "iterations='1e9' is not an integer"),
+    (GRADIENTS, {"attack-options": "max-batch=inf"}, "max-batch='inf' is not an integer in 1..1000000"),
+    (PREDICTIONS, {"attack-options": "prediction-inversion.c=nan"}, "c='nan' is not a finite number in 0..1e+06"),
+])
+def test_nan_infinite_and_absurd_plugin_options_are_refused_naming_the_option(run: dict, values: dict,
+                                                                              message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        RunConfig.from_run_config(run | values)
+
+
 class _Exploit:
     def __reduce__(self):  # noqa: D105 - runs code when unpickled
         return (os.system, ("touch pwned",))
