@@ -84,6 +84,7 @@ def _check_partitions(config: RunConfig, num_partitions: int, dataset: DatasetSp
     """
     config.check_partitions(num_partitions)
     parts, index = partition_index(config, num_partitions)
+    _check_per_client_requests(config, [len(p) for p in parts])
     if config.aux_type == "distinct":
         other = load_split(config.distinct_dataset(), config.data_path(), "train", False, config.data_verify,
                            config.image_size, config.image_channels)
@@ -95,6 +96,29 @@ def _check_partitions(config: RunConfig, num_partitions: int, dataset: DatasetSp
     if not len(aux):
         return None
     return AuxiliaryData(aux.images, aux.labels, properties=aux.properties)
+
+
+def _check_per_client_requests(config: RunConfig, sizes: list[int]) -> None:
+    """Fail when each client is asked for more samples than the smallest partition holds (never capped).
+
+    Parameters
+    ----------
+    config
+        The run's configuration (its protocol says which request applies).
+    sizes
+        The number of training samples of each partition, by partition id.
+
+    Raises
+    ------
+    ConfigError
+        Naming the key, its value, the smallest partition and its size.
+    """
+    key, value = {"predictions": ("prediction-samples", config.prediction_samples),
+                  "split-inference": ("feature-samples", config.feature_samples)}.get(config.protocol, ("", 0))
+    smallest = min(range(len(sizes)), key=sizes.__getitem__)
+    if value > sizes[smallest]:
+        raise ConfigError(f"{key}={value} exceeds the {sizes[smallest]} samples of partition {smallest} (the "
+                          f"smallest of {len(sizes)}); valid: {key} 1..{sizes[smallest]}, or fewer clients")
 
 
 def _resolved_config(config: RunConfig, nodes: dict[int, int], dataset: DatasetSpec,

@@ -206,6 +206,19 @@ def test_the_automatic_run_name_is_one_path_component(tmp_path: Path) -> None:
     assert re.fullmatch(r"\d{8}-\d{6}-[A-Za-z0-9._-]+_data_photos-convnet-seed0", path.name), path.name
 
 
+def test_a_per_client_request_the_partitions_cannot_meet_is_refused_naming_both_numbers() -> None:
+    from fedpriv.data.specs import resolve_spec
+    from fedpriv.strategies.server import _check_partitions
+
+    run = PREDICTIONS | {"partitioner": "iid", "aux-samples": 0}
+    config = RunConfig.from_run_config(run | {"prediction-samples": 5000})
+    with pytest.raises(ConfigError, match=r"prediction-samples=5000 exceeds the (\d+) samples of partition \d+ "
+                                          r"\(the smallest of 4\); valid: prediction-samples 1\.\.\1"):
+        _check_partitions(config, 4, resolve_spec("embedded-digits"))
+    assert _check_partitions(RunConfig.from_run_config(run | {"prediction-samples": 100}), 4,
+                             resolve_spec("embedded-digits")) is None
+
+
 def test_two_runs_for_one_folder_the_second_is_refused_and_the_first_keeps_its_files(tmp_path: Path) -> None:
     from fedpriv.strategies.server import _folder_path
 
