@@ -23,6 +23,7 @@ import torch
 from fedpriv.errors import ConfigError
 
 GRID_SCALE = 4  # 32x32 images become 128x128 in the grids
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets read as the start of a formula
 LOCK_NAME = ".fedpriv-run.lock"  # held (flock) by the run that writes the folder
 
 
@@ -155,15 +156,34 @@ def claim_folder(path: Path, resume: bool) -> Iterator[None]:
                 path.rmdir()
 
 
+def csv_cell(value: Any) -> Any:
+    """``value`` safe for a spreadsheet: text that would start a formula gets a leading ``'``.
+
+    Text starting with ``=``, ``+``, ``-``, ``@``, tab or carriage return (a run named
+    ``=HYPERLINK(...)``) is read as a formula by spreadsheet programs; numbers, and text that
+    reads as a number (``-1.5``) or is the sign alone (the placeholder ``-``), are left as they are.
+    """
+    if not isinstance(value, str) or len(value) < 2 or not value.startswith(FORMULA_STARTS):
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value
+
+
 def csv_bytes(rows: list[dict[str, Any]]) -> bytes:
-    """Rows as CSV text (UTF-8): the union of their keys as columns, in order of first appearance."""
+    """Rows as CSV text (UTF-8): the union of their keys as columns, in order of first appearance.
+
+    Cells go through :func:`csv_cell`, so no text becomes a spreadsheet formula.
+    """
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer = csv.DictWriter(buffer, fieldnames=[csv_cell(c) for c in columns])
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({csv_cell(k): csv_cell(v) for k, v in row.items()} for row in rows)
     return buffer.getvalue().encode()
 
 

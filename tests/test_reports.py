@@ -191,3 +191,19 @@ def test_values_after_a_diverged_round_are_no_results(tmp_path: Path) -> None:
     assert loaded.diverged_after == 1
     assert sorted((s.metric, s.round) for s in loaded.samples if s.metric in ("psnr", "accuracy")) == [
         ("accuracy", 0), ("psnr", 1)]
+
+
+def test_run_names_are_inert_in_the_markdown_and_the_csv_files(tmp_path: Path) -> None:
+    evil = '<img src=x onerror=alert(1)>'
+    formula = '=1+2'
+    runs = [_write_run(tmp_path, name, "embedded-photos", {0: "none"}, {(1, 0): 10.0}, [0.1, 0.2])
+            for name in (evil, formula)]
+    out = tmp_path / "report"
+    assert cli_main(["report", *map(str, runs), "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "<img" not in report and "&lt;img src=x onerror=alert(1)&gt;" in report
+    for name in ("summary.csv", "frontier.csv"):
+        cells = [cell for row in csv.reader((out / name).open()) for cell in row]
+        assert not any(cell.startswith(("=", "+", "@")) for cell in cells), name
+        assert any(formula in cell for cell in cells), name
+    assert "-" in [row["attack"] for row in csv.DictReader((out / "summary.csv").open())]  # a placeholder, kept
