@@ -219,6 +219,11 @@ def test_a_per_client_request_the_partitions_cannot_meet_is_refused_naming_both_
                              resolve_spec("embedded-digits")) is None
 
 
+def test_an_unknown_aux_dataset_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="^aux-dataset='nosuch': unknown dataset 'nosuch'; valid datasets: "):
+        RunConfig.from_run_config({"aux-type": "distinct", "aux-samples": 10, "aux-dataset": "nosuch"})
+
+
 def test_two_runs_for_one_folder_the_second_is_refused_and_the_first_keeps_its_files(tmp_path: Path) -> None:
     from fedpriv.strategies.server import _folder_path
 
