@@ -147,6 +147,27 @@ def test_unknown_key_names_the_closest_valid_one(capsys: pytest.CaptureFixture[s
     assert "unknown run-config key 'attack-iteration' (did you mean 'attack-iterations'?)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("run_config", "message"), [
+    ("num-server-rounds=0", "num-server-rounds must be >= 1, got 0"),
+    ("defense='complex:adv=nan'", "defense 'complex:adv=nan': adv='nan' is not a finite number in 0..1000"),
+    ("resume=true run-name='gone'", "resume=true but "),
+    ("seed=x", "run-config seed=x is not a TOML value"),
+])
+def test_fedpriv_run_prints_a_bad_value_in_one_line_before_any_flower_process(
+        run_config: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from fedpriv import cli
+
+    def no_superlink(*args: object) -> None:
+        raise AssertionError("a SuperLink was started for a run config that cannot run")
+
+    monkeypatch.setattr(cli, "PrivateSuperLink", no_superlink)
+    app = Path(__file__).resolve().parent.parent / "simulations" / "cifar100_ats"
+    assert cli.main(["run", str(app), "--run-config", f"{run_config} out-dir='{tmp_path}'"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
 def test_client_gpus_on_a_machine_without_cuda_are_refused() -> None:
     from fedpriv.launcher import check_federation_config
 
