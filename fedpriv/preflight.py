@@ -16,8 +16,9 @@ from fedpriv.errors import ConfigError
 def check_run_config(app: Path, run_config: str) -> None:
     """Validate ``run_config`` merged over the app's defaults, as the ServerApp will, without a federation.
 
-    Values, plugin specs, the attack device, the run folder's out-dir (and checkpoint, to resume)
-    and the model's fit to the data set's shape are checked; the data files are checked (and
+    Values, plugin specs, the attack device, the run folder's out-dir (and checkpoint, to resume),
+    the model's fit to the data set's shape and ``initial-checkpoint`` (readable, fitting, finite)
+    are checked; the data files are checked (and
     downloaded) by the ServerApp only, once.
 
     Parameters
@@ -35,7 +36,7 @@ def check_run_config(app: Path, run_config: str) -> None:
     from fedpriv.config import RunConfig
     from fedpriv.launcher import _PAIR
     from fedpriv.models import check_model_fits
-    from fedpriv.strategies.server import _folder_path, check_attack_device
+    from fedpriv.strategies.server import _folder_path, check_attack_device, initial_state
 
     defaults = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"].get("config", {})
     overrides: dict[str, object] = {}
@@ -50,3 +51,5 @@ def check_run_config(app: Path, run_config: str) -> None:
     _folder_path(config)
     dataset = config.dataset_spec()
     check_model_fits(config.model, dataset.num_classes, dataset.channels, dataset.size)
+    if config.initial_checkpoint:
+        initial_state(config, dataset)

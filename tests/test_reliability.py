@@ -151,6 +151,7 @@ def test_unknown_key_names_the_closest_valid_one(capsys: pytest.CaptureFixture[s
     ("num-server-rounds=0", "num-server-rounds must be >= 1, got 0"),
     ("defense='complex:adv=nan'", "defense 'complex:adv=nan': adv='nan' is not a finite number in 0..1000"),
     ("resume=true run-name='gone'", "resume=true but "),
+    ("initial-checkpoint='/nonexistent/model.pt'", "initial-checkpoint /nonexistent/model.pt cannot be read"),
     ("seed=x", "run-config seed=x is not a TOML value"),
 ])
 def test_fedpriv_run_prints_a_bad_value_in_one_line_before_any_flower_process(
