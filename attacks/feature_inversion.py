@@ -41,6 +41,7 @@ from fedpriv.rotation.adversarial import (
     FeatureCritic, critic_optimizer, decode_at, grid_angles, train_critic, wrong_decodings,
 )
 from fedpriv.rotation.networks import SplitNetwork
+from fedpriv.spec_numbers import spec_float, spec_int
 
 QUERY_BATCH = 64  # the attacker's simulated clients encode in batches of this size (b from the same batch)
 
@@ -74,16 +75,16 @@ def simulate_clients(model: SplitNetwork, pixels: torch.Tensor, dataset: Dataset
 
 
 def _options(settings: AttackSettings, name: str, defaults: dict[str, float]) -> dict[str, float]:
-    values = {}
+    values: dict[str, float] = {}
     for key, default in defaults.items():
-        try:
-            values[key] = type(default)(settings.extra.get(key, default))
-        except ValueError:
-            raise ConfigError(f"attack-options {name}.{key}={settings.extra[key]!r} is not a number") from None
-    for key in ("epochs", "width", "convs", "batch", "critic-epochs", "angles"):
-        if key in values and values[key] < 1:
-            raise ConfigError(f"attack-options {name}.{key} must be >= 1, got {values[key]}")
-    if "adam-lr" in values and not values["adam-lr"] > 0:
+        if key not in settings.extra:
+            values[key] = default
+            continue
+        low, high = OPTION_RANGES[key]
+        text = settings.extra[key]
+        values[key] = spec_int(f"attack-options for {name}", key, text, int(low), int(high)) if isinstance(default, int) \
+            else spec_float(f"attack-options for {name}", key, text, low, high)
+    if not values.get("adam-lr", 1.0) > 0:
         raise ConfigError(f"attack-options {name}.adam-lr must be > 0, got {values['adam-lr']}")
     return values
 
@@ -91,6 +92,10 @@ def _options(settings: AttackSettings, name: str, defaults: dict[str, float]) ->
 DECODER_DEFAULTS: dict[str, float] = {"epochs": 15, "width": 64, "convs": 6, "batch": 64, "adam-lr": 1e-4,
                                       "val-fraction": 0.1}
 ANGLE_DEFAULTS: dict[str, float] = {"critic-epochs": 5, "angles": 360}
+OPTION_RANGES: dict[str, tuple[float, float]] = {"epochs": (1, 10_000), "width": (1, 4096), "convs": (1, 64),
+                                                 "batch": (1, 100_000), "adam-lr": (0.0, 1.0),
+                                                 "val-fraction": (0.0, 0.9), "critic-epochs": (1, 10_000),
+                                                 "angles": (1, 100_000)}
 
 
 class FeatureAttack(Attack):

@@ -32,6 +32,7 @@ from fedpriv.attacks.label_inference import infer_labels
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import GradientLeak
+from fedpriv.spec_numbers import spec_int
 
 __all__ = ["ENGINE_OPTIONS", "InvertingGradients", "box_bounds", "lr_milestones", "solve_targets", "total_variation"]
 
@@ -56,13 +57,8 @@ def engine_options(settings: AttackSettings) -> tuple[str, int]:
     engine = settings.extra.get("engine", "auto")
     if engine not in ENGINES:
         raise ConfigError(f"attack option engine {engine!r} is unknown; valid engines: {', '.join(ENGINES)}")
-    text = settings.extra.get("max-batch", str(DEFAULT_MAX_BATCH))
-    try:
-        max_batch = int(text)
-    except ValueError:
-        max_batch = 0
-    if max_batch < 1:
-        raise ConfigError(f"attack option max-batch must be an integer >= 1, got {text!r}")
+    max_batch = spec_int("attack-options", "max-batch", settings.extra.get("max-batch", str(DEFAULT_MAX_BATCH)), 1,
+                         1_000_000)
     if engine == "vmap" and settings.precision == "bf16":
         raise ConfigError("attack option engine 'vmap' does not run with attack-precision 'bf16'; "
                           "use engine grouped, loop or auto")

@@ -36,8 +36,8 @@ from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses.ats import CROP_PADDING, MAX_PRIMITIVES, AtsPolicy, parse_ats_policy
 from fedpriv.defenses.ats_differentiable import SHEAR_OPS, apply_sub_policy, continuous_slots
 from fedpriv.defenses.ats_primitives import Primitive, sampled_shift
-from fedpriv.errors import ConfigError
 from fedpriv.leaks import GradientLeak
+from fedpriv.spec_numbers import spec_int
 
 MAX_HYPOTHESES = 16
 # Columns of the extra parameters of each image: its problem's row in the plan table (constant,
@@ -220,10 +220,8 @@ def _package(dataset: DatasetSpec, x: torch.Tensor, plans: tuple[_Plan, ...], in
 
 
 def _max_hypotheses(settings: AttackSettings) -> int:
-    text = settings.extra.get("max-hypotheses", str(MAX_HYPOTHESES))
-    if not text.isdecimal() or int(text) < 1:
-        raise ConfigError(f"attack option max-hypotheses must be an integer >= 1, got {text!r}")
-    return int(text)
+    return spec_int("attack-options", "max-hypotheses", settings.extra.get("max-hypotheses", str(MAX_HYPOTHESES)),
+                    1, 1_000_000)
 
 
 def target_policy(spec: str | None) -> AtsPolicy | None:

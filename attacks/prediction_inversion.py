@@ -28,6 +28,7 @@ from fedpriv.attacks.decoder_training import FitReport, fit_decoder
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import PredictionLeak
+from fedpriv.spec_numbers import spec_float, spec_int
 
 LOG_FLOOR = -1000.0
 BOOLEANS = {"true": True, "false": False}
@@ -137,17 +138,13 @@ class PredictionInversion(Attack):
     knowledge: ClassVar[Knowledge] = Knowledge(model="weights", aux="server")
 
     def __init__(self, settings: AttackSettings) -> None:
-        extra = settings.extra
-        try:
-            self.epochs = int(extra.get("epochs", 100))
-            self.batch = int(extra.get("batch", 128))
-            self.width = int(extra.get("width", 128))
-            self.lr = float(extra.get("adam-lr", 2e-4))
-            self.c = float(extra.get("c", 50.0))
-            self.val_fraction = float(extra.get("val-fraction", 0.1))
-        except ValueError as error:
-            raise ConfigError(f"attack-options for {self.name}: {error}; epochs, batch and width are integers, "
-                              "adam-lr, c and val-fraction numbers") from None
+        extra, where = settings.extra, f"attack-options for {self.name}"
+        self.epochs = spec_int(where, "epochs", extra.get("epochs", "100"), 1, 10_000)
+        self.batch = spec_int(where, "batch", extra.get("batch", "128"), 2, 100_000)
+        self.width = spec_int(where, "width", extra.get("width", "128"), 1, 4096)
+        self.lr = spec_float(where, "adam-lr", extra.get("adam-lr", "2e-4"), 0.0, 1.0)
+        self.c = spec_float(where, "c", extra.get("c", "50"), 0.0, 1e6)
+        self.val_fraction = spec_float(where, "val-fraction", extra.get("val-fraction", "0.1"), 0.0, 0.9)
         flags = {}
         for key, default in (("align", "true"), ("learn-c", "false"), ("warm-start", "true")):
             value = extra.get(key, default).lower()
@@ -155,9 +152,6 @@ class PredictionInversion(Attack):
                 raise ConfigError(f"attack-options {self.name}.{key}={value!r}; valid: true, false")
             flags[key] = BOOLEANS[value]
         self.align, self.learn_c, self.warm_start = flags["align"], flags["learn-c"], flags["warm-start"]
-        for key, value, low in (("epochs", self.epochs, 1), ("batch", self.batch, 2), ("width", self.width, 1)):
-            if value < low:
-                raise ConfigError(f"attack-options {self.name}.{key} must be >= {low}, got {value}")
         if not self.lr > 0:
             raise ConfigError(f"attack-options {self.name}.adam-lr must be > 0, got {self.lr}")
         if not 0 < self.val_fraction < 1:

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from fedpriv.launcher import PrivateSuperLink, check_federation_config, check_run_config_keys, run_config_string
+from fedpriv.preflight import check_run_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,6 +21,7 @@ def _run(app: Path, run_config: list[str], federation_config: str, home: Path, p
     try:
         check_run_config_keys(app, run_config_string(run_config))
         check_federation_config(federation_config)
+        check_run_config(app, run_config_string(run_config))  # the ServerApp's checks, before Flower starts
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from fedpriv.config_checks import check_auxiliary
 from fedpriv.config_values import coerce, overrides, parse_attack_options, selection
 from fedpriv.errors import ConfigError
+from fedpriv.spec_numbers import spec_float, spec_int
 
 if TYPE_CHECKING:
     from fedpriv.attacks import AttackSettings
@@ -25,6 +26,7 @@ MODEL_MODES = ("eval", "train")
 DP_MODES = ("none", "client-fixed", "server-fixed", "local")
 AGGREGATORS = ("fedavg", "fedmedian", "fedtrimmedavg", "krum")
 OPTIMISATION_KEYS = ("iterations", "restarts", "lr", "tv")  # per-attack overrides of attack-*
+MAX_ITERATIONS, MAX_RESTARTS, MAX_WEIGHT = 10_000_000, 1000, 1000.0  # ranges of those overrides
 
 
 @dataclass(frozen=True)
@@ -262,20 +264,19 @@ class RunConfig:
         extra = {key: value for (owner, key), value in options.items() if owner == "" and key in declared}
         extra |= {key: value for (owner, key), value in options.items() if owner == name and key in declared}
         own = {key: value for (owner, key), value in options.items() if owner == name and key in OPTIMISATION_KEYS}
-        try:
-            return AttackSettings(
-                iterations=int(own.get("iterations", self.attack_iterations)),
-                restarts=int(own.get("restarts", self.attack_restarts)),
-                lr=float(own.get("lr", self.attack_lr)),
-                tv=float(own.get("tv", self.attack_tv)),
-                device=self.attack_device,
-                progress=self.attack_progress,
-                precision=self.attack_precision,
-                extra=extra,
-            )
-        except ValueError as error:
-            raise ConfigError(f"attack-options for {name}: {error}; iterations and restarts are integers, "
-                              "lr and tv numbers") from None
+        where = f"attack-options for {name}"
+        return AttackSettings(
+            iterations=spec_int(where, f"{name}.iterations", own["iterations"], 1, MAX_ITERATIONS)
+            if "iterations" in own else self.attack_iterations,
+            restarts=spec_int(where, f"{name}.restarts", own["restarts"], 1, MAX_RESTARTS)
+            if "restarts" in own else self.attack_restarts,
+            lr=spec_float(where, f"{name}.lr", own["lr"], 0.0, MAX_WEIGHT) if "lr" in own else self.attack_lr,
+            tv=spec_float(where, f"{name}.tv", own["tv"], 0.0, MAX_WEIGHT) if "tv" in own else self.attack_tv,
+            device=self.attack_device,
+            progress=self.attack_progress,
+            precision=self.attack_precision,
+            extra=extra,
+        )
 
     def check_partitions(self, num_partitions: int) -> None:
         """Fail if a selection or override names a partition the federation does not have.

@@ -58,7 +58,10 @@ def check_split_model(config: RunConfig) -> None:
         raise ConfigError(f"protocol {config.protocol!r} with model {config.model!r}: the split networks "
                           "(complex-*, original-*) run under protocol 'split-inference', and it needs one")
     if config.aux_type == "distinct" and not is_custom(config.distinct_dataset()):
-        resolve_spec(config.distinct_dataset())
+        try:
+            resolve_spec(config.distinct_dataset())
+        except ConfigError as error:
+            raise ConfigError(f"aux-dataset={config.distinct_dataset()!r}: {error}") from None
 
 
 def check_protocol_fit(config: RunConfig, protocol: FederatedProtocol) -> None:

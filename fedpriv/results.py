@@ -7,12 +7,14 @@ line at a time and flushed, so a run killed at any point leaves every finished r
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ import torch
 from fedpriv.errors import ConfigError
 
 GRID_SCALE = 4  # 32x32 images become 128x128 in the grids
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets read as the start of a formula
+LOCK_NAME = ".fedpriv-run.lock"  # held (flock) by the run that writes the folder
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -46,16 +50,32 @@ def _json_value(value: Any) -> Any:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSONL file, ignoring a trailing line cut short by a crash."""
+    """Read a JSONL file, ignoring a trailing line cut short by a crash (see :func:`read_jsonl_checked`)."""
+    return read_jsonl_checked(path)[0]
+
+
+def read_jsonl_checked(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """Read a JSONL file and say which lines are damaged.
+
+    Returns
+    -------
+    rows, damaged
+        The lines that are JSON objects, and the numbers (from 1) of the lines that are not
+        (cut short by a crash, or corrupted); a missing file has neither.
+    """
     if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
+        return [], []
+    rows, damaged = [], []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            continue
-    return rows
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            damaged.append(number)
+    return rows, damaged
 
 
 def _umask() -> int:
@@ -96,15 +116,74 @@ def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor]]:
                           "checkpoint: resume another run-name or delete the folder") from None
 
 
+@contextmanager
+def claim_folder(path: Path, resume: bool) -> Iterator[None]:
+    """Hold run folder ``path`` for one run: an exclusive lock, taken before any other work.
+
+    The lock (``flock`` on ``LOCK_NAME``, removed when the block ends) is released when the
+    block ends or the process dies, so a killed run leaves no stale claim. A folder this call
+    created is removed again when the block ends with nothing written into it.
+
+    Parameters
+    ----------
+    path
+        The run folder (created if missing).
+    resume
+        Whether the run continues the folder's results; otherwise the folder must hold none.
+
+    Raises
+    ------
+    ConfigError
+        When another run holds the folder, or (new runs) it already holds results.
+    """
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    lock = path / LOCK_NAME
+    with lock.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"run folder {path} is in use by another run that is still running; choose another "
+                              "run-name, or wait for it to end") from None
+        try:
+            if not resume and any(p.name != LOCK_NAME for p in path.iterdir()):
+                raise ConfigError(f"run folder {path} already holds results; choose another run-name or set "
+                                  "resume=true")
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+            if created and not any(path.iterdir()):
+                path.rmdir()
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` safe for a spreadsheet: text that would start a formula gets a leading ``'``.
+
+    Text starting with ``=``, ``+``, ``-``, ``@``, tab or carriage return (a run named
+    ``=HYPERLINK(...)``) is read as a formula by spreadsheet programs; numbers, and text that
+    reads as a number (``-1.5``) or is the sign alone (the placeholder ``-``), are left as they are.
+    """
+    if not isinstance(value, str) or len(value) < 2 or not value.startswith(FORMULA_STARTS):
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value
+
+
 def csv_bytes(rows: list[dict[str, Any]]) -> bytes:
-    """Rows as CSV text (UTF-8): the union of their keys as columns, in order of first appearance."""
+    """Rows as CSV text (UTF-8): the union of their keys as columns, in order of first appearance.
+
+    Cells go through :func:`csv_cell`, so no text becomes a spreadsheet formula.
+    """
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer = csv.DictWriter(buffer, fieldnames=[csv_cell(c) for c in columns])
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({csv_cell(k): csv_cell(v) for k, v in row.items()} for row in rows)
     return buffer.getvalue().encode()
 
 

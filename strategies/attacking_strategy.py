@@ -108,6 +108,7 @@ class AttackingStrategy(Strategy):
         self.protocol = PROTOCOLS.get(config.protocol)
         self.broadcast: ArrayRecord | None = None
         self.round_summary: dict[int, dict[str, Any]] = {}
+        self.diverged_after: int | None = None  # the first round whose global model's test loss was not finite
 
     def summary(self) -> None:
         """Log the protocol and the inner strategy's summary."""
@@ -168,6 +169,9 @@ class AttackingStrategy(Strategy):
         rows: list[dict[str, Any]] = []
         if observed:
             rows = self.harness.run_round(model, observed, run_round, self.folder)
+            if self.diverged_after is not None:
+                reason = f"diverged: the global model's test loss was not finite after round {self.diverged_after}"
+                rows = [row | {"status": reason} for row in rows]
             self.folder.append(self.folder.metrics_path, rows)
             self.folder.write_csv()
             self.folder.write_plot()

@@ -6,6 +6,7 @@ import json
 import math
 import platform
 import random
+import re
 import tempfile
 import time
 from importlib.metadata import version
@@ -29,7 +30,7 @@ from fedpriv.defenses import build_defense
 from fedpriv.defenses.features import FeatureDefense, feature_codec
 from fedpriv.errors import ConfigError
 from fedpriv.models import build_model, check_model_fits, load_wire_state, wire_state
-from fedpriv.results import RunFolder, load_checkpoint, read_jsonl, save_checkpoint
+from fedpriv.results import RunFolder, claim_folder, load_checkpoint, read_jsonl, save_checkpoint
 from fedpriv.rotation.networks import SplitNetwork
 from fedpriv.round_attacks import AttackHarness
 from fedpriv.run_page import write_index
@@ -84,6 +85,7 @@ def _check_partitions(config: RunConfig, num_partitions: int, dataset: DatasetSp
     """
     config.check_partitions(num_partitions)
     parts, index = partition_index(config, num_partitions)
+    _check_per_client_requests(config, [len(p) for p in parts])
     if config.aux_type == "distinct":
         other = load_split(config.distinct_dataset(), config.data_path(), "train", False, config.data_verify,
                            config.image_size, config.image_channels)
@@ -95,6 +97,29 @@ def _check_partitions(config: RunConfig, num_partitions: int, dataset: DatasetSp
     if not len(aux):
         return None
     return AuxiliaryData(aux.images, aux.labels, properties=aux.properties)
+
+
+def _check_per_client_requests(config: RunConfig, sizes: list[int]) -> None:
+    """Fail when each client is asked for more samples than the smallest partition holds (never capped).
+
+    Parameters
+    ----------
+    config
+        The run's configuration (its protocol says which request applies).
+    sizes
+        The number of training samples of each partition, by partition id.
+
+    Raises
+    ------
+    ConfigError
+        Naming the key, its value, the smallest partition and its size.
+    """
+    key, value = {"predictions": ("prediction-samples", config.prediction_samples),
+                  "split-inference": ("feature-samples", config.feature_samples)}.get(config.protocol, ("", 0))
+    smallest = min(range(len(sizes)), key=sizes.__getitem__)
+    if value > sizes[smallest]:
+        raise ConfigError(f"{key}={value} exceeds the {sizes[smallest]} samples of partition {smallest} (the "
+                          f"smallest of {len(sizes)}); valid: {key} 1..{sizes[smallest]}, or fewer clients")
 
 
 def _resolved_config(config: RunConfig, nodes: dict[int, int], dataset: DatasetSpec,
@@ -120,8 +145,22 @@ def _resolved_config(config: RunConfig, nodes: dict[int, int], dataset: DatasetS
 RESUME_FREE = ("num-server-rounds", "out-dir", "run-name", "resume", "attack-progress", "data-dir", "data-download")
 
 
+def automatic_name(config: RunConfig) -> str:
+    """The run folder's name when ``run-name`` is empty: time, data set, model and seed, one safe path component.
+
+    Characters other than letters, digits, ``.``, ``_`` and ``-`` (the ``:`` and ``/`` of
+    ``folder:/data/photos``) become ``_``; data set and model keep their last 60 characters
+    (a path's end names it best), so the name fits any file system's limit.
+    """
+    dataset, model = (re.sub(r"[^A-Za-z0-9._-]+", "_", text)[-60:].strip("._") for text in (config.dataset, config.model))
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{dataset}-{model}-seed{config.seed}"
+
+
 def _folder_path(config: RunConfig) -> Path:
-    """The run folder's path, checked (nothing is written): new and empty, or resumable."""
+    """The run folder's path (nothing is written): out-dir writable, a checkpoint to resume from.
+
+    Whether the folder is free is checked when it is claimed (:func:`claim_folder`).
+    """
     out = config.out_path()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -130,13 +169,9 @@ def _folder_path(config: RunConfig) -> Path:
     except OSError as error:
         raise ConfigError(f"out-dir {out} is not a writable folder ({error.strerror or error}); "
                           "give a folder you can write to") from None
-    name = config.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{config.dataset}-{config.model}-seed{config.seed}"
-    path = out / name
-    if config.resume:
-        if not (path / CHECKPOINT).exists():
-            raise ConfigError(f"resume=true but {path / CHECKPOINT} does not exist; nothing to continue")
-    elif path.exists() and any(path.iterdir()):
-        raise ConfigError(f"run folder {path} already holds results; choose another run-name or set resume=true")
+    path = out / (config.run_name or automatic_name(config))
+    if config.resume and not (path / CHECKPOINT).exists():
+        raise ConfigError(f"resume=true but {path / CHECKPOINT} does not exist; nothing to continue")
     return path
 
 
@@ -179,8 +214,9 @@ def initial_state(config: RunConfig, dataset: DatasetSpec) -> dict[str, torch.Te
     Raises
     ------
     ConfigError
-        If the checkpoint cannot be read safely (``weights_only``) or does not fit the model
-        (missing, unexpected or mis-shaped keys named).
+        If the checkpoint cannot be read safely (``weights_only``), does not fit the model
+        (missing, unexpected or mis-shaped keys named) or holds a model whose weights or outputs
+        are not finite.
     """
     model = build_model(config.model, dataset.num_classes, dataset.channels)
     if not config.initial_checkpoint:
@@ -202,7 +238,28 @@ def initial_state(config: RunConfig, dataset: DatasetSpec) -> dict[str, torch.Te
         raise ConfigError(f"initial-checkpoint {path} does not fit model {config.model!r}: missing {missing[:5]}, "
                           f"unexpected {unexpected[:5]}, other shapes {shapes[:5]}")
     model.load_state_dict(state)
+    _check_finite(model, path, dataset)
     return wire_state(model)
+
+
+def _check_finite(model: torch.nn.Module, path: Path, dataset: DatasetSpec) -> None:
+    """Fail unless every tensor of ``model`` and its logits on a zero batch are finite.
+
+    Raises
+    ------
+    ConfigError
+        Naming the checkpoint and the first non-finite tensors (or the logits).
+    """
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ConfigError(f"initial-checkpoint {path} holds NaN or infinite values in {len(bad)} tensors "
+                          f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); valid: a checkpoint of a "
+                          "model whose weights are all finite (its rounds and attacks would be no results)")
+    with torch.no_grad():
+        logits = model.eval()(torch.zeros(2, dataset.channels, dataset.size, dataset.size))
+    if not bool(torch.isfinite(logits).all()):
+        raise ConfigError(f"initial-checkpoint {path}: the model's outputs on a zero batch are not finite; "
+                          "valid: a checkpoint of a model whose outputs are finite")
 
 
 def divergence_warning(config: RunConfig, run_round: int, loss: float) -> str | None:
@@ -239,10 +296,19 @@ def check_attack_device(name: str) -> None:
 
 
 def run_server(grid: Grid, context: Context) -> None:
-    """Run a whole fedpriv simulation from the ServerApp (validation first, then rounds)."""
+    """Run a whole fedpriv simulation from the ServerApp (validation first, then rounds).
+
+    The run folder is claimed (:func:`claim_folder`) before any other work, and held until the
+    run ends: a second run with the same ``out-dir`` and ``run-name`` is refused.
+    """
     config = RunConfig.from_run_config(dict(context.run_config))
     check_attack_device(config.attack_device)
     path = _folder_path(config)
+    with claim_folder(path, config.resume):
+        _run(grid, config, path)
+
+
+def _run(grid: Grid, config: RunConfig, path: Path) -> None:
     log(INFO, "fedpriv: results go to %s", path)
     check_available(config.dataset, config.data_path(), config.data_download, config.data_verify,
                     config.image_size, config.image_channels)
@@ -315,6 +381,8 @@ def run_server(grid: Grid, context: Context) -> None:
         write_index(folder)
         if warning := divergence_warning(config, run_round, loss):
             log(WARNING, "%s", warning)
+            if strategy.diverged_after is None:
+                strategy.diverged_after = run_round  # later rounds' attack rows are no results
         log(INFO, "fedpriv round %d: accuracy %.4f, %s, failed clients %d",
             run_round, accuracy, psnr_summary(summary.get("rows", [])), len(row["failed"]))
         return MetricRecord({"accuracy": accuracy, "loss": loss})

@@ -205,6 +205,16 @@ def test_strategy_attacks_strips_and_survives_a_failed_client(tmp_path) -> None:
     assert strategy.round_summary[1]["failed"] == [{"partition_id": 1, "reason": "RuntimeError: boom"}]
 
 
+def test_attack_rows_after_a_divergence_are_no_results(tmp_path) -> None:
+    config = RunConfig.from_run_config(RUN | {"defense-overrides": ""})
+    strategy, messages = _strategy(config, RunFolder(tmp_path))
+    strategy.diverged_after = 0  # what evaluate_fn sets when the global model's test loss is not finite
+    strategy.aggregate_train(1, [train(m, _context(n, RUN)) for n, m in enumerate(messages)])
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert len(rows) == 2 and {r["status"] for r in rows} == {
+        "diverged: the global model's test loss was not finite after round 0"}
+
+
 def test_fedsgd_steps_the_mean_gradient_with_the_server_lr(tmp_path) -> None:
     run = RUN | {"attack-clients": "none", "server-lr": 0.5}
     config = RunConfig.from_run_config(run)

@@ -309,8 +309,10 @@ def test_bad_partition_inputs_name_the_value(args: tuple, named: str) -> None:
 
 
 def test_impossible_dirichlet_split_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="alpha=0.01"):
+    with pytest.raises(ConfigError, match="dirichlet-alpha=0.01") as error:
         partition_indices(LABELS, 1000, "dirichlet", 0.01, seed=0, min_partition_size=2)
+    assert "raise dirichlet-alpha, use fewer clients (num-supernodes)" in str(error.value)
+    assert "min_partition_size" not in str(error.value)  # not a run-config key
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "mnist", "fashion-mnist"])

@@ -137,7 +137,7 @@ def test_auxiliary_types_split_the_data_as_declared() -> None:
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"defense": "truncate:11"}, "valid: truncate:1..truncate:10"),
-    ({"defense": "truncate:0"}, "M must be an integer >= 1"),
+    ({"defense": "truncate:0"}, r"M='0' is not an integer in 1\.\.100000"),
     ({"defense-overrides": "1=ats:3-1-7"}, "acts on inputs, but protocol 'predictions' defends predictions"),
     ({"aux-type": "nearby"}, "valid: same, generic, distinct"),
     ({"attacks": "inverting-gradients"}, "attacks for it: prediction-inversion"),

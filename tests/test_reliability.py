@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from fedpriv.config import RunConfig
 from fedpriv.defenses import build_defense
 from fedpriv.errors import ConfigError
 from fedpriv.models import build_model, wire_state
-from fedpriv.results import RunFolder, load_checkpoint, read_jsonl, save_checkpoint
+from fedpriv.results import RunFolder, claim_folder, load_checkpoint, read_jsonl, save_checkpoint
 
 KEYS = RunConfig.keys()
 VALUES = st.one_of(
@@ -46,6 +49,34 @@ def test_defense_specs_raise_only_clean_errors(spec: str) -> None:
         build_defense(spec)
     except ConfigError as error:
         assert str(error)
+
+
+SPLIT = {"dataset": "embedded-photos", "model": "complex-lenet", "protocol": "split-inference",
+         "attacks": "unet-inversion", "aux-samples": 256, "batch-size": 16}
+PREDICTIONS = {"dataset": "embedded-digits", "model": "yang-mnist-small", "protocol": "predictions",
+               "attacks": "prediction-inversion", "aux-samples": 256, "defense": "none"}
+GRADIENTS = {"dataset": "embedded-photos", "model": "convnet"}
+
+
+@pytest.mark.parametrize(("run", "values", "message"), [
+    (SPLIT, {"defense": "complex:adv=nan"}, "defense 'complex:adv=nan': adv='nan' is not a finite number in 0..1000"),
+    (SPLIT, {"defense": "complex:gp=nan"}, "defense 'complex:gp=nan': gp='nan' is not a finite number in 0..1000"),
+    (SPLIT, {"defense": "complex:adv=inf"}, "adv='inf' is not a finite number in 0..1000"),
+    (SPLIT, {"defense": "complex:k=100000"}, "k='100000' is not an integer in 2..64"),
+    (SPLIT, {"defense": "complex:n-critic=100000000"}, "n-critic='100000000' is not an integer in 1..100"),
+    (SPLIT, {"defense": "complex:foo=1"}, "unknown option 'foo'; valid options: k, swap, dtheta, gp, n-critic, adv"),
+    (SPLIT, {"defense": "complex:k=4,k=8"}, "option 'k' is given twice"),
+    (SPLIT, {"defense": "noise:inf"}, "GAMMA='inf' is not a finite number in 0..100"),
+    (SPLIT, {"attack-options": "unet-inversion.adam-lr=nan"}, "adam-lr='nan' is not a finite number in 0..1"),
+    (GRADIENTS, {"attack-options": "inverting-gradients.tv=nan"}, "inverting-gradients.tv='nan' is not a finite number"),
+    (GRADIENTS, {"attack-options": "inverting-gradients.iterations=1e9"}, "iterations='1e9' is not an integer"),
+    (GRADIENTS, {"attack-options": "max-batch=inf"}, "max-batch='inf' is not an integer in 1..1000000"),
+    (PREDICTIONS, {"attack-options": "prediction-inversion.c=nan"}, "c='nan' is not a finite number in 0..1e+06"),
+])
+def test_nan_infinite_and_absurd_plugin_options_are_refused_naming_the_option(run: dict, values: dict,
+                                                                              message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        RunConfig.from_run_config(run | values)
 
 
 class _Exploit:
@@ -116,6 +147,28 @@ def test_unknown_key_names_the_closest_valid_one(capsys: pytest.CaptureFixture[s
     assert "unknown run-config key 'attack-iteration' (did you mean 'attack-iterations'?)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("run_config", "message"), [
+    ("num-server-rounds=0", "num-server-rounds must be >= 1, got 0"),
+    ("defense='complex:adv=nan'", "defense 'complex:adv=nan': adv='nan' is not a finite number in 0..1000"),
+    ("resume=true run-name='gone'", "resume=true but "),
+    ("initial-checkpoint='/nonexistent/model.pt'", "initial-checkpoint /nonexistent/model.pt cannot be read"),
+    ("seed=x", "run-config seed=x is not a TOML value"),
+])
+def test_fedpriv_run_prints_a_bad_value_in_one_line_before_any_flower_process(
+        run_config: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from fedpriv import cli
+
+    def no_superlink(*args: object) -> None:
+        raise AssertionError("a SuperLink was started for a run config that cannot run")
+
+    monkeypatch.setattr(cli, "PrivateSuperLink", no_superlink)
+    app = Path(__file__).resolve().parent.parent / "simulations" / "cifar100_ats"
+    assert cli.main(["run", str(app), "--run-config", f"{run_config} out-dir='{tmp_path}'"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
 def test_client_gpus_on_a_machine_without_cuda_are_refused() -> None:
     from fedpriv.launcher import check_federation_config
 
@@ -151,6 +204,72 @@ def test_bad_paths_and_devices_fail_before_anything_is_written(tmp_path: Path) -
             check_attack_device("cuda")
 
 
+HOLDER = """
+import sys
+from pathlib import Path
+from fedpriv.results import RunFolder, claim_folder
+with claim_folder(Path(sys.argv[1]), False):
+    folder = RunFolder(Path(sys.argv[1]))
+    folder.append(folder.rounds_path, [{"round": 0}])
+    print("claimed", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_the_automatic_run_name_is_one_path_component(tmp_path: Path) -> None:
+    from fedpriv.strategies.server import _folder_path
+
+    photos = tmp_path / "data" / "photos"
+    (photos / "cats").mkdir(parents=True)
+    config = RunConfig.from_run_config({"out-dir": str(tmp_path / "runs"), "dataset": f"folder:{photos}",
+                                        "model": "convnet"})
+    path = _folder_path(config)
+    assert path.parent == tmp_path / "runs"
+    assert re.fullmatch(r"\d{8}-\d{6}-[A-Za-z0-9._-]+_data_photos-convnet-seed0", path.name), path.name
+
+
+def test_a_per_client_request_the_partitions_cannot_meet_is_refused_naming_both_numbers() -> None:
+    from fedpriv.data.specs import resolve_spec
+    from fedpriv.strategies.server import _check_partitions
+
+    run = PREDICTIONS | {"partitioner": "iid", "aux-samples": 0}
+    config = RunConfig.from_run_config(run | {"prediction-samples": 5000})
+    with pytest.raises(ConfigError, match=r"prediction-samples=5000 exceeds the (\d+) samples of partition \d+ "
+                                          r"\(the smallest of 4\); valid: prediction-samples 1\.\.\1"):
+        _check_partitions(config, 4, resolve_spec("embedded-digits"))
+    assert _check_partitions(RunConfig.from_run_config(run | {"prediction-samples": 100}), 4,
+                             resolve_spec("embedded-digits")) is None
+
+
+def test_an_unknown_aux_dataset_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="^aux-dataset='nosuch': unknown dataset 'nosuch'; valid datasets: "):
+        RunConfig.from_run_config({"aux-type": "distinct", "aux-samples": 10, "aux-dataset": "nosuch"})
+
+
+def test_two_runs_for_one_folder_the_second_is_refused_and_the_first_keeps_its_files(tmp_path: Path) -> None:
+    from fedpriv.strategies.server import _folder_path
+
+    config = RunConfig.from_run_config({"out-dir": str(tmp_path), "run-name": "r"})
+    first = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "r")],  # claims, writes, waits
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout is not None and first.stdout.readline() == "claimed\n"
+        with pytest.raises(ConfigError, match=f"run folder {tmp_path / 'r'} is in use by another run"):
+            with claim_folder(_folder_path(config), config.resume):
+                pass
+        assert (tmp_path / "r" / "rounds.jsonl").read_text() == '{"round": 0}\n'
+    finally:
+        first.communicate("\n", timeout=60)
+    with pytest.raises(ConfigError, match="already holds results; choose another run-name or set resume=true"):
+        with claim_folder(_folder_path(config), config.resume):
+            pass
+    assert [p.name for p in (tmp_path / "r").iterdir()] == ["rounds.jsonl"]
+    with pytest.raises(RuntimeError):  # a run that fails before writing anything leaves no folder behind
+        with claim_folder(tmp_path / "s", False):
+            raise RuntimeError("data check failed")
+    assert not (tmp_path / "s").exists()
+
+
 def test_a_diverged_global_model_is_reported_with_the_step_size_that_drives_it() -> None:
     from fedpriv.strategies.server import divergence_warning
 
@@ -161,6 +280,22 @@ def test_a_diverged_global_model_is_reported_with_the_step_size_that_drives_it()
     local = RunConfig.from_run_config({"protocol": "fedavg", "attacks": "update-inversion", "lr": 0.5})
     fedavg = divergence_warning(local, 1, float("inf"))
     assert fedavg is not None and "lr 0.5" in fedavg and "server-lr" not in fedavg
+
+
+def test_a_checkpoint_of_non_finite_values_is_refused_before_round_1(tmp_path: Path) -> None:
+    from fedpriv.data.specs import resolve_spec
+    from fedpriv.strategies.server import initial_state
+
+    state = build_model("convnet", 10).state_dict()
+    broken = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(broken, tmp_path / "nan.pt")
+    config = RunConfig.from_run_config({"model": "convnet", "dataset": "embedded-photos",
+                                        "initial-checkpoint": str(tmp_path / "nan.pt")})
+    with pytest.raises(ConfigError, match=r"initial-checkpoint .*nan\.pt holds NaN or infinite values in \d+ tensors"):
+        initial_state(config, resolve_spec("embedded-photos"))
+    torch.save(state, tmp_path / "good.pt")
+    good = RunConfig.from_run_config(config.as_run_config() | {"initial-checkpoint": str(tmp_path / "good.pt")})
+    assert set(initial_state(good, resolve_spec("embedded-photos"))) <= set(state)  # a finite one loads
 
 
 def _resumable(tmp_path: Path, values: dict) -> tuple[RunConfig, Path]:

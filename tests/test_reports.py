@@ -150,3 +150,60 @@ def test_runs_of_the_two_ats_geometries_are_separate_lines(tmp_path: Path) -> No
             and r["column"] == "PSNR paper (dB)"]
     assert sorted((r["geometry"], float(r["mean"]), r["n"]) for r in rows) == [("reference", 13.0, "1"),
                                                                                 ("resized", 11.0, "1")]
+
+
+def test_a_damaged_line_is_refused_with_its_file_and_line_unless_skipped(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _write_run(tmp_path, "a", "embedded-photos", {0: "none"}, {(1, 0): 10.0, (2, 0): 12.0}, [0.1, 0.2, 0.3])
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(lines[0] + "\n" + '{"round": 2, "psn\n' + lines[1][:30])  # corrupt, cut short
+    out = tmp_path / "report"
+    assert cli_main(["report", str(run), "--out", str(out), "--round", "all"]) == 2
+    assert f"{run / 'metrics.jsonl'} line 2 is damaged (not a JSON object) (and 1 more)" in capsys.readouterr().err
+    assert not out.exists()
+    assert cli_main(["report", str(run), "--out", str(out), "--round", "all", "--skip-damaged"]) == 0
+    report = (out / "report.md").read_text()
+    assert f"Damaged lines left out (--skip-damaged): 2: {run / 'metrics.jsonl'} line 2; " in report
+    psnr = [r for r in csv.DictReader((out / "summary.csv").open()) if r["metric"] == "psnr"]
+    assert [(r["n"], float(r["mean"])) for r in psnr] == [("1", 10.0)]
+
+
+def test_an_unfinished_run_is_refused_unless_allowed_then_marked(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _write_run(tmp_path, "a", "embedded-photos", {0: "none"}, {(1, 0): 10.0}, [0.1, 0.2])
+    config = json.loads((run / "config.json").read_text())
+    config["run-config"]["num-server-rounds"] = 3
+    (run / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "report"
+    assert cli_main(["report", str(run), "--out", str(out)]) == 2
+    assert f"{run} finished 1 of 3 rounds (num-server-rounds)" in capsys.readouterr().err and not out.exists()
+    assert cli_main(["report", str(run), "--out", str(out), "--allow-incomplete"]) == 0
+    report = (out / "report.md").read_text()
+    assert "| 1 of 3 (incomplete) |" in report and "Unfinished runs (--allow-incomplete): a;" in report
+
+
+def test_values_after_a_diverged_round_are_no_results(tmp_path: Path) -> None:
+    run = _write_run(tmp_path, "a", "embedded-photos", {0: "none"}, {(1, 0): 10.0, (2, 0): 8.0}, [0.1, 0.2, 0.22])
+    rounds = [{"round": 0, "accuracy": 0.1, "loss": 2.3}, {"round": 1, "accuracy": 0.2, "loss": "nan"},
+              {"round": 2, "accuracy": 0.22, "loss": "nan"}]
+    (run / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    loaded = load_run(run)
+    assert loaded.diverged_after == 1
+    assert sorted((s.metric, s.round) for s in loaded.samples if s.metric in ("psnr", "accuracy")) == [
+        ("accuracy", 0), ("psnr", 1)]
+
+
+def test_run_names_are_inert_in_the_markdown_and_the_csv_files(tmp_path: Path) -> None:
+    evil = '<img src=x onerror=alert(1)>'
+    formula = '=1+2'
+    runs = [_write_run(tmp_path, name, "embedded-photos", {0: "none"}, {(1, 0): 10.0}, [0.1, 0.2])
+            for name in (evil, formula)]
+    out = tmp_path / "report"
+    assert cli_main(["report", *map(str, runs), "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "<img" not in report and "&lt;img src=x onerror=alert(1)&gt;" in report
+    for name in ("summary.csv", "frontier.csv"):
+        cells = [cell for row in csv.reader((out / name).open()) for cell in row]
+        assert not any(cell.startswith(("=", "+", "@")) for cell in cells), name
+        assert any(formula in cell for cell in cells), name
+    assert "-" in [row["attack"] for row in csv.DictReader((out / "summary.csv").open())]  # a placeholder, kept

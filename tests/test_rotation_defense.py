@@ -156,8 +156,8 @@ RUN = {"dataset": "embedded-photos", "model": "complex-lenet", "protocol": "spli
 @pytest.mark.parametrize(("change", "message"), [
     ({"model": "complex-resnet21-alpha"}, "unknown architecture 'resnet21'"),
     ({"model": "complex-resnet20-gamma"}, "unknown split point 'gamma'; valid: alpha, beta"),
-    ({"defense": "complex:k=1"}, "k must be >= 2"),
-    ({"defense": "noise:-0.5"}, "GAMMA must be a number >= 0"),
+    ({"defense": "complex:k=1"}, r"k='1' is not an integer in 2\.\.64"),
+    ({"defense": "noise:-0.5"}, r"GAMMA='-0.5' is not a finite number in 0\.\.100"),
     ({"defense": "ats:3-1-7"}, "acts on inputs, but protocol 'split-inference' defends features"),
     ({"attacks": "inverting-gradients"}, "sends features leaks; attacks for it"),
     ({"attacks": "gradient-phase"}, "set split-training=true"),

@@ -93,9 +93,9 @@ def partition_indices(
             return _indices(dirichlet, table)
     except ValueError as err:
         raise ConfigError(
-            f"dirichlet partitioning with alpha={alpha} could not give each of {num_partitions} "
+            f"partitioner='dirichlet' with dirichlet-alpha={alpha} could not give each of {num_partitions} "
             f"clients at least {min_size} of {len(labels)} samples in ten draws ({err}); raise "
-            f"alpha, use fewer partitions or lower min_partition_size"
+            f"dirichlet-alpha, use fewer clients (num-supernodes), partitioner='iid', or a smaller aux-samples"
         ) from err
 
 

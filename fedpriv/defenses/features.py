@@ -25,8 +25,14 @@ import torch
 from fedpriv.defenses.base import Defense, register_defense
 from fedpriv.errors import ConfigError
 from fedpriv.rotation.networks import PlainCodec
+from fedpriv.spec_numbers import spec_float, spec_int
 
 COMPLEX_FORM = "complex[:k=8,swap=false,dtheta=2pi,gp=10,n-critic=5,adv=1,b-grad=true] (k >= 2)"
+COMPLEX_OPTIONS = ("k", "swap", "dtheta", "gp", "n-critic", "adv", "b-grad")
+# (type, low, high) of the numeric options: k - 1 fake angles per real one, critic steps per task step, weights
+COMPLEX_RANGES: dict[str, tuple[type, float, float]] = {"k": (int, 2, 64), "n-critic": (int, 1, 100),
+                                                        "gp": (float, 0.0, 1000.0), "adv": (float, 0.0, 1000.0)}
+NOISE_MAX = 100.0  # GAMMA: noise std in units of the features' std
 BOOLEANS = {"true": True, "false": False}
 
 
@@ -165,34 +171,31 @@ def parse_rotation(argument: str) -> RotationSettings:
     Raises
     ------
     ConfigError
-        For an unknown option, a malformed value, k < 2, n-critic < 1, negative weights.
+        For an unknown or repeated option, or a value that is malformed, not finite or out of
+        range (``COMPLEX_RANGES``).
     """
+    where = f"defense 'complex:{argument}'"
     values: dict[str, object] = {}
     for item in filter(None, (part.strip() for part in argument.split(","))):
-        key, sep, value = item.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            if key == "k":
-                values["k"] = int(value)
-            elif key == "n-critic":
-                values["n_critic"] = int(value)
-            elif key in ("gp", "adv"):
-                values[key] = float(value)
-            elif key == "dtheta":
-                values["dtheta"] = {"2pi": 2 * math.pi, "pi": math.pi}[value]
-            elif key in ("swap", "b-grad"):
-                values[key.replace("-", "_")] = BOOLEANS[value]
-            else:
-                raise ConfigError(f"defense 'complex:{argument}': unknown option {key!r}; valid form: {COMPLEX_FORM}")
-        except (ValueError, KeyError):
-            raise ConfigError(f"defense 'complex:{argument}': bad value in {item!r}; valid form: {COMPLEX_FORM}") from None
-    settings = RotationSettings(**values)  # type: ignore[arg-type]
-    if settings.k < 2:
-        raise ConfigError(f"defense 'complex:{argument}': k must be >= 2 (one real and k-1 fake angles), got {settings.k}")
-    if settings.n_critic < 1 or settings.gp < 0 or settings.adv < 0:
-        raise ConfigError(f"defense 'complex:{argument}': n-critic must be >= 1 and gp, adv >= 0")
-    return settings
+        key, sep, value = (s.strip() for s in item.partition("="))
+        name = key.replace("-", "_")
+        if key not in COMPLEX_OPTIONS:
+            raise ConfigError(f"{where}: unknown option {key!r}; valid options: {', '.join(COMPLEX_OPTIONS)}")
+        if name in values:
+            raise ConfigError(f"{where}: option {key!r} is given twice; give each option once")
+        if key in COMPLEX_RANGES:
+            kind, low, high = COMPLEX_RANGES[key]
+            values[name] = spec_int(where, key, value, int(low), int(high)) if kind is int else \
+                spec_float(where, key, value, low, high)
+        elif key == "dtheta":
+            if value not in ("2pi", "pi"):
+                raise ConfigError(f"{where}: dtheta={value!r}; valid: 2pi, pi")
+            values[name] = {"2pi": 2 * math.pi, "pi": math.pi}[value]
+        else:
+            if value not in BOOLEANS:
+                raise ConfigError(f"{where}: {key}={value!r}; valid: true, false")
+            values[name] = BOOLEANS[value]
+    return RotationSettings(**values)  # type: ignore[arg-type]
 
 
 @register_defense("complex", COMPLEX_FORM)
@@ -207,12 +210,6 @@ def _plain(argument: str) -> Defense:
     return PlainFeatures()
 
 
-@register_defense("noise", "noise:GAMMA (split networks: a + GAMMA * std(a) * N(0, I), GAMMA >= 0)")
+@register_defense("noise", "noise:GAMMA (split networks: a + GAMMA * std(a) * N(0, I), 0 <= GAMMA <= 100)")
 def _noise(argument: str) -> Defense:
-    try:
-        gamma = float(argument)
-    except ValueError:
-        gamma = -1.0
-    if not gamma >= 0:
-        raise ConfigError(f"defense 'noise:{argument}': GAMMA must be a number >= 0 (e.g. noise:0.5)")
-    return NoisyFeatures(gamma)
+    return NoisyFeatures(spec_float(f"defense 'noise:{argument}'", "GAMMA", argument, 0.0, NOISE_MAX))

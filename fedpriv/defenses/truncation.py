@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from fedpriv.defenses.base import Defense, register_defense
-from fedpriv.errors import ConfigError
+from fedpriv.spec_numbers import spec_int
 
 FORM = "truncate:M (keep the top M >= 1 entries of each released prediction vector, zero the rest)"
+MAX_TOP = 100_000  # above any data set's classes; the run config checks M against its data set's
 
 
 class Truncation:
@@ -42,10 +43,4 @@ class Truncation:
 
 @register_defense("truncate", FORM)
 def _truncate(argument: str) -> Defense:
-    try:
-        top = int(argument)
-    except ValueError:
-        top = 0
-    if top < 1:
-        raise ConfigError(f"defense 'truncate:{argument}': M must be an integer >= 1; valid form: {FORM}")
-    return Truncation(top)
+    return Truncation(spec_int(f"defense 'truncate:{argument}'", "M", argument, 1, MAX_TOP))

@@ -9,6 +9,7 @@ from pathlib import Path
 from fedpriv.errors import ConfigError
 from fedpriv.reports.figures import frontier, psnr_per_round
 from fedpriv.reports.gallery import write_gallery
+from fedpriv.reports.markdown import markdown_text
 from fedpriv.reports.runs import Run, Sample, load_runs, select_round
 from fedpriv.reports.sources import SOURCES_PATH, load_sources
 from fedpriv.reports.tables import comparison_markdown, comparison_rows, compare, summary_markdown, summary_rows
@@ -23,9 +24,13 @@ def _runs_table(runs: list[Run]) -> str:
     for run in runs:
         rc = run.run_config
         defenses = ", ".join(sorted(set(run.client_defenses().values())))
-        lines.append(f"| {run.name} | {run.dataset} | {rc.get('model')} | {rc.get('protocol')} "
-                     f"| {rc.get('dp', 'none')} "
-                     f"| {rc.get('num-server-rounds')} | {defenses} | {rc.get('attacks')} | {run.path} |")
+        rounds = f"{run.finished_rounds} of {run.configured_rounds} (incomplete)" if run.incomplete \
+            else str(run.finished_rounds)
+        if run.diverged_after is not None:
+            rounds += f" (diverged after round {run.diverged_after}: later values left out)"
+        cells = [run.name, run.dataset, rc.get("model"), rc.get("protocol"), rc.get("dp", "none"), rounds, defenses,
+                 rc.get("attacks"), run.path]
+        lines.append("| " + " | ".join(markdown_text(cell) for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -43,7 +48,14 @@ def build_report(runs: list[Run], out: Path, which_round: str, metric: str, sour
              "`last` = the latest round in which it was measured; accuracy: the final round). n counts (round, "
              "client) cells for attack metrics (each the mean over its n_images) and runs for accuracy. 95% CI: "
              "Student t on the mean. Values of different data sets or models are never averaged together: each "
-             "setting is its own line.", "", "## Runs", "", _runs_table(runs), "## Beside the sources", ""]
+             "setting is its own line.", "", "## Runs", "", _runs_table(runs)]
+    if left_out := [line for run in runs for line in run.left_out]:
+        parts += [f"Damaged lines left out (--skip-damaged): {len(left_out)}: "
+                  + "; ".join(map(markdown_text, left_out)) + ".", ""]
+    if incomplete := [run.name for run in runs if run.incomplete]:
+        parts += [f"Unfinished runs (--allow-incomplete): {', '.join(map(markdown_text, incomplete))}; their last values are of the "
+                  "last finished round, not final.", ""]
+    parts += ["## Beside the sources", ""]
     compared, comparison_csv, unmatched = 0, [], []
     for table in tables:
         measured = compare(table, chosen, by_name)
@@ -76,9 +88,8 @@ def build_report(runs: list[Run], out: Path, which_round: str, metric: str, sour
             frontier_rows += [{"dataset": dataset, **p} for p in points]
             parts += [f"![privacy-utility frontier, {dataset}]({name})", "",
                       "| defense | attack | run | accuracy (%) | round | " + metric + " |", "|---|---|---|---|---|---|"]
-            parts += [f"| {p['defense']} | {p['attack']} | {p['run']} | {float(p['accuracy_pct']):.2f} "
-                      f"| {p['round']} | "
-                      f"{float(p[metric]):.2f} |" for p in points]
+            parts += [f"| {markdown_text(p['defense'])} | {markdown_text(p['attack'])} | {markdown_text(p['run'])} "
+                      f"| {float(p['accuracy_pct']):.2f} | {p['round']} | {float(p[metric]):.2f} |" for p in points]
             parts.append("")
     if not figures:
         parts += ["No run has image metrics or uniform-defense accuracy to plot.", ""]
@@ -100,9 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round", default="last", help="'last' (default), 'all' or a round number")
     parser.add_argument("--metric", default="psnr", choices=PLOT_METRICS, help="PSNR of the plots and frontier")
     parser.add_argument("--sources", type=Path, default=SOURCES_PATH, help="the sources' values (TOML)")
+    parser.add_argument("--skip-damaged", action="store_true",
+                        help="leave damaged lines of metrics.jsonl/rounds.jsonl out (listed in the report) "
+                             "instead of refusing the run")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="report runs that finished fewer rounds than num-server-rounds (marked incomplete)")
     args = parser.parse_args(argv)
     try:
-        runs = load_runs(args.runs)
+        runs = load_runs(args.runs, args.skip_damaged, args.allow_incomplete)
         out = args.out.expanduser().resolve()
         if any(out == run.path for run in runs):
             raise ConfigError(f"--out {out} is one of the run folders; choose another folder")

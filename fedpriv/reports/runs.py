@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fedpriv.errors import ConfigError
-from fedpriv.results import read_jsonl
+from fedpriv.results import read_jsonl_checked
 
 # Per-(round, client, attack) fields of metrics.jsonl that reports aggregate.
 # ``beats_baseline`` (a bool in the row) becomes 1.0 or 0.0: its mean is the share of cells that beat it.
@@ -97,6 +97,7 @@ class Run:
     metrics: list[dict[str, Any]]
     rounds: list[dict[str, Any]]
     samples: list[Sample] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # damaged lines skipped on request, as "file line n"
 
     @property
     def name(self) -> str:
@@ -112,6 +113,27 @@ class Run:
     def dataset(self) -> str:
         """The run's data set."""
         return str(self.run_config.get("dataset", "?"))
+
+    @property
+    def finished_rounds(self) -> int:
+        """The last round ``rounds.jsonl`` records (0: none finished)."""
+        return max((int(r["round"]) for r in self.rounds if isinstance(r.get("round"), int)), default=0)
+
+    @property
+    def configured_rounds(self) -> int:
+        """``num-server-rounds`` of the run's config (0 if absent)."""
+        value = self.run_config.get("num-server-rounds", 0)
+        return value if isinstance(value, int) else 0
+
+    @property
+    def incomplete(self) -> bool:
+        """Whether fewer rounds finished than were configured (killed, or still running)."""
+        return self.finished_rounds < self.configured_rounds
+
+    @property
+    def diverged_after(self) -> int | None:
+        """The first round whose global model's test loss is recorded as not finite, else None."""
+        return min((int(r["round"]) for r in self.rounds if _diverged(r)), default=None)
 
     def client_defenses(self) -> dict[int, str]:
         """Each client's canonical defense spec."""
@@ -129,14 +151,25 @@ class Run:
         return defenses.pop() if len(defenses) == 1 else "mixed"
 
 
-def load_run(path: Path) -> Run:
+def load_run(path: Path, skip_damaged: bool = False, allow_incomplete: bool = False) -> Run:
     """Read one run folder.
+
+    Parameters
+    ----------
+    path
+        The run folder.
+    skip_damaged
+        Leave damaged lines of ``metrics.jsonl`` / ``rounds.jsonl`` out (listed in ``left_out``)
+        instead of refusing the folder.
+    allow_incomplete
+        Accept a run that finished fewer rounds than ``num-server-rounds``.
 
     Raises
     ------
     ConfigError
         Naming the folder when it is not a fedpriv run folder (no readable ``config.json`` with a
-        run config, or no ``rounds.jsonl``).
+        run config, or no ``rounds.jsonl``), naming the file and line of a damaged line, or the
+        rounds finished of an unfinished run.
     """
     path = path.expanduser().resolve()
     if not path.is_dir():
@@ -150,16 +183,27 @@ def load_run(path: Path) -> Run:
         raise ConfigError(f"{path} is not a fedpriv run folder: config.json has no 'run-config'")
     if not (path / "rounds.jsonl").exists():
         raise ConfigError(f"{path} is not a fedpriv run folder (or no round finished): rounds.jsonl is missing")
-    run = Run(path, config, read_jsonl(path / "metrics.jsonl"), read_jsonl(path / "rounds.jsonl"))
+    (metrics, bad_metrics), (rounds, bad_rounds) = (read_jsonl_checked(path / n) for n in ("metrics.jsonl", "rounds.jsonl"))
+    left_out = [f"{path / name} line {n}" for name, bad in (("metrics.jsonl", bad_metrics), ("rounds.jsonl", bad_rounds))
+                for n in bad]
+    if left_out and not skip_damaged:
+        more = f" (and {len(left_out) - 1} more)" if len(left_out) > 1 else ""
+        raise ConfigError(f"{left_out[0]} is damaged (not a JSON object){more}; repair or delete it, or pass "
+                          "--skip-damaged to leave damaged lines out (the report then lists them)")
+    run = Run(path, config, metrics, rounds, left_out=left_out)
+    if run.incomplete and not allow_incomplete:
+        raise ConfigError(f"{path} finished {run.finished_rounds} of {run.configured_rounds} rounds (num-server-rounds); "
+                          "its last values are not final: resume it, or pass --allow-incomplete to report the "
+                          "finished rounds (marked incomplete)")
     run.samples = _samples(run)
     return run
 
 
-def load_runs(paths: list[Path]) -> list[Run]:
-    """Read every folder (all are checked before any is used); a folder given twice is an error."""
+def load_runs(paths: list[Path], skip_damaged: bool = False, allow_incomplete: bool = False) -> list[Run]:
+    """Read every folder (all are checked before any is used, as :func:`load_run`); a folder given twice is an error."""
     if not paths:
         raise ConfigError("no run folder given; usage: fedpriv report RUN_DIR [RUN_DIR ...]")
-    runs = [load_run(p) for p in paths]
+    runs = [load_run(p, skip_damaged, allow_incomplete) for p in paths]
     seen: dict[Path, int] = {}
     for run in runs:
         seen[run.path] = seen.get(run.path, 0) + 1
@@ -179,15 +223,21 @@ def _verdict_number(value: Any) -> float | None:
     return float(value) if isinstance(value, bool) else None
 
 
+def _diverged(row: dict[str, Any]) -> bool:
+    """Whether a ``rounds.jsonl`` row records a test loss that is not finite (written as "nan", "inf")."""
+    return "loss" in row and _number(row["loss"]) is None
+
+
 def _samples(run: Run) -> list[Sample]:
     rc = run.run_config
     common = {"run": run.name, "dataset": run.dataset, "model": str(rc.get("model", "?")),
               "protocol": str(rc.get("protocol", "?")), "dp": str(rc.get("dp", "none")),
               "aux_type": str(rc.get("aux-type", "same"))}
     run_defense = run.run_defense()
+    diverged = run.diverged_after
     samples = []
-    for row in run.metrics:
-        if row.get("status") != "ok":
+    for row in run.metrics:  # a round after a divergence attacks a diverged model: no result
+        if row.get("status") != "ok" or (diverged is not None and int(row["round"]) > diverged):
             continue
         defense = canonical_defense(str(row.get("defense", "none")))
         for metric in ATTACK_METRICS:
@@ -197,6 +247,8 @@ def _samples(run: Run) -> list[Sample]:
                                       partition=int(row["partition_id"]), round=int(row["round"]), metric=metric,
                                       value=value))
     for row in run.rounds:
+        if diverged is not None and int(row["round"]) >= diverged:  # no result (the report says so)
+            continue
         accuracy = _number(row.get("accuracy"))
         values = {"accuracy_plain": _number(row.get("accuracy_plain"))}
         if accuracy is not None:

@@ -62,7 +62,7 @@ def deviations(table: SourceTable, column: Column, dataset: str, model: str, run
     if column.metric in ATTACK_METRICS and "images" in settings and n != settings["images"]:
         notes.append(f"n={n} reconstructions (source: {settings['images']} images)")
     if "training" in settings:
-        rounds = sorted({int(r.run_config.get("num-server-rounds", 0)) for r in runs})
+        rounds = sorted({r.finished_rounds for r in runs})
         notes.append(f"{','.join(map(str, rounds))} federated rounds (source: {settings['training']})")
     sourced = [f"{key} {settings[key]}" for key in ("inverter-epochs", "inverter-width", "decoder") if key in settings]
     if sourced:
