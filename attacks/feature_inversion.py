@@ -95,7 +95,8 @@ ANGLE_DEFAULTS: dict[str, float] = {"critic-epochs": 5, "angles": 360}
 OPTION_RANGES: dict[str, tuple[float, float]] = {"epochs": (1, 10_000), "width": (1, 4096), "convs": (1, 64),
                                                  "batch": (1, 100_000), "adam-lr": (0.0, 1.0),
                                                  "val-fraction": (0.0, 0.9), "critic-epochs": (1, 10_000),
-                                                 "angles": (1, 100_000)}
+                                                 "angles": (1, 100_000), "k": (1, 100_000),
+                                                 "classifier-epochs": (1, 10_000)}
 
 
 class FeatureAttack(Attack):

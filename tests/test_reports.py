@@ -207,3 +207,24 @@ def test_run_names_are_inert_in_the_markdown_and_the_csv_files(tmp_path: Path) -
         assert not any(cell.startswith(("=", "+", "@")) for cell in cells), name
         assert any(formula in cell for cell in cells), name
     assert "-" in [row["attack"] for row in csv.DictReader((out / "summary.csv").open())]  # a placeholder, kept
+
+
+def test_the_report_shows_each_psnr_cells_baseline_and_marks_failed_attacks(tmp_path: Path) -> None:
+    folder = _write_run(tmp_path, "verdicts", "cifar100", {0: "none", 1: "ats:3-1-7"},
+                        {(1, 0): 20.0, (2, 0): 21.0, (1, 1): 9.0, (2, 1): 10.0}, [0.1, 0.2, 0.3])
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:  # the undefended client beats its 12 dB baseline, the defended one does not
+        row |= {"psnr_grey": 12.0, "psnr_baseline": 12.0, "beats_baseline": row["psnr"] >= 13.0}
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "report"
+    assert cli_main(["report", str(folder), "--round", "all", "--out", str(out)]) == 0
+    with (out / "summary.csv").open() as handle:
+        psnr = {r["defense"]: r for r in csv.DictReader(handle) if r["metric"] == "psnr"}
+    assert psnr["none"]["beat_baseline"] == "2/2" and float(psnr["none"]["baseline"]) == pytest.approx(12.0)
+    assert psnr["ats:3-1-7"]["beat_baseline"] == "0/2"
+    report = (out / "report.md").read_text()
+    assert "**0/2: attack failed, says nothing about the defense**" in report
+    compared = [r for r in _comparison(out) if r["table"] == "seed002-table1-cifar100"
+                and r["column"] == "PSNR paper (dB)" and r["mean"]]
+    assert {r["row"]: r["beat_baseline"] for r in compared} == {"None": "2/2", "3-1-7": "0/2"}
+    assert "(n=2), beat the baseline vs x: 2/2" in report

@@ -37,14 +37,19 @@ def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> None:
 def psnr_per_round(samples: list[Sample], metric: str, path: Path, title: str) -> bool:
     """Plot mean ``metric`` per round, one line per (model, defense [+ DP], attack); error bars: std over cells.
 
+    A dotted line of the same colour is that line's mean baseline (``psnr_baseline``) where the rows have one.
+
     Returns False (and writes nothing) when no sample has the metric.
     """
     from matplotlib.ticker import MaxNLocator
 
     lines: dict[tuple[str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    baselines: dict[tuple[str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for s in samples:
         if s.metric == metric:
             lines[(s.model, s.label, s.attack)][s.round].append(s.value)
+        elif s.metric == "psnr_baseline":
+            baselines[(s.model, s.label, s.attack)][s.round].append(s.value)
     if not lines:
         return False
     plt = _pyplot()
@@ -54,11 +59,14 @@ def psnr_per_round(samples: list[Sample], metric: str, path: Path, title: str) -
         rounds = sorted(by_round)
         means = [statistics.fmean(by_round[r]) for r in rounds]
         stds = [statistics.stdev(by_round[r]) if len(by_round[r]) > 1 else 0.0 for r in rounds]
-        ax.errorbar(rounds, means, yerr=stds, fmt="o", linestyle=("-", "--", ":", "-.")[n // 10 % 4], markersize=3,
+        ax.errorbar(rounds, means, yerr=stds, fmt="o", linestyle=("-", "--", "-.")[n // 10 % 3], markersize=3,
                     capsize=2, color=colours(n % 10), label=f"{model}: {label} / {attack}")
+        if floor := baselines.get((model, label, attack)):
+            ax.plot(sorted(floor), [statistics.fmean(floor[r]) for r in sorted(floor)], ":", linewidth=2.5,
+                    color=colours(n % 10), alpha=0.6)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _finish(fig, ax, "round (the attacked gradient is taken at the model broadcast in that round)",
-            f"mean {metric} over attacked clients and runs (dB)", title, path)
+            f"mean {metric} over attacked clients and runs (dB); dotted: baseline", title, path)
     return True
 
 

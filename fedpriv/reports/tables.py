@@ -29,6 +29,7 @@ class Measured:
     summary: Summary
     runs: tuple[str, ...]
     deviations: tuple[str, ...]
+    beat_baseline: tuple[int, int] | None = None  # PSNR cells: (cells whose PSNR vs x beat its baseline, cells)
 
 
 def _geometry(sample: Sample) -> str:
@@ -71,11 +72,16 @@ def deviations(table: SourceTable, column: Column, dataset: str, model: str, run
     return notes
 
 
+def _cell_key(sample: Sample) -> tuple[str, int, int, str]:
+    return sample.run, sample.partition, sample.round, sample.attack
+
+
 def compare(table: SourceTable, samples: list[Sample], runs: dict[str, Run]) -> dict[tuple[str, str], list[Measured]]:
     """Measured values per (row label, column id), one entry per setting (data set, model, DP mode, ATS
     geometry); never averaged across settings."""
     result: dict[tuple[str, str], list[Measured]] = {}
     eligible = [s for s in samples if not table.datasets or s.dataset in table.datasets]
+    verdicts = {_cell_key(s): s.value for s in eligible if s.metric == "beats_baseline"}
     for row in table.rows:
         in_row = [s for s in eligible if row.match.accepts(s)]
         for column in table.columns:
@@ -92,7 +98,9 @@ def compare(table: SourceTable, samples: list[Sample], runs: dict[str, Run]) -> 
                 notes = deviations(table, column, dataset, model, [runs[r] for r in group_runs], group)
                 if dp != "none":
                     notes.append(f"dp={dp}")
-                entries.append(Measured(dataset, model, dp, geometry, summary, tuple(group_runs), tuple(notes)))
+                found = [verdicts[key] for key in map(_cell_key, group) if key in verdicts]
+                beat = (round(sum(found)), len(found)) if column.metric in ("psnr", "psnr_defended") and found else None
+                entries.append(Measured(dataset, model, dp, geometry, summary, tuple(group_runs), tuple(notes), beat))
             result[(row.label, column.id)] = entries
     return result
 
@@ -110,6 +118,14 @@ def _quantity_label(column: Column) -> str:
     filters = ", ".join(value if key in ("attack", "defense", "model") else f"{key}={value}"
                         for key, value in column.where.fields)
     return f"ours: {column.metric}" + (f" ({filters})" if filters else "")
+
+
+def _beat_note(entry: Measured) -> str:
+    """How many PSNR cells beat their baseline; in bold when fewer than half did."""
+    if entry.beat_baseline is None:
+        return ""
+    text = _beat_text({"beat_baseline": f"{entry.beat_baseline[0]}/{entry.beat_baseline[1]}"})
+    return f", beat the baseline vs x: {text}"
 
 
 def comparison_markdown(table: SourceTable, measured: dict[tuple[str, str], list[Measured]]) -> str:
@@ -142,7 +158,7 @@ def comparison_markdown(table: SourceTable, measured: dict[tuple[str, str], list
                     continue
                 digits = digits_for(quantity.metric)
                 interval = "" if entry.summary.n < 2 else f" {entry.summary.ci_text(digits)}"
-                cells.append(f"{entry.summary.text(digits)}{interval} (n={entry.summary.n})")
+                cells.append(f"{entry.summary.text(digits)}{interval} (n={entry.summary.n}){_beat_note(entry)}")
             notes = list(dict.fromkeys(note for e in entries.values() for note in e.deviations))
             cells.append("; ".join(notes) or "none")
             lines.append("| " + " | ".join(cells) + " |")
@@ -163,12 +179,13 @@ def comparison_rows(table: SourceTable, measured: dict[tuple[str, str], list[Mea
             if not entries:
                 rows.append({**base, "dataset": "", "model": "", "dp": "", "geometry": "", "mean": "", "std": "",
                              "ci_low": "",
-                             "ci_high": "", "n": 0, "runs": "", "deviations": ""})
+                             "ci_high": "", "n": 0, "runs": "", "deviations": "", "beat_baseline": ""})
             for e in entries:
                 rows.append({**base, "dataset": e.dataset, "model": e.model, "dp": e.dp, "geometry": e.geometry,
                              "mean": e.summary.mean,
                              "std": e.summary.std, "ci_low": e.summary.ci_low, "ci_high": e.summary.ci_high,
-                             "n": e.summary.n, "runs": " ".join(e.runs), "deviations": "; ".join(e.deviations)})
+                             "n": e.summary.n, "runs": " ".join(e.runs), "deviations": "; ".join(e.deviations),
+                             "beat_baseline": "/".join(map(str, e.beat_baseline)) if e.beat_baseline else ""})
     return rows
 
 
