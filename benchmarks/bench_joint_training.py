@@ -14,7 +14,10 @@ data"); the victims are the test set. Per setting and seed it prints:
   the black-box G trained on F's members, of a black-box G trained on as many non-members (the
   other half of the training set: the paper's "generic auxiliary set" column with the same
   distribution), and of the jointly trained G; the ratio black-box / joint (the paper: 16x on
-  MNIST, 0.3120 -> 0.0197, in a unit it does not state); the grey image's MSE as the floor.
+  MNIST, 0.3120 -> 0.0197, in a unit it does not state); the grey image's MSE as the floor;
+- a what-if column: the black-box attack on the honest F with its logits multiplied by
+  ``--sharpen`` (same ranking, far more confident: entries underflow to 0 in float32 as they
+  would for a classifier trained much longer than this CPU allows).
 
 Usage: ``python benchmarks/bench_joint_training.py --epochs 20,100 --seeds 0,1,2``.
 """
@@ -38,7 +41,6 @@ from fedpriv.models import build_model, load_wire_state, wire_state
 from fedpriv.server_pretraining import pretrain_on_aux
 from fedpriv.training import evaluate, to_pixels
 
-DATASET = "embedded-digits"
 SOURCE = {"accuracy honest": 99.4, "accuracy joint": 99.2, "black-box": 0.3120, "joint": 0.0197, "ratio": 0.3120 / 0.0197}
 
 
@@ -54,6 +56,17 @@ def confidence(vectors: torch.Tensor) -> tuple[float, float]:
     return float(vectors.max(1).values.mean()), float((vectors == 0).any(1).float().mean())
 
 
+class Sharpened(torch.nn.Module):
+    """A classifier whose logits are multiplied by ``factor``: the same ranking, more confident vectors."""
+
+    def __init__(self, classifier: torch.nn.Module, factor: float) -> None:
+        super().__init__()
+        self.classifier, self.factor = classifier, factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.factor * self.classifier(x)
+
+
 def black_box_mse(config: RunConfig, classifier: torch.nn.Module, aux: AuxiliaryData, victims: torch.Tensor,
                   spec, seed: int) -> list[float]:
     """Per-victim MSE of the prediction-inversion attack trained on ``aux`` against ``classifier``."""
@@ -64,10 +77,11 @@ def black_box_mse(config: RunConfig, classifier: torch.nn.Module, aux: Auxiliary
     return mse_per_image(result.images, victims).tolist()
 
 
-def run(epochs: int, seed: int, inverter_epochs: int, width: int, model: str) -> dict[str, object]:
-    """One setting: honest and joint F, three inverters, every number of the table's row."""
-    spec = dataset_spec(DATASET)
-    train, test = load_split(DATASET, "~/.cache/fedpriv/data", "train"), load_split(DATASET, "~/.cache/fedpriv/data", "test")
+def run(dataset: str, data_dir: str, epochs: int, seed: int, inverter_epochs: int, width: int, model: str,
+        sharpen: float) -> dict[str, object]:
+    """One setting: honest and joint F, four inverters, every number of the table's row."""
+    spec = dataset_spec(dataset)
+    train, test = load_split(dataset, data_dir, "train"), load_split(dataset, data_dir, "test")
     order = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(seed))
     members, others = order[: len(order) // 2], order[len(order) // 2:]
     aux = AuxiliaryData(train.images[members], train.labels[members])
@@ -77,7 +91,7 @@ def run(epochs: int, seed: int, inverter_epochs: int, width: int, model: str) ->
     row: dict[str, object] = {"epochs": epochs, "seed": seed}
     for joint in (False, True):
         config = RunConfig.from_run_config({
-            "dataset": DATASET, "model": model, "seed": seed, "server-pretrain-epochs": epochs, "aux-samples": len(members),
+            "dataset": dataset, "model": model, "seed": seed, "server-pretrain-epochs": epochs, "aux-samples": len(members),
             "joint-training": joint, "protocol": "predictions", "attacks": "prediction-inversion", "attack-options": options,
         })
         torch.manual_seed(seed)
@@ -98,6 +112,9 @@ def run(epochs: int, seed: int, inverter_epochs: int, width: int, model: str) ->
         else:
             row["black-box"] = black_box_mse(config, classifier, aux, victims, spec, seed)
             row["black-box, non-member aux"] = black_box_mse(config, classifier, non_members, victims, spec, seed)
+            sharpened = Sharpened(classifier, sharpen)
+            row["members sharpened"] = confidence(predict(sharpened, to_pixels(aux.images), spec))
+            row["black-box, sharpened"] = black_box_mse(config, sharpened, aux, victims, spec, seed)
     row["grey"] = mse_per_image(torch.full_like(victims, 0.5), victims).tolist()
     return row
 
@@ -105,27 +122,34 @@ def run(epochs: int, seed: int, inverter_epochs: int, width: int, model: str) ->
 def main() -> None:
     """Run every (epochs, seed) setting and print one Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="embedded-digits", help="embedded-digits (no download) or mnist")
+    parser.add_argument("--data-dir", default="~/.cache/fedpriv/data")
     parser.add_argument("--epochs", default="20,100", help="classifier (pre-)training epochs, comma-separated")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--inverter-epochs", type=int, default=50, help="black-box inverter epochs (reference: 100)")
     parser.add_argument("--width", type=int, default=32, help="inverter width (reference: 128)")
     parser.add_argument("--model", default="yang-mnist-small", help="classifier (reference: yang-mnist)")
+    parser.add_argument("--sharpen", type=float, default=10.0,
+                        help="logit factor of the what-if column: the honest F made this much more confident")
     args = parser.parse_args()
     print(f"| F epochs | seed | acc. honest / joint (%) | members: top p, share with a 0 entry (honest / joint) | "
           f"victims: same | MSE black-box | MSE black-box, non-member aux | MSE joint | ratio black-box / joint | "
-          f"MSE grey | F training s (honest / joint) |\n|" + "---|" * 11, flush=True)
+          f"MSE grey | F training s (honest / joint) | what-if: logits x {args.sharpen:g}: members' share with a 0 "
+          f"entry, MSE black-box |\n|" + "---|" * 12, flush=True)
     print(f"| source (MNIST) | - | {SOURCE['accuracy honest']} / {SOURCE['accuracy joint']} | - | - | "
-          f"{SOURCE['black-box']} | - | {SOURCE['joint']} | {SOURCE['ratio']:.1f}x | - | - |", flush=True)
+          f"{SOURCE['black-box']} | - | {SOURCE['joint']} | {SOURCE['ratio']:.1f}x | - | - | - |", flush=True)
     for epochs in map(int, args.epochs.split(",")):
         for seed in map(int, args.seeds.split(",")):
-            r = run(epochs, seed, args.inverter_epochs, args.width, args.model)
+            r = run(args.dataset, args.data_dir, epochs, seed, args.inverter_epochs, args.width, args.model,
+                    args.sharpen)
             mh, mj, vh, vj = r["members honest"], r["members joint"], r["victims honest"], r["victims joint"]
             ratio = statistics.fmean(r["black-box"]) / statistics.fmean(r["joint"])
             print(f"| {epochs} | {seed} | {r['accuracy honest']:.1f} / {r['accuracy joint']:.1f} | "
                   f"{mh[0]:.4f}, {mh[1]:.2f} / {mj[0]:.4f}, {mj[1]:.2f} | {vh[0]:.4f}, {vh[1]:.2f} / {vj[0]:.4f}, "
                   f"{vj[1]:.2f} | {interval(r['black-box'])} | {interval(r['black-box, non-member aux'])} | "
                   f"{interval(r['joint'])} | {ratio:.2f}x | {statistics.fmean(r['grey']):.4f} | "
-                  f"{r['train seconds honest']:.0f} / {r['train seconds joint']:.0f} |", flush=True)
+                  f"{r['train seconds honest']:.0f} / {r['train seconds joint']:.0f} | "
+                  f"{r['members sharpened'][1]:.2f}, {interval(r['black-box, sharpened'])} |", flush=True)
 
 
 if __name__ == "__main__":

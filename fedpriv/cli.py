@@ -31,6 +31,11 @@ def _run(app: Path, run_config: list[str], federation_config: str, home: Path, p
     except RuntimeError as error:  # the SuperLink did not start (a port in use, ...)
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the SuperLink, the simulation and Ray were stopped on the way out
+        print("\nfedpriv: interrupted; the run and its processes were stopped. Every finished round is in the run "
+              "folder printed above ('results go to ...'); continue it with the same command and --run-config "
+              "\"resume=true run-name='FOLDER NAME'\"", file=sys.stderr)
+        return 130
     print(f"\nfedpriv: run {outcome.run_id or '-'} status: {outcome.status}")
     for line in outcome.log.splitlines():
         if "results go to" in line or "finished; results in" in line:

@@ -80,11 +80,11 @@ def pretrain_on_aux(
             if inverter is not None:
                 mse = F.mse_loss(inverter(torch.softmax(logits, 1)), pixels[index])
                 loss = ce + config.joint_weight * mse
-                totals["mse"] += float(mse) * len(index)
+                totals["mse"] += float(mse.detach()) * len(index)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            totals["ce"] += float(ce) * len(index)
+            totals["ce"] += float(ce.detach()) * len(index)
             count += len(index)
         losses = {k: v / max(count, 1) for k, v in totals.items()}
     if inverter is not None:

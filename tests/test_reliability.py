@@ -169,6 +169,25 @@ def test_fedpriv_run_prints_a_bad_value_in_one_line_before_any_flower_process(
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
 
 
+def test_ctrl_c_during_a_run_is_one_line_naming_how_to_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from fedpriv import cli
+
+    class Interrupted:
+        def __init__(self, *args: object) -> None: ...
+
+        def __enter__(self) -> "Interrupted":
+            raise KeyboardInterrupt
+
+        def __exit__(self, *exc: object) -> None: ...
+
+    monkeypatch.setattr(cli, "PrivateSuperLink", Interrupted)
+    app = Path(__file__).resolve().parent.parent / "simulations" / "cifar100_ats"
+    assert cli.main(["run", str(app), "--run-config", f"dataset='embedded-photos' out-dir='{tmp_path}'"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedpriv: interrupted") and "resume=true" in err and "\n" not in err, err
+
+
 def test_client_gpus_on_a_machine_without_cuda_are_refused() -> None:
     from fedpriv.launcher import check_federation_config
 
