@@ -8,6 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from fedpriv.errors import SERVER_ERROR_PREFIX
 from fedpriv.launcher import PrivateSuperLink, check_federation_config, check_run_config_keys, run_config_string
 from fedpriv.preflight import check_run_config
 
@@ -40,6 +41,10 @@ def _run(app: Path, run_config: list[str], federation_config: str, home: Path, p
     for line in outcome.log.splitlines():
         if "results go to" in line or "finished; results in" in line:
             print(line.split("fedpriv:", 1)[-1].strip())
+    errors = [line.split(SERVER_ERROR_PREFIX, 1)[1].strip() for line in outcome.log.splitlines()
+              if SERVER_ERROR_PREFIX in line]
+    if errors and not outcome.ok:
+        print(f"error: {errors[-1]}", file=sys.stderr)
     return 0 if outcome.ok else 1
 
 

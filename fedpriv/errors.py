@@ -1,4 +1,4 @@
-"""Errors raised on bad user input, before any work starts."""
+"""Errors raised on bad user input, before any work starts, and how the ServerApp marks its one-line errors."""
 
 
 class ConfigError(ValueError):
@@ -6,3 +6,7 @@ class ConfigError(ValueError):
 
     The message names the bad value and what is valid.
     """
+
+
+SERVER_ERROR_PREFIX = "fedpriv error: "
+"""Marks the ServerApp's one-line errors in the run's log; ``fedpriv run`` repeats the last one as its error."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import platform
@@ -10,7 +11,7 @@ import re
 import tempfile
 import time
 from importlib.metadata import version
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from fedpriv.data.loading import check_available, load_split
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses import build_defense
 from fedpriv.defenses.features import FeatureDefense, feature_codec
-from fedpriv.errors import ConfigError
+from fedpriv.errors import SERVER_ERROR_PREFIX, ConfigError
 from fedpriv.models import build_model, check_model_fits, load_wire_state, wire_state
 from fedpriv.results import RunFolder, claim_folder, load_checkpoint, read_jsonl, save_checkpoint
 from fedpriv.rotation.networks import SplitNetwork
@@ -299,13 +300,25 @@ def run_server(grid: Grid, context: Context) -> None:
     """Run a whole fedpriv simulation from the ServerApp (validation first, then rounds).
 
     The run folder is claimed (:func:`claim_folder`) before any other work, and held until the
-    run ends: a second run with the same ``out-dir`` and ``run-name`` is refused.
+    run ends: a second run with the same ``out-dir`` and ``run-name`` is refused. A bad value, and
+    a full disk, are logged as one line marked ``SERVER_ERROR_PREFIX`` (saying how to resume), which
+    ``fedpriv run`` repeats as its error.
     """
-    config = RunConfig.from_run_config(dict(context.run_config))
-    check_attack_device(config.attack_device)
-    path = _folder_path(config)
-    with claim_folder(path, config.resume):
-        _run(grid, config, path)
+    try:
+        config = RunConfig.from_run_config(dict(context.run_config))
+        check_attack_device(config.attack_device)
+        path = _folder_path(config)
+        with claim_folder(path, config.resume):
+            _run(grid, config, path)
+    except ConfigError as error:
+        log(ERROR, "%s%s", SERVER_ERROR_PREFIX, error)
+        raise
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            log(ERROR, "%sno space left on the device while writing %s; every finished round is in the run folder: "
+                "free space, then run again with resume=true and the same run-name to continue",
+                SERVER_ERROR_PREFIX, error.filename or "the run folder")
+        raise
 
 
 def _run(grid: Grid, config: RunConfig, path: Path) -> None:

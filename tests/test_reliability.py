@@ -188,6 +188,56 @@ def test_ctrl_c_during_a_run_is_one_line_naming_how_to_resume(
     assert err.startswith("fedpriv: interrupted") and "resume=true" in err and "\n" not in err, err
 
 
+def test_a_full_disk_is_one_line_naming_the_file_and_how_to_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The ServerApp marks it; ``fedpriv run`` repeats it as its error (the run's log is streamed above it)."""
+    import errno
+    import logging
+
+    from flwr.app import Context, RecordDict
+
+    from fedpriv import cli
+    from fedpriv.launcher import RunOutcome
+    from fedpriv.strategies import server
+
+    def full_disk(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "metrics.jsonl"))
+
+    monkeypatch.setattr(server, "_run", full_disk)
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    flower = logging.getLogger("flwr")
+    flower.addHandler(handler)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                      run_config={"dataset": "embedded-photos", "out-dir": str(tmp_path), "run-name": "run"})
+    try:
+        with pytest.raises(OSError):
+            server.run_server(None, context)  # type: ignore[arg-type]
+    finally:
+        flower.removeHandler(handler)
+    (line,) = [r for r in records if r.startswith("fedpriv error: ")]
+    assert "no space left on the device while writing " + str(tmp_path / "run" / "metrics.jsonl") in line
+    assert "resume=true" in line
+
+    class Failed:
+        def __init__(self, *args: object) -> None: ...
+
+        def __enter__(self) -> "Failed":
+            return self
+
+        def __exit__(self, *exc: object) -> None: ...
+
+        def run(self, *args: object) -> RunOutcome:
+            return RunOutcome("7", "finished:failed", f"INFO: fedpriv: results go to x\nERROR: {line}\nTraceback ...\n")
+
+    monkeypatch.setattr(cli, "PrivateSuperLink", Failed)
+    app = Path(__file__).resolve().parent.parent / "simulations" / "cifar100_ats"
+    capsys.readouterr()  # Flower's own handler printed the ServerApp's log line above
+    assert cli.main(["run", str(app), "--run-config", f"dataset='embedded-photos' out-dir='{tmp_path}'"]) == 1
+    assert capsys.readouterr().err == "error: " + line.removeprefix("fedpriv error: ") + "\n"
+
+
 def test_client_gpus_on_a_machine_without_cuda_are_refused() -> None:
     from fedpriv.launcher import check_federation_config
 
