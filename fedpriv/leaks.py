@@ -64,8 +64,8 @@ class UpdateLeak:
     batch_size, steps, lr, momentum, weight_decay
         The local SGD the protocol prescribes (``steps`` local steps in total).
     labels
-        The labels of the images the update depends on (a multiset, in no particular order)
-        when revealed, else ``None``.
+        The labels of the images the update depends on, in the client's order (which says
+        nothing of its batches), when revealed, else ``None``.
     model_mode
         ``"train"``: local training uses batch statistics.
     protocol

@@ -37,8 +37,9 @@ class LocalRound:
     loss
         The mean training loss over all steps.
     used
-        Indices of the images the steps used, in order of first use (all of them unless
-        ``steps`` x ``batch_size`` is less than the client's data: then the first of one shuffle).
+        Indices of the images the steps used, ascending: the client's own order, which says
+        nothing of its batches (all of them unless ``steps`` x ``batch_size`` is less than the
+        client's data: then the first batches of one shuffle).
     first_seen
         Those images as the model first saw them, T(x) in pixel space, in the same order.
     """
@@ -114,7 +115,7 @@ def train_local(
             remaining -= 1
             if remaining == 0:
                 break
-    order = torch.cat(used) if used else torch.zeros(0, dtype=torch.long)
+    order = torch.cat(used).sort().values if used else torch.zeros(0, dtype=torch.long)
     return LocalRound(total / max(count, 1), order, first_seen[order])
 
 
