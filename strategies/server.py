@@ -78,15 +78,25 @@ def discover_partitions(grid: Grid, timeout: float = 1800.0) -> dict[int, int]:
     return nodes
 
 
-def _check_partitions(config: RunConfig, num_partitions: int, dataset: DatasetSpec) -> AuxiliaryData | None:
+def _check_partitions(
+    config: RunConfig, num_partitions: int, dataset: DatasetSpec
+) -> tuple[AuxiliaryData | None, list[int]]:
     """Fail before training on selections of absent partitions or an impossible aux split.
 
-    Returns the server's auxiliary split (None when ``aux-samples`` is 0): samples of the
-    training set (``aux-type`` same or generic) or of the distinct data set, at the victim's shape.
+    Returns the server's auxiliary split (None when ``aux-samples`` is 0: samples of the
+    training set (``aux-type`` same or generic) or of the distinct data set, at the victim's
+    shape) and the number of samples each client trains on. Clients whose partition holds fewer
+    than ``local-samples`` train on all of it, with a warning naming them.
     """
     config.check_partitions(num_partitions)
     parts, index = partition_index(config, num_partitions)
-    _check_per_client_requests(config, [len(p) for p in parts])
+    sizes = [len(p) for p in parts]
+    _check_per_client_requests(config, sizes)
+    if short := [pid for pid, size in enumerate(sizes) if size < config.local_samples]:
+        log(WARNING, "fedpriv: local-samples=%d but partitions %s hold fewer (%s samples): they train on all they "
+            "hold (config.json records each client's samples)", config.local_samples,
+            ",".join(map(str, short[:10])) + ("..." if len(short) > 10 else ""),
+            ",".join(str(sizes[pid]) for pid in short[:10]))
     if config.aux_type == "distinct":
         other = load_split(config.distinct_dataset(), config.data_path(), "train", False, config.data_verify,
                            config.image_size, config.image_channels)
@@ -96,8 +106,8 @@ def _check_partitions(config: RunConfig, num_partitions: int, dataset: DatasetSp
     log(INFO, "fedpriv: %d clients hold %d..%d samples; auxiliary split (%s): %d samples",
         num_partitions, min(map(len, parts)), max(map(len, parts)), config.aux_type, len(aux))
     if not len(aux):
-        return None
-    return AuxiliaryData(aux.images, aux.labels, properties=aux.properties)
+        return None, sizes
+    return AuxiliaryData(aux.images, aux.labels, properties=aux.properties), sizes
 
 
 def _check_per_client_requests(config: RunConfig, sizes: list[int]) -> None:
@@ -124,7 +134,7 @@ def _check_per_client_requests(config: RunConfig, sizes: list[int]) -> None:
 
 
 def _resolved_config(config: RunConfig, nodes: dict[int, int], dataset: DatasetSpec,
-                     pretraining: dict[str, Any] | None) -> dict[str, Any]:
+                     pretraining: dict[str, Any] | None, sizes: list[int]) -> dict[str, Any]:
     return {
         "server-pretraining": pretraining,
         "run-config": config.as_run_config(),
@@ -133,7 +143,8 @@ def _resolved_config(config: RunConfig, nodes: dict[int, int], dataset: DatasetS
         "normalization-mean": list(dataset.mean),
         "normalization-std": list(dataset.std),
         "clients": {
-            str(pid): {"defense": config.defense_for(pid), "attacks": config.attacks_for(pid)} for pid in sorted(nodes)
+            str(pid): {"defense": config.defense_for(pid), "attacks": config.attacks_for(pid), "samples": sizes[pid]}
+            for pid in sorted(nodes)
         },
         "versions": {
             "python": platform.python_version(),
@@ -335,7 +346,7 @@ def _run(grid: Grid, config: RunConfig, path: Path) -> None:
     torch.manual_seed(config.seed)  # seeds the initial model
     start = initial_state(config, dataset) if resumed is None else resumed
     nodes = discover_partitions(grid)
-    aux = _check_partitions(config, len(nodes), dataset)
+    aux, sizes = _check_partitions(config, len(nodes), dataset)
     pretraining = None
     if config.server_pretrain_epochs and resumed is None:
         assert aux is not None  # the config requires aux-samples for server pretraining
@@ -356,7 +367,7 @@ def _run(grid: Grid, config: RunConfig, path: Path) -> None:
         folder.truncate_after(offset)
         folder.write_csv()
         log(INFO, "fedpriv: resuming after round %d", offset)
-    folder.write_json("config.json", _resolved_config(config, nodes, dataset, pretraining))
+    folder.write_json("config.json", _resolved_config(config, nodes, dataset, pretraining, sizes))
     test = config.load("test")
     pick = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(config.seed))
     pick = pick[test.labels[pick] < client_classes(config.aux_type, dataset.num_classes)]  # the clients' task

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import os
 import pickle
 import re
@@ -307,7 +309,23 @@ def test_a_per_client_request_the_partitions_cannot_meet_is_refused_naming_both_
                                           r"\(the smallest of 4\); valid: prediction-samples 1\.\.\1"):
         _check_partitions(config, 4, resolve_spec("embedded-digits"))
     assert _check_partitions(RunConfig.from_run_config(run | {"prediction-samples": 100}), 4,
-                             resolve_spec("embedded-digits")) is None
+                             resolve_spec("embedded-digits"))[0] is None
+
+
+def test_local_samples_above_a_partition_is_warned_and_each_clients_samples_recorded(caplog) -> None:
+    from fedpriv.data.specs import resolve_spec
+    from fedpriv.strategies.server import _check_partitions
+
+    config = RunConfig.from_run_config(PREDICTIONS | {"partitioner": "iid", "aux-samples": 0, "local-samples": 5000})
+    flower = logging.getLogger("flwr")
+    flower.addHandler(caplog.handler)
+    try:
+        _, sizes = _check_partitions(config, 4, resolve_spec("embedded-digits"))
+    finally:
+        flower.removeHandler(caplog.handler)
+    assert len(sizes) == 4 and all(0 < size < 5000 for size in sizes)
+    (warning,) = {r.getMessage() for r in caplog.records if "local-samples" in r.getMessage()}
+    assert warning.startswith("fedpriv: local-samples=5000 but partitions 0,1,2,3 hold fewer (")
 
 
 def test_an_unknown_aux_dataset_names_the_key() -> None:
