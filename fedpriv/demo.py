@@ -1,6 +1,6 @@
 """``fedpriv demo``: a trained victim, two attacked clients (one behind an ATS policy), and the verdicts.
 
-The demo shows the phenomenon the product measures, in about two minutes on two CPU cores:
+The demo shows the phenomenon the product measures, in about a minute on two CPU cores:
 
 1. it trains the victim the way ATS trains its models (:mod:`fedpriv.pretrain`: SGD, crop and
    flip) on the embedded photographs, a :class:`~fedpriv.models.ShallowCNN` to about 60 % test
