@@ -20,12 +20,11 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, R
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from fedpriv.attacks import AuxiliaryData
 from fedpriv.baselines import psnr_summary
-from fedpriv.client_task import generator_for, partition_index
+from fedpriv.client_task import generator_for
 from fedpriv.config import RunConfig
-from fedpriv.data.auxiliary import client_classes, distinct_images
-from fedpriv.data.loading import check_available, load_split
+from fedpriv.data.auxiliary import client_classes
+from fedpriv.data.loading import check_available
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses import build_defense
 from fedpriv.defenses.features import FeatureDefense, feature_codec
@@ -36,6 +35,7 @@ from fedpriv.rotation.networks import SplitNetwork
 from fedpriv.round_attacks import AttackHarness
 from fedpriv.run_page import write_index
 from fedpriv.server_pretraining import pretrain_on_aux
+from fedpriv.strategies.partition_checks import check_partitions
 from fedpriv.strategies.attacking_strategy import AttackingStrategy
 from fedpriv.strategies.inner import inner_strategy, privacy_accountant, round_event
 from fedpriv.training import evaluate
@@ -76,61 +76,6 @@ def discover_partitions(grid: Grid, timeout: float = 1800.0) -> dict[int, int]:
         if expected is None or len(nodes) < expected:
             time.sleep(0.2)
     return nodes
-
-
-def _check_partitions(
-    config: RunConfig, num_partitions: int, dataset: DatasetSpec
-) -> tuple[AuxiliaryData | None, list[int]]:
-    """Fail before training on selections of absent partitions or an impossible aux split.
-
-    Returns the server's auxiliary split (None when ``aux-samples`` is 0: samples of the
-    training set (``aux-type`` same or generic) or of the distinct data set, at the victim's
-    shape) and the number of samples each client trains on. Clients whose partition holds fewer
-    than ``local-samples`` train on all of it, with a warning naming them.
-    """
-    config.check_partitions(num_partitions)
-    parts, index = partition_index(config, num_partitions)
-    sizes = [len(p) for p in parts]
-    _check_per_client_requests(config, sizes)
-    if short := [pid for pid, size in enumerate(sizes) if size < config.local_samples]:
-        log(WARNING, "fedpriv: local-samples=%d but partitions %s hold fewer (%s samples): they train on all they "
-            "hold (config.json records each client's samples)", config.local_samples,
-            ",".join(map(str, short[:10])) + ("..." if len(short) > 10 else ""),
-            ",".join(str(sizes[pid]) for pid in short[:10]))
-    if config.aux_type == "distinct":
-        other = load_split(config.distinct_dataset(), config.data_path(), "train", False, config.data_verify,
-                           config.image_size, config.image_channels)
-        aux = distinct_images(other, config.aux_samples, config.seed, dataset.channels, dataset.size)
-    else:
-        aux = config.load("train").subset(index)
-    log(INFO, "fedpriv: %d clients hold %d..%d samples; auxiliary split (%s): %d samples",
-        num_partitions, min(map(len, parts)), max(map(len, parts)), config.aux_type, len(aux))
-    if not len(aux):
-        return None, sizes
-    return AuxiliaryData(aux.images, aux.labels, properties=aux.properties), sizes
-
-
-def _check_per_client_requests(config: RunConfig, sizes: list[int]) -> None:
-    """Fail when each client is asked for more samples than the smallest partition holds (never capped).
-
-    Parameters
-    ----------
-    config
-        The run's configuration (its protocol says which request applies).
-    sizes
-        The number of training samples of each partition, by partition id.
-
-    Raises
-    ------
-    ConfigError
-        Naming the key, its value, the smallest partition and its size.
-    """
-    key, value = {"predictions": ("prediction-samples", config.prediction_samples),
-                  "split-inference": ("feature-samples", config.feature_samples)}.get(config.protocol, ("", 0))
-    smallest = min(range(len(sizes)), key=sizes.__getitem__)
-    if value > sizes[smallest]:
-        raise ConfigError(f"{key}={value} exceeds the {sizes[smallest]} samples of partition {smallest} (the "
-                          f"smallest of {len(sizes)}); valid: {key} 1..{sizes[smallest]}, or fewer clients")
 
 
 def _resolved_config(config: RunConfig, nodes: dict[int, int], dataset: DatasetSpec,
@@ -346,7 +291,7 @@ def _run(grid: Grid, config: RunConfig, path: Path) -> None:
     torch.manual_seed(config.seed)  # seeds the initial model
     start = initial_state(config, dataset) if resumed is None else resumed
     nodes = discover_partitions(grid)
-    aux, sizes = _check_partitions(config, len(nodes), dataset)
+    aux, sizes = check_partitions(config, len(nodes), dataset)
     pretraining = None
     if config.server_pretrain_epochs and resumed is None:
         assert aux is not None  # the config requires aux-samples for server pretraining
