@@ -63,13 +63,20 @@ def verdict(row: dict[str, Any]) -> str:
     return "beats baseline" if row["beats_baseline"] else "no better than baseline"
 
 
-def psnr_summary(rows: list[dict[str, Any]]) -> str:
-    """One round's image rows in a phrase: mean PSNR, mean baseline and how many cells beat it."""
+def verdict_summary(rows: list[dict[str, Any]]) -> tuple[float, float, int, int] | None:
+    """Mean PSNR, mean baseline, cells beating it and cells, over the rows scored with a verdict (else None)."""
     scored = [r for r in rows if r.get("status") == "ok" and isinstance(r.get("beats_baseline"), bool)]
     if not scored:
+        return None
+    return (sum(r["psnr"] for r in scored) / len(scored), sum(r["psnr_baseline"] for r in scored) / len(scored),
+            sum(r["beats_baseline"] for r in scored), len(scored))
+
+
+def psnr_summary(rows: list[dict[str, Any]]) -> str:
+    """One round's image rows in a phrase: mean PSNR, mean baseline and how many cells beat it."""
+    summary = verdict_summary(rows)
+    if summary is None:
         return "mean PSNR -"
-    psnr = sum(r["psnr"] for r in scored) / len(scored)
-    baseline = sum(r["psnr_baseline"] for r in scored) / len(scored)
-    beating = sum(r["beats_baseline"] for r in scored)
+    psnr, baseline, beating, cells = summary
     return (f"mean PSNR {psnr:.2f} dB (baseline {baseline:.2f} dB), "
-            f"{beating} of {len(scored)} cells beat their baseline by {BASELINE_MARGIN_DB:g} dB")
+            f"{beating} of {cells} cells beat their baseline by {BASELINE_MARGIN_DB:g} dB")

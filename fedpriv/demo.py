@@ -22,7 +22,7 @@ import argparse
 import time
 from pathlib import Path
 
-from fedpriv.baselines import BASELINE_MARGIN_DB, verdict
+from fedpriv.baselines import BASELINE_MARGIN_DB, verdict, verdict_summary
 from fedpriv.launcher import run_config_text
 from fedpriv.results import read_jsonl
 
@@ -85,12 +85,11 @@ def table(folder: Path) -> str:
         lines.append(f"{r['partition_id']:>6}  {r['defense'].split(';')[0]:<10} {r['attack']:<20} {r['round']:>5} "
                      f"{r['psnr']:>8.2f} {r['psnr_baseline']:>8.2f}  {verdict(r)}")
     for client in sorted({r["partition_id"] for r in rows}):
-        scored = [r for r in rows if r["partition_id"] == client and r.get("status") == "ok"]
-        if scored:
-            psnr = sum(r["psnr"] for r in scored) / len(scored)
-            baseline = sum(r["psnr_baseline"] for r in scored) / len(scored)
-            lines.append(f"client {client} ({scored[0]['defense'].split(';')[0]}): mean PSNR {psnr:.2f} dB, baseline "
-                         f"{baseline:.2f} dB ({psnr - baseline:+.2f} dB) over {len(scored)} rounds")
+        own = [r for r in rows if r["partition_id"] == client]
+        if (summary := verdict_summary(own)) is not None:
+            psnr, baseline, _, cells = summary
+            lines.append(f"client {client} ({own[0]['defense'].split(';')[0]}): mean PSNR {psnr:.2f} dB, baseline "
+                         f"{baseline:.2f} dB ({psnr - baseline:+.2f} dB) over {cells} rounds")
     accuracy = ", ".join(f"{r['accuracy']:.3f}" for r in rounds)
     lines += [f"verdict: PSNR at least {BASELINE_MARGIN_DB:g} dB above the baseline (a grey image on the same "
               f"images); global accuracy per round (0 = the trained start): {accuracy}",

@@ -11,7 +11,7 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from fedpriv.baselines import BASELINE_MARGIN_DB, verdict
+from fedpriv.baselines import BASELINE_MARGIN_DB, verdict, verdict_summary
 from fedpriv.results import RunFolder, atomic_write, read_jsonl
 
 SUMMARY_KEYS = ("dataset", "model", "protocol", "num-server-rounds", "seed", "defense", "defense-overrides",
@@ -55,11 +55,11 @@ def _round_cell(rows: list[dict[str, Any]]) -> str:
         return "-"
     if "psnr" not in rows[0]:
         return f"{sum(float(r['label_accuracy']) for r in rows) / len(rows):.3f}"
-    mean = sum(float(r["psnr"]) for r in rows) / len(rows)
-    if not all("psnr_baseline" in r for r in rows):  # rows written before baselines were recorded
-        return f"{mean:.2f}"
-    baseline = sum(float(r["psnr_baseline"]) for r in rows) / len(rows)
-    return f"{mean:.2f} (baseline {baseline:.2f}; {sum(bool(r['beats_baseline']) for r in rows)}/{len(rows)} beat it)"
+    summary = verdict_summary(rows) if all("psnr_baseline" in r for r in rows) else None
+    if summary is None:  # rows written before baselines were recorded
+        return f"{sum(float(r['psnr']) for r in rows) / len(rows):.2f}"
+    psnr, baseline, beating, cells = summary
+    return f"{psnr:.2f} (baseline {baseline:.2f}; {beating}/{cells} beat it)"
 
 
 def write_index(folder: RunFolder) -> None:

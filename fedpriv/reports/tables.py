@@ -124,8 +124,7 @@ def _beat_note(entry: Measured) -> str:
     """How many PSNR cells beat their baseline; in bold when fewer than half did."""
     if entry.beat_baseline is None:
         return ""
-    text = _beat_text({"beat_baseline": f"{entry.beat_baseline[0]}/{entry.beat_baseline[1]}"})
-    return f", beat the baseline vs x: {text}"
+    return f", beat the baseline vs x: {_beat_text('/'.join(map(str, entry.beat_baseline)))}"
 
 
 def comparison_markdown(table: SourceTable, measured: dict[tuple[str, str], list[Measured]]) -> str:
@@ -215,9 +214,8 @@ def _baseline_text(row: dict[str, Any]) -> str:
     return f"{row['baseline']:.2f}" if isinstance(row.get("baseline"), float) else ""
 
 
-def _beat_text(row: dict[str, Any]) -> str:
+def _beat_text(text: str) -> str:
     """``k/n`` cells that beat their baseline, in bold with a warning when fewer than half did."""
-    text = str(row.get("beat_baseline") or "")
     if not text:
         return ""
     beating, total = map(int, text.split("/"))
@@ -239,6 +237,6 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
             digits = digits_for(r["metric"])
             lines.append("| " + " | ".join([r["model"], r["protocol"], r["dp"], r["defense"], r["attack"], r["metric"],
                                             r["rounds"], summary.text(digits), summary.ci_text(digits),
-                                            str(r["n"]), _baseline_text(r), _beat_text(r)]) + " |")
+                                            str(r["n"]), _baseline_text(r), _beat_text(r.get("beat_baseline", ""))]) + " |")
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
