@@ -47,7 +47,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from flower_app import APP, app_config, count_lines
@@ -56,10 +55,9 @@ from process_tree import TreeSampler
 from fedpriv.client_task import run_client_round
 from fedpriv.config import RunConfig
 from fedpriv.launcher import PrivateSuperLink, free_port_pair, run_config_text
-from fedpriv.models import build_model, load_wire_state, wire_state
+from fedpriv.in_process import Evaluator, fedavg, initial_state
 from fedpriv.protocols import ClientReply
 from fedpriv.results import read_jsonl
-from fedpriv.training import evaluate
 
 def round_seconds(folder: Path) -> list[float]:
     """``seconds`` of rounds 1, 2, ... from a run folder's ``rounds.jsonl``."""
@@ -80,17 +78,6 @@ class InProcess:
     cpu: list[float]
     client_seconds: float
     accuracy: float
-
-
-def fedavg(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
-    """Flower's FedAvg arithmetic (numpy, weights normalised first, accumulated in the given order; the strategy sorts replies by partition id)."""
-    total = sum(weights)
-    out: dict[str, np.ndarray] = {}
-    for state, weight in zip(states, weights, strict=True):
-        for key, value in state.items():
-            scaled = value.numpy() * (weight / total)
-            out[key] = scaled if key not in out else out[key] + scaled
-    return {k: torch.from_numpy(np.asarray(v)) for k, v in out.items()}
 
 
 def _timed_client(
@@ -133,12 +120,8 @@ def run_in_process(config: RunConfig, num_clients: int, threads: int, workers: i
     if workers:
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread)
     try:
-        dataset = config.dataset_spec()
-        torch.manual_seed(config.seed)  # as the ServerApp does before building the initial model
-        state = wire_state(build_model(config.model, dataset.num_classes, dataset.channels))
-        test = config.load("test")
-        pick = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(config.seed))
-        pick = pick[: config.eval_samples] if config.eval_samples else pick
+        evaluator = Evaluator(config)
+        state = initial_state(config)
         seconds: list[float] = []
         cpu: list[float] = []
         client_seconds = 0.0
@@ -152,8 +135,7 @@ def run_in_process(config: RunConfig, num_clients: int, threads: int, workers: i
                 timed = list(pool.map(_timed_client, *zip(*args)))
             client_seconds += sum(t[1] for t in timed)
             state = fedavg([t[0].state for t in timed], [t[0].num_examples for t in timed])
-            model = load_wire_state(build_model(config.model, dataset.num_classes, dataset.channels), state)
-            _, accuracy = evaluate(model.eval(), test.images[pick], test.labels[pick], dataset)
+            accuracy = evaluator.accuracy(state)
             seconds.append(time.perf_counter() - start)
             workers_cpu = sum(t[2] for t in timed) if pool is not None else 0.0
             cpu.append(time.process_time() - cpu_start + workers_cpu)

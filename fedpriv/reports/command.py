@@ -13,6 +13,7 @@ from fedpriv.reports.markdown import markdown_text
 from fedpriv.reports.runs import Run, Sample, load_runs, select_round
 from fedpriv.reports.sources import SOURCES_PATH, load_sources
 from fedpriv.reports.tables import comparison_markdown, comparison_rows, compare, summary_markdown, summary_rows
+from fedpriv.reports.trajectory import has_trajectory, trajectory_figure, trajectory_markdown, trajectory_points
 from fedpriv.results import atomic_write, csv_bytes
 
 PLOT_METRICS = ("psnr", "psnr_defended")
@@ -73,7 +74,7 @@ def build_report(runs: list[Run], out: Path, which_round: str, metric: str, sour
     by_dataset: dict[str, list[Sample]] = defaultdict(list)
     for s in every:
         by_dataset[s.dataset].append(s)
-    figures, frontier_rows = [], []
+    figures, frontier_rows, trajectory_rows = [], [], []
     parts += ["## PSNR per round and the privacy-utility frontier", ""]
     for dataset, samples in sorted(by_dataset.items()):
         name = f"psnr_per_round_{dataset}.png"
@@ -93,11 +94,27 @@ def build_report(runs: list[Run], out: Path, which_round: str, metric: str, sour
             parts.append("")
     if not figures:
         parts += ["No run has image metrics or uniform-defense accuracy to plot.", ""]
+    for dataset, samples in sorted(by_dataset.items()):
+        points = trajectory_points(samples, metric)
+        if not has_trajectory(points):
+            continue
+        if not trajectory_rows:
+            parts += ["## Leakage as the federation trains", "",
+                      f"Per attacked round: the accuracy of the model the leak was taken at (the global model after the "
+                      f"round before), {metric} over the attacked clients of every run, the mean baseline and how many "
+                      "cells beat it by the margin. Left: accuracy per round; middle: leakage per round; right: "
+                      "leakage against the attacked model's accuracy.", ""]
+        name = f"trajectory_{dataset}.png"
+        trajectory_figure(points, samples, metric, out / name, f"{dataset}: {metric} and accuracy as the federation trains")
+        figures.append(name)
+        trajectory_rows += [{"dataset": dataset, **vars(p), "verdict": p.verdict} for p in points]
+        parts += [f"![{metric} as the federation trains, {dataset}]({name})", "", trajectory_markdown(points, metric)]
     images = write_gallery(runs, out)
     parts += ["## Reconstructions", "", f"[gallery.html](gallery.html): {images} grids, per run and round.", ""]
     atomic_write(out / "comparison.csv", csv_bytes(comparison_csv))
     atomic_write(out / "summary.csv", csv_bytes(summary))
     atomic_write(out / "frontier.csv", csv_bytes(frontier_rows))
+    atomic_write(out / "trajectory.csv", csv_bytes(trajectory_rows))
     atomic_write(out / "report.md", "\n".join(parts).encode())
     return {"tables": compared, "figures": len(figures), "images": images}
 
