@@ -136,6 +136,9 @@ def trajectory_figure(points: list[TrajectoryPoint], samples: list[Sample], metr
         versus_ax.errorbar([p.accuracy_pct for p in located], [p.psnr for p in located],
                            yerr=[p.psnr_std for p in located], fmt="-o", markersize=3, capsize=2, color=colour,
                            alpha=0.85, label=f"{label} / {attack}")
+        for p in located:  # the line follows the rounds, which accuracy need not
+            versus_ax.annotate(f"r{p.round}", (p.accuracy_pct, p.psnr), fontsize=6, color=colour,
+                               xytext=(2, 2), textcoords="offset points")
         versus_ax.plot([p.accuracy_pct for p in located if p.baseline is not None],
                        [p.baseline for p in located if p.baseline is not None], ":", linewidth=2.2, color=colour,
                        alpha=0.7)
