@@ -9,12 +9,15 @@ modelled) and nothing is attacked or written.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
 from fedpriv.client_task import run_client_round
 from fedpriv.config import RunConfig
 from fedpriv.models import build_model, load_wire_state, wire_state
+from fedpriv.protocols import ClientReply
 from fedpriv.training import evaluate
 
 
@@ -62,7 +65,11 @@ class Evaluator:
         return evaluate(model.eval(), self.images, self.labels, self.dataset)[1]
 
 
-def train_in_process(config: RunConfig, num_clients: int, evaluate_after: set[int]) -> dict[int, float]:
+RoundObserver = Callable[[int, dict[str, torch.Tensor], list[ClientReply]], None]
+
+
+def train_in_process(config: RunConfig, num_clients: int, evaluate_after: set[int],
+                     observe: RoundObserver | None = None) -> dict[int, float]:
     """Run ``num-server-rounds`` rounds of every client; returns the accuracy after the chosen rounds.
 
     Parameters
@@ -74,6 +81,9 @@ def train_in_process(config: RunConfig, num_clients: int, evaluate_after: set[in
     evaluate_after
         Rounds after which the global model is evaluated (0: the initial model), as
         ``rounds.jsonl`` numbers them; evaluation costs more than a round of one-image clients.
+    observe
+        Called after each round's clients with the round, the broadcast state and every
+        client's reply (in partition order), before aggregation.
 
     Returns
     -------
@@ -85,6 +95,8 @@ def train_in_process(config: RunConfig, num_clients: int, evaluate_after: set[in
     accuracies = {0: evaluator.accuracy(state)} if 0 in evaluate_after else {}
     for server_round in range(1, config.num_server_rounds + 1):
         replies = [run_client_round(config, pid, num_clients, state, server_round) for pid in range(num_clients)]
+        if observe is not None:
+            observe(server_round, state, replies)
         state = fedavg([r.state for r in replies], [r.num_examples for r in replies])
         if server_round in evaluate_after:
             accuracies[server_round] = evaluator.accuracy(state)
