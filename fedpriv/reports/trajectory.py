@@ -38,10 +38,12 @@ class TrajectoryPoint:
 
     @property
     def verdict(self) -> str:
-        """``beats baseline`` when at least half the cells did, else ``no better than baseline``."""
+        """``beats baseline`` when more than half the cells did, ``split`` at exactly half, else ``no better than baseline``."""
         if not self.cells:
             return ""
-        return "beats baseline" if 2 * self.beaten >= self.cells else "no better than baseline"
+        if 2 * self.beaten == self.cells:
+            return "split"
+        return "beats baseline" if 2 * self.beaten > self.cells else "no better than baseline"
 
 
 def trajectory_points(samples: list[Sample], metric: str = "psnr") -> list[TrajectoryPoint]:
@@ -108,8 +110,9 @@ def trajectory_figure(points: list[TrajectoryPoint], samples: list[Sample], metr
                       title: str) -> None:
     """Three panels: global accuracy per round; ``metric`` and its baseline per round; ``metric`` against accuracy.
 
-    Solid lines are the attack's mean over cells (error bars: std); dotted lines of the same
-    colour are the mean baseline the attack must beat by ``BASELINE_MARGIN_DB``.
+    Points are the attack's mean over cells (error bars: std); the dotted line (middle) and the
+    crosses (right) of the same colour are the mean baseline the attack must beat by
+    ``BASELINE_MARGIN_DB``.
     """
     import matplotlib
 
@@ -132,21 +135,18 @@ def trajectory_figure(points: list[TrajectoryPoint], samples: list[Sample], metr
         with_baseline = [p for p in line if p.baseline is not None]
         round_ax.plot([p.round for p in with_baseline], [p.baseline for p in with_baseline], ":", linewidth=2.2,
                       color=colour, alpha=0.7)
-        located = sorted((p for p in line if p.accuracy_pct is not None), key=lambda p: p.round)
+        located = [p for p in line if p.accuracy_pct is not None]
         versus_ax.errorbar([p.accuracy_pct for p in located], [p.psnr for p in located],
-                           yerr=[p.psnr_std for p in located], fmt="-o", markersize=3, capsize=2, color=colour,
+                           yerr=[p.psnr_std for p in located], fmt="o", markersize=4, capsize=2, color=colour,
                            alpha=0.85, label=f"{label} / {attack}")
-        for p in located:  # the line follows the rounds, which accuracy need not
-            versus_ax.annotate(f"r{p.round}", (p.accuracy_pct, p.psnr), fontsize=6, color=colour,
-                               xytext=(2, 2), textcoords="offset points")
-        versus_ax.plot([p.accuracy_pct for p in located if p.baseline is not None],
-                       [p.baseline for p in located if p.baseline is not None], ":", linewidth=2.2, color=colour,
-                       alpha=0.7)
+        versus_ax.scatter([p.accuracy_pct for p in located if p.baseline is not None],
+                          [p.baseline for p in located if p.baseline is not None], marker="x", s=18, color=colour,
+                          alpha=0.6)
     for ax, xlabel, ylabel in (
         (acc_ax, "round", "global test accuracy (%)"),
         (round_ax, "round (the leak is at the model broadcast in that round)",
          f"{metric} (dB); dotted: baseline (+{BASELINE_MARGIN_DB:g} dB to beat)"),
-        (versus_ax, "test accuracy of the attacked model (%)", f"{metric} (dB); dotted: baseline"),
+        (versus_ax, "test accuracy of the attacked model (%)", f"{metric} (dB); x: baseline"),
     ):
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
