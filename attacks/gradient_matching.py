@@ -2,7 +2,8 @@
 
 A problem (k images against one observed gradient, ATS "inversed" objective 1 - global cosine +
 tv * TV(x)) keeps its own optimisation when P problems are stacked into one (P, k, C, H, W)
-tensor: objectives are summed, Adam and sign are elementwise, cosine and TV per problem. Extra
+tensor: objectives are summed, Adam and sign are elementwise, cosine, TV and the stopping rule
+(:mod:`~fedpriv.attacks.lr_schedule`: a stopped problem is frozen) per problem. Extra
 per-problem parameters (a learned translation) join the same Adam unsigned and clamped.
 Engines: ``loop`` (the sources' one-at-a-time autograd), ``loop-channels-last`` (the same on a
 channels-last copy of the model: other CPU kernels, same arithmetic), ``grouped`` (per-problem model
