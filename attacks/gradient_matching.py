@@ -27,7 +27,7 @@ from torch.func import functional_call, vmap
 from fedpriv.attacks.block_cosine import block_cosine_loss
 from fedpriv.attacks.grouped_model import grouped_copy
 from fedpriv.attacks.heap_reuse import reused_heap
-from fedpriv.attacks.lr_schedule import ScheduledAdam, StoppingRule
+from fedpriv.attacks.lr_schedule import NO_STOPPING, ScheduledAdam, StoppingRule
 from fedpriv.attacks.precision import check_precision, precision_scope
 from fedpriv.errors import ConfigError
 
@@ -197,7 +197,7 @@ def _objective(match: Matcher, x: torch.Tensor, values: torch.Tensor | None, ext
 
 
 def optimize(match: Matcher, init: torch.Tensor, low: torch.Tensor, high: torch.Tensor, *, iterations: int,
-             lr: float, tv: float, extra: ExtraParameters | None = None, rule: StoppingRule = StoppingRule(),
+             lr: float, tv: float, extra: ExtraParameters | None = None, rule: StoppingRule = NO_STOPPING,
              progress: int = 0, label: str = "gradient-matching") -> MatchingResult:
     """The ATS "inversed" loop for P problems at once: signed Adam on x, boxed after each step.
 
@@ -313,7 +313,7 @@ def _batched_matcher(engine: str, model: nn.Module, problems: Sequence[MatchingP
 
 def solve(model: nn.Module, problems: Sequence[MatchingProblem], low: torch.Tensor, high: torch.Tensor, *,
           iterations: int, lr: float, tv: float, extra: ExtraParameters | None = None, engine: str = "auto",
-          max_batch: int = 64, precision: str = "default", rule: StoppingRule = StoppingRule(), progress: int = 0,
+          max_batch: int = 64, precision: str = "default", rule: StoppingRule = NO_STOPPING, progress: int = 0,
           label: str = "gradient-matching") -> MatchingResult:
     """Solve independent problems (results in input order), batched where that is faster.
 

@@ -55,6 +55,9 @@ class StoppingRule:
     tolerance: float = DEFAULT_TOLERANCE
 
 
+NO_STOPPING = StoppingRule()  # the default: ATS's fixed schedule, the whole budget
+
+
 def stopping_rule(settings: AttackSettings) -> StoppingRule:
     """The rule from ``settings.extra`` (``patience``, ``tolerance``).
 
