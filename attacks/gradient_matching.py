@@ -2,7 +2,8 @@
 
 A problem (k images against one observed gradient, ATS "inversed" objective 1 - global cosine +
 tv * TV(x)) keeps its own optimisation when P problems are stacked into one (P, k, C, H, W)
-tensor: objectives are summed, Adam and sign are elementwise, cosine and TV per problem. Extra
+tensor: objectives are summed, Adam and sign are elementwise, cosine, TV and the stopping rule
+(:mod:`~fedpriv.attacks.lr_schedule`: a stopped problem is frozen) per problem. Extra
 per-problem parameters (a learned translation) join the same Adam unsigned and clamped.
 Engines: ``loop`` (the sources' one-at-a-time autograd), ``loop-channels-last`` (the same on a
 channels-last copy of the model: other CPU kernels, same arithmetic), ``grouped`` (per-problem model
@@ -26,6 +27,7 @@ from torch.func import functional_call, vmap
 from fedpriv.attacks.block_cosine import block_cosine_loss
 from fedpriv.attacks.grouped_model import grouped_copy
 from fedpriv.attacks.heap_reuse import reused_heap
+from fedpriv.attacks.lr_schedule import NO_STOPPING, ScheduledAdam, StoppingRule
 from fedpriv.attacks.precision import check_precision, precision_scope
 from fedpriv.errors import ConfigError
 
@@ -35,11 +37,6 @@ PROBE_MARGIN = 1.25  # auto batches only if the probe finds it this much faster:
 PROBE_PROBLEMS = 16  # most problems a probe step batches (bounds its memory); its time is scaled up
 Matcher = Callable[[torch.Tensor], torch.Tensor]
 _PROBE_CACHE: dict[tuple[object, ...], str] = {}
-
-
-def lr_milestones(iterations: int) -> list[int]:
-    """ATS/inversefed decay points: floors of iterations / 2.667, / 1.6, / 1.142."""
-    return [int(iterations // 2.667), int(iterations // 1.6), int(iterations // 1.142)]
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -72,13 +69,31 @@ class ExtraParameters:
 
 
 @dataclass(frozen=True)
+class ProblemSolution:
+    """One problem's last iterate (k, C, H, W), extras or ``None``, final objective, iterations run, engine."""
+
+    images: torch.Tensor
+    extra: torch.Tensor | None
+    loss: float
+    iterations_run: int
+    engine: str
+
+
+@dataclass(frozen=True)
 class MatchingResult:
-    """Last iterates (P, k, C, H, W), extras (P, ...) or ``None``, final objectives (P,), engines used."""
+    """Last iterates (P, k, C, H, W), extras (P, ...) or ``None``, final objectives (P,), iterations
+    run (P,), engines used."""
 
     images: torch.Tensor
     extra: torch.Tensor | None
     loss: torch.Tensor
+    iterations_run: torch.Tensor
     engine: str
+
+    def solutions(self) -> list[ProblemSolution]:
+        """The result of each problem, in order."""
+        return [ProblemSolution(self.images[j], None if self.extra is None else self.extra[j], float(self.loss[j]),
+                                int(self.iterations_run[j]), self.engine) for j in range(len(self.images))]
 
 
 def _flat_targets(problems: Sequence[MatchingProblem]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,8 +197,8 @@ def _objective(match: Matcher, x: torch.Tensor, values: torch.Tensor | None, ext
 
 
 def optimize(match: Matcher, init: torch.Tensor, low: torch.Tensor, high: torch.Tensor, *, iterations: int,
-             lr: float, tv: float, extra: ExtraParameters | None = None, progress: int = 0,
-             label: str = "gradient-matching") -> MatchingResult:
+             lr: float, tv: float, extra: ExtraParameters | None = None, rule: StoppingRule = NO_STOPPING,
+             progress: int = 0, label: str = "gradient-matching") -> MatchingResult:
     """The ATS "inversed" loop for P problems at once: signed Adam on x, boxed after each step.
 
     Parameters
@@ -193,25 +208,28 @@ def optimize(match: Matcher, init: torch.Tensor, low: torch.Tensor, high: torch.
     init, low, high
         Starting candidates (P, k, C, H, W); the per-channel box in input space, (C, 1, 1).
     iterations, lr, tv
-        Steps, Adam learning rate (x0.1 at :func:`lr_milestones`) and TV weight.
+        Steps, Adam learning rate (x0.1 at :func:`~fedpriv.attacks.lr_schedule.lr_milestones`) and TV weight.
     extra
         Optional per-problem extra parameters (unsigned, clamped after each step).
+    rule
+        When each problem's lr decays early and when it stops (:mod:`~fedpriv.attacks.lr_schedule`).
     progress, label
         Print ``[label]`` and the mean objective every ``progress`` iterations (0: never).
     """
     x = init.detach().clone().requires_grad_(True)
     values = None if extra is None else extra.init.detach().to(init).clone().requires_grad_(True)
     params = [x] if values is None else [x, values]
-    optimizer = torch.optim.Adam(params, lr=lr)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, lr_milestones(iterations), 0.1)
+    adam = ScheduledAdam(params, lr, iterations, rule, len(init))
     for it in range(iterations):
         loss = _objective(match, x, values, extra, tv)
+        adam.observe(it, loss)
+        if adam.finished:
+            break
         grads = torch.autograd.grad(loss.sum(), params)
         x.grad = grads[0].sign()
         if values is not None:
             values.grad = grads[1]
-        optimizer.step()
-        scheduler.step()
+        adam.step()
         with torch.no_grad():
             x.copy_(torch.maximum(torch.minimum(x, high), low))
             if values is not None and extra is not None:
@@ -220,7 +238,7 @@ def optimize(match: Matcher, init: torch.Tensor, low: torch.Tensor, high: torch.
         if progress and (it + 1) % progress == 0:
             print(f"[{label}] iteration {it + 1}/{iterations} loss {loss.mean().item():.4f}", flush=True)
     final = _objective(match, x, values, extra, tv).detach()
-    return MatchingResult(x.detach(), None if values is None else values.detach(), final, "")
+    return MatchingResult(x.detach(), None if values is None else values.detach(), final, adam.iterations_run, "")
 
 
 def _step_seconds(match: Matcher, x: torch.Tensor, extra: ExtraParameters | None, tv: float) -> float:
@@ -295,7 +313,7 @@ def _batched_matcher(engine: str, model: nn.Module, problems: Sequence[MatchingP
 
 def solve(model: nn.Module, problems: Sequence[MatchingProblem], low: torch.Tensor, high: torch.Tensor, *,
           iterations: int, lr: float, tv: float, extra: ExtraParameters | None = None, engine: str = "auto",
-          max_batch: int = 64, precision: str = "default", progress: int = 0,
+          max_batch: int = 64, precision: str = "default", rule: StoppingRule = NO_STOPPING, progress: int = 0,
           label: str = "gradient-matching") -> MatchingResult:
     """Solve independent problems (results in input order), batched where that is faster.
 
@@ -305,7 +323,7 @@ def solve(model: nn.Module, problems: Sequence[MatchingProblem], low: torch.Tens
         The victim model; eval mode for the batched engines.
     problems
         The problems, all with the same k and image shape.
-    low, high, iterations, lr, tv, extra, progress, label
+    low, high, iterations, lr, tv, extra, rule, progress, label
         As for :func:`optimize`; ``extra`` has leading dimension ``len(problems)``.
     engine
         One of :data:`ENGINES`.
@@ -344,9 +362,10 @@ def solve(model: nn.Module, problems: Sequence[MatchingProblem], low: torch.Tens
                     (loop_matcher(differentiated, [p]), init[i:i + 1], None if part is None else part.rows(i, i + 1))
                     for i, p in enumerate(chunk)
                 ]
-                results += [optimize(m, x, low, high, iterations=iterations, lr=lr, tv=tv, extra=e,
+                results += [optimize(m, x, low, high, iterations=iterations, lr=lr, tv=tv, extra=e, rule=rule,
                                      progress=progress, label=label) for m, x, e in runs]
             used.append(name)
     values = [r.extra for r in results if r.extra is not None]
     return MatchingResult(torch.cat([r.images for r in results]), torch.cat(values) if values else None,
-                          torch.cat([r.loss for r in results]), ",".join(dict.fromkeys(used)))
+                          torch.cat([r.loss for r in results]), torch.cat([r.iterations_run for r in results]),
+                          ",".join(dict.fromkeys(used)))

@@ -4,8 +4,10 @@ Objective 1 - cos(grad(x), grad*) over all parameter tensors at once (global cos
 TV(x) * 1e-4; Adam (lr 0.1) on the sign of the image gradient; the image boxed to [0,1] in
 pixel space after every step; lr x0.1 at iterations//2.667, //1.6, //1.142 (1799, 2999, 4203
 of 4800); N(0,1) initialisation in normalised space; known labels (or, when the protocol hides
-them, :mod:`fedpriv.attacks.label_inference`'s); the last iterate returned;
-with several restarts the one with the lowest final objective is kept. All targets and restarts
+them, :mod:`fedpriv.attacks.label_inference`'s); the last iterate returned, after the whole budget
+or where the stopping rule (``extra["patience"]``, ``extra["tolerance"]``, off by default; see
+:mod:`fedpriv.attacks.lr_schedule`) ends it; with several restarts the one with the lowest final
+objective is kept. All targets and restarts
 are solved together by :mod:`fedpriv.attacks.gradient_matching` (``extra["engine"]``: ``auto``,
 ``loop``, ``loop-channels-last``, ``grouped``, ``vmap``; ``extra["max-batch"]``: most problems per
 optimisation).
@@ -24,11 +26,12 @@ from fedpriv.attacks.gradient_matching import (
     ENGINES,
     ExtraParameters,
     MatchingProblem,
-    lr_milestones,
+    ProblemSolution,
     solve,
     total_variation,
 )
 from fedpriv.attacks.label_inference import infer_labels
+from fedpriv.attacks.lr_schedule import STOP_OPTIONS, lr_milestones, stopping_rule
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import GradientLeak
@@ -37,7 +40,7 @@ from fedpriv.spec_numbers import spec_int
 __all__ = ["ENGINE_OPTIONS", "InvertingGradients", "box_bounds", "lr_milestones", "solve_targets", "total_variation"]
 
 DEFAULT_MAX_BATCH = 64
-ENGINE_OPTIONS = ("engine", "max-batch")  # the extra options of every gradient-matching attack
+ENGINE_OPTIONS = ("engine", "max-batch", *STOP_OPTIONS)  # the extra options of every gradient-matching attack
 
 
 def box_bounds(dataset: DatasetSpec, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,12 +50,13 @@ def box_bounds(dataset: DatasetSpec, like: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def engine_options(settings: AttackSettings) -> tuple[str, int]:
-    """The engine name and problems per optimisation from ``settings.extra``.
+    """The engine name and problems per optimisation from ``settings.extra``; checks the stopping rule.
 
     Raises
     ------
     ConfigError
-        On an unknown engine, a max-batch that is not a positive integer, or vmap with bf16.
+        On an unknown engine, a max-batch that is not a positive integer, vmap with bf16, or a bad
+        ``patience`` or ``tolerance``.
     """
     engine = settings.extra.get("engine", "auto")
     if engine not in ENGINES:
@@ -62,6 +66,7 @@ def engine_options(settings: AttackSettings) -> tuple[str, int]:
     if engine == "vmap" and settings.precision == "bf16":
         raise ConfigError("attack option engine 'vmap' does not run with attack-precision 'bf16'; "
                           "use engine grouped, loop or auto")
+    stopping_rule(settings)
     return engine, max_batch
 
 
@@ -73,7 +78,7 @@ def solve_targets(
     label: str,
     extra_bounds: Sequence[torch.Tensor] | None = None,
     extra_apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-) -> list[tuple[torch.Tensor, torch.Tensor | None, float, str]]:
+) -> list[ProblemSolution]:
     """Solve every target and restart in batches; keep each target's lowest final objective.
 
     Parameters
@@ -83,7 +88,7 @@ def solve_targets(
     targets
         Gradient leaks with seeds; restarts draw their starts in turn from the target's seed.
     settings
-        Iterations, restarts, lr, TV weight, device, progress, engine options.
+        Iterations, restarts, lr, TV weight, device, progress, engine options, stopping rule.
     label
         Prefix of progress lines.
     extra_bounds, extra_apply
@@ -92,9 +97,9 @@ def solve_targets(
 
     Returns
     -------
-    list[tuple]
-        Per target: images in input space (k, C, H, W), extra values or ``None``, final objective,
-        and the engine that solved it (what ``auto`` chose).
+    list[ProblemSolution]
+        Per target, its best restart: images in input space (k, C, H, W), extra values or ``None``,
+        final objective, iterations run, and the engine that solved it (what ``auto`` chose).
     """
     engine, max_batch = engine_options(settings)
     device = torch.device(settings.device)
@@ -114,7 +119,7 @@ def solve_targets(
             problems.append(MatchingProblem(init.to(device), labels, grads))
     low, high = box_bounds(dataset, problems[0].init)
     restarts = settings.restarts
-    solved: dict[int, tuple[torch.Tensor, torch.Tensor | None, float, str]] = {}
+    solved: dict[int, ProblemSolution] = {}
     for k in sorted({p.init.shape[0] for p in problems}):  # one solve per batch size
         index = [i for i, p in enumerate(problems) if p.init.shape[0] == k]
         extra = None
@@ -124,14 +129,11 @@ def solve_targets(
         result = solve(
             model, [problems[i] for i in index], low, high, iterations=settings.iterations, lr=settings.lr,
             tv=settings.tv, extra=extra, engine=engine, max_batch=max_batch, precision=settings.precision,
-            progress=settings.progress,
-            label=label,
+            rule=stopping_rule(settings), progress=settings.progress, label=label,
         )
-        for j, i in enumerate(index):
-            values = None if result.extra is None else result.extra[j]
-            solved[i] = (result.images[j], values, float(result.loss[j]), result.engine)
+        solved.update(zip(index, result.solutions()))
     runs = [[solved[i] for i in range(t * restarts, (t + 1) * restarts)] for t in range(len(targets))]
-    return [min(run, key=lambda r: r[2]) for run in runs]  # the first of equals, as the loop kept
+    return [min(run, key=lambda r: r.loss) for run in runs]  # the first of equals, as the loop kept
 
 
 class InvertingGradients(Attack):
@@ -141,7 +143,8 @@ class InvertingGradients(Attack):
     ----------
     settings
         Iterations, restarts, lr, TV weight, device, progress interval; ``extra`` may set
-        ``engine`` (default ``auto``) and ``max-batch`` (default 64).
+        ``engine`` (default ``auto``), ``max-batch`` (default 64), and the stopping rule's
+        ``patience`` (default 0: off) and ``tolerance`` (:mod:`~fedpriv.attacks.lr_schedule`).
     """
 
     name: ClassVar[str] = "inverting-gradients"
@@ -164,16 +167,16 @@ class InvertingGradients(Attack):
         Returns
         -------
         list[Reconstruction]
-            Per target: images in pixel space [0,1], the final objective ``loss`` and, when the
-            protocol hid the labels, the labels it inferred.
+            Per target: images in pixel space [0,1], the final objective ``loss``, the iterations
+            run ``iterations_run`` and, when the protocol hid the labels, the labels it inferred.
         """
         if not targets:
             return []
         solved = solve_targets(model, dataset, targets, self.settings, self.name)
         return [
-            Reconstruction(images=dataset.denormalize(x).cpu(), labels=_inferred(model, dataset, t),
-                           fields={"loss": loss}, engine=engine)
-            for t, (x, _, loss, engine) in zip(targets, solved)
+            Reconstruction(images=dataset.denormalize(s.images).cpu(), labels=_inferred(model, dataset, t),
+                           fields={"loss": s.loss, "iterations_run": float(s.iterations_run)}, engine=s.engine)
+            for t, s in zip(targets, solved)
         ]
 
 

@@ -29,9 +29,10 @@ import torch
 from torch import nn
 
 from fedpriv.attacks.base import ATTACKS, Attack, AttackSettings, AttackTarget, Knowledge, Reconstruction, check_settings
-from fedpriv.attacks.gradient_matching import ExtraParameters, MatchingProblem, solve
+from fedpriv.attacks.gradient_matching import ExtraParameters, MatchingProblem, ProblemSolution, solve
 from fedpriv.attacks.inverting_gradients import ENGINE_OPTIONS, box_bounds, engine_options
 from fedpriv.attacks.label_inference import infer_labels
+from fedpriv.attacks.lr_schedule import stopping_rule
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses.ats import CROP_PADDING, MAX_PRIMITIVES, AtsPolicy, parse_ats_policy
 from fedpriv.defenses.ats_differentiable import SHEAR_OPS, apply_sub_policy, continuous_slots
@@ -193,15 +194,16 @@ class _Plans:
         return out + 0 * values.sum()
 
 
-def _package(dataset: DatasetSpec, x: torch.Tensor, plans: tuple[_Plan, ...], index: int,
-             values: torch.Tensor | None, loss: float, counts: tuple[int, int]) -> Reconstruction:
+def _package(dataset: DatasetSpec, solution: ProblemSolution, plans: tuple[_Plan, ...], index: int,
+             counts: tuple[int, int]) -> Reconstruction:
     """The winning problem of one target as a reconstruction with its fields."""
-    images = dataset.denormalize(x).cpu()
-    fields = {"loss": loss, "hypotheses": float(counts[0]), "hypotheses_total": float(counts[1]),
-              "hypotheses_sampled": float(counts[0] < counts[1]), "hypothesis": float(index)}
-    if values is None or plans[0].policy is None:
-        return Reconstruction(images=images, fields=fields)
-    values = values.cpu()
+    images = dataset.denormalize(solution.images).cpu()
+    fields = {"loss": solution.loss, "iterations_run": float(solution.iterations_run), "hypotheses": float(counts[0]),
+              "hypotheses_total": float(counts[1]), "hypotheses_sampled": float(counts[0] < counts[1]),
+              "hypothesis": float(index)}
+    if solution.extra is None or plans[0].policy is None:
+        return Reconstruction(images=images, fields=fields, engine=solution.engine)
+    values = solution.extra.cpu()
     defended = []
     for j, plan in enumerate(plans):
         assert plan.policy is not None and plan.hypothesis is not None
@@ -216,7 +218,7 @@ def _package(dataset: DatasetSpec, x: torch.Tensor, plans: tuple[_Plan, ...], in
         for k in continuous_slots(sub):
             found = sub[k].magnitude * v[_SLOTS + k]
             fields[f"slot{k}{suffix}"] = found if sub[k].op in SHEAR_OPS else 1 + found
-    return Reconstruction(images=images, defended=torch.cat(defended), fields=fields)
+    return Reconstruction(images=images, defended=torch.cat(defended), fields=fields, engine=solution.engine)
 
 
 def _max_hypotheses(settings: AttackSettings) -> int:
@@ -237,7 +239,7 @@ class PolicyAware(Attack):
     settings
         Iterations, restarts, lr, TV weight, device and progress; ``extra`` keys:
         ``max-hypotheses`` (default 16, per target; more are sampled from the target's seed),
-        ``engine`` and ``max-batch`` (as for Inverting Gradients).
+        ``engine``, ``max-batch``, ``patience`` and ``tolerance`` (as for Inverting Gradients).
     """
 
     name: ClassVar[str] = "policy-aware"
@@ -264,7 +266,7 @@ class PolicyAware(Attack):
         -------
         list[Reconstruction]
             Per target: ``images`` (x, pixel space), ``defended`` (the winning hypothesis
-            applied to it; ``None`` without a policy) and fields ``loss``, ``hypotheses``
+            applied to it; ``None`` without a policy) and fields ``loss``, ``iterations_run``, ``hypotheses``
             (solved), ``hypotheses_total``, ``hypotheses_sampled`` (1 when capped) and
             ``hypothesis`` (the batch hypothesis, see :func:`decode`), and per image (suffix
             ``-i`` when k > 1) ``sub_policy``, ``tx``, ``ty`` (merged sampling offsets, px)
@@ -306,29 +308,24 @@ class PolicyAware(Attack):
         solved = self._solve(model, dataset, problems, _Plans(plans, dataset))
         out = []
         for t in range(len(targets)):
-            best = min((i for i, (owner, _) in enumerate(owners) if owner == t), key=lambda i: solved[i][2])
-            x, values, loss, engine = solved[best]
-            reconstruction = _package(dataset, x, plans[best], owners[best][1], values, loss, counts[t])
-            reconstruction.engine = engine
-            out.append(reconstruction)
+            best = min((i for i, (owner, _) in enumerate(owners) if owner == t), key=lambda i: solved[i].loss)
+            out.append(_package(dataset, solved[best], plans[best], owners[best][1], counts[t]))
         return out
 
     def _solve(self, model: nn.Module, dataset: DatasetSpec, problems: Sequence[MatchingProblem],
-               table: _Plans) -> list[tuple[torch.Tensor, torch.Tensor | None, float, str]]:
-        """(images, extra values, final loss, engine) per problem: one ``solve`` per batch size."""
+               table: _Plans) -> list[ProblemSolution]:
+        """The solution of each problem: one ``solve`` per batch size."""
         s = self.settings
         low, high = box_bounds(dataset, problems[0].init)
-        solved: dict[int, tuple[torch.Tensor, torch.Tensor | None, float, str]] = {}
+        solved: dict[int, ProblemSolution] = {}
         for k in sorted({p.init.shape[0] for p in problems}):
             rows = [i for i, p in enumerate(problems) if p.init.shape[0] == k]
             modelled = any(plan.policy is not None for r in rows for plan in table.plans[r])
             extra = table.parameters(rows, problems[0].init) if modelled else None
             result = solve(model, [problems[r] for r in rows], low, high, iterations=s.iterations, lr=s.lr,
                            tv=s.tv, extra=extra, engine=self.engine, max_batch=self.max_batch,
-                           precision=s.precision, progress=s.progress, label=self.name)
-            for j, r in enumerate(rows):
-                values = None if result.extra is None else result.extra[j]
-                solved[r] = (result.images[j], values, float(result.loss[j]), result.engine)
+                           precision=s.precision, rule=stopping_rule(s), progress=s.progress, label=self.name)
+            solved.update(zip(rows, result.solutions()))
         return [solved[r] for r in range(len(problems))]
 
 

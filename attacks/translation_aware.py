@@ -105,7 +105,8 @@ class TranslationAware(Attack):
     Parameters
     ----------
     settings
-        As for Inverting Gradients; ``extra`` may also set ``tx-max`` and ``ty-max``.
+        As for Inverting Gradients (engine options, stopping rule); ``extra`` may also set
+        ``tx-max`` and ``ty-max``.
     """
 
     name: ClassVar[str] = "translation-aware"
@@ -131,7 +132,7 @@ class TranslationAware(Attack):
         list[Reconstruction]
             Per target: ``images`` the untranslated estimate of x in pixel space, ``defended``
             the learned translation re-applied in pixel space (zero fill = black, as the real
-            augmentation), fields ``loss`` and, per image, ``tx``, ``ty`` (one image) or
+            augmentation), fields ``loss``, ``iterations_run`` and, per image, ``tx``, ``ty`` (one image) or
             ``tx-i``, ``ty-i`` (several), in half-image units.
         """
         if not targets:
@@ -143,15 +144,16 @@ class TranslationAware(Attack):
             bounds.append(torch.tensor([tx, ty], dtype=torch.float64).expand(k, 2))
         solved = solve_targets(model, dataset, targets, self.settings, self.name, bounds, translate_problems)
         out = []
-        for x, shifts, loss, engine in solved:
+        for solution in solved:
+            shifts = solution.extra
             assert shifts is not None
-            pixels = dataset.denormalize(x)
-            fields = {"loss": loss}
+            pixels = dataset.denormalize(solution.images)
+            fields = {"loss": solution.loss, "iterations_run": float(solution.iterations_run)}
             for i, (tx, ty) in enumerate(shifts.tolist()):
                 suffix = "" if len(shifts) == 1 else f"-{i}"
                 fields |= {f"tx{suffix}": tx, f"ty{suffix}": ty}
             out.append(Reconstruction(images=pixels.cpu(), defended=translate(pixels, shifts).cpu(), fields=fields,
-                                      engine=engine))
+                                      engine=solution.engine))
         return out
 
 

@@ -10,7 +10,8 @@ those steps from the broadcast weights reproduces the observed update:
 
 with theta_S(x) the weights after S simulated SGD steps (differentiated through all of them,
 ``create_graph``), batch norm in train mode (batch statistics, as the client trained), the
-global cosine over all trainable tensors, signed Adam with IG's lr schedule and the [0,1] box.
+global cosine over all trainable tensors, signed Adam with IG's lr schedule and the [0,1] box, and
+the stopping rule of :mod:`~fedpriv.attacks.lr_schedule` (off by default).
 The client's batch order is private: the simulation cuts x into consecutive batches in the same
 order every epoch, so the recovered images come in no particular order and are scored after
 matching. Labels are the revealed ones or :mod:`fedpriv.attacks.label_inference`'s estimate.
@@ -29,10 +30,11 @@ from torch import nn
 from torch.func import functional_call
 
 from fedpriv.attacks.base import ATTACKS, Attack, AttackSettings, AttackTarget, Knowledge, Reconstruction, check_settings
-from fedpriv.attacks.gradient_matching import lr_milestones, total_variation
+from fedpriv.attacks.gradient_matching import total_variation
 from fedpriv.attacks.heap_reuse import reused_heap
 from fedpriv.attacks.inverting_gradients import box_bounds
 from fedpriv.attacks.label_inference import infer_labels
+from fedpriv.attacks.lr_schedule import STOP_OPTIONS, ScheduledAdam, stopping_rule
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import UpdateLeak
@@ -138,14 +140,15 @@ class UpdateInversion(Attack):
         Iterations, restarts, lr, TV weight, device, progress; ``extra["max-images"]`` caps the
         examples one update may hold (default 32; more is a failed cell naming the cap);
         ``extra["engine"]``: ``loop`` (autograd, one problem at a time), ``vmap`` (problems of one
-        shape batched with torch.func) or ``auto`` (vmap for more than one problem).
+        shape batched with torch.func) or ``auto`` (vmap for more than one problem);
+        ``extra["patience"]``, ``extra["tolerance"]``: the stopping rule (default off).
     """
 
     name: ClassVar[str] = "update-inversion"
     leak_kinds: ClassVar[tuple[str, ...]] = ("update",)
     model_modes: ClassVar[tuple[str, ...]] = ("train",)
     optimises: ClassVar[bool] = True
-    options: ClassVar[tuple[str, ...]] = ("max-images", "engine")
+    options: ClassVar[tuple[str, ...]] = ("max-images", "engine", *STOP_OPTIONS)
     knowledge: ClassVar[Knowledge] = Knowledge()
 
     def __init__(self, settings: AttackSettings) -> None:
@@ -158,6 +161,7 @@ class UpdateInversion(Attack):
             raise ConfigError(f"attack option engine {engine!r} is not one of update-inversion's engines; valid: "
                               f"{', '.join(ENGINES)}")
         self.settings, self.max_images, self.engine = settings, int(text), engine
+        self.rule = stopping_rule(settings)
 
     def reconstruct(
         self, model: nn.Module, dataset: DatasetSpec, targets: Sequence[AttackTarget]
@@ -168,7 +172,8 @@ class UpdateInversion(Attack):
         -------
         list[Reconstruction]
             Per target: N images in pixel space [0,1] (in no particular order), the final
-            objective ``loss``, the inferred labels when the protocol hid them, the engine.
+            objective ``loss``, the iterations run ``iterations_run``, the inferred labels when the
+            protocol hid them, the engine.
         """
         s = self.settings
         device = torch.device(s.device)
@@ -192,7 +197,7 @@ class UpdateInversion(Attack):
             for _ in range(s.restarts):
                 init = torch.randn((leak.num_images, *dataset.shape), generator=generator, dtype=dtype).to(device)
                 problems.append(_Problem(t, leak, labels, observed, init))
-        solved: dict[int, tuple[torch.Tensor, float]] = {}
+        solved: dict[int, tuple[torch.Tensor, float, int]] = {}
         groups: dict[tuple[object, ...], list[int]] = {}
         for i, problem in enumerate(problems):
             groups.setdefault(problem.shape_key, []).append(i)
@@ -205,33 +210,41 @@ class UpdateInversion(Attack):
                 solved.update(zip(index, results))
         out = []
         for t in range(len(targets)):
-            x, loss = min((solved[i] for i, p in enumerate(problems) if p.target == t), key=lambda r: r[1])
-            out.append(Reconstruction(images=dataset.denormalize(x).cpu(), labels=inferred[t], fields={"loss": loss},
-                                      engine=engine))
+            x, loss, run = min((solved[i] for i, p in enumerate(problems) if p.target == t), key=lambda r: r[1])
+            out.append(Reconstruction(images=dataset.denormalize(x).cpu(), labels=inferred[t],
+                                      fields={"loss": loss, "iterations_run": float(run)}, engine=engine))
         return out
 
-    def _optimise(self, x: torch.Tensor, dataset: DatasetSpec,
-                  gradient: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """IG's signed Adam on ``x`` with its lr schedule and the [0,1] box; ``gradient(x)`` gives
-        (d objective / d x, objective); returns the last iterate."""
+    def _optimise(self, x: torch.Tensor, dataset: DatasetSpec, problems: int,
+                  gradient: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """IG's signed Adam on ``x`` with its lr schedule, the stopping rule and the [0,1] box.
+
+        ``x`` holds ``problems`` problems along dimension 0 (or is one problem's images,
+        ``problems=1``); ``gradient(x)`` gives (d objective / d x, objectives). Returns the last
+        iterate and the iterations each problem ran (``problems``,).
+        """
         s = self.settings
         x = x.clone().requires_grad_(True)
         low, high = box_bounds(dataset, x)
-        optimizer = torch.optim.Adam([x], lr=s.lr)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, lr_milestones(s.iterations), gamma=0.1)
+        adam = ScheduledAdam([x], s.lr, s.iterations, self.rule, problems)
         for iteration in range(s.iterations):
             grad, loss = gradient(x)
+            adam.observe(iteration, loss)
+            if adam.finished:
+                break
             x.grad = grad.sign()
-            optimizer.step()
-            scheduler.step()
+            adam.step()
             with torch.no_grad():
                 x.copy_(torch.maximum(torch.minimum(x, high), low))
             if s.progress and (iteration + 1) % s.progress == 0:
                 print(f"{self.name}: iteration {iteration + 1}/{s.iterations} loss {float(loss.mean()):.4f}", flush=True)
-        return x.detach()
+        return x.detach(), adam.iterations_run
 
-    def _solve_loop(self, model: nn.Module, dataset: DatasetSpec, problem: _Problem) -> tuple[torch.Tensor, float]:
-        """One problem with autograd (the reference); returns the last iterate and its objective."""
+    def _solve_loop(self, model: nn.Module, dataset: DatasetSpec,
+                    problem: _Problem) -> tuple[torch.Tensor, float, int]:
+        """One problem with autograd (the reference); returns the last iterate, its objective and
+        the iterations run."""
         s, leak = self.settings, problem.leak
         for p in model.parameters():
             p.requires_grad_(True)
@@ -242,15 +255,16 @@ class UpdateInversion(Attack):
             (grad,) = torch.autograd.grad(loss, [x])
             return grad, loss.detach()
 
-        x = self._optimise(problem.init, dataset, gradient)
+        x, run = self._optimise(problem.init, dataset, 1, gradient)
         final = _cosine_distance(simulated_update(model, x, problem.labels, leak, False), problem.observed)
-        return x, float(final.detach() + s.tv * total_variation(x.unsqueeze(0))[0])
+        return x, float(final.detach() + s.tv * total_variation(x.unsqueeze(0))[0]), int(run[0])
 
-    def _solve_vmap(self, model: nn.Module, dataset: DatasetSpec, group: list[_Problem]) -> list[tuple[torch.Tensor, float]]:
+    def _solve_vmap(self, model: nn.Module, dataset: DatasetSpec,
+                    group: list[_Problem]) -> list[tuple[torch.Tensor, float, int]]:
         """Problems of one shape in one optimisation: per-problem gradients by ``vmap``.
 
-        Adam, its schedule, the sign and the box act element by element, so solving the stacked
-        images jointly equals solving each problem alone (tested in float64).
+        Adam, its schedule, the stopping rule, the sign and the box act problem by problem, so
+        solving the stacked images jointly equals solving each problem alone (tested in float64).
         """
         s = self.settings
         stateless = copy.deepcopy(model)
@@ -259,10 +273,10 @@ class UpdateInversion(Attack):
         step = torch.func.vmap(torch.func.grad_and_value(objective))
         labels = torch.stack([p.labels for p in group])
         observed = tuple(torch.stack(parts) for parts in zip(*(p.observed for p in group)))
-        x = self._optimise(torch.stack([p.init for p in group]), dataset,
-                           lambda x: step(x.detach(), labels, observed))
+        x, runs = self._optimise(torch.stack([p.init for p in group]), dataset, len(group),
+                                 lambda x: step(x.detach(), labels, observed))
         final = torch.func.vmap(objective)(x, labels, observed)
-        return [(x[j], float(final[j])) for j in range(len(group))]
+        return [(x[j], float(final[j]), int(runs[j])) for j in range(len(group))]
 
 
 ATTACKS.add(UpdateInversion.name, UpdateInversion)
