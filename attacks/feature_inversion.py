@@ -92,7 +92,7 @@ def _options(settings: AttackSettings, name: str, defaults: dict[str, float]) ->
 DECODER_DEFAULTS: dict[str, float] = {"epochs": 15, "width": 64, "convs": 6, "batch": 64, "adam-lr": 1e-4,
                                       "val-fraction": 0.1}
 # 50 passes over the auxiliary split (350 Adam steps on 400 images): 5 (35 steps) left the critic
-# under-trained, 1.01 rad against 0.80 on a trained complex LeNet (benchmarks/bench_angle_estimate.py)
+# under-trained: 1.02 rad against 0.82 on a trained complex LeNet (benchmarks/bench_angle_estimate.py)
 ANGLE_DEFAULTS: dict[str, float] = {"critic-epochs": 50, "angles": 360}
 OPTION_RANGES: dict[str, tuple[float, float]] = {"epochs": (1, 10_000), "width": (1, 4096), "convs": (1, 64),
                                                  "batch": (1, 100_000), "adam-lr": (0.0, 1.0),
@@ -206,8 +206,8 @@ class AngleUNetInversion(FeatureAttack):
 
         WGAN-GP, one step per batch of ``QUERY_BATCH`` with one wrong decoding per sample,
         ``critic-epochs`` passes. The critic scores a real decoding high, so :meth:`estimate_angles`
-        takes the argmax. Its best is pi/4, not 0: x = e^{i theta}(a + i b) decodes to the partner's
-        real features b at theta + pi/2, as real as a (the defense's 2-anonymity).
+        takes the argmax. Its best mean error is about pi/4, not 0: x = e^{i theta}(a + i b) decodes
+        to the partner's real features b at theta + pi/2, as real as a (the defense's 2-anonymity).
         """
         generator = torch.Generator().manual_seed(seed)
         critic = self.networks.setdefault((spec, "critic"), FeatureCritic(own["a"].shape[1]).to(self.device))
