@@ -83,7 +83,7 @@ class PropertyInference(AngleUNetInversion):
             inputs, classifier = dataset.normalize(pixels), ConvNet(classes, dataset.channels, width=16)
         else:
             if own["x"].is_complex():
-                self._train_critic(spec, own, seed)
+                self.fit_critic(spec, own, seed)
             if self.variant == "knn":
                 return
             inputs, classifier = self.keys, FeatureClassifier(own["a"].shape[1], classes)
