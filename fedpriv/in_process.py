@@ -3,8 +3,8 @@
 ``flwr run`` is the product's engine; this module computes the same arithmetic in one process
 for checks that must be fast or must isolate Flower's share: that a preset's model trains (its
 accuracy after the preset's rounds), and Flower's overhead per round (``benchmarks/
-bench_flower_overhead.py``). Every client trains in every round (``clients-per-round`` is not
-modelled) and nothing is attacked or written.
+bench_flower_overhead.py``). Every client trains in every round (a run config that samples
+clients is refused) and nothing is attacked or written.
 """
 
 from __future__ import annotations
@@ -89,7 +89,15 @@ def train_in_process(config: RunConfig, num_clients: int, evaluate_after: set[in
     -------
     dict[int, float]
         Test accuracy per round of ``evaluate_after``.
+
+    Raises
+    ------
+    ValueError
+        When ``clients-per-round`` samples fewer clients than there are (not modelled here).
     """
+    if 0 < config.clients_per_round < num_clients:
+        raise ValueError(f"clients-per-round={config.clients_per_round} samples clients; the in-process rounds "
+                         f"train all {num_clients} every round (set clients-per-round=0)")
     evaluator = Evaluator(config)
     state = initial_state(config)
     accuracies = {0: evaluator.accuracy(state)} if 0 in evaluate_after else {}

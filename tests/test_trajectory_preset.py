@@ -6,6 +6,7 @@ import statistics
 import tomllib
 from pathlib import Path
 
+import pytest
 import torch
 
 from fedpriv.config import RunConfig
@@ -30,3 +31,9 @@ def test_the_trajectory_presets_model_trains_to_a_plateau() -> None:
         torch.set_num_threads(threads)
     plateau = statistics.fmean(accuracies[r] for r in late)
     assert plateau >= FLOOR, f"mean accuracy after rounds 160-200 {plateau:.3f} < {FLOOR} (initial {accuracies[0]:.3f})"
+
+
+def test_the_in_process_rounds_refuse_a_config_that_samples_clients() -> None:
+    config = RunConfig(dataset="embedded-photos", model="shallow-cnn", clients_per_round=4, num_server_rounds=1)
+    with pytest.raises(ValueError, match="clients-per-round=4 samples clients"):
+        train_in_process(config, 8, {1})
