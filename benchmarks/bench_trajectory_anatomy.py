@@ -23,23 +23,21 @@ import argparse
 import statistics
 import tomllib
 from collections import defaultdict
-from pathlib import Path
 
 import torch
+from flower_app import APP, app_config
 
 from fedpriv.config import RunConfig
 from fedpriv.in_process import train_in_process
 from fedpriv.protocols import ClientReply
 
-APP = Path(__file__).resolve().parent.parent / "simulations" / "cifar100_ats"
 PRESET = APP / "presets" / "trajectory-embedded-small.toml"
 CLIENTS = 32
 
 
 def preset_config(seed: int) -> RunConfig:
     """The preset fused with the app's defaults, as ``flwr run`` sees it."""
-    defaults = tomllib.loads((APP / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    return RunConfig.from_run_config(defaults | tomllib.loads(PRESET.read_text()) | {"seed": seed})
+    return app_config(tomllib.loads(PRESET.read_text()) | {"seed": seed})
 
 
 def rank_one_residual(weight_grad: torch.Tensor) -> float:
