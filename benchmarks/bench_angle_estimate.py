@@ -41,7 +41,7 @@ from fedpriv.training import to_pixels
 PAPER_ANGLE = 0.7884  # LeNet, CIFAR-10 (romech/fact-ai screenshot of the paper's angle table)
 # LeNet CIFAR-10, as transcribed by the GANA reproduction (Table 3) and Dijkstra et al. (Table 4)
 PAPER_MAE = {"attack 1, complex": "0.2405", "attack 2, complex": "0.1027 / 0.2353", "attack 2, original": "0.0769"}
-UNET = {"epochs": "10", "width": "16", "convs": "2"}  # the small preset's U-Net
+UNET = {"epochs": 10, "width": 16, "convs": 2}  # the small preset's U-Net
 
 
 def leak(net: TrainedNetwork, spec: str, seed: int, count: int) -> tuple[FeatureLeak, torch.Tensor, torch.Tensor]:
@@ -56,10 +56,10 @@ def leak(net: TrainedNetwork, spec: str, seed: int, count: int) -> tuple[Feature
     return FeatureLeak(x), angle, pixels
 
 
-def attacker(name: str, net: TrainedNetwork, options: dict[str, str]) -> AngleUNetInversion:
+def attacker(name: str, net: TrainedNetwork, options: dict[str, int | float]) -> AngleUNetInversion:
     """The attack ``name`` with ``options``, prepared with the server's auxiliary split."""
     train = load_split(DATASET, "", "train")
-    attack = build_attack(name, AttackSettings(extra=options))
+    attack = build_attack(name, AttackSettings(options=options))
     attack.prepare(PHOTOS, AuxiliaryData(train.images[net.aux], train.labels[net.aux]))
     return attack  # type: ignore[return-value]
 
@@ -68,7 +68,7 @@ def angle_row(net: TrainedNetwork, spec: str, epochs: int, seeds: int, count: in
     """Angle errors of the critic trained for ``epochs`` passes: per image over all seeds, per-seed means, seconds."""
     errors, nearer, per_seed, seconds = [], [], [], []
     for seed in range(seeds):
-        attack = attacker("angle-unet-inversion", net, {"critic-epochs": str(epochs), "angles": str(angles)})
+        attack = attacker("angle-unet-inversion", net, {"critic-epochs": epochs, "angles": angles})
         own = simulate_clients(net.model, attack._pixels(), PHOTOS, spec, torch.Generator().manual_seed(seed))
         start = time.perf_counter()
         attack.fit_critic(spec, own, seed)
@@ -86,7 +86,7 @@ def mae_cell(net: TrainedNetwork, name: str, spec: str, seeds: int, count: int, 
     """Per-seed reconstruction MAE on [0,1] pixels of attack ``name`` against ``count`` leaked queries."""
     values = []
     for seed in range(seeds):
-        attack = attacker(name, net, UNET | {"critic-epochs": str(epochs)})
+        attack = attacker(name, net, UNET | {"critic-epochs": epochs})
         features, _, pixels = leak(net, spec, seed, count)
         (result,) = attack.reconstruct(net.model, PHOTOS, [AttackTarget(features, seed, spec)])
         values.append(float((result.images - pixels).abs().mean()))

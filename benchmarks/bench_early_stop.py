@@ -76,8 +76,8 @@ def main() -> None:
     print(f"{'patience':>8} {'tolerance':>9} {'iters mean':>10} {'min':>5} {'max':>5} {'seconds':>8} "
           f"{'PSNR dB':>8} {'worst drop dB':>13}")
     for patience in ["0", *args.patience.split(",")]:
-        extra = {"engine": "loop", "patience": patience, "tolerance": args.tolerance}
-        attack = build_attack("inverting-gradients", AttackSettings(iterations=args.iterations, extra=extra))
+        extra = {"engine": "loop", "patience": int(patience), "tolerance": float(args.tolerance)}
+        attack = build_attack("inverting-gradients", AttackSettings(iterations=args.iterations, options=extra))
         start = time.perf_counter()
         results = attack.reconstruct(model, spec, leaks)
         seconds = time.perf_counter() - start

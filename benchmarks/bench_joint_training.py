@@ -40,6 +40,8 @@ from fedpriv.metrics import mse_per_image
 from fedpriv.models import build_model, load_wire_state, wire_state
 from fedpriv.server_pretraining import pretrain_on_aux
 from fedpriv.training import evaluate, to_pixels
+from fedpriv.attacks.base import settings_for
+from fedpriv.validation import validated_config
 
 SOURCE = {"accuracy honest": 99.4, "accuracy joint": 99.2, "black-box": 0.3120, "joint": 0.0197, "ratio": 0.3120 / 0.0197}
 
@@ -70,7 +72,7 @@ class Sharpened(torch.nn.Module):
 def black_box_mse(config: RunConfig, classifier: torch.nn.Module, aux: AuxiliaryData, victims: torch.Tensor,
                   spec, seed: int) -> list[float]:
     """Per-victim MSE of the prediction-inversion attack trained on ``aux`` against ``classifier``."""
-    attack = build_attack("prediction-inversion", config.attack_settings("prediction-inversion"))
+    attack = build_attack("prediction-inversion", settings_for(config, "prediction-inversion"))
     attack.prepare(spec, aux)
     leak = PredictionLeak(predict(classifier, victims, spec), "predictions")
     (result,) = attack.reconstruct(classifier, spec, [AttackTarget(leak, seed=seed)])
@@ -87,13 +89,14 @@ def run(dataset: str, data_dir: str, epochs: int, seed: int, inverter_epochs: in
     aux = AuxiliaryData(train.images[members], train.labels[members])
     non_members = AuxiliaryData(train.images[others], train.labels[others])
     victims = to_pixels(test.images)
-    options = f"prediction-inversion.align=false,prediction-inversion.epochs={inverter_epochs},prediction-inversion.width={width}"
+    options = {"attack.prediction-inversion.align": False, "attack.prediction-inversion.epochs": inverter_epochs,
+               "attack.prediction-inversion.width": width}
     row: dict[str, object] = {"epochs": epochs, "seed": seed}
     for joint in (False, True):
-        config = RunConfig.from_run_config({
+        config = validated_config({
             "dataset": dataset, "model": model, "seed": seed, "server-pretrain-epochs": epochs, "aux-samples": len(members),
-            "joint-training": joint, "protocol": "predictions", "attacks": "prediction-inversion", "attack-options": options,
-        })
+            "joint-training": joint, "protocol": "predictions", "attacks": "prediction-inversion",
+        } | options)
         torch.manual_seed(seed)
         start = wire_state(build_model(model, spec.num_classes, spec.channels))
         clock = time.perf_counter()

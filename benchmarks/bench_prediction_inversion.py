@@ -70,7 +70,8 @@ def main() -> None:
             name = setting.replace(", ", "-").replace(" ", "-")
             values = base | changes | {
                 "out-dir": str(out), "run-name": name, "num-server-rounds": args.rounds,
-                "attack-options": f"epochs={args.epochs},width=32,align={align}",
+                "attack.prediction-inversion.epochs": args.epochs, "attack.prediction-inversion.width": 32,
+                "attack.prediction-inversion.align": align == "true",
             }
             start = time.perf_counter()
             outcome = link.run(APP, run_config_text(values), "num-supernodes=5 client-resources-num-cpus=1",

@@ -59,7 +59,7 @@ def main() -> None:
     spec = resolve_spec("embedded-photos")
     timings = {}
     for engine in ("loop", "vmap"):
-        attack = build_attack("update-inversion", AttackSettings(iterations=args.iterations, extra={"engine": engine}))
+        attack = build_attack("update-inversion", AttackSettings(iterations=args.iterations, options={"engine": engine}))
         runs = []
         for _ in range(args.repeats):
             start = time.perf_counter()

@@ -12,6 +12,7 @@ from fedpriv.data.auxiliary import split_with_aux
 from fedpriv.defenses import build_defense
 from fedpriv.models import build_model, load_wire_state
 from fedpriv.protocols import PROTOCOLS, ClientReply
+from fedpriv.run_data import load_run_split, run_dataset_spec
 
 
 def generator_for(*keys: object) -> torch.Generator:
@@ -22,9 +23,9 @@ def generator_for(*keys: object) -> torch.Generator:
 @functools.lru_cache(maxsize=2)
 def _split(config: RunConfig, num_partitions: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """All partitions' indices and the server's auxiliary indices, computed once per process."""
-    labels = config.load("train").labels.numpy()
+    labels = load_run_split(config, "train").labels.numpy()
     parts, aux = split_with_aux(labels, num_partitions, config.partitioner, config.dirichlet_alpha, config.seed,
-                                config.aux_samples, config.aux_type, config.dataset_spec().num_classes)
+                                config.aux_samples, config.aux_type, run_dataset_spec(config).num_classes)
     return tuple(torch.as_tensor(p, dtype=torch.long) for p in parts), torch.as_tensor(aux, dtype=torch.long)
 
 
@@ -41,14 +42,14 @@ def partition_index(config: RunConfig, num_partitions: int) -> tuple[tuple[torch
 
 def client_data(config: RunConfig, partition_id: int, num_partitions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The uint8 images and labels of one client's data."""
-    train = config.load("train")
+    train = load_run_split(config, "train")
     index = partition_index(config, num_partitions)[0][partition_id]
     return train.images[index], train.labels[index]
 
 
 def client_properties(config: RunConfig, partition_id: int, num_partitions: int) -> torch.Tensor:
     """The private property of each of one client's samples (its labels where the set defines none)."""
-    return config.load("train").property_of(partition_index(config, num_partitions)[0][partition_id])
+    return load_run_split(config, "train").property_of(partition_index(config, num_partitions)[0][partition_id])
 
 
 def run_client_round(
@@ -79,7 +80,7 @@ def run_client_round(
     ClientReply
         What the client sends; ``truth`` is set in attacked rounds only.
     """
-    dataset = config.dataset_spec()
+    dataset = run_dataset_spec(config)
     images, labels = client_data(config, partition_id, num_partitions)
     defense = build_defense(config.defense_for(partition_id))
     # Ray sets CUDA_VISIBLE_DEVICES per actor (client-resources-num-gpus); cuda:0 is this actor's GPU.

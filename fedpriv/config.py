@@ -1,246 +1,152 @@
-"""The run configuration: Flower run-config keys parsed into a validated dataclass."""
+"""The run configuration: Flower run-config keys parsed into one frozen dataclass, every bad value at once.
+
+The keys are declared in sections (:mod:`fedpriv.config_sections`); an attack's own options are the
+keys ``attack.NAME.OPTION``, kept here as given and checked by the attack that declares them
+(:mod:`fedpriv.validation` runs every plugin's checks). This module imports no plugin.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import functools
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fedpriv.config_checks import check_auxiliary
-from fedpriv.config_values import coerce, overrides, parse_attack_options, selection
-from fedpriv.errors import ConfigError
-from fedpriv.spec_numbers import spec_float, spec_int
+from fedpriv.config_sections import (
+    AttacksSection, DataSection, DefensesSection, FederationSection, OutputsSection, PrivacySection, RunSection,
+)
+from fedpriv.config_values import overrides, selection
+from fedpriv.errors import ConfigError, join_errors
+from fedpriv.options import Declared, coerce, declared
 
-if TYPE_CHECKING:
-    from fedpriv.attacks import AttackSettings
-    from fedpriv.data.loading import LabeledImages
-    from fedpriv.data.specs import DatasetSpec
-
-DEFAULT_OUT_DIR = "~/fedpriv-runs"
-DEFAULT_DATA_DIR = "~/.cache/fedpriv/data"
-PARTITIONERS = ("iid", "dirichlet")
-MODEL_MODES = ("eval", "train")
-DP_MODES = ("none", "client-fixed", "server-fixed", "local")
-AGGREGATORS = ("fedavg", "fedmedian", "fedtrimmedavg", "krum")
-OPTIMISATION_KEYS = ("iterations", "restarts", "lr", "tv")  # per-attack overrides of attack-*
-MAX_ITERATIONS, MAX_RESTARTS, MAX_WEIGHT = 10_000_000, 1000, 1000.0  # ranges of those overrides
+PLUGIN_FAMILIES = ("attack",)  # run-config keys FAMILY.NAME.OPTION hold one plugin's own options
+# Keys of earlier versions -> their new form (the README's migration table lists them).
+RENAMED = {
+    "attack-options": "one key per option, attack.ATTACK.OPTION (e.g. attack.inverting-gradients.engine='loop'); "
+                      "an option shared by several attacks is set for each",
+}
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(RunSection, OutputsSection, AttacksSection, DefensesSection, PrivacySection, FederationSection,
+                DataSection):
     """Every setting of a run, keyed like Flower's run-config (``num-server-rounds`` ...).
 
-    Use :meth:`from_run_config` to build one from Flower's ``context.run_config``; every value
-    is validated there, before any work starts.
+    Use :meth:`from_run_config` to build one from Flower's ``context.run_config`` (every value
+    is checked there, before any work starts) and :func:`fedpriv.validation.validated_config` to
+    check the plugins it names too.
+
+    Attributes
+    ----------
+    plugin_options
+        The ``attack.NAME.OPTION`` keys as given (values in their TOML types).
     """
 
-    num_server_rounds: int = 3
-    seed: int = 0
-    dataset: str = "cifar100"
-    normalization: str = "dataset"
-    data_dir: str = DEFAULT_DATA_DIR
-    data_download: bool = True
-    data_verify: bool = True
-    image_size: int = 32
-    image_channels: int = 3
-    out_dir: str = DEFAULT_OUT_DIR
-    run_name: str = ""
-    model: str = "resnet20"
-    initial_checkpoint: str = ""
-    partitioner: str = "dirichlet"
-    dirichlet_alpha: float = 0.5
-    clients_per_round: int = 0
-    protocol: str = "fedsgd"
-    server_lr: float = 0.1
-    local_epochs: int = 1
-    local_steps: int = 0
-    local_samples: int = 0
-    aux_samples: int = 0
-    aux_type: str = "same"
-    aux_dataset: str = ""
-    prediction_samples: int = 16
-    feature_samples: int = 8
-    split_training: bool = False
-    server_pretrain_epochs: int = 0
-    joint_training: bool = False
-    joint_weight: float = 1.0
-    batch_size: int = 1
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    eval_samples: int = 1000
-    defense: str = "none"
-    defense_overrides: str = ""
-    attacks: str = "inverting-gradients"
-    attack_overrides: str = ""
-    attack_rounds: str = "1"
-    attack_clients: str = "all"
-    attack_iterations: int = 4800
-    attack_restarts: int = 1
-    attack_lr: float = 0.1
-    attack_tv: float = 1e-4
-    attack_device: str = "cpu"
-    attack_progress: int = 500
-    attack_model_mode: str = "eval"
-    attack_precision: str = "default"
-    attack_options: str = ""
-    reveal_labels: bool = True
-    aggregator: str = "fedavg"
-    dp: str = "none"
-    dp_noise_multiplier: float = 1.0
-    dp_clipping_norm: float = 1.0
-    dp_delta: float = 1e-5
-    update_pruning: float = 0.0
-    round_timeout: float = 3600.0
-    fail_fast: bool = False
-    resume: bool = False
-    inject_client_failure: str = "none"
-    inject_client_hang: str = "none"
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    plugin_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    @staticmethod
+    def declared() -> list[Declared]:
+        """The declared keys, section by section."""
+        return declared(RunConfig)
 
     @staticmethod
     def keys() -> list[str]:
-        """The run-config keys (kebab-case) this dataclass reads."""
-        return [f.name.replace("_", "-") for f in dataclasses.fields(RunConfig) if f.name != "extra"]
+        """The run-config keys (kebab-case) this dataclass reads, besides plugins' options."""
+        return [d.name for d in RunConfig.declared()]
 
     @classmethod
-    def from_run_config(cls, run_config: dict[str, Any]) -> "RunConfig":
-        """Build and validate a config from Flower run-config values.
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> "RunConfig":
+        """Build and check a config from Flower run-config values.
 
-        Unknown keys are kept in ``extra`` (apps may add their own); known keys are type-checked
-        (ints stay ints, floats accept ints, bools must be bools) and range-checked.
+        Known keys are type-checked (ints stay ints, floats accept ints, bools must be bools) and
+        range-checked; settings that must fit together are checked together.
 
         Raises
         ------
         ConfigError
-            Naming the key, the bad value and what is valid.
+            One message naming every bad key, its value and what is valid: an unknown key (with
+            the closest known one), a key of an earlier version (with its new form), a bad value.
         """
+        keys = {d.name: d for d in cls.declared()}
         values: dict[str, Any] = {}
-        extra: dict[str, Any] = {}
-        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        plugin_options: dict[str, Any] = {}
+        errors: list[str] = []
         for key, value in run_config.items():
-            name = str(key).replace("-", "_")
-            if name not in types or name == "extra":
-                extra[str(key)] = value
-                continue
-            values[name] = coerce(key, value, types[name])
-        config = cls(**values, extra=extra)
-        config.validate()
+            key = str(key)
+            if key in RENAMED:
+                errors.append(f"{key} was replaced: use {RENAMED[key]}")
+            elif key.split(".")[0] in PLUGIN_FAMILIES:
+                if key.count(".") != 2 or not all(key.split(".")):
+                    errors.append(f"{key}: a plugin option is written FAMILY.NAME.OPTION, e.g. "
+                                  "attack.inverting-gradients.engine")
+                plugin_options[key] = value
+            elif key not in keys:
+                close = difflib.get_close_matches(key, list(keys), n=1)
+                errors.append(f"{key} is not a run-config key" + (f"; did you mean {close[0]}?" if close else
+                              "; the keys are listed in docs/configuration.md"))
+            else:
+                coerced, bad = coerce(key, value, keys[key].kind)
+                bad = bad or keys[key].spec.errors(key, coerced)
+                errors += bad
+                if not bad:
+                    values[keys[key].attribute] = coerced
+        config = cls(**values, plugin_options=plugin_options)
+        if not errors:
+            errors = config.errors()
+        if errors:
+            raise ConfigError(join_errors(errors, "the run config"))
         return config
 
     def as_run_config(self) -> dict[str, Any]:
-        """Kebab-case dict of all values (what ``config.json`` records)."""
-        return {
-            f.name.replace("_", "-"): getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name != "extra"
-        } | dict(self.extra)
+        """Kebab-case dict of all values, plugins' options included (what ``config.json`` records)."""
+        return {d.name: getattr(self, d.attribute) for d in self.declared()} | dict(self.plugin_options)
 
-    def validate(self) -> None:
-        """Check ranges and plugin specs (imports plugins lazily); raise ConfigError."""
-        positive: dict[str, float] = {
-            "num-server-rounds": self.num_server_rounds,
-            "local-epochs": self.local_epochs,
-            "batch-size": self.batch_size,
-            "image-size": self.image_size,
-            "attack-iterations": self.attack_iterations,
-            "attack-restarts": self.attack_restarts,
-        }
-        for key, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{key} must be >= 1, got {value}")
-        non_negative: dict[str, float] = {
-            "clients-per-round": self.clients_per_round,
-            "eval-samples": self.eval_samples,
-            "attack-progress": self.attack_progress,
-            "seed": self.seed,
-            "momentum": self.momentum,
-            "weight-decay": self.weight_decay,
-            "attack-tv": self.attack_tv,
-            "local-steps": self.local_steps,
-            "local-samples": self.local_samples,
-            "aux-samples": self.aux_samples,
-            "dp-noise-multiplier": self.dp_noise_multiplier,
-            "server-pretrain-epochs": self.server_pretrain_epochs,
-            "joint-weight": self.joint_weight,
-        }
-        for key, value in non_negative.items():
-            if value < 0:
-                raise ConfigError(f"{key} must be >= 0, got {value}")
-        for key, value in {
-            "lr": self.lr, "attack-lr": self.attack_lr, "dirichlet-alpha": self.dirichlet_alpha,
-            "server-lr": self.server_lr, "dp-clipping-norm": self.dp_clipping_norm, "round-timeout": self.round_timeout,
-        }.items():
-            if not value > 0:
-                raise ConfigError(f"{key} must be > 0, got {value}")
-        if not 0 < self.dp_delta < 1:
-            raise ConfigError(f"dp-delta must lie in (0, 1), got {self.dp_delta}")
-        if not 0 <= self.update_pruning < 1:
-            raise ConfigError(f"update-pruning must lie in [0, 1) (the fraction of entries zeroed), got {self.update_pruning}")
+    def errors(self) -> list[str]:
+        """Settings that do not fit together (each value alone is valid), plugins aside."""
+        errors = []
         if self.dp == "local" and self.dp_noise_multiplier == 0:
-            raise ConfigError("dp='local' needs dp-noise-multiplier > 0 (LocalDpMod's epsilon is infinite at 0)")
-        for key, value, valid in (("dp", self.dp, DP_MODES), ("aggregator", self.aggregator, AGGREGATORS)):
-            if value not in valid:
-                raise ConfigError(f"{key} {value!r} is unknown; valid: {', '.join(valid)}")
-        if self.partitioner not in PARTITIONERS:
-            raise ConfigError(f"partitioner {self.partitioner!r} is unknown; valid: {', '.join(PARTITIONERS)}")
-        if self.attack_model_mode not in MODEL_MODES:
-            raise ConfigError(f"attack-model-mode {self.attack_model_mode!r}; valid: {', '.join(MODEL_MODES)}")
+            errors.append("dp='local' needs dp-noise-multiplier > 0 (LocalDpMod's epsilon is infinite at 0)")
         if not self.out_dir.strip():
-            raise ConfigError("out-dir is empty; give a folder for the run folders")
+            errors.append("out-dir is empty; give a folder for the run folders")
         if self.image_channels not in (1, 3):
-            raise ConfigError(f"image-channels must be 1 or 3, got {self.image_channels}")
+            errors.append(f"image-channels must be 1 or 3, got {self.image_channels}")
         if not self.data_dir.strip():
-            raise ConfigError("data-dir is empty; give the folder that holds (or will receive) the data sets")
+            errors.append("data-dir is empty; give the folder that holds (or will receive) the data sets")
         if "/" in self.run_name or self.run_name in (".", ".."):
-            raise ConfigError(f"run-name {self.run_name!r} must be a plain folder name (no '/')")
-        self.attacked_rounds()
-        self.attacked_clients()
-        self.failing_partitions()
-        self.hanging_partitions()
+            errors.append(f"run-name {self.run_name!r} must be a plain folder name (no '/')")
+        for check in (self.attacked_rounds, self.attacked_clients, self.failing_partitions, self.hanging_partitions,
+                      self.defense_overrides_map, self.attack_overrides_map, self.attack_names):
+            try:
+                check()
+            except ConfigError as error:
+                errors.append(str(error))
         if self.resume and not self.run_name:
-            raise ConfigError("resume=true needs run-name: the folder of the run to continue")
-        if self.prediction_samples < 1:
-            raise ConfigError(f"prediction-samples must be >= 1, got {self.prediction_samples}")
-        if self.feature_samples < 1:
-            raise ConfigError(f"feature-samples must be >= 1, got {self.feature_samples}")
-        check_auxiliary(self)
-        self._check_plugins()
+            errors.append("resume=true needs run-name: the folder of the run to continue")
+        if self.aux_type != "same" and self.aux_samples == 0:
+            errors.append(f"aux-type={self.aux_type!r} needs aux-samples >= 1 (the server's auxiliary split)")
+        if self.aux_type == "distinct" and self.aux_dataset == self.dataset:
+            errors.append(f"aux-dataset={self.aux_dataset!r} is the run's own data set; aux-type='distinct' "
+                          "needs another one")
+        if self.server_pretrain_epochs and self.aux_samples == 0:
+            errors.append("server-pretrain-epochs > 0 trains the initial model on the server's auxiliary split: "
+                          "set aux-samples >= 1")
+        if self.joint_training:
+            if not self.server_pretrain_epochs:
+                errors.append("joint-training=true trains the initial classifier jointly with an inverter: "
+                              "set server-pretrain-epochs >= 1")
+            if self.aux_type != "same":
+                errors.append(f"joint-training=true trains the task classifier on the auxiliary split, which "
+                              f"needs aux-type='same' (its labels are the task's), got {self.aux_type!r}")
+            if self.resume:
+                errors.append("resume=true with joint-training=true: the jointly trained inverter lives only in "
+                              "the server's memory (not in the checkpoint); start a new run-name")
+        return errors
 
-    def distinct_dataset(self) -> str:
-        """The data set ``aux-type='distinct'`` draws from: ``aux-dataset``, or the default pairing."""
-        from fedpriv.data.auxiliary import DISTINCT_DEFAULTS
-
-        if self.aux_dataset:
-            return self.aux_dataset
-        if self.dataset not in DISTINCT_DEFAULTS:
-            raise ConfigError(f"aux-type='distinct' needs aux-dataset for dataset {self.dataset!r} (defaults exist "
-                              f"for {', '.join(sorted(DISTINCT_DEFAULTS))})")
-        return DISTINCT_DEFAULTS[self.dataset]
-
-    def _check_plugins(self) -> None:
-        from fedpriv.config_checks import check_attacks, check_protocol_fit, check_split_model
-        from fedpriv.data.custom import custom_path, is_custom
-        from fedpriv.data.specs import resolve_spec
-        from fedpriv.models import check_model_name
-        from fedpriv.protocols import PROTOCOLS
-
-        if is_custom(self.dataset):
-            if not custom_path(self.dataset).is_dir():
-                raise ConfigError(f"dataset {self.dataset!r}: {custom_path(self.dataset)} is not a folder")
-        else:
-            resolve_spec(self.dataset, self.normalization)
-            if (self.image_size, self.image_channels) != (32, 3):
-                raise ConfigError(f"image-size={self.image_size} / image-channels={self.image_channels} apply to "
-                                  f"folder: and hf: data sets only; {self.dataset!r} has a fixed shape")
-        check_model_name(self.model)
-        check_split_model(self)
-        protocol = PROTOCOLS.get(self.protocol)
-        check_protocol_fit(self, protocol)
-        check_attacks(self, protocol)
+    def plugin_values(self, family: str, name: str) -> dict[str, Any]:
+        """The options given for one plugin (``attack``, ``inverting-gradients``), by option name."""
+        prefix = f"{family}.{name}."
+        return {key[len(prefix):]: value for key, value in self.plugin_options.items() if key.startswith(prefix)}
 
     def attack_names(self) -> list[str]:
         """Every attack some client of this run is attacked with (none if no round or client is)."""
@@ -248,35 +154,6 @@ class RunConfig:
             return []
         texts = {self.attacks, *self.attack_overrides_map().values()}
         return sorted({n for text in texts for n in self._attack_list(text)})
-
-    def attack_settings(self, name: str) -> AttackSettings:
-        """The settings attack ``name`` runs with.
-
-        The ``attack-*`` optimisation keys, overridden by ``attack-options`` entries
-        ``NAME.iterations``, ``NAME.lr``, ``NAME.tv``, ``NAME.restarts``; ``extra`` holds the
-        run's plain ``OPTION=VALUE`` entries that this attack declares, then its own
-        ``NAME.OPTION`` entries (which win).
-        """
-        from fedpriv.attacks import ATTACKS, AttackSettings
-
-        declared = set(ATTACKS.get(name).options)
-        options = parse_attack_options(self.attack_options)
-        extra = {key: value for (owner, key), value in options.items() if owner == "" and key in declared}
-        extra |= {key: value for (owner, key), value in options.items() if owner == name and key in declared}
-        own = {key: value for (owner, key), value in options.items() if owner == name and key in OPTIMISATION_KEYS}
-        where = f"attack-options for {name}"
-        return AttackSettings(
-            iterations=spec_int(where, f"{name}.iterations", own["iterations"], 1, MAX_ITERATIONS)
-            if "iterations" in own else self.attack_iterations,
-            restarts=spec_int(where, f"{name}.restarts", own["restarts"], 1, MAX_RESTARTS)
-            if "restarts" in own else self.attack_restarts,
-            lr=spec_float(where, f"{name}.lr", own["lr"], 0.0, MAX_WEIGHT) if "lr" in own else self.attack_lr,
-            tv=spec_float(where, f"{name}.tv", own["tv"], 0.0, MAX_WEIGHT) if "tv" in own else self.attack_tv,
-            device=self.attack_device,
-            progress=self.attack_progress,
-            precision=self.attack_precision,
-            extra=extra,
-        )
 
     def check_partitions(self, num_partitions: int) -> None:
         """Fail if a selection or override names a partition the federation does not have.
@@ -358,19 +235,6 @@ class RunConfig:
             return num_partitions
         return self.clients_per_round
 
-    def dataset_spec(self) -> DatasetSpec:
-        """Classes, shape and normalisation of this run's data set (own data sets included)."""
-        from fedpriv.data.loading import dataset_spec
-
-        return dataset_spec(self.dataset, self.normalization, self.image_size, self.image_channels)
-
-    def load(self, split: str) -> LabeledImages:
-        """One split of this run's data set (cached per process)."""
-        from fedpriv.data.loading import load_split
-
-        return load_split(self.dataset, self.data_path(), split, False, self.data_verify,  # type: ignore[arg-type]
-                          self.image_size, self.image_channels)
-
     def out_path(self) -> Path:
         """Absolute folder that holds run folders (``~`` expanded)."""
         return Path(self.out_dir).expanduser().resolve()
@@ -378,17 +242,3 @@ class RunConfig:
     def data_path(self) -> Path:
         """Absolute data folder (``~`` expanded)."""
         return Path(self.data_dir).expanduser().resolve()
-
-
-@functools.lru_cache(maxsize=8)
-def _parsed(items: tuple[tuple[str, Any], ...]) -> RunConfig:
-    return RunConfig.from_run_config(dict(items))
-
-
-def parse_run_config(run_config: Mapping[str, Any]) -> RunConfig:
-    """:meth:`RunConfig.from_run_config`, parsed and validated once per distinct config in a process.
-
-    A ClientApp and its mods see the same run config for every message of a run; validation
-    imports plugins (and a user's model module), so it is not repeated per message.
-    """
-    return _parsed(tuple(sorted(run_config.items())))

@@ -1,9 +1,6 @@
-"""Parsers of run-config string values: partition selections, per-client overrides, attack options, types."""
+"""Parsers of run-config string values: partition selections and per-client overrides."""
 
 from __future__ import annotations
-
-import math
-from typing import Any
 
 from fedpriv.errors import ConfigError
 
@@ -48,35 +45,3 @@ def overrides(text: str, key: str) -> dict[int, str]:
             )
         result.update({pid: spec.strip() for pid in chosen})
     return result
-
-
-def parse_attack_options(text: str) -> dict[tuple[str, str], str]:
-    """``attack-options`` as {(attack or "", option): value}; ``ATTACK.OPTION`` is for one attack."""
-    options: dict[tuple[str, str], str] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, equals, value = (s.strip() for s in item.partition("="))
-        owner, dot, name = key.rpartition(".")
-        if not (name and equals and value) or (dot and not owner) or (owner, name) in options:
-            raise ConfigError(f"attack-options={text!r}: write NAME=VALUE or ATTACK.NAME=VALUE "
-                              "pairs joined by commas, each once, e.g. 'engine=loop,inverting-gradients.max-batch=16'")
-        options[(owner, name)] = value
-    return options
-
-
-def coerce(key: str, value: Any, annotation: Any) -> Any:
-    """``value`` as the dataclass field type ``annotation`` names (ints stay ints, floats accept ints,
-    bools must be bools, floats finite); else ConfigError naming the key."""
-    kind = {"int": int, "float": float, "bool": bool, "str": str}.get(str(annotation))
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-    elif kind is str:
-        if isinstance(value, str):
-            return value
-    raise ConfigError(f"{key}={value!r} has the wrong type; expected a finite {str(annotation)}")

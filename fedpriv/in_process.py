@@ -19,6 +19,7 @@ from fedpriv.config import RunConfig
 from fedpriv.models import build_model, load_wire_state, wire_state
 from fedpriv.protocols import ClientReply
 from fedpriv.training import evaluate
+from fedpriv.run_data import load_run_split, run_dataset_spec
 
 
 def fedavg(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
@@ -37,7 +38,7 @@ def fedavg(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[st
 
 def initial_state(config: RunConfig) -> dict[str, torch.Tensor]:
     """The initial global model as the ServerApp builds it (``seed`` set first; no checkpoint)."""
-    dataset = config.dataset_spec()
+    dataset = run_dataset_spec(config)
     torch.manual_seed(config.seed)
     return wire_state(build_model(config.model, dataset.num_classes, dataset.channels))
 
@@ -53,8 +54,8 @@ class Evaluator:
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
-        self.dataset = config.dataset_spec()
-        test = config.load("test")
+        self.dataset = run_dataset_spec(config)
+        test = load_run_split(config, "test")
         pick = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(config.seed))
         pick = pick[: config.eval_samples] if config.eval_samples else pick
         self.images, self.labels = test.images[pick], test.labels[pick]

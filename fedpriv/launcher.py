@@ -47,6 +47,22 @@ def _toml_value(value: object) -> str:
     return json.dumps(value) if isinstance(value, str) else str(value)
 
 
+def flattened(table: Mapping[str, object], prefix: str = "") -> dict[str, object]:
+    """Nested TOML tables as Flower flattens them: ``{"attack": {"x": {"k": 1}}}`` -> ``{"attack.x.k": 1}``."""
+    flat: dict[str, object] = {}
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            flat |= flattened(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def app_defaults(app: Path) -> dict[str, object]:
+    """The run-config keys an app declares, with its defaults, flattened as Flower does."""
+    return flattened(tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"].get("config", {}))
+
+
 def run_config_text(values: Mapping[str, object]) -> str:
     """Render run-config values as ``flwr run --run-config`` text (TOML scalars)."""
     return " ".join(f"{key}={_toml_value(value)}" for key, value in values.items())
@@ -61,7 +77,7 @@ def run_config_string(items: list[str]) -> str:
     merged: dict[str, str] = {}
     for item in items:
         if item.endswith(".toml") and Path(item).is_file():
-            merged |= {k: _toml_value(v) for k, v in tomllib.loads(Path(item).read_text()).items()}
+            merged |= {k: _toml_value(v) for k, v in flattened(tomllib.loads(Path(item).read_text())).items()}
             continue
         merged |= dict(_PAIR.findall(item))
     return " ".join(f"{key}={value}" for key, value in merged.items())
@@ -77,12 +93,23 @@ def check_run_config_keys(app: Path, run_config: str) -> None:
     ValueError
         Naming the unknown keys and listing the app's keys.
     """
-    declared = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"].get("config", {})
-    if unknown := sorted({key for key, _ in _PAIR.findall(run_config)} - set(declared)):
-        close = difflib.get_close_matches(unknown[0], list(declared), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown run-config key {unknown[0]!r}{hint} for {app.name}; valid keys: "
-                         f"{', '.join(sorted(declared))}")
+    from fedpriv.config import RENAMED, RunConfig
+
+    declared = app_defaults(app)
+    unknown = sorted({key for key, _ in _PAIR.findall(run_config)} - set(declared))
+    if not unknown:
+        return
+    key = unknown[0]
+    readers = {d.name: d.spec.protocols for d in RunConfig.declared()}
+    if key in RENAMED:
+        raise ValueError(f"{key} was replaced: use {RENAMED[key]}")
+    if key in readers:
+        raise ValueError(f"run-config key {key!r} is not one of app {app.name}'s: only protocol "
+                         f"{' or '.join(readers[key])} reads it, and {app.name}'s scenario does not run it")
+    close = difflib.get_close_matches(key, list(declared), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"unknown run-config key {key!r}{hint} for {app.name}; valid keys: "
+                     f"{', '.join(sorted(declared))}")
 
 
 def check_federation_config(federation_config: str) -> None:

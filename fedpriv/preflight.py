@@ -33,12 +33,13 @@ def check_run_config(app: Path, run_config: str) -> None:
     ConfigError
         The ServerApp's own message: the key, the bad value and what is valid.
     """
-    from fedpriv.config import RunConfig
-    from fedpriv.launcher import _PAIR
+    from fedpriv.run_data import run_dataset_spec
+    from fedpriv.validation import validated_config
+    from fedpriv.launcher import _PAIR, app_defaults
     from fedpriv.models import check_model_fits
     from fedpriv.strategies.server import _folder_path, check_attack_device, initial_state
 
-    defaults = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"].get("config", {})
+    defaults = app_defaults(app)
     overrides: dict[str, object] = {}
     for key, value in _PAIR.findall(run_config):
         try:
@@ -46,10 +47,10 @@ def check_run_config(app: Path, run_config: str) -> None:
         except tomllib.TOMLDecodeError:
             raise ConfigError(f"run-config {key}={value} is not a TOML value; valid: a number, true/false or a "
                               "quoted string such as 'cifar10'") from None
-    config = RunConfig.from_run_config(defaults | overrides)
+    config = validated_config(defaults | overrides)
     check_attack_device(config.attack_device)
     _folder_path(config)
-    dataset = config.dataset_spec()
+    dataset = run_dataset_spec(config)
     check_model_fits(config.model, dataset.num_classes, dataset.channels, dataset.size)
     if config.initial_checkpoint:
         initial_state(config, dataset)

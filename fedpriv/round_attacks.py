@@ -34,6 +34,7 @@ from fedpriv.metrics import mse_per_image, psnr_per_image, ssim_per_image
 from fedpriv.models import build_model
 from fedpriv.results import RunFolder
 from fedpriv.rotation.adversarial import circular_error
+from fedpriv.attacks.base import settings_for
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ class AttackHarness:
     def __init__(self, config: RunConfig, dataset: DatasetSpec, aux: AuxiliaryData | None = None) -> None:
         self.config, self.dataset = config, dataset
         self.prior = prior_image(aux.images) if aux is not None and len(aux.images) else None
-        self.attacks = {name: build_attack(name, config.attack_settings(name)) for name in config.attack_names()}
+        self.attacks = {name: build_attack(name, settings_for(config, name)) for name in config.attack_names()}
         for attack in self.attacks.values():
             attack.prepare(dataset, aux if attack.knowledge.aux == "server" else None)
 

@@ -24,6 +24,7 @@ from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses import build_defense
 from fedpriv.models import build_model, load_wire_state, wire_state
 from fedpriv.training import to_pixels
+from fedpriv.attacks.base import settings_for
 
 BATCH = 128
 LR = 2e-4
@@ -56,7 +57,7 @@ def pretrain_on_aux(
     parameters = list(model.parameters())
     if config.joint_training:
         top = getattr(build_defense(config.defense), "top", dataset.num_classes)
-        attack = build_attack(PredictionInversion.name, config.attack_settings(PredictionInversion.name))
+        attack = build_attack(PredictionInversion.name, settings_for(config, PredictionInversion.name))
         torch.manual_seed(config.seed)
         inverter = attack.new_inverter(dataset, top)  # type: ignore[attr-defined]
         parameters += list(inverter.parameters())

@@ -14,6 +14,7 @@ from fedpriv.defenses import build_defense, defense_names
 from fedpriv.defenses.ats import AtsDefense, AtsPolicy, parse_ats_policy, translation_bounds
 from fedpriv.defenses.ats_primitives import PRIMITIVES, primitive, sampled_shift
 from fedpriv.errors import ConfigError
+from fedpriv.validation import validated_config
 
 SEEDS = range(12)
 
@@ -253,13 +254,12 @@ def test_reference_geometry_crops_the_28x28_image_into_32x32_with_5_offsets() ->
 
 
 def test_reference_geometry_is_refused_where_it_does_not_apply() -> None:
-    from fedpriv.config import RunConfig
 
     with pytest.raises(ConfigError, match="geometry=resized or geometry=reference"):
         parse_ats_policy("ats:3-1-7;geometry=native")
     with pytest.raises(ConfigError, match="1-channel 28x28 sets"):
-        RunConfig.from_run_config({"dataset": "embedded-photos", "defense": "ats:3-1-7;geometry=reference"})
+        validated_config({"dataset": "embedded-photos", "defense": "ats:3-1-7;geometry=reference"})
     with pytest.raises(ConfigError, match="policy-aware"):
-        RunConfig.from_run_config({"dataset": "embedded-digits", "defense": "ats:19-15-45;geometry=reference",
+        validated_config({"dataset": "embedded-digits", "defense": "ats:19-15-45;geometry=reference",
                                    "attacks": "inverting-gradients,policy-aware"})
-    RunConfig.from_run_config({"dataset": "embedded-digits", "defense": "ats:19-15-45;geometry=reference"})
+    validated_config({"dataset": "embedded-digits", "defense": "ats:19-15-45;geometry=reference"})

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedpriv.config import RunConfig
 from fedpriv.errors import ConfigError
+from fedpriv.validation import validated_config
 
 
 def test_unknown_key_names_the_closest_valid_one(capsys: pytest.CaptureFixture[str]) -> None:
@@ -21,7 +21,7 @@ def test_unknown_key_names_the_closest_valid_one(capsys: pytest.CaptureFixture[s
 
 
 @pytest.mark.parametrize(("run_config", "message"), [
-    ("num-server-rounds=0", "num-server-rounds must be >= 1, got 0"),
+    ("num-server-rounds=0", "num-server-rounds=0 is out of range; valid: >= 1 and <= 1000000000"),
     ("defense='complex:adv=nan'", "defense 'complex:adv=nan': adv='nan' is not a finite number in 0..1000"),
     ("resume=true run-name='gone'", "resume=true but "),
     ("initial-checkpoint='/nonexistent/model.pt'", "initial-checkpoint /nonexistent/model.pt cannot be read"),
@@ -136,11 +136,11 @@ def test_bad_paths_and_devices_fail_before_anything_is_written(tmp_path: Path) -
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    config = RunConfig.from_run_config({"out-dir": str(blocker / "runs")})
+    config = validated_config({"out-dir": str(blocker / "runs")})
     with pytest.raises(ConfigError, match=f"out-dir {blocker / 'runs'} is not a writable folder"):
         _folder_path(config)
     with pytest.raises(ConfigError, match="data-dir is empty"):
-        RunConfig.from_run_config({"data-dir": ""})
+        validated_config({"data-dir": ""})
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="attack-device='cuda' but CUDA is not available"):
             check_attack_device("cuda")

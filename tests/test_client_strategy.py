@@ -24,6 +24,7 @@ from fedpriv.round_attacks import AttackHarness
 from fedpriv.strategies.attacking_strategy import AttackingStrategy, sample_partitions
 from fedpriv.strategies.inner import inner_strategy
 from fedpriv.wire import LEAK_KEY, TRUTH_KEY, LeakMeta
+from fedpriv.validation import validated_config
 
 TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = 1
 RUN = {
@@ -44,7 +45,7 @@ def _context(pid: int, run_config: dict, partitions: int = 4) -> Context:
 
 
 def test_client_round_is_deterministic_and_carries_truth_only_when_attacked() -> None:
-    config = RunConfig.from_run_config(RUN)
+    config = validated_config(RUN)
     first = run_client_round(config, 1, 4, _initial(config), 1)
     second = run_client_round(config, 1, 4, _initial(config), 1)
     for key, value in first.state.items():
@@ -57,7 +58,7 @@ def test_client_round_is_deterministic_and_carries_truth_only_when_attacked() ->
 
 def test_realistic_fedavg_truth_is_exactly_the_images_the_local_steps_used() -> None:
     """5 steps of 4 out of a partition of hundreds: the truth, the leak and the labels cover those 20 only."""
-    config = RunConfig.from_run_config(RUN | {"protocol": "fedavg", "local-steps": 5, "batch-size": 4,
+    config = validated_config(RUN | {"protocol": "fedavg", "local-steps": 5, "batch-size": 4,
                                               "momentum": 0.0, "attack-clients": "0", "attacks": "update-inversion"})
     spec = resolve_spec(config.dataset)
     fed = []
@@ -105,7 +106,7 @@ def _strategy(config: RunConfig, folder: RunFolder, clients: int = 2, inner=None
 
 
 def test_client_app_handlers() -> None:
-    config = RunConfig.from_run_config(RUN)
+    config = validated_config(RUN)
     answer = query(Message(RecordDict(), dst_node_id=100, message_type=MessageType.QUERY), _context(3, RUN))
     assert answer.content["metrics"]["partition-id"] == 3
     content = RecordDict({"arrays": ArrayRecord(_initial(config)), "config": ConfigRecord({"server-round": 1})})
@@ -122,7 +123,7 @@ def test_the_leak_is_what_the_reply_carries_after_the_mods(tmp_path, protocol: s
     and the attacked leak is exactly the changed reply, not the client's private computation."""
     run = RUN | {"protocol": protocol, "dp": "client-fixed", "dp-clipping-norm": 0.01, "dp-noise-multiplier": 0.0,
                  "update-pruning": 0.5, "attacks": "label-inference", "local-samples": 4}
-    config = RunConfig.from_run_config(run)
+    config = validated_config(run)
     inner = inner_strategy(config, 2, None)
     strategy, messages = _strategy(config, RunFolder(tmp_path), inner=inner)
     assert messages[0].content["config"]["clipping_norm"] == 0.01  # the DP wrapper configured the clients
@@ -148,7 +149,7 @@ def test_the_leak_is_what_the_reply_carries_after_the_mods(tmp_path, protocol: s
 
 
 def test_inner_strategy_never_sees_truth_and_attacks_never_get_it(tmp_path) -> None:
-    config = RunConfig.from_run_config(RUN | {"attacks": "label-inference"})
+    config = validated_config(RUN | {"attacks": "label-inference"})
 
     class Spy(FedAvg):
         keys: list[set[str]] = []
@@ -178,23 +179,23 @@ def test_inner_strategy_never_sees_truth_and_attacks_never_get_it(tmp_path) -> N
 
 
 def test_auxiliary_split_is_disjoint_from_every_partition() -> None:
-    config = RunConfig.from_run_config(RUN | {"aux-samples": 300, "partitioner": "dirichlet"})
+    config = validated_config(RUN | {"aux-samples": 300, "partitioner": "dirichlet"})
     parts, aux = partition_index(config, 5)
     assert len(aux) == 300 and len(set(aux.tolist())) == 300
     used = torch.cat(parts)
     assert len(set(used.tolist())) == len(used) and not set(used.tolist()) & set(aux.tolist())
     with pytest.raises(ConfigError, match="aux-samples=1999 leaves too few"):
-        partition_index(RunConfig.from_run_config(RUN | {"aux-samples": 1999}), 5)
+        partition_index(validated_config(RUN | {"aux-samples": 1999}), 5)
 
 
 def test_selections_of_absent_partitions_are_refused() -> None:
     for key, value in (("attack-clients", "7"), ("defense-overrides", "9=none"), ("attack-overrides", "4=label-inference")):
         with pytest.raises(ConfigError, match=f"{key} names partition .*valid partition ids: 0..3"):
-            RunConfig.from_run_config(RUN | {key: value}).check_partitions(4)
+            validated_config(RUN | {key: value}).check_partitions(4)
 
 
 def test_strategy_attacks_strips_and_survives_a_failed_client(tmp_path) -> None:
-    config = RunConfig.from_run_config(RUN)
+    config = validated_config(RUN)
     strategy, messages = _strategy(config, RunFolder(tmp_path))
     assert [m.metadata.dst_node_id for m in messages] == [100, 101]
     ok = train(messages[0], _context(0, RUN))
@@ -207,7 +208,7 @@ def test_strategy_attacks_strips_and_survives_a_failed_client(tmp_path) -> None:
 
 
 def test_attack_rows_after_a_divergence_are_no_results(tmp_path) -> None:
-    config = RunConfig.from_run_config(RUN | {"defense-overrides": ""})
+    config = validated_config(RUN | {"defense-overrides": ""})
     strategy, messages = _strategy(config, RunFolder(tmp_path))
     strategy.diverged_after = 0  # what evaluate_fn sets when the global model's test loss is not finite
     strategy.aggregate_train(1, [train(m, _context(n, RUN)) for n, m in enumerate(messages)])
@@ -218,7 +219,7 @@ def test_attack_rows_after_a_divergence_are_no_results(tmp_path) -> None:
 
 def test_fedsgd_steps_the_mean_gradient_with_the_server_lr(tmp_path) -> None:
     run = RUN | {"attack-clients": "none", "server-lr": 0.5}
-    config = RunConfig.from_run_config(run)
+    config = validated_config(run)
     strategy, messages = _strategy(config, RunFolder(tmp_path), clients=2)
     replies = [train(m, _context(pid, run, partitions=2)) for pid, m in enumerate(messages)]
     arrays, _ = strategy.aggregate_train(1, replies)
@@ -233,7 +234,7 @@ def test_fedsgd_steps_the_mean_gradient_with_the_server_lr(tmp_path) -> None:
 
 def test_aggregation_does_not_depend_on_reply_order(tmp_path) -> None:
     run = RUN | {"attack-clients": "none", "protocol": "fedavg", "local-samples": 16, "attacks": "update-inversion"}
-    config = RunConfig.from_run_config(run)
+    config = validated_config(run)
     aggregates = []
     for name, order in (("first", (0, 1, 2, 3)), ("second", (3, 1, 0, 2)), ("third", (2, 3, 1, 0))):
         strategy, messages = _strategy(config, RunFolder(tmp_path / name), clients=4)
@@ -246,7 +247,7 @@ def test_aggregation_does_not_depend_on_reply_order(tmp_path) -> None:
 
 
 def test_fail_fast_stops_the_run(tmp_path) -> None:
-    config = RunConfig.from_run_config(RUN | {"fail-fast": True})
+    config = validated_config(RUN | {"fail-fast": True})
     strategy, messages = _strategy(config, RunFolder(tmp_path))
     failed = Message(Error(code=0, reason="boom"), reply_to=messages[1])
     with pytest.raises(RuntimeError, match="fail-fast"):
@@ -254,7 +255,7 @@ def test_fail_fast_stops_the_run(tmp_path) -> None:
 
 
 def test_client_sampling_is_seeded_by_partition_id() -> None:
-    config = RunConfig.from_run_config({"clients-per-round": 3, "seed": 4})
+    config = validated_config({"clients-per-round": 3, "seed": 4})
     first = sample_partitions(config, 2, list(range(10)))
     assert first == sample_partitions(config, 2, list(reversed(range(10)))) and len(first) == 3
     assert sample_partitions(RunConfig(), 2, [2, 0, 1]) == [0, 1, 2]
@@ -262,7 +263,7 @@ def test_client_sampling_is_seeded_by_partition_id() -> None:
 
 def test_local_dp_noises_what_is_sent() -> None:
     run = RUN | {"dp": "local", "dp-noise-multiplier": 1.0, "dp-clipping-norm": 0.1, "attack-clients": "none"}
-    config = RunConfig.from_run_config(run)
+    config = validated_config(run)
     content = RecordDict({"arrays": ArrayRecord(_initial(config)), "config": ConfigRecord({"server-round": 1})})
     reply = app(Message(content, dst_node_id=100, message_type=MessageType.TRAIN), _context(0, run))
     sent = reply.content["arrays"].to_torch_state_dict()
@@ -274,7 +275,7 @@ def test_local_dp_noises_what_is_sent() -> None:
 
 def test_fedmedian_aggregates_the_coordinate_median(tmp_path) -> None:
     run = RUN | {"attack-clients": "none", "aggregator": "fedmedian", "server-lr": 1.0}
-    config = RunConfig.from_run_config(run)
+    config = validated_config(run)
     strategy, messages = _strategy(config, RunFolder(tmp_path), clients=3)
     replies = [train(m, _context(pid, run, partitions=3)) for pid, m in enumerate(messages)]
     sent = [r.content["arrays"].to_torch_state_dict() for r in replies]

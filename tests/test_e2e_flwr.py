@@ -27,7 +27,7 @@ def test_attacked_federation_with_a_failing_client(superlink: PrivateSuperLink, 
         f"dataset='embedded-photos' out-dir='{tmp_path}' run-name='e2e' num-server-rounds=2 "
         "attack-rounds='1,2' attack-clients='0,1' attack-iterations=200 attack-progress=100 "
         "defense-overrides='1=ats:3-1-7' inject-client-failure='2' eval-samples=200 model='convnet' "
-        "attack-precision='strict-fp32' attack-options='engine=grouped,max-batch=2'"
+        "attack-precision='strict-fp32' attack.inverting-gradients.engine='grouped' attack.inverting-gradients.max-batch=2"
     )
     outcome = superlink.run(APP, run_config, "num-supernodes=3 client-resources-num-cpus=1", echo=False, timeout=900)
     assert outcome.ok, outcome.log[-4000:]
@@ -48,7 +48,8 @@ def test_attacked_federation_with_a_failing_client(superlink: PrivateSuperLink, 
     config = json.loads((folder / "config.json").read_text())
     assert config["clients"]["1"]["defense"] == "ats:3-1-7" and config["num-partitions"] == 3
     resolved = config["run-config"]
-    assert resolved["attack-options"] == "engine=grouped,max-batch=2" and resolved["attack-precision"] == "strict-fp32"
+    assert resolved["attack.inverting-gradients.engine"] == "grouped" and resolved["attack-precision"] == "strict-fp32"
+    assert resolved["attack.inverting-gradients.max-batch"] == 2 and resolved["attack.policy-aware.engine"] == "auto"
     assert (folder / "psnr_per_round.png").exists() and (folder / "metrics.csv").exists()
     assert len(list((folder / "reconstructions").glob("*.png"))) == 4
     # the report reads the real run folder: client 1's last-round PSNR vs T(x) fills the 3-1-7 row
@@ -152,7 +153,7 @@ def test_own_image_folder_and_model_by_import_path(tmp_path: Path, monkeypatch: 
         f"dataset='folder:{root}' model='lab_models:small_cnn' out-dir='{tmp_path}' run-name='own' "
         "num-server-rounds=1 attacks='inverting-gradients,translation-aware,policy-aware' attack-iterations=10 "
         "attack-progress=0 attack-clients='0' defense-overrides='0=ats:3-1-7' eval-samples=0 "
-        "attack-options='policy-aware.max-hypotheses=2' partitioner='iid'"
+        "attack.policy-aware.max-hypotheses=2 partitioner='iid'"
     )
     with PrivateSuperLink(tmp_path / "flwr-home") as link:
         outcome = link.run(APP, run_config, "num-supernodes=2 client-resources-num-cpus=1", echo=False, timeout=600)
@@ -188,7 +189,7 @@ def test_prediction_inversion_app_with_joint_training(superlink: PrivateSuperLin
         f"dataset='embedded-digits' model='yang-mnist-small' out-dir='{tmp_path}' run-name='pred' "
         "num-server-rounds=2 attack-rounds='2' aux-samples=600 server-pretrain-epochs=2 joint-training=true "
         "defense='truncate:3' defense-overrides='0=truncate:1|2=none' prediction-samples=8 eval-samples=200 "
-        "attack-options='epochs=2,width=16'"
+        "attack.prediction-inversion.epochs=2 attack.prediction-inversion.width=16"
     )
     outcome = superlink.run(app, run_config, "num-supernodes=3 client-resources-num-cpus=1", echo=False, timeout=600)
     assert outcome.ok, outcome.log[-4000:]
@@ -213,7 +214,7 @@ def test_complex_rotation_app_with_every_feature_attack(superlink: PrivateSuperL
         "local-samples=64 batch-size=32 aux-samples=256 feature-samples=8 split-training=true "
         "defense='complex:k=4,n-critic=1' defense-overrides='1=plain|2=noise:0.5' eval-samples=200 "
         "attacks='unet-inversion,angle-unet-inversion,gradient-phase,two-image-decoder,property-inference' "
-        "attack-options='epochs=1,width=4,convs=1,critic-epochs=1,angles=36'"
+        "attack.unet-inversion.epochs=1 attack.unet-inversion.width=4 attack.unet-inversion.convs=1 attack.angle-unet-inversion.epochs=1 attack.angle-unet-inversion.width=4 attack.angle-unet-inversion.convs=1 attack.angle-unet-inversion.critic-epochs=1 attack.angle-unet-inversion.angles=36 attack.gradient-phase.epochs=1 attack.gradient-phase.width=4 attack.gradient-phase.convs=1 attack.gradient-phase.critic-epochs=1 attack.gradient-phase.angles=36 attack.two-image-decoder.epochs=1 attack.two-image-decoder.width=4 attack.two-image-decoder.convs=1 attack.property-inference.epochs=1 attack.property-inference.width=4 attack.property-inference.convs=1 attack.property-inference.critic-epochs=1 attack.property-inference.angles=36"
     )
     outcome = superlink.run(app, run_config, "num-supernodes=3 client-resources-num-cpus=1", echo=False, timeout=600)
     assert outcome.ok, outcome.log[-4000:]

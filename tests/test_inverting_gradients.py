@@ -14,7 +14,7 @@ from fedpriv.attacks import block_cosine
 from fedpriv.attacks import gradient_matching as gm
 from fedpriv.attacks.inverting_gradients import box_bounds
 from fedpriv.attacks.precision import precision_scope
-from fedpriv.attacks.translation_aware import translate, translation_clamps
+from fedpriv.attacks.translation_aware import TranslationOptions, translate, translation_clamps
 from fedpriv.data.specs import CIFAR10_MEAN, CIFAR10_STD, DATASET_SPECS, DatasetSpec
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import GradientLeak
@@ -83,7 +83,7 @@ def test_bf16_reconstructs_and_strict_fp32_restores_the_flags(engine: str) -> No
     targets = photo_targets(model, truth)
     results = {}
     for precision in ("default", "bf16", "strict-fp32"):
-        settings = AttackSettings(iterations=150, precision=precision, extra={"engine": engine})
+        settings = AttackSettings(iterations=150, precision=precision, options={"engine": engine})
         results[precision] = build_attack("inverting-gradients", settings).reconstruct(model, SPEC, targets)
     for result, image in zip(results["bf16"], truth):
         assert result.images.dtype == torch.float32
@@ -126,7 +126,7 @@ def test_every_engine_gives_the_loops_iterates(engine: str) -> None:
     targets = _targets(model)
     runs = {}
     for name in ("loop", engine):
-        settings = AttackSettings(iterations=4, restarts=2, extra={"engine": name})
+        settings = AttackSettings(iterations=4, restarts=2, options={"engine": name})
         runs[name] = build_attack("inverting-gradients", settings).reconstruct(model, SMALL, targets)
     for loop, batched in zip(runs["loop"], runs[engine]):
         assert batched.images.shape == loop.images.shape
@@ -169,7 +169,7 @@ def test_batched_translation_aware_equals_one_at_a_time(engine: str) -> None:
     targets = [AttackTarget(t.leak, t.seed, spec) for t, spec in zip(targets, ["ats:3-1-7", "ats:43-18-18", "ats:7"])]
     runs = {}
     for name in ("loop", engine):
-        settings = AttackSettings(iterations=5, restarts=2, extra={"engine": name})
+        settings = AttackSettings(iterations=5, restarts=2, options={"engine": name})
         runs[name] = build_attack("translation-aware", settings).reconstruct(model, SMALL, targets)
     for loop, batched in zip(runs["loop"], runs[engine]):
         torch.testing.assert_close(batched.images, loop.images, atol=1e-6, rtol=0)
@@ -181,8 +181,8 @@ def test_batched_translation_aware_equals_one_at_a_time(engine: str) -> None:
 
 
 def test_translation_clamps_table_extras_and_policy() -> None:
-    plain = AttackSettings()
-    extras = AttackSettings(extra={"tx-max": "0.05", "ty-max": "0"})
+    plain = TranslationOptions()
+    extras = TranslationOptions(tx_max=0.05, ty_max=0)
     assert translation_clamps("ats:3-1-7", plain) == (1.1, 0.2)
     assert translation_clamps("ats:43-18-18;crop-flip=false", extras) == (0.4, 0.4)  # table first
     assert translation_clamps("ats:hybrid(43-18-18,3-1-7)", plain) == (1.1, 0.4)
@@ -206,7 +206,7 @@ def test_translation_aware_without_a_translation_is_inverting_gradients() -> Non
 def test_learned_translation_stays_in_its_clamps() -> None:
     model = tiny(size=SMALL.size)
     leak = leak_of(model, SMALL.normalize(photo(1, size=SMALL.size)), torch.tensor([7]))
-    settings = AttackSettings(iterations=30, restarts=3, extra={"engine": "grouped", "tx-max": "0.05", "ty-max": "0"})
+    settings = AttackSettings(iterations=30, restarts=3, options={"engine": "grouped", "tx-max": 0.05, "ty-max": 0})
     results = build_attack("translation-aware", settings).reconstruct(
         model, SMALL, [AttackTarget(leak, 0, "ats:21"), AttackTarget(leak, 1, "ats:43-18-18")])
     as_float32 = torch.tensor([0.05, 0.4]).tolist()  # the clamp's values in the model's precision
@@ -231,12 +231,12 @@ def test_translation_aware_reconstructs_a_shifted_photo() -> None:
 @pytest.mark.parametrize(
     ("attack", "extra", "match"),
     [
-        ("inverting-gradients", {"engine": "fast"}, "engine 'fast' is unknown"),
-        ("inverting-gradients", {"max-batch": "0"}, "max-batch"),
+        ("inverting-gradients", {"engine": "fast"}, "engine='fast' is unknown"),
+        ("inverting-gradients", {"max-batch": 0}, "max-batch"),
         ("translation-aware", {"max-batch": "many"}, "max-batch"),
-        ("translation-aware", {"tx-max": "-1", "ty-max": "0.1"}, "tx-max"),
-        ("translation-aware", {"tx-max": "0.5"}, "ty-max"),
-        ("translation-aware", {"tx-max": "0.5", "ty-max": "inf"}, "ty-max"),
+        ("translation-aware", {"tx-max": -1, "ty-max": 0.1}, "tx-max"),
+        ("translation-aware", {"tx-max": 0.5}, "ty-max"),
+        ("translation-aware", {"tx-max": 0.5, "ty-max": float("inf")}, "ty-max"),
         ("inverting-gradients", {"engine": "vmap", "precision": "bf16"}, "'vmap' does not run"),
         ("policy-aware", {"precision": "fp16"}, "valid: default, strict-fp32, bf16"),
     ],
@@ -244,7 +244,7 @@ def test_translation_aware_reconstructs_a_shifted_photo() -> None:
 def test_bad_settings_raise_config_error(attack: str, extra: dict[str, str], match: str) -> None:
     precision = extra.pop("precision", "default")
     with pytest.raises(ConfigError, match=match):
-        build_attack(attack, AttackSettings(precision=precision, extra=extra))
+        build_attack(attack, AttackSettings(precision=precision, options=extra))
 
 
 def test_bad_engine_use_raises_config_error() -> None:
@@ -262,7 +262,7 @@ def test_bad_engine_use_raises_config_error() -> None:
     with pytest.raises(ConfigError, match="grouped"):
         gm.solve(normed, [problem, problem], low, high, engine="grouped", **run)
     with pytest.raises(ConfigError, match="outside"):
-        translation_clamps("ats:3-1-99", AttackSettings())
+        translation_clamps("ats:3-1-99", TranslationOptions())
 
 
 @pytest.mark.parametrize("row_dot_loop", [block_cosine.ROW_DOT_LOOP, 1])  # vecdot, and one dot per row

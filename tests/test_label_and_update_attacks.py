@@ -102,7 +102,7 @@ def test_update_inversion_beats_its_random_start() -> None:
 def test_update_inversion_refuses_more_examples_than_its_cap() -> None:
     model = _tiny()
     leak = _update_leak(model, SMALL.normalize(photo(4, size=16)), torch.tensor([0, 1, 2, 3]))
-    attack = build_attack("update-inversion", AttackSettings(iterations=1, extra={"max-images": "2"}))
+    attack = build_attack("update-inversion", AttackSettings(iterations=1, options={"max-images": 2}))
     with pytest.raises(ValueError, match="depends on 4 images; update-inversion reconstructs at most 2"):
         attack.reconstruct(model, SMALL, [AttackTarget(leak, seed=0)])
 
@@ -132,7 +132,7 @@ def test_batched_update_inversion_equals_one_at_a_time_in_float64() -> None:
         targets.append(AttackTarget(leak, seed=10 + t))
     results = {}
     for engine in ("loop", "vmap"):
-        settings = AttackSettings(iterations=4, lr=0.1, tv=1e-4, restarts=2, extra={"engine": engine})
+        settings = AttackSettings(iterations=4, lr=0.1, tv=1e-4, restarts=2, options={"engine": engine})
         results[engine] = build_attack("update-inversion", settings).reconstruct(model, spec, targets)
     for loop, batched in zip(results["loop"], results["vmap"]):
         assert (loop.engine, batched.engine) == ("loop", "vmap")

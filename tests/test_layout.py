@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 CORE = (
-    "fedpriv.config", "fedpriv.config_checks", "fedpriv.rotation.networks", "fedpriv.data.loading", "fedpriv.data.partition", "fedpriv.models", "fedpriv.defenses",
+    "fedpriv.config", "fedpriv.config_sections", "fedpriv.options", "fedpriv.validation", "fedpriv.rotation.networks", "fedpriv.data.loading", "fedpriv.data.partition", "fedpriv.models", "fedpriv.defenses",
     "fedpriv.attacks", "fedpriv.leaks", "fedpriv.metrics", "fedpriv.round_attacks", "fedpriv.results",
     "fedpriv.client_task", "fedpriv.policy_search.search", "fedpriv.protocols", "fedpriv.wire",
     "fedpriv.data.custom", "fedpriv.run_page", "fedpriv.pretrain", "fedpriv.supervisor", "fedpriv.in_process",

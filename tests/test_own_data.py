@@ -24,6 +24,7 @@ from fedpriv.results import RunFolder
 from fedpriv.round_attacks import AttackHarness
 from fedpriv.run_page import write_index
 from fedpriv.strategies.server import initial_state
+from fedpriv.validation import validated_config
 from tests.observed import observed_client
 
 PHOTOS = {"astronaut": data.astronaut, "coffee": data.coffee, "chelsea": data.chelsea}
@@ -74,7 +75,7 @@ def test_bad_image_folders_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read image .*bad.png"):
         check_available(f"folder:{broken}", "")
     with pytest.raises(ConfigError, match="is not a folder"):
-        RunConfig.from_run_config({"dataset": f"folder:{tmp_path / 'missing'}"})
+        validated_config({"dataset": f"folder:{tmp_path / 'missing'}"})
 
 
 @pytest.mark.parametrize("layout", ["save_to_disk", "parquet"])
@@ -191,7 +192,7 @@ def test_every_gradient_attack_runs_on_a_user_model_and_records_its_engine(user_
                                parameter_names=tuple(n for n, _ in model.named_parameters()))
     client = dataclasses.replace(observed, leak=leak, defense_spec="ats:3-1-7")
     config = RunConfig(model=name, attacks="inverting-gradients,translation-aware,policy-aware", attack_iterations=5,
-                       attack_progress=0, attack_options="policy-aware.max-hypotheses=2")
+                       attack_progress=0, plugin_options={"attack.policy-aware.max-hypotheses": 2})
     rows = AttackHarness(config, spec).run_round(model, [client], 1)
     assert [r["status"] for r in rows] == ["ok"] * 3
     assert all(r["engine"] in gm.ENGINES[1:] for r in rows)

@@ -144,7 +144,7 @@ def test_batch_hypotheses_are_products_of_image_hypotheses() -> None:
     assert [pa.decode(i, 3, 2) for i in (0, 1, 5, 8)] == [(0, 0), (0, 1), (1, 2), (2, 2)]
     model = tiny_victim()
     leak = leak_of(model, torch.cat([smooth_image(3, 1), smooth_image(3, 2)]), torch.tensor([1, 2]))
-    settings = AttackSettings(iterations=1, extra={"engine": "loop"})
+    settings = AttackSettings(iterations=1, options={"engine": "loop"})
     attack = build_attack("policy-aware", settings)
     result = attack.reconstruct(model, SPEC, [AttackTarget(leak, 3, "ats:3-1-7")])[0]
     assert result.fields["hypotheses_total"] == 4 and result.fields["hypotheses_sampled"] == 0
@@ -188,7 +188,7 @@ def test_capped_hypotheses_are_reported(monkeypatch: pytest.MonkeyPatch) -> None
     model = tiny_victim()
     leak = leak_of(model, smooth_image(3), torch.tensor([2]))
     spec = "ats:hybrid(3-21-7,2-43-21,42-28-42);crop-flip=false"
-    settings = AttackSettings(iterations=1, restarts=2, extra={"max-hypotheses": "4", "engine": "loop"})
+    settings = AttackSettings(iterations=1, restarts=2, options={"max-hypotheses": 4, "engine": "loop"})
     targets = [AttackTarget(leak, seed, spec) for seed in (5, 5)] + [AttackTarget(leak, 7, "none")]
     results = build_attack("policy-aware", settings).reconstruct(model, SPEC, targets)
     assert calls == [(4 + 4 + 1) * 2]  # every hypothesis and restart of every target, one solve
@@ -225,7 +225,7 @@ def test_each_problem_keeps_its_plan_when_solve_splits_the_batch(engine: str) ->
 def test_non_ats_defense_is_inverting_gradients() -> None:
     model = tiny_victim()
     leak = leak_of(model, smooth_image(3), torch.tensor([4]))
-    settings = AttackSettings(iterations=8, restarts=2, extra={"engine": "loop"})
+    settings = AttackSettings(iterations=8, restarts=2, options={"engine": "loop"})
     ig = build_attack("inverting-gradients", settings).reconstruct(model, SPEC, [AttackTarget(leak, 11)])[0]
     targets = [AttackTarget(leak, 11, "none"), AttackTarget(leak, 11, None), AttackTarget(leak, 11, "ats:3-1-7")]
     results = build_attack("policy-aware", settings).reconstruct(model, SPEC, targets)
@@ -237,7 +237,7 @@ def test_non_ats_defense_is_inverting_gradients() -> None:
 
 def test_bad_max_hypotheses_is_rejected() -> None:
     with pytest.raises(ConfigError, match="max-hypotheses"):
-        build_attack("policy-aware", AttackSettings(extra={"max-hypotheses": "0"}))
+        build_attack("policy-aware", AttackSettings(options={"max-hypotheses": 0}))
 
 
 def test_policy_aware_beats_inverting_gradients_on_3_1_7() -> None:
@@ -249,7 +249,7 @@ def test_policy_aware_beats_inverting_gradients_on_3_1_7() -> None:
         defended, drawn = defense.transform(x, torch.Generator().manual_seed(i))
         model = tiny_victim(i)
         target = AttackTarget(leak_of(model, defended, y), seed=100 + i, defense_spec=defense.spec)
-        settings = AttackSettings(iterations=60, extra={"engine": "loop"})
+        settings = AttackSettings(iterations=60, options={"engine": "loop"})
         ig = build_attack("inverting-gradients", settings).reconstruct(model, SPEC, [target])[0]
         aware = build_attack("policy-aware", settings).reconstruct(model, SPEC, [target])[0]
         assert aware.defended is not None

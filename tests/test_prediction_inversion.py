@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from fedpriv.attacks import AuxiliaryData, AttackSettings, AttackTarget, build_attack
 from fedpriv.attacks.decoder_training import fit_decoder
 from fedpriv.attacks.prediction_inversion import PredictionInverter, adam, inversion_input, predict, released_top
-from fedpriv.config import RunConfig
 from fedpriv.data.auxiliary import distinct_images, split_with_aux
 from fedpriv.data.loading import load_split
 from fedpriv.data.specs import resolve_spec
@@ -20,6 +19,7 @@ from fedpriv.leaks import PredictionLeak
 from fedpriv.metrics import psnr_per_image
 from fedpriv.models import YangClassifier
 from fedpriv.wire import LeakMeta, decode_leak_meta, encode_leak_meta
+from fedpriv.validation import validated_config
 
 DIGITS = resolve_spec("embedded-digits")
 RUN = {"dataset": "embedded-digits", "model": "yang-mnist-small", "protocol": "predictions",
@@ -100,7 +100,7 @@ def test_aligned_inversion_beats_the_mean_digit_and_the_unaligned_inverter(train
 
 
 def test_attack_trains_per_truncation_level_and_keeps_the_victims_order(trained: dict) -> None:
-    settings = AttackSettings(extra={"epochs": "3", "width": "8", "batch": "64"})
+    settings = AttackSettings(options={"epochs": 3, "width": 8, "batch": 64})
     attack = build_attack("prediction-inversion", settings)
     attack.prepare(DIGITS, AuxiliaryData(trained["aux_uint8"], trained["aux_labels"]))
     vectors = predict(trained["classifier"], trained["victims"][:4], DIGITS)
@@ -111,7 +111,7 @@ def test_attack_trains_per_truncation_level_and_keeps_the_victims_order(trained:
     assert [r.fields["inverter_top"] for r in results] == [1.0, 3.0, 10.0]
     assert all(r.ordered and r.images.shape == (4, 1, 32, 32) and r.gallery.shape == (10, 1, 32, 32) for r in results)
     assert sorted(attack.inverters) == [1, 3, 10]  # type: ignore[attr-defined]
-    unaligned = build_attack("prediction-inversion", AttackSettings(extra={"epochs": "1", "width": "8", "align": "false"}))
+    unaligned = build_attack("prediction-inversion", AttackSettings(options={"epochs": 1, "width": 8, "align": False}))
     unaligned.prepare(DIGITS, AuxiliaryData(trained["aux_uint8"], trained["aux_labels"]))
     (result,) = unaligned.reconstruct(trained["classifier"], DIGITS, targets[:1])
     assert result.fields["inverter_top"] == 10.0 and result.fields["top_m"] == 1.0
@@ -144,12 +144,12 @@ def test_auxiliary_types_split_the_data_as_declared() -> None:
     ({"joint-training": True}, "set server-pretrain-epochs >= 1"),
     ({"joint-training": True, "server-pretrain-epochs": 1, "aux-type": "generic"}, "needs aux-type='same'"),
     ({"aux-type": "distinct", "aux-dataset": "embedded-digits"}, "needs another one"),
-    ({"prediction-samples": 0}, "prediction-samples must be >= 1"),
-    ({"attack-options": "prediction-inversion.align=maybe"}, "valid: true, false"),
+    ({"prediction-samples": 0}, "prediction-samples=0 is out of range; valid: >= 1"),
+    ({"attack.prediction-inversion.align": "maybe"}, "align='maybe' has the wrong type; expected a bool"),
 ])
 def test_bad_prediction_settings_fail_with_the_valid_values(change: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        RunConfig.from_run_config(RUN | change)
+        validated_config(RUN | change)
 
 
 def test_prediction_inversion_needs_an_auxiliary_split() -> None:

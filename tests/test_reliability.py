@@ -16,14 +16,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedpriv.attacks import ATTACKS
 from fedpriv.client_task import run_client_round
 from fedpriv.config import RunConfig
 from fedpriv.defenses import build_defense
 from fedpriv.errors import ConfigError
 from fedpriv.models import build_model, wire_state
+from fedpriv.options import declared
 from fedpriv.results import RunFolder, claim_folder, load_checkpoint, read_jsonl, save_checkpoint
+from fedpriv.validation import validated_config
 
-KEYS = RunConfig.keys()
+KEYS = RunConfig.keys() + [f"attack.{name}.{d.name}" for name in ATTACKS.names() for d in declared(ATTACKS.get(name).Options)]
 VALUES = st.one_of(
     st.text(max_size=30), st.integers(-(10**12), 10**12), st.floats(allow_nan=True, allow_infinity=True),
     st.booleans(), st.sampled_from(["all", "none", "0-3", "1,2", "ats:3-1-7", "-1", "3-", "0=|", "cuda:x"]),
@@ -38,7 +41,7 @@ SPECS = st.one_of(
 @given(st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=4))
 def test_run_config_parser_raises_only_clean_errors(values: dict) -> None:
     try:
-        RunConfig.from_run_config(values)
+        validated_config(values)
     except ConfigError as error:
         assert str(error)
 
@@ -68,16 +71,22 @@ GRADIENTS = {"dataset": "embedded-photos", "model": "convnet"}
     (SPLIT, {"defense": "complex:foo=1"}, "unknown option 'foo'; valid options: k, swap, dtheta, gp, n-critic, adv"),
     (SPLIT, {"defense": "complex:k=4,k=8"}, "option 'k' is given twice"),
     (SPLIT, {"defense": "noise:inf"}, "GAMMA='inf' is not a finite number in 0..100"),
-    (SPLIT, {"attack-options": "unet-inversion.adam-lr=nan"}, "adam-lr='nan' is not a finite number in 0..1"),
-    (GRADIENTS, {"attack-options": "inverting-gradients.tv=nan"}, "inverting-gradients.tv='nan' is not a finite number"),
-    (GRADIENTS, {"attack-options": "inverting-gradients.iterations=1e9"}, "iterations='1e9' is not an integer"),
-    (GRADIENTS, {"attack-options": "max-batch=inf"}, "max-batch='inf' is not an integer in 1..1000000"),
-    (PREDICTIONS, {"attack-options": "prediction-inversion.c=nan"}, "c='nan' is not a finite number in 0..1e+06"),
+    (SPLIT, {"attack.unet-inversion.adam-lr": float("nan")},
+     "attack.unet-inversion.adam-lr=nan has the wrong type; expected a finite float"),
+    (GRADIENTS, {"attack-tv": float("nan")}, "attack-tv=nan has the wrong type; expected a finite float"),
+    (GRADIENTS, {"attack-iterations": 10**9}, "attack-iterations=1000000000 is out of range; valid: >= 1 and <= "
+                                              "10000000"),
+    (GRADIENTS, {"attack.inverting-gradients.max-batch": float("inf")},
+     "attack.inverting-gradients.max-batch=inf has the wrong type; expected an int"),
+    (PREDICTIONS, {"attack.prediction-inversion.c": float("nan")},
+     "attack.prediction-inversion.c=nan has the wrong type; expected a finite float"),
+    (PREDICTIONS, {"attack.prediction-inversion.c": 1e7}, "attack.prediction-inversion.c=10000000.0 is out of range; "
+                                                          "valid: >= 0 and <= 1000000"),
 ])
 def test_nan_infinite_and_absurd_plugin_options_are_refused_naming_the_option(run: dict, values: dict,
                                                                               message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
-        RunConfig.from_run_config(run | values)
+        validated_config(run | values)
 
 
 class _Exploit:
@@ -117,7 +126,7 @@ def test_a_client_round_needs_no_network(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    config = RunConfig.from_run_config({"dataset": "embedded-photos", "model": "convnet", "attack-iterations": 5})
+    config = validated_config({"dataset": "embedded-photos", "model": "convnet", "attack-iterations": 5})
     result = run_client_round(config, 0, 8, wire_state(build_model("convnet", 10)), 1)
     assert result.truth is not None
 
@@ -157,7 +166,7 @@ def test_the_automatic_run_name_is_one_path_component(tmp_path: Path) -> None:
 
     photos = tmp_path / "data" / "photos"
     (photos / "cats").mkdir(parents=True)
-    config = RunConfig.from_run_config({"out-dir": str(tmp_path / "runs"), "dataset": f"folder:{photos}",
+    config = validated_config({"out-dir": str(tmp_path / "runs"), "dataset": f"folder:{photos}",
                                         "model": "convnet"})
     path = _folder_path(config)
     assert path.parent == tmp_path / "runs"
@@ -169,11 +178,11 @@ def test_a_per_client_request_the_partitions_cannot_meet_is_refused_naming_both_
     from fedpriv.strategies.partition_checks import check_partitions
 
     run = PREDICTIONS | {"partitioner": "iid", "aux-samples": 0}
-    config = RunConfig.from_run_config(run | {"prediction-samples": 5000})
+    config = validated_config(run | {"prediction-samples": 5000})
     with pytest.raises(ConfigError, match=r"prediction-samples=5000 exceeds the (\d+) samples of partition \d+ "
                                           r"\(the smallest of 4\); valid: prediction-samples 1\.\.\1"):
         check_partitions(config, 4, resolve_spec("embedded-digits"))
-    assert check_partitions(RunConfig.from_run_config(run | {"prediction-samples": 100}), 4,
+    assert check_partitions(validated_config(run | {"prediction-samples": 100}), 4,
                              resolve_spec("embedded-digits"))[0] is None
 
 
@@ -181,7 +190,7 @@ def test_local_samples_above_a_partition_is_warned_and_each_clients_samples_reco
     from fedpriv.data.specs import resolve_spec
     from fedpriv.strategies.partition_checks import check_partitions
 
-    config = RunConfig.from_run_config(PREDICTIONS | {"partitioner": "iid", "aux-samples": 0, "local-samples": 5000})
+    config = validated_config(PREDICTIONS | {"partitioner": "iid", "aux-samples": 0, "local-samples": 5000})
     flower = logging.getLogger("flwr")
     flower.addHandler(caplog.handler)
     try:
@@ -195,13 +204,13 @@ def test_local_samples_above_a_partition_is_warned_and_each_clients_samples_reco
 
 def test_an_unknown_aux_dataset_names_the_key() -> None:
     with pytest.raises(ConfigError, match="^aux-dataset='nosuch': unknown dataset 'nosuch'; valid datasets: "):
-        RunConfig.from_run_config({"aux-type": "distinct", "aux-samples": 10, "aux-dataset": "nosuch"})
+        validated_config({"aux-type": "distinct", "aux-samples": 10, "aux-dataset": "nosuch"})
 
 
 def test_two_runs_for_one_folder_the_second_is_refused_and_the_first_keeps_its_files(tmp_path: Path) -> None:
     from fedpriv.strategies.server import _folder_path
 
-    config = RunConfig.from_run_config({"out-dir": str(tmp_path), "run-name": "r"})
+    config = validated_config({"out-dir": str(tmp_path), "run-name": "r"})
     first = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "r")],  # claims, writes, waits
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -225,11 +234,11 @@ def test_two_runs_for_one_folder_the_second_is_refused_and_the_first_keeps_its_f
 def test_a_diverged_global_model_is_reported_with_the_step_size_that_drives_it() -> None:
     from fedpriv.strategies.server import divergence_warning
 
-    fedsgd = RunConfig.from_run_config({})
+    fedsgd = validated_config({})
     assert divergence_warning(fedsgd, 1, 4047.4) is None  # large but finite: still a model to attack
     warning = divergence_warning(fedsgd, 2, float("nan"))
     assert warning is not None and "round 2" in warning and "nan" in warning and "server-lr 0.1" in warning
-    local = RunConfig.from_run_config({"protocol": "fedavg", "attacks": "update-inversion", "lr": 0.5})
+    local = validated_config({"protocol": "fedavg", "attacks": "update-inversion", "lr": 0.5})
     fedavg = divergence_warning(local, 1, float("inf"))
     assert fedavg is not None and "lr 0.5" in fedavg and "server-lr" not in fedavg
 
@@ -241,19 +250,19 @@ def test_a_checkpoint_of_non_finite_values_is_refused_before_round_1(tmp_path: P
     state = build_model("convnet", 10).state_dict()
     broken = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
     torch.save(broken, tmp_path / "nan.pt")
-    config = RunConfig.from_run_config({"model": "convnet", "dataset": "embedded-photos",
+    config = validated_config({"model": "convnet", "dataset": "embedded-photos",
                                         "initial-checkpoint": str(tmp_path / "nan.pt")})
     with pytest.raises(ConfigError, match=r"initial-checkpoint .*nan\.pt holds NaN or infinite values in \d+ tensors"):
         initial_state(config, resolve_spec("embedded-photos"))
     torch.save(state, tmp_path / "good.pt")
-    good = RunConfig.from_run_config(config.as_run_config() | {"initial-checkpoint": str(tmp_path / "good.pt")})
+    good = validated_config(config.as_run_config() | {"initial-checkpoint": str(tmp_path / "good.pt")})
     assert set(initial_state(good, resolve_spec("embedded-photos"))) <= set(state)  # a finite one loads
 
 
 def _resumable(tmp_path: Path, values: dict) -> tuple[RunConfig, Path]:
     from fedpriv.strategies.server import CHECKPOINT
 
-    config = RunConfig.from_run_config(values | {"out-dir": str(tmp_path), "run-name": "r", "model": "convnet",
+    config = validated_config(values | {"out-dir": str(tmp_path), "run-name": "r", "model": "convnet",
                                                  "dataset": "embedded-photos"})
     folder = RunFolder(tmp_path / "r")
     folder.write_json("config.json", {"run-config": config.as_run_config()})
@@ -268,12 +277,12 @@ def test_resume_refuses_other_settings_and_leaves_the_folder_untouched(tmp_path:
 
     config, path = _resumable(tmp_path, {"seed": 0, "defense": "none"})
     before = {p.name: p.read_bytes() for p in path.iterdir()}
-    other = RunConfig.from_run_config(config.as_run_config() | {"seed": 1, "defense": "ats:3-1-7", "resume": True,
+    other = validated_config(config.as_run_config() | {"seed": 1, "defense": "ats:3-1-7", "resume": True,
                                                                  "num-server-rounds": 5, "attack-progress": 7})
     with pytest.raises(ConfigError, match=r"defense: 'none' -> 'ats:3-1-7'; seed: 0 -> 1\. Only num-server-rounds"):
         _resume_state(other, path, resolve_spec("embedded-photos"))
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before
-    same = RunConfig.from_run_config(config.as_run_config() | {"resume": True, "num-server-rounds": 5})
+    same = validated_config(config.as_run_config() | {"resume": True, "num-server-rounds": 5})
     offset, state = _resume_state(same, path, resolve_spec("embedded-photos"))
     assert offset == 1 and state
 
@@ -285,7 +294,7 @@ def test_a_truncated_checkpoint_names_its_path(tmp_path: Path) -> None:
     config, path = _resumable(tmp_path, {})
     data = (path / CHECKPOINT).read_bytes()
     (path / CHECKPOINT).write_bytes(data[: len(data) // 2])
-    resumed = RunConfig.from_run_config(config.as_run_config() | {"resume": True, "num-server-rounds": 5})
+    resumed = validated_config(config.as_run_config() | {"resume": True, "num-server-rounds": 5})
     with pytest.raises(ConfigError, match=f"checkpoint {path / CHECKPOINT} cannot be read"):
         _resume_state(resumed, path, resolve_spec("embedded-photos"))
 

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from fedpriv.attacks import AttackSettings, AttackTarget, AuxiliaryData, build_attack
 from fedpriv.attacks.feature_inversion import simulate_clients
-from fedpriv.config import RunConfig
 from fedpriv.data.loading import load_split
 from fedpriv.data.specs import resolve_spec
 from fedpriv.defenses import build_defense
@@ -22,6 +21,7 @@ from fedpriv.protocols import query_features
 from fedpriv.rotation.adversarial import circular_error
 from fedpriv.rotation.networks import PlainCodec, split_model_names
 from fedpriv.round_attacks import score
+from fedpriv.validation import validated_config
 
 PHOTOS = resolve_spec("embedded-photos")
 
@@ -130,7 +130,7 @@ def _aux_and_leaks(spec: str) -> tuple[torch.nn.Module, AuxiliaryData, list[Atta
 
 def test_unet_inversion_of_plain_features_beats_a_grey_image() -> None:
     model, aux, targets, truths = _aux_and_leaks("plain")
-    attack = build_attack("unet-inversion", AttackSettings(extra={"epochs": "10", "width": "8", "convs": "2", "adam-lr": "1e-3"}))
+    attack = build_attack("unet-inversion", AttackSettings(options={"epochs": 10, "width": 8, "convs": 2, "adam-lr": 1e-3}))
     attack.prepare(PHOTOS, aux)
     rows = [score(r, t) for r, t in zip(attack.reconstruct(model, PHOTOS, targets), truths)]
     assert all(r["psnr"] > r["psnr_grey"] + 2.0 and 0 < r["mae"] < 0.5 for r in rows), rows
@@ -138,10 +138,11 @@ def test_unet_inversion_of_plain_features_beats_a_grey_image() -> None:
 
 def test_feature_attacks_run_on_rotated_features_and_score_angles() -> None:
     model, aux, targets, truths = _aux_and_leaks("complex:k=4")
-    options = {"epochs": "1", "width": "4", "convs": "1", "critic-epochs": "1", "angles": "36"}
+    options = {"epochs": 1, "width": 4, "convs": 1, "critic-epochs": 1, "angles": 36}
     rows = {}
     for name in ("angle-unet-inversion", "gradient-phase", "two-image-decoder", "property-inference"):
-        attack = build_attack(name, AttackSettings(extra=options))
+        own = {k: v for k, v in options.items() if k not in ("critic-epochs", "angles") or name != "two-image-decoder"}
+        attack = build_attack(name, AttackSettings(options=own))
         attack.prepare(PHOTOS, aux)
         rows[name] = [score(r, t) for r, t in zip(attack.reconstruct(model, PHOTOS, targets), truths)]
     assert all(r["angle_error_mod_pi"] < 1e-3 for r in rows["gradient-phase"])  # read off dL/dh exactly
@@ -168,15 +169,15 @@ RUN = {"dataset": "embedded-photos", "model": "complex-lenet", "protocol": "spli
 ])
 def test_bad_rotation_settings_fail_before_training(change: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        RunConfig.from_run_config(RUN | change)
+        validated_config(RUN | change)
 
 
 @pytest.mark.parametrize("variant", ["knn", "classifier", "images", "reconstructions"])
 def test_property_inference_variants_infer_a_property_per_query(variant: str) -> None:
     model, aux, targets, truths = _aux_and_leaks("complex:k=4")
-    options = {"variant": variant, "epochs": "1", "width": "4", "convs": "1", "critic-epochs": "1", "angles": "12",
-               "classifier-epochs": "1"}
-    attack = build_attack("property-inference", AttackSettings(extra=options))
+    options = {"variant": variant, "epochs": 1, "width": 4, "convs": 1, "critic-epochs": 1, "angles": 12,
+               "classifier-epochs": 1}
+    attack = build_attack("property-inference", AttackSettings(options=options))
     attack.prepare(PHOTOS, aux)
     results = attack.reconstruct(model, PHOTOS, targets)
     assert all(r.properties.shape == (8,) and r.angles is not None for r in results)
@@ -186,8 +187,8 @@ def test_property_inference_variants_infer_a_property_per_query(variant: str) ->
 def test_plain_features_keep_the_class_the_knn_attack_reads() -> None:
     """Against plain features of an untrained encoder, k-NN on a beats chance (0.9 error on 10 classes)."""
     model, aux, targets, truths = _aux_and_leaks("plain")
-    attack = build_attack("property-inference", AttackSettings(extra={"variant": "knn", "k": "1", "critic-epochs": "1",
-                                                                        "angles": "12"}))
+    attack = build_attack("property-inference", AttackSettings(options={"variant": "knn", "k": 1, "critic-epochs": 1,
+                                                                        "angles": 12}))
     attack.prepare(PHOTOS, aux)
     errors = [score(r, t)["property_error"] for r, t in zip(attack.reconstruct(model, PHOTOS, targets), truths)]
     assert sum(errors) / len(errors) < 0.7, errors
@@ -228,7 +229,7 @@ def test_the_attackers_critic_finds_the_angle_far_better_than_chance() -> None:
     torch.manual_seed(0)
     model = build_model("complex-lenet", 10, 3).eval()
     train = load_split("embedded-photos", "", "train")
-    attack = build_attack("angle-unet-inversion", AttackSettings(extra={"angles": "72"}))
+    attack = build_attack("angle-unet-inversion", AttackSettings(options={"angles": 72}))
     attack.prepare(PHOTOS, AuxiliaryData(train.images[:256], train.labels[:256]))
     own = simulate_clients(model, train.images[:256].float() / 255, PHOTOS, "complex", torch.Generator().manual_seed(0))
     attack.fit_critic("complex", own, 0)

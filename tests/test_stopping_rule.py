@@ -8,10 +8,10 @@ import torch.nn.functional as F
 
 from fedpriv.attacks import AttackSettings, AttackTarget, build_attack
 from fedpriv.attacks.lr_schedule import ScheduledAdam, StoppingRule, lr_milestones
-from fedpriv.config import RunConfig
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import UpdateLeak
 from fedpriv.metrics import psnr_per_image
+from fedpriv.validation import validated_config
 from tests.test_inverting_gradients import SMALL, SPEC, _targets, leak_of, photo, small_resnet, tiny
 from tests.test_label_and_update_attacks import _tiny_bn
 
@@ -46,8 +46,8 @@ def test_a_converging_reconstruction_stops_early_and_keeps_its_quality() -> None
     model, truth = tiny(), photo()
     targets = [AttackTarget(leak_of(model, SPEC.normalize(truth), torch.tensor([3])), seed=0)]
     runs = {}
-    for extra in ({}, {"patience": "20"}):
-        settings = AttackSettings(iterations=600, extra=extra)
+    for extra in ({}, {"patience": 20}):
+        settings = AttackSettings(iterations=600, options=extra)
         (runs[len(extra)],) = build_attack("inverting-gradients", settings).reconstruct(model, SPEC, targets)
     full, stopped = runs[0], runs[1]
     assert full.fields["iterations_run"] == 600
@@ -59,10 +59,10 @@ def test_patience_that_never_runs_out_gives_the_fixed_schedules_iterates() -> No
     model = small_resnet()
     targets = _targets(model)
     runs = {}
-    for patience in ("0", "1000"):
-        settings = AttackSettings(iterations=6, restarts=2, extra={"engine": "loop", "patience": patience})
+    for patience in (0, 1000):
+        settings = AttackSettings(iterations=6, restarts=2, options={"engine": "loop", "patience": patience})
         runs[patience] = build_attack("inverting-gradients", settings).reconstruct(model, SMALL, targets)
-    for fixed, ruled in zip(runs["0"], runs["1000"]):
+    for fixed, ruled in zip(runs[0], runs[1000]):
         assert torch.equal(fixed.images, ruled.images) and fixed.fields == ruled.fields
 
 
@@ -73,7 +73,7 @@ def test_batched_engines_stop_each_problem_where_the_loop_does(engine: str) -> N
     runs = {}
     for name in ("loop", engine):
         settings = AttackSettings(iterations=40, restarts=2,
-                                  extra={"engine": name, "patience": "2", "tolerance": "0.02"})
+                                  options={"engine": name, "patience": 2, "tolerance": 0.02})
         runs[name] = build_attack("translation-aware", settings).reconstruct(model, SMALL, targets)
     stops = [r.fields["iterations_run"] for r in runs["loop"]]
     assert max(stops) < 40 and len(set(stops)) > 1  # they stop early, each at its own iteration
@@ -105,7 +105,7 @@ def test_batched_update_inversion_stops_each_problem_where_the_loop_does() -> No
     runs = {}
     for engine in ("loop", "vmap"):
         settings = AttackSettings(iterations=40, restarts=2,
-                                  extra={"engine": engine, "patience": "2", "tolerance": "0.02"})
+                                  options={"engine": engine, "patience": 2, "tolerance": 0.02})
         runs[engine] = build_attack("update-inversion", settings).reconstruct(model, SMALL, targets)
     assert max(r.fields["iterations_run"] for r in runs["loop"]) < 40
     for loop, batched in zip(runs["loop"], runs["vmap"]):
@@ -114,16 +114,16 @@ def test_batched_update_inversion_stops_each_problem_where_the_loop_does() -> No
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ("patience=-1", "attack-options: patience='-1' is not an integer in 0..10000000 (the valid range)"),
-    ("inverting-gradients.patience=ten", "attack-options: patience='ten' is not an integer in 0..10000000"),
-    ("tolerance=nan", "attack-options: tolerance='nan' is not a finite number in 0..1 (the valid range)"),
-    ("patience=50,tolerance=1.5", "attack-options: tolerance='1.5' is not a finite number in 0..1"),
+    ({"patience": -1}, "ATTACK.patience=-1 is out of range; valid: >= 0 and <= 10000000"),
+    ({"patience": "ten"}, "ATTACK.patience='ten' has the wrong type; expected an int"),
+    ({"tolerance": float("nan")}, "ATTACK.tolerance=nan has the wrong type; expected a finite float"),
+    ({"patience": 50, "tolerance": 1.5}, "ATTACK.tolerance=1.5 is out of range; valid: >= 0 and <= 1"),
 ])
 @pytest.mark.parametrize("attacks", [{"attacks": "inverting-gradients,translation-aware,policy-aware"},
                                      {"attacks": "update-inversion", "protocol": "fedavg"}])
-def test_bad_stopping_options_are_one_line_errors_before_any_work(options: str, message: str,
+def test_bad_stopping_options_are_one_line_errors_before_any_work(options: dict[str, object], message: str,
                                                                  attacks: dict[str, str]) -> None:
-    options = options.replace("inverting-gradients.", f"{attacks['attacks'].split(',')[0]}.")
+    attack = attacks["attacks"].split(",")[0]
     with pytest.raises(ConfigError) as error:
-        RunConfig.from_run_config(attacks | {"attack-options": options})
-    assert message in str(error.value) and "\n" not in str(error.value)
+        validated_config(attacks | {f"attack.{attack}.{key}": value for key, value in options.items()})
+    assert message.replace("ATTACK", f"attack.{attack}") in str(error.value) and "\n" not in str(error.value)

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import torch
 from torch import nn
 
 from fedpriv.attacks.precision import check_precision
 from fedpriv.data.specs import DatasetSpec
-from fedpriv.errors import ConfigError
+from fedpriv.errors import ConfigError, join_errors
 from fedpriv.leaks import Leak
+from fedpriv.options import parse_options
 from fedpriv.registry import Registry
+
+if TYPE_CHECKING:
+    from fedpriv.config import RunConfig
+
+OptionsT = TypeVar("OptionsT")
 
 
 @dataclass(frozen=True)
@@ -37,8 +44,10 @@ class AttackSettings:
     precision
         ``default`` (PyTorch's own), ``strict-fp32`` (no TF32) or ``bf16`` (autocast), see
         :mod:`fedpriv.attacks.precision`.
-    extra
-        Attack-specific options by name (e.g. translation clamps).
+    options
+        The attack's own options as given (the run config's ``attack.NAME.OPTION`` keys, by
+        option name, in their TOML types); the attack reads them into its ``Options`` with
+        :func:`own_options`.
     """
 
     iterations: int = 4800
@@ -48,7 +57,7 @@ class AttackSettings:
     device: str = "cpu"
     progress: int = 0
     precision: str = "default"
-    extra: dict[str, str] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 MODEL_KNOWLEDGE = ("weights", "architecture")
@@ -169,16 +178,27 @@ class Attack(Protocol):
 
     ``leak_kinds`` lists the leaks it consumes (a run whose protocol sends another kind is a
     config error), ``model_modes`` the batch-norm modes of gradient leaks it models,
-    ``optimises`` whether the ``attack-*`` optimisation keys apply to it, ``options`` the
-    ``AttackSettings.extra`` keys it reads (``attack-options``), ``knowledge`` what it is handed.
+    ``optimises`` whether the ``attack-*`` optimisation keys apply to it, ``Options`` the
+    dataclass of its own options (fields made with :func:`fedpriv.options.option`; the run
+    config's ``attack.NAME.OPTION`` keys), ``knowledge`` what it is handed.
     """
 
     name: ClassVar[str]
     leak_kinds: ClassVar[tuple[str, ...]]
     model_modes: ClassVar[tuple[str, ...]]
     optimises: ClassVar[bool]
-    options: ClassVar[tuple[str, ...]]
+    Options: ClassVar[type]
     knowledge: ClassVar[Knowledge]
+
+    def __init__(self, settings: AttackSettings) -> None:
+        """Read the settings (own options with :func:`own_options`); every attack defines its own."""
+        ...
+
+    @classmethod
+    def fit_errors(cls, config: RunConfig, options: Any) -> list[str]:
+        """What in the run config does not fit this attack with these options (beyond leak kind and
+        batch-norm mode, which every attack declares); none by default."""
+        return []
 
     def prepare(self, dataset: DatasetSpec, aux: AuxiliaryData | None) -> None:
         """Called once before the first round (``aux`` only when ``knowledge.aux`` asks for it).
@@ -194,12 +214,45 @@ class Attack(Protocol):
         ...
 
 
-ATTACKS: Registry[Callable[[AttackSettings], Attack]] = Registry("attack")
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of an attack that has none of its own."""
 
 
-def build_attack(name: str, settings: AttackSettings) -> Attack:
-    """Build the attack registered as ``name`` (the error lists valid names)."""
+ATTACKS: Registry[type[Attack]] = Registry("attack")
+
+
+def build_attack(name: str, settings: AttackSettings, options: Mapping[str, Any] | None = None) -> Attack:
+    """Build the attack registered as ``name`` (the error lists valid names).
+
+    ``options``, when given, replaces ``settings.options``: the attack's own options by name.
+    """
+    if options is not None:
+        settings = dataclasses.replace(settings, options=options)
     return ATTACKS.get(name)(settings)
+
+
+def own_options(cls: type[OptionsT], settings: AttackSettings, name: str) -> OptionsT:
+    """Read ``settings.options`` into the attack's ``Options`` dataclass ``cls``.
+
+    Raises
+    ------
+    ConfigError
+        Naming every bad option (``attack.NAME.OPTION``), its value and what is valid.
+    """
+    options, errors = parse_options(cls, settings.options, f"attack.{name}.")
+    if errors:
+        raise ConfigError(join_errors(errors, f"attack {name}'s options"))
+    return options
+
+
+def settings_for(config: RunConfig, name: str) -> AttackSettings:
+    """The settings attack ``name`` runs with in this run: the ``attack-*`` keys and its own options."""
+    return AttackSettings(
+        iterations=config.attack_iterations, restarts=config.attack_restarts, lr=config.attack_lr,
+        tv=config.attack_tv, device=config.attack_device, progress=config.attack_progress,
+        precision=config.attack_precision, options=config.plugin_values("attack", name),
+    )
 
 
 def check_settings(settings: AttackSettings) -> None:

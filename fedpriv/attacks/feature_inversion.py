@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fedpriv.attacks.base import (
-    ATTACKS, Attack, AttackSettings, AttackTarget, AuxiliaryData, Knowledge, Reconstruction,
+    ATTACKS, Attack, AttackSettings, AttackTarget, AuxiliaryData, Knowledge, Reconstruction, own_options,
 )
 from fedpriv.attacks.decoder_training import fit_decoder
 from fedpriv.attacks.unet import UNet
@@ -40,8 +41,11 @@ from fedpriv.leaks import FeatureLeak
 from fedpriv.rotation.adversarial import (
     FeatureCritic, critic_optimizer, decode_at, grid_angles, train_critic, wrong_decodings,
 )
+from fedpriv.options import option
 from fedpriv.rotation.networks import SplitNetwork
-from fedpriv.spec_numbers import spec_float, spec_int
+
+if TYPE_CHECKING:
+    from fedpriv.config import RunConfig
 
 QUERY_BATCH = 64  # the attacker's simulated clients encode in batches of this size (b from the same batch)
 
@@ -74,31 +78,28 @@ def simulate_clients(model: SplitNetwork, pixels: torch.Tensor, dataset: Dataset
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def _options(settings: AttackSettings, name: str, defaults: dict[str, float]) -> dict[str, float]:
-    values: dict[str, float] = {}
-    for key, default in defaults.items():
-        if key not in settings.extra:
-            values[key] = default
-            continue
-        low, high = OPTION_RANGES[key]
-        text = settings.extra[key]
-        values[key] = spec_int(f"attack-options for {name}", key, text, int(low), int(high)) if isinstance(default, int) \
-            else spec_float(f"attack-options for {name}", key, text, low, high)
-    if not values.get("adam-lr", 1.0) > 0:
-        raise ConfigError(f"attack-options {name}.adam-lr must be > 0, got {values['adam-lr']}")
-    return values
+@dataclass(frozen=True)
+class DecoderOptions:
+    """How the attacker trains its U-Net decoder on the auxiliary split."""
+
+    epochs: int = option(15, "passes of the decoder's training over the auxiliary split", low=1, high=10_000)
+    width: int = option(64, "channels of the U-Net's first level", low=1, high=4096)
+    convs: int = option(6, "convolutions of the U-Net", low=1, high=64)
+    batch: int = option(64, "images per decoder training step", low=1, high=100_000)
+    adam_lr: float = option(1e-4, "the decoder's Adam learning rate", above=0, high=1)
+    val_fraction: float = option(0.1, "fraction of the auxiliary split held out for the validation MSE",
+                                 low=0, high=0.9)
 
 
-DECODER_DEFAULTS: dict[str, float] = {"epochs": 15, "width": 64, "convs": 6, "batch": 64, "adam-lr": 1e-4,
-                                      "val-fraction": 0.1}
-# 50 passes over the auxiliary split (350 Adam steps on 400 images): 5 (35 steps) left the critic
-# under-trained: 1.02 rad against 0.82 on a trained complex LeNet (benchmarks/bench_angle_estimate.py)
-ANGLE_DEFAULTS: dict[str, float] = {"critic-epochs": 50, "angles": 360}
-OPTION_RANGES: dict[str, tuple[float, float]] = {"epochs": (1, 10_000), "width": (1, 4096), "convs": (1, 64),
-                                                 "batch": (1, 100_000), "adam-lr": (0.0, 1.0),
-                                                 "val-fraction": (0.0, 0.9), "critic-epochs": (1, 10_000),
-                                                 "angles": (1, 100_000), "k": (1, 100_000),
-                                                 "classifier-epochs": (1, 10_000)}
+@dataclass(frozen=True)
+class AngleOptions(DecoderOptions):
+    """The decoder's options and the critic that estimates each sample's rotation angle."""
+
+    # 50 passes over the auxiliary split (350 Adam steps on 400 images): 5 (35 steps) left the critic
+    # under-trained: 1.02 rad against 0.82 on a trained complex LeNet (benchmarks/bench_angle_estimate.py)
+    critic_epochs: int = option(50, "passes of the critic's training over the attacker's queries", low=1,
+                                high=10_000)
+    angles: int = option(360, "angles on the grid the critic scores", low=1, high=100_000)
 
 
 class FeatureAttack(Attack):
@@ -108,18 +109,14 @@ class FeatureAttack(Attack):
     leak_kinds: ClassVar[tuple[str, ...]] = (FeatureLeak.kind,)
     model_modes: ClassVar[tuple[str, ...]] = ("eval",)
     optimises: ClassVar[bool] = False
-    options: ClassVar[tuple[str, ...]] = tuple(DECODER_DEFAULTS)
+    Options: ClassVar[type] = DecoderOptions
     knowledge: ClassVar[Knowledge] = Knowledge(model="weights", defense=True, aux="server")
 
     def __init__(self, settings: AttackSettings) -> None:
-        self.values = _options(settings, self.name, DECODER_DEFAULTS | self.extra_defaults())
+        self.options: Any = own_options(self.Options, settings, self.name)
         self.device = torch.device(settings.device)
         self.aux: AuxiliaryData | None = None
         self.networks: dict[tuple[str, str], nn.Module] = {}
-
-    def extra_defaults(self) -> dict[str, float]:
-        """Options beyond the decoder's."""
-        return {}
 
     def prepare(self, dataset: DatasetSpec, aux: AuxiliaryData | None) -> None:
         """Keep the auxiliary split."""
@@ -133,14 +130,14 @@ class FeatureAttack(Attack):
 
     def _unet(self, key: tuple[str, str], in_channels: int, out_channels: int, dataset: DatasetSpec) -> nn.Module:
         if key not in self.networks:
-            self.networks[key] = UNet(in_channels, out_channels, dataset.size, int(self.values["width"]),
-                                      int(self.values["convs"])).to(self.device)
+            self.networks[key] = UNet(in_channels, out_channels, dataset.size, self.options.width,
+                                      self.options.convs).to(self.device)
         return self.networks[key]
 
     def _fit(self, network: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, seed: int, loss=F.mse_loss):
-        optimizer = torch.optim.Adam(network.parameters(), lr=self.values["adam-lr"])
-        return fit_decoder(network, inputs, targets, int(self.values["epochs"]), int(self.values["batch"]), optimizer,
-                           self.values["val-fraction"], torch.Generator().manual_seed(seed), loss)
+        optimizer = torch.optim.Adam(network.parameters(), lr=self.options.adam_lr)
+        return fit_decoder(network, inputs, targets, self.options.epochs, self.options.batch, optimizer,
+                           self.options.val_fraction, torch.Generator().manual_seed(seed), loss)
 
     def reconstruct(
         self, model: nn.Module, dataset: DatasetSpec, targets: Sequence[AttackTarget]
@@ -189,10 +186,7 @@ class AngleUNetInversion(FeatureAttack):
     """Inversion attack 1: angle by the argmax of a critic over a grid, then a U-Net on a*."""
 
     name: ClassVar[str] = "angle-unet-inversion"
-    options: ClassVar[tuple[str, ...]] = tuple(DECODER_DEFAULTS) + tuple(ANGLE_DEFAULTS)
-
-    def extra_defaults(self) -> dict[str, float]:
-        return dict(ANGLE_DEFAULTS)
+    Options: ClassVar[type] = AngleOptions
 
     def train_round(self, model: SplitNetwork, dataset: DatasetSpec, spec: str, own: dict[str, torch.Tensor],
                     seed: int) -> None:
@@ -213,7 +207,7 @@ class AngleUNetInversion(FeatureAttack):
         critic = self.networks.setdefault((spec, "critic"), FeatureCritic(own["a"].shape[1]).to(self.device))
         critic.train()
         optimizer = critic_optimizer(critic)
-        for _ in range(int(self.values["critic-epochs"])):
+        for _ in range(self.options.critic_epochs):
             for index in torch.randperm(len(own["a"]), generator=generator).split(QUERY_BATCH):
                 x, a = own["x"][index].to(self.device), own["a"][index].to(self.device)
                 fakes = wrong_decodings(x, own["angle"][index].to(self.device), 1, 2 * math.pi, generator)
@@ -225,7 +219,7 @@ class AngleUNetInversion(FeatureAttack):
         if not leak.features.is_complex():
             return torch.zeros(len(leak.features))
         critic = self.networks[(spec, "critic")]
-        return grid_angles(critic, leak.features.to(self.device), int(self.values["angles"])).cpu()
+        return grid_angles(critic, leak.features.to(self.device), self.options.angles).cpu()
 
     def attack_one(self, model: SplitNetwork, dataset: DatasetSpec, spec: str, leak: FeatureLeak) -> Reconstruction:
         angles = self.estimate_angles(spec, leak)
@@ -240,6 +234,14 @@ class GradientPhase(AngleUNetInversion):
     """Reads theta mod pi from the phase of dL/dh, picks the sign with the critic, inverts a* with a U-Net."""
 
     name: ClassVar[str] = "gradient-phase"
+
+    @classmethod
+    def fit_errors(cls, config: RunConfig, options: Any) -> list[str]:
+        """The phase is read from dL/dh, which only U-shaped split training sends back."""
+        if not config.split_training:
+            return ["attack 'gradient-phase' reads the gradient dL/dh that U-shaped split training sends back: "
+                    "set split-training=true"]
+        return []
 
     def estimate_angles(self, spec: str, leak: FeatureLeak) -> torch.Tensor:
         if leak.gradients is None:

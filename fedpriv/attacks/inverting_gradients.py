@@ -5,23 +5,25 @@ TV(x) * 1e-4; Adam (lr 0.1) on the sign of the image gradient; the image boxed t
 pixel space after every step; lr x0.1 at iterations//2.667, //1.6, //1.142 (1799, 2999, 4203
 of 4800); N(0,1) initialisation in normalised space; known labels (or, when the protocol hides
 them, :mod:`fedpriv.attacks.label_inference`'s); the last iterate returned, after the whole budget
-or where the stopping rule (``extra["patience"]``, ``extra["tolerance"]``, off by default; see
+or where the stopping rule (options ``patience``, ``tolerance``, off by default; see
 :mod:`fedpriv.attacks.lr_schedule`) ends it; with several restarts the one with the lowest final
-objective is kept. All targets and restarts
-are solved together by :mod:`fedpriv.attacks.gradient_matching` (``extra["engine"]``: ``auto``,
-``loop``, ``loop-channels-last``, ``grouped``, ``vmap``; ``extra["max-batch"]``: most problems per
-optimisation).
+objective is kept. All targets and restarts are solved together by
+:mod:`fedpriv.attacks.gradient_matching` (options ``engine``: ``auto``, ``loop``,
+``loop-channels-last``, ``grouped``, ``vmap``; ``max-batch``: most problems per optimisation).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
-from fedpriv.attacks.base import ATTACKS, Attack, AttackSettings, AttackTarget, Knowledge, Reconstruction, check_settings
+from fedpriv.attacks.base import (
+    ATTACKS, Attack, AttackSettings, AttackTarget, Knowledge, Reconstruction, check_settings, own_options,
+)
 from fedpriv.attacks.gradient_matching import (
     ENGINES,
     ExtraParameters,
@@ -31,16 +33,26 @@ from fedpriv.attacks.gradient_matching import (
     total_variation,
 )
 from fedpriv.attacks.label_inference import infer_labels
-from fedpriv.attacks.lr_schedule import STOP_OPTIONS, lr_milestones, stopping_rule
+from fedpriv.attacks.lr_schedule import StopOptions, lr_milestones
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import GradientLeak
-from fedpriv.spec_numbers import spec_int
+from fedpriv.options import option
 
-__all__ = ["ENGINE_OPTIONS", "InvertingGradients", "box_bounds", "lr_milestones", "solve_targets", "total_variation"]
+if TYPE_CHECKING:
+    from fedpriv.config import RunConfig
+
+__all__ = ["InvertingGradients", "MatchingOptions", "box_bounds", "lr_milestones", "solve_targets", "total_variation"]
 
 DEFAULT_MAX_BATCH = 64
-ENGINE_OPTIONS = ("engine", "max-batch", *STOP_OPTIONS)  # the extra options of every gradient-matching attack
+
+
+@dataclass(frozen=True)
+class MatchingOptions(StopOptions):
+    """The options of every gradient-matching attack: the engine, its batch, the stopping rule."""
+
+    engine: str = option("auto", "how problems are solved together", choices=ENGINES)
+    max_batch: int = option(DEFAULT_MAX_BATCH, "most problems per optimisation", low=1, high=1_000_000)
 
 
 def box_bounds(dataset: DatasetSpec, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,25 +61,18 @@ def box_bounds(dataset: DatasetSpec, like: torch.Tensor) -> tuple[torch.Tensor, 
     return dataset.normalize(zeros), dataset.normalize(zeros + 1)
 
 
-def engine_options(settings: AttackSettings) -> tuple[str, int]:
-    """The engine name and problems per optimisation from ``settings.extra``; checks the stopping rule.
+def precision_errors(options: MatchingOptions, precision: str, name: str) -> list[str]:
+    """The engine that cannot run at ``precision`` (``vmap`` with ``bf16``), or none."""
+    if options.engine == "vmap" and precision == "bf16":
+        return [f"attack.{name}.engine='vmap' does not run with attack-precision 'bf16'; "
+                "use engine grouped, loop or auto"]
+    return []
 
-    Raises
-    ------
-    ConfigError
-        On an unknown engine, a max-batch that is not a positive integer, vmap with bf16, or a bad
-        ``patience`` or ``tolerance``.
-    """
-    engine = settings.extra.get("engine", "auto")
-    if engine not in ENGINES:
-        raise ConfigError(f"attack option engine {engine!r} is unknown; valid engines: {', '.join(ENGINES)}")
-    max_batch = spec_int("attack-options", "max-batch", settings.extra.get("max-batch", str(DEFAULT_MAX_BATCH)), 1,
-                         1_000_000)
-    if engine == "vmap" and settings.precision == "bf16":
-        raise ConfigError("attack option engine 'vmap' does not run with attack-precision 'bf16'; "
-                          "use engine grouped, loop or auto")
-    stopping_rule(settings)
-    return engine, max_batch
+
+def check_precision_fit(options: MatchingOptions, settings: AttackSettings, name: str) -> None:
+    """Raise :func:`precision_errors`' error, if any."""
+    if errors := precision_errors(options, settings.precision, name):
+        raise ConfigError(errors[0])
 
 
 def solve_targets(
@@ -75,6 +80,7 @@ def solve_targets(
     dataset: DatasetSpec,
     targets: Sequence[AttackTarget],
     settings: AttackSettings,
+    options: MatchingOptions,
     label: str,
     extra_bounds: Sequence[torch.Tensor] | None = None,
     extra_apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -88,7 +94,9 @@ def solve_targets(
     targets
         Gradient leaks with seeds; restarts draw their starts in turn from the target's seed.
     settings
-        Iterations, restarts, lr, TV weight, device, progress, engine options, stopping rule.
+        Iterations, restarts, lr, TV weight, device, progress.
+    options
+        Engine, problems per optimisation, stopping rule.
     label
         Prefix of progress lines.
     extra_bounds, extra_apply
@@ -101,7 +109,6 @@ def solve_targets(
         Per target, its best restart: images in input space (k, C, H, W), extra values or ``None``,
         final objective, iterations run, and the engine that solved it (what ``auto`` chose).
     """
-    engine, max_batch = engine_options(settings)
     device = torch.device(settings.device)
     model = model.to(device).eval()
     dtype = next(model.parameters()).dtype
@@ -128,8 +135,8 @@ def solve_targets(
             extra = ExtraParameters(torch.zeros_like(bound), bound, extra_apply)
         result = solve(
             model, [problems[i] for i in index], low, high, iterations=settings.iterations, lr=settings.lr,
-            tv=settings.tv, extra=extra, engine=engine, max_batch=max_batch, precision=settings.precision,
-            rule=stopping_rule(settings), progress=settings.progress, label=label,
+            tv=settings.tv, extra=extra, engine=options.engine, max_batch=options.max_batch,
+            precision=settings.precision, rule=options.rule, progress=settings.progress, label=label,
         )
         solved.update(zip(index, result.solutions()))
     runs = [[solved[i] for i in range(t * restarts, (t + 1) * restarts)] for t in range(len(targets))]
@@ -142,8 +149,8 @@ class InvertingGradients(Attack):
     Parameters
     ----------
     settings
-        Iterations, restarts, lr, TV weight, device, progress interval; ``extra`` may set
-        ``engine`` (default ``auto``), ``max-batch`` (default 64), and the stopping rule's
+        Iterations, restarts, lr, TV weight, device, progress interval; its options
+        (:class:`MatchingOptions`): ``engine``, ``max-batch``, and the stopping rule's
         ``patience`` (default 0: off) and ``tolerance`` (:mod:`~fedpriv.attacks.lr_schedule`).
     """
 
@@ -152,12 +159,18 @@ class InvertingGradients(Attack):
     model_modes: ClassVar[tuple[str, ...]] = ("eval",)
     optimises: ClassVar[bool] = True
     knowledge: ClassVar[Knowledge] = Knowledge(defense=False)
-    options: ClassVar[tuple[str, ...]] = ENGINE_OPTIONS
+    Options: ClassVar[type] = MatchingOptions
 
     def __init__(self, settings: AttackSettings) -> None:
         check_settings(settings)
-        engine_options(settings)
+        self.options = own_options(MatchingOptions, settings, self.name)
+        check_precision_fit(self.options, settings, self.name)
         self.settings = settings
+
+    @classmethod
+    def fit_errors(cls, config: RunConfig, options: Any) -> list[str]:
+        """The engine must run at the run's ``attack-precision``."""
+        return precision_errors(options, config.attack_precision, cls.name)
 
     def reconstruct(
         self, model: nn.Module, dataset: DatasetSpec, targets: Sequence[AttackTarget]
@@ -172,7 +185,7 @@ class InvertingGradients(Attack):
         """
         if not targets:
             return []
-        solved = solve_targets(model, dataset, targets, self.settings, self.name)
+        solved = solve_targets(model, dataset, targets, self.settings, self.options, self.name)
         return [
             Reconstruction(images=dataset.denormalize(s.images).cpu(), labels=_inferred(model, dataset, t),
                            fields={"loss": s.loss, "iterations_run": float(s.iterations_run)}, engine=s.engine)

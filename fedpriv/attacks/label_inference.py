@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedpriv.attacks.base import ATTACKS, Attack, AttackSettings, AttackTarget, AuxiliaryData, Knowledge, Reconstruction
+from fedpriv.attacks.base import (
+    ATTACKS, Attack, AttackSettings, AttackTarget, AuxiliaryData, Knowledge, NoOptions, Reconstruction,
+)
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import GradientLeak, Leak, UpdateLeak
@@ -126,7 +128,7 @@ class LabelInference(Attack):
     leak_kinds: ClassVar[tuple[str, ...]] = ("gradient", "update")
     model_modes: ClassVar[tuple[str, ...]] = ("eval", "train")
     optimises: ClassVar[bool] = False
-    options: ClassVar[tuple[str, ...]] = ()
+    Options: ClassVar[type] = NoOptions
     knowledge: ClassVar[Knowledge] = Knowledge(aux="server")
 
     def __init__(self, settings: AttackSettings) -> None:

@@ -24,10 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fedpriv.attacks.base import AttackSettings
-from fedpriv.spec_numbers import spec_float, spec_int
+from fedpriv.options import option
 
-STOP_OPTIONS = ("patience", "tolerance")  # the attack options of the stopping rule
 DEFAULT_TOLERANCE = 1e-3
 MAX_PATIENCE = 10_000_000
 DECAY = 0.1
@@ -58,18 +56,19 @@ class StoppingRule:
 NO_STOPPING = StoppingRule()  # the default: ATS's fixed schedule, the whole budget
 
 
-def stopping_rule(settings: AttackSettings) -> StoppingRule:
-    """The rule from ``settings.extra`` (``patience``, ``tolerance``).
+@dataclass(frozen=True)
+class StopOptions:
+    """The stopping rule's options, shared by every optimising attack (``attack.NAME.patience`` ...)."""
 
-    Raises
-    ------
-    ConfigError
-        One line naming the option, its value and the valid range.
-    """
-    patience = spec_int("attack-options", "patience", settings.extra.get("patience", "0"), 0, MAX_PATIENCE)
-    tolerance = spec_float("attack-options", "tolerance", settings.extra.get("tolerance", str(DEFAULT_TOLERANCE)),
-                           0.0, 1.0)
-    return StoppingRule(patience, tolerance)
+    patience: int = option(0, "iterations without improvement before the next lr, or the stop; 0: off",
+                           low=0, high=MAX_PATIENCE)
+    tolerance: float = option(DEFAULT_TOLERANCE, "relative fall of the best objective that counts as an improvement",
+                              low=0, high=1)
+
+    @property
+    def rule(self) -> StoppingRule:
+        """The stopping rule these options set."""
+        return StoppingRule(self.patience, self.tolerance)
 
 
 class ScheduledAdam:

@@ -23,22 +23,26 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
-from fedpriv.attacks.base import ATTACKS, Attack, AttackSettings, AttackTarget, Knowledge, Reconstruction, check_settings
+from fedpriv.attacks.base import (
+    ATTACKS, Attack, AttackSettings, AttackTarget, Knowledge, Reconstruction, check_settings, own_options,
+)
 from fedpriv.attacks.gradient_matching import ExtraParameters, MatchingProblem, ProblemSolution, solve
-from fedpriv.attacks.inverting_gradients import ENGINE_OPTIONS, box_bounds, engine_options
+from fedpriv.attacks.inverting_gradients import MatchingOptions, box_bounds, check_precision_fit, precision_errors
 from fedpriv.attacks.label_inference import infer_labels
-from fedpriv.attacks.lr_schedule import stopping_rule
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses.ats import CROP_PADDING, MAX_PRIMITIVES, AtsPolicy, parse_ats_policy
 from fedpriv.defenses.ats_differentiable import SHEAR_OPS, apply_sub_policy, continuous_slots
 from fedpriv.defenses.ats_primitives import Primitive, sampled_shift
 from fedpriv.leaks import GradientLeak
-from fedpriv.spec_numbers import spec_int
+from fedpriv.options import option
+
+if TYPE_CHECKING:
+    from fedpriv.config import RunConfig
 
 MAX_HYPOTHESES = 16
 # Columns of the extra parameters of each image: its problem's row in the plan table (constant,
@@ -221,9 +225,12 @@ def _package(dataset: DatasetSpec, solution: ProblemSolution, plans: tuple[_Plan
     return Reconstruction(images=images, defended=torch.cat(defended), fields=fields, engine=solution.engine)
 
 
-def _max_hypotheses(settings: AttackSettings) -> int:
-    return spec_int("attack-options", "max-hypotheses", settings.extra.get("max-hypotheses", str(MAX_HYPOTHESES)),
-                    1, 1_000_000)
+@dataclass(frozen=True)
+class PolicyOptions(MatchingOptions):
+    """Gradient matching's options and the hypotheses tried per target."""
+
+    max_hypotheses: int = option(MAX_HYPOTHESES, "hypotheses per target (more are sampled from its seed)",
+                                 low=1, high=1_000_000)
 
 
 def target_policy(spec: str | None) -> AtsPolicy | None:
@@ -237,9 +244,10 @@ class PolicyAware(Attack):
     Parameters
     ----------
     settings
-        Iterations, restarts, lr, TV weight, device and progress; ``extra`` keys:
-        ``max-hypotheses`` (default 16, per target; more are sampled from the target's seed),
-        ``engine``, ``max-batch``, ``patience`` and ``tolerance`` (as for Inverting Gradients).
+        Iterations, restarts, lr, TV weight, device and progress; its options
+        (:class:`PolicyOptions`): ``max-hypotheses`` (default 16, per target; more are sampled from
+        the target's seed), ``engine``, ``max-batch``, ``patience`` and ``tolerance`` (as for
+        Inverting Gradients).
     """
 
     name: ClassVar[str] = "policy-aware"
@@ -247,13 +255,25 @@ class PolicyAware(Attack):
     model_modes: ClassVar[tuple[str, ...]] = ("eval",)
     optimises: ClassVar[bool] = True
     knowledge: ClassVar[Knowledge] = Knowledge(defense=True)
-    options: ClassVar[tuple[str, ...]] = (*ENGINE_OPTIONS, "max-hypotheses")
+    Options: ClassVar[type] = PolicyOptions
 
     def __init__(self, settings: AttackSettings) -> None:
         check_settings(settings)
         self.settings = settings
-        self.max_hypotheses = _max_hypotheses(settings)
-        self.engine, self.max_batch = engine_options(settings)
+        self.options = own_options(PolicyOptions, settings, self.name)
+        check_precision_fit(self.options, settings, self.name)
+        self.max_hypotheses = self.options.max_hypotheses
+
+    @classmethod
+    def fit_errors(cls, config: RunConfig, options: Any) -> list[str]:
+        """The engine must run at ``attack-precision``; no client's policy may use the reference geometry."""
+        errors = precision_errors(options, config.attack_precision, cls.name)
+        for spec in sorted({config.defense, *config.defense_overrides_map().values()}):
+            policy = target_policy(spec)
+            if policy is not None and policy.geometry == "reference":
+                errors.append(f"defense {spec!r}: attack 'policy-aware' models the resized geometry only; "
+                              "use inverting-gradients or translation-aware with geometry=reference")
+        return errors
 
     def reconstruct(
         self, model: nn.Module, dataset: DatasetSpec, targets: Sequence[AttackTarget]
@@ -323,8 +343,8 @@ class PolicyAware(Attack):
             modelled = any(plan.policy is not None for r in rows for plan in table.plans[r])
             extra = table.parameters(rows, problems[0].init) if modelled else None
             result = solve(model, [problems[r] for r in rows], low, high, iterations=s.iterations, lr=s.lr,
-                           tv=s.tv, extra=extra, engine=self.engine, max_batch=self.max_batch,
-                           precision=s.precision, rule=stopping_rule(s), progress=s.progress, label=self.name)
+                           tv=s.tv, extra=extra, engine=self.options.engine, max_batch=self.options.max_batch,
+                           precision=s.precision, rule=self.options.rule, progress=s.progress, label=self.name)
             solved.update(zip(rows, result.solutions()))
         return [solved[r] for r in range(len(problems))]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -22,16 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedpriv.attacks.base import (
-    ATTACKS, Attack, AttackSettings, AttackTarget, AuxiliaryData, Knowledge, Reconstruction,
+    ATTACKS, Attack, AttackSettings, AttackTarget, AuxiliaryData, Knowledge, Reconstruction, own_options,
 )
 from fedpriv.attacks.decoder_training import FitReport, fit_decoder
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import PredictionLeak
-from fedpriv.spec_numbers import spec_float, spec_int
+from fedpriv.options import option
 
 LOG_FLOOR = -1000.0
-BOOLEANS = {"true": True, "false": False}
 
 
 def inversion_input(predictions: torch.Tensor, top: int, c: torch.Tensor | float = 50.0) -> torch.Tensor:
@@ -118,10 +118,25 @@ def released_top(predictions: torch.Tensor) -> int:
     return max(1, int((predictions > 0).sum(dim=1).max()))
 
 
+@dataclass(frozen=True)
+class InversionOptions:
+    """How the attacker trains its inversion network (Yang et al.'s reference settings by default)."""
+
+    align: bool = option(True, "train on vectors truncated like the leak (false: on full vectors)")
+    epochs: int = option(100, "passes over the auxiliary split per attacked round", low=1, high=10_000)
+    batch: int = option(128, "vectors per training step", low=2, high=100_000)
+    width: int = option(128, "width of the inversion network", low=1, high=4096)
+    adam_lr: float = option(2e-4, "the inverter's Adam learning rate", above=0, high=1)
+    c: float = option(50.0, "the inverter's input scale c", low=0, high=1e6)
+    learn_c: bool = option(False, "learn c with the network")
+    val_fraction: float = option(0.1, "fraction of the auxiliary split held out for validation", above=0, high=0.9)
+    warm_start: bool = option(True, "continue from the previous round's inverter (or the jointly trained one)")
+
+
 class PredictionInversion(Attack):
     """Inverts leaked prediction vectors with a network trained on the server's auxiliary split.
 
-    Options (``attack-options``): ``align`` (true: train on vectors truncated like the leak;
+    Options (:class:`InversionOptions`, keys ``attack.prediction-inversion.OPTION``): ``align`` (true: train on vectors truncated like the leak;
     false: on full vectors), ``epochs`` per attacked round (100 in the reference), ``batch``
     (128), ``width`` (128), ``adam-lr`` (2e-4), ``c`` (50), ``learn-c`` (false),
     ``val-fraction`` (0.1), ``warm-start`` (true: each round continues from the previous round's
@@ -132,30 +147,14 @@ class PredictionInversion(Attack):
     leak_kinds: ClassVar[tuple[str, ...]] = (PredictionLeak.kind,)
     model_modes: ClassVar[tuple[str, ...]] = ("eval",)
     optimises: ClassVar[bool] = False
-    options: ClassVar[tuple[str, ...]] = (
-        "align", "epochs", "batch", "width", "adam-lr", "c", "learn-c", "val-fraction", "warm-start",
-    )
+    Options: ClassVar[type] = InversionOptions
     knowledge: ClassVar[Knowledge] = Knowledge(model="weights", aux="server")
 
     def __init__(self, settings: AttackSettings) -> None:
-        extra, where = settings.extra, f"attack-options for {self.name}"
-        self.epochs = spec_int(where, "epochs", extra.get("epochs", "100"), 1, 10_000)
-        self.batch = spec_int(where, "batch", extra.get("batch", "128"), 2, 100_000)
-        self.width = spec_int(where, "width", extra.get("width", "128"), 1, 4096)
-        self.lr = spec_float(where, "adam-lr", extra.get("adam-lr", "2e-4"), 0.0, 1.0)
-        self.c = spec_float(where, "c", extra.get("c", "50"), 0.0, 1e6)
-        self.val_fraction = spec_float(where, "val-fraction", extra.get("val-fraction", "0.1"), 0.0, 0.9)
-        flags = {}
-        for key, default in (("align", "true"), ("learn-c", "false"), ("warm-start", "true")):
-            value = extra.get(key, default).lower()
-            if value not in BOOLEANS:
-                raise ConfigError(f"attack-options {self.name}.{key}={value!r}; valid: true, false")
-            flags[key] = BOOLEANS[value]
-        self.align, self.learn_c, self.warm_start = flags["align"], flags["learn-c"], flags["warm-start"]
-        if not self.lr > 0:
-            raise ConfigError(f"attack-options {self.name}.adam-lr must be > 0, got {self.lr}")
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"attack-options {self.name}.val-fraction must lie in (0, 1), got {self.val_fraction}")
+        options = own_options(InversionOptions, settings, self.name)
+        self.epochs, self.batch, self.width, self.lr = options.epochs, options.batch, options.width, options.adam_lr
+        self.c, self.val_fraction = options.c, options.val_fraction
+        self.align, self.learn_c, self.warm_start = options.align, options.learn_c, options.warm_start
         self.device = torch.device(settings.device)
         self.aux: AuxiliaryData | None = None
         self.inverters: dict[int, nn.Module] = {}

@@ -13,6 +13,7 @@ data set defines another (``cifar100-super``: the fine label of a 20-superclass 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -20,11 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedpriv.attacks.base import ATTACKS, AttackSettings, Reconstruction
-from fedpriv.attacks.feature_inversion import ANGLE_DEFAULTS, AngleUNetInversion, QUERY_BATCH
+from fedpriv.attacks.feature_inversion import QUERY_BATCH, AngleOptions, AngleUNetInversion
 from fedpriv.data.specs import DatasetSpec
-from fedpriv.errors import ConfigError
 from fedpriv.leaks import FeatureLeak
 from fedpriv.models import ConvNet
+from fedpriv.options import option
 from fedpriv.rotation.adversarial import decode_at
 from fedpriv.rotation.networks import SplitNetwork
 
@@ -51,22 +52,25 @@ def knn_predict(queries: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor,
     return torch.mode(nearest, dim=1).values
 
 
+@dataclass(frozen=True)
+class PropertyOptions(AngleOptions):
+    """The angle attack's options and how the property is read from the decoded features."""
+
+    variant: str = option("knn", "knn on features, a classifier on features, on images or on reconstructions",
+                          choices=VARIANTS)
+    k: int = option(5, "neighbours of the knn variant", low=1, high=100_000)
+    classifier_epochs: int = option(10, "passes of the property classifier's training", low=1, high=10_000)
+
+
 class PropertyInference(AngleUNetInversion):
     """Infers each queried sample's property from its features (options: variant, k, classifier-epochs)."""
 
     name: ClassVar[str] = "property-inference"
-    options: ClassVar[tuple[str, ...]] = tuple(ANGLE_DEFAULTS) + (
-        "variant", "k", "classifier-epochs", "adam-lr", "epochs", "width", "convs", "batch", "val-fraction",
-    )
+    Options: ClassVar[type] = PropertyOptions
 
     def __init__(self, settings: AttackSettings) -> None:
         super().__init__(settings)
-        self.variant = settings.extra.get("variant", "knn")
-        if self.variant not in VARIANTS:
-            raise ConfigError(f"attack-options {self.name}.variant={self.variant!r}; valid: {', '.join(VARIANTS)}")
-
-    def extra_defaults(self) -> dict[str, float]:
-        return dict(ANGLE_DEFAULTS) | {"k": 5, "classifier-epochs": 10}
+        self.variant = self.options.variant
 
     def train_round(self, model: SplitNetwork, dataset: DatasetSpec, spec: str, own: dict[str, torch.Tensor],
                     seed: int) -> None:
@@ -88,13 +92,13 @@ class PropertyInference(AngleUNetInversion):
                 return
             inputs, classifier = self.keys, FeatureClassifier(own["a"].shape[1], classes)
         self.networks[(spec, "classifier")] = _fit_classifier(classifier.to(self.device), inputs, self.key_labels,
-                                                              int(self.values["classifier-epochs"]), seed, self.device)
+                                                              self.options.classifier_epochs, seed, self.device)
 
     def attack_one(self, model: SplitNetwork, dataset: DatasetSpec, spec: str, leak: FeatureLeak) -> Reconstruction:
         angles = self.estimate_angles(spec, leak)
         features = decode_at(leak.features, angles) if leak.features.is_complex() else leak.features
         if self.variant == "knn":
-            predictions = knn_predict(features, self.keys, self.key_labels, int(self.values["k"]))
+            predictions = knn_predict(features, self.keys, self.key_labels, self.options.k)
         else:
             with torch.no_grad():
                 inputs = features.to(self.device)

@@ -10,19 +10,26 @@ translations of the client's ATS policy are modelled (not rotation, contrast, cr
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedpriv.attacks.base import ATTACKS, Attack, AttackSettings, AttackTarget, Knowledge, Reconstruction, check_settings
-from fedpriv.attacks.inverting_gradients import ENGINE_OPTIONS, engine_options, solve_targets
+from fedpriv.attacks.base import (
+    ATTACKS, Attack, AttackSettings, AttackTarget, Knowledge, Reconstruction, check_settings, own_options,
+)
+from fedpriv.attacks.inverting_gradients import MatchingOptions, check_precision_fit, precision_errors, solve_targets
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses.ats import parse_ats_policy, translation_bounds
-from fedpriv.errors import ConfigError
+from fedpriv.options import option
+
+if TYPE_CHECKING:
+    from fedpriv.config import RunConfig
+
+FROM_POLICY = -1.0  # a clamp option's default: take the clamp from the client's policy
 
 # The reproduction's clamps (benchmark_attack.py reaugment_modes), by the policy's sub-policies.
 REFERENCE_CLAMPS: dict[frozenset[tuple[int, ...]], tuple[float, float]] = {
@@ -56,36 +63,37 @@ def translate_problems(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     return translate(x.flatten(0, 1), shifts.flatten(0, 1)).view_as(x)
 
 
-def _explicit_clamps(settings: AttackSettings) -> tuple[float, float] | None:
-    """``tx-max`` and ``ty-max`` from ``settings.extra`` (both or neither), validated."""
-    given = {key: settings.extra.get(key) for key in ("tx-max", "ty-max")}
-    if all(v is None for v in given.values()):
-        return None
-    values = []
-    for key, text in given.items():
-        if text is None:
-            raise ConfigError(f"translation-aware needs both tx-max and ty-max; {key} is missing")
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and value >= 0):
-            raise ConfigError(f"translation-aware {key} must be a finite number >= 0 (half-image units), got {text!r}")
-        values.append(value)
-    return values[0], values[1]
+@dataclass(frozen=True)
+class TranslationOptions(MatchingOptions):
+    """Gradient matching's options and the translation clamps (both set, or both from the policy)."""
+
+    tx_max: float = option(FROM_POLICY, "clamp of |t_x| in half-image units; -1: from the client's policy",
+                           low=FROM_POLICY)
+    ty_max: float = option(FROM_POLICY, "clamp of |t_y| in half-image units; -1: from the client's policy",
+                           low=FROM_POLICY)
+
+    def errors(self, prefix: str) -> list[str]:
+        """Both clamps are given (>= 0) or neither is (-1)."""
+        given = [value != FROM_POLICY for value in (self.tx_max, self.ty_max)]
+        errors = [f"{prefix}{key}={value!r}: a clamp is >= 0, or -1 for the policy's"
+                  for key, value in (("tx-max", self.tx_max), ("ty-max", self.ty_max)) if FROM_POLICY < value < 0]
+        if any(given) and not all(given):
+            errors.append(f"{prefix}tx-max and {prefix}ty-max are set together; "
+                          f"{prefix}{'ty-max' if given[0] else 'tx-max'} is missing")
+        return errors
 
 
-def translation_clamps(defense_spec: str | None, settings: AttackSettings, size: int = 32) -> tuple[float, float]:
+def translation_clamps(defense_spec: str | None, options: TranslationOptions, size: int = 32) -> tuple[float, float]:
     """The clamps (tx-max, ty-max) for a client's defense, in half-image units.
 
     The reproduction's table for 3-1-7 (1.1, 0.2), 43-18-18 (0.4, 0.4) and their hybrid
-    (1.1, 0.4); otherwise ``settings.extra`` ``tx-max`` and ``ty-max``; otherwise the policy's
+    (1.1, 0.4); otherwise the options ``tx-max`` and ``ty-max``; otherwise the policy's
     largest summed translations as PIL really shifts ``size`` x ``size`` images
     (:func:`fedpriv.defenses.ats.translation_bounds`). A defense with no translation (``none``,
     a policy without translateX/Y) gives (0, 0): the attack is then Inverting Gradients, so it
     can be run on every client of a mixed federation and compared cell by cell.
     """
-    explicit = _explicit_clamps(settings)
+    explicit = None if options.tx_max == FROM_POLICY else (options.tx_max, options.ty_max)
     policy = None
     if defense_spec is not None and defense_spec.strip().startswith("ats:"):
         policy = parse_ats_policy(defense_spec)
@@ -105,8 +113,8 @@ class TranslationAware(Attack):
     Parameters
     ----------
     settings
-        As for Inverting Gradients (engine options, stopping rule); ``extra`` may also set
-        ``tx-max`` and ``ty-max``.
+        As for Inverting Gradients; its options (:class:`TranslationOptions`) add ``tx-max`` and
+        ``ty-max``.
     """
 
     name: ClassVar[str] = "translation-aware"
@@ -114,13 +122,18 @@ class TranslationAware(Attack):
     model_modes: ClassVar[tuple[str, ...]] = ("eval",)
     optimises: ClassVar[bool] = True
     knowledge: ClassVar[Knowledge] = Knowledge(defense=True)
-    options: ClassVar[tuple[str, ...]] = (*ENGINE_OPTIONS, "tx-max", "ty-max")
+    Options: ClassVar[type] = TranslationOptions
 
     def __init__(self, settings: AttackSettings) -> None:
         check_settings(settings)
-        engine_options(settings)
-        _explicit_clamps(settings)
+        self.options = own_options(TranslationOptions, settings, self.name)
+        check_precision_fit(self.options, settings, self.name)
         self.settings = settings
+
+    @classmethod
+    def fit_errors(cls, config: RunConfig, options: Any) -> list[str]:
+        """The engine must run at the run's ``attack-precision``."""
+        return precision_errors(options, config.attack_precision, cls.name)
 
     def reconstruct(
         self, model: nn.Module, dataset: DatasetSpec, targets: Sequence[AttackTarget]
@@ -139,10 +152,11 @@ class TranslationAware(Attack):
             return []
         bounds = []
         for target in targets:
-            tx, ty = translation_clamps(target.defense_spec, self.settings, dataset.size)
+            tx, ty = translation_clamps(target.defense_spec, self.options, dataset.size)
             k = getattr(target.leak, "batch_size", 1)
             bounds.append(torch.tensor([tx, ty], dtype=torch.float64).expand(k, 2))
-        solved = solve_targets(model, dataset, targets, self.settings, self.name, bounds, translate_problems)
+        solved = solve_targets(model, dataset, targets, self.settings, self.options, self.name, bounds,
+                               translate_problems)
         out = []
         for solution in solved:
             shifts = solution.extra

@@ -29,18 +29,30 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from fedpriv.attacks.base import ATTACKS, Attack, AttackSettings, AttackTarget, Knowledge, Reconstruction, check_settings
+from fedpriv.attacks.base import (
+    ATTACKS, Attack, AttackSettings, AttackTarget, Knowledge, Reconstruction, check_settings, own_options,
+)
 from fedpriv.attacks.gradient_matching import total_variation
 from fedpriv.attacks.heap_reuse import reused_heap
 from fedpriv.attacks.inverting_gradients import box_bounds
 from fedpriv.attacks.label_inference import infer_labels
-from fedpriv.attacks.lr_schedule import STOP_OPTIONS, ScheduledAdam, stopping_rule
+from fedpriv.attacks.lr_schedule import ScheduledAdam, StopOptions
 from fedpriv.data.specs import DatasetSpec
-from fedpriv.errors import ConfigError
 from fedpriv.leaks import UpdateLeak
+from fedpriv.options import option
 
 DEFAULT_MAX_IMAGES = 32
 ENGINES = ("auto", "loop", "vmap")  # auto: vmap when there is more than one problem
+
+
+@dataclass(frozen=True)
+class UpdateOptions(StopOptions):
+    """The stopping rule, the engine and the most images one update may hold."""
+
+    max_images: int = option(DEFAULT_MAX_IMAGES, "most images one update may depend on (more: a failed cell)",
+                             low=1, high=1_000_000)
+    engine: str = option("auto", "loop: one problem at a time; vmap: batched; auto: vmap for several",
+                         choices=ENGINES)
 
 
 def simulated_update(
@@ -137,31 +149,25 @@ class UpdateInversion(Attack):
     Parameters
     ----------
     settings
-        Iterations, restarts, lr, TV weight, device, progress; ``extra["max-images"]`` caps the
-        examples one update may hold (default 32; more is a failed cell naming the cap);
-        ``extra["engine"]``: ``loop`` (autograd, one problem at a time), ``vmap`` (problems of one
-        shape batched with torch.func) or ``auto`` (vmap for more than one problem);
-        ``extra["patience"]``, ``extra["tolerance"]``: the stopping rule (default off).
+        Iterations, restarts, lr, TV weight, device, progress; its options (:class:`UpdateOptions`):
+        ``max-images`` caps the examples one update may hold (default 32; more is a failed cell
+        naming the cap); ``engine``: ``loop`` (autograd, one problem at a time), ``vmap`` (problems
+        of one shape batched with torch.func) or ``auto`` (vmap for more than one problem);
+        ``patience``, ``tolerance``: the stopping rule (default off).
     """
 
     name: ClassVar[str] = "update-inversion"
     leak_kinds: ClassVar[tuple[str, ...]] = ("update",)
     model_modes: ClassVar[tuple[str, ...]] = ("train",)
     optimises: ClassVar[bool] = True
-    options: ClassVar[tuple[str, ...]] = ("max-images", "engine", *STOP_OPTIONS)
+    Options: ClassVar[type] = UpdateOptions
     knowledge: ClassVar[Knowledge] = Knowledge()
 
     def __init__(self, settings: AttackSettings) -> None:
         check_settings(settings)
-        text = settings.extra.get("max-images", str(DEFAULT_MAX_IMAGES))
-        if not text.isdigit() or int(text) < 1:
-            raise ConfigError(f"attack option max-images must be an integer >= 1, got {text!r}")
-        engine = settings.extra.get("engine", "auto")
-        if engine not in ENGINES:
-            raise ConfigError(f"attack option engine {engine!r} is not one of update-inversion's engines; valid: "
-                              f"{', '.join(ENGINES)}")
-        self.settings, self.max_images, self.engine = settings, int(text), engine
-        self.rule = stopping_rule(settings)
+        options = own_options(UpdateOptions, settings, self.name)
+        self.settings, self.max_images, self.engine = settings, options.max_images, options.engine
+        self.rule = options.rule
 
     def reconstruct(
         self, model: nn.Module, dataset: DatasetSpec, targets: Sequence[AttackTarget]
@@ -187,7 +193,7 @@ class UpdateInversion(Attack):
                 raise TypeError(f"{self.name} consumes update leaks, got {type(leak).__name__}")
             if leak.num_images > self.max_images:
                 raise ValueError(f"the update depends on {leak.num_images} images; {self.name} reconstructs at most "
-                                 f"{self.max_images} (attack option max-images; local-steps x batch-size or "
+                                 f"{self.max_images} (attack.update-inversion.max-images; local-steps x batch-size or "
                                  "local-samples bound the images)")
             guess = None if leak.labels is not None else infer_labels(model, dataset, leak, seed=target.seed).cpu()
             inferred.append(guess)

@@ -15,7 +15,7 @@ from flwr.clientapp import ClientApp
 
 from fedpriv.client_task import run_client_round
 from fedpriv.clients.mods import privacy_mod, pruning_mod
-from fedpriv.config import parse_run_config
+from fedpriv.validation import parse_run_config
 from fedpriv.wire import LEAK_KEY, ROUND_KEY, TRUTH_KEY, encode_leak_meta, encode_truth
 
 app = ClientApp(mods=[privacy_mod, pruning_mod])

@@ -18,7 +18,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MessageType
 from flwr.clientapp.mod import LocalDpMod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 
-from fedpriv.config import parse_run_config
+from fedpriv.validation import parse_run_config
 
 
 def local_dp_epsilon(noise_multiplier: float, delta: float) -> float:

@@ -11,7 +11,6 @@ from fedpriv.data.loading import LabeledImages
 from fedpriv.data.partition import partition_indices
 from fedpriv.errors import ConfigError
 
-AUX_TYPES = ("same", "generic", "distinct")
 # aux-type='distinct' draws from another data set; these pairs are the default (aux-dataset='').
 DISTINCT_DEFAULTS = {
     "embedded-digits": "embedded-photos", "embedded-photos": "embedded-digits", "embedded-photos-large": "embedded-digits",

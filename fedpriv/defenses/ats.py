@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,6 +16,12 @@ from torchvision.transforms.v2.functional import resize
 from fedpriv.defenses.ats_primitives import NUM_PRIMITIVES, PRIMITIVES, Primitive, sampled_shift
 from fedpriv.defenses.base import Defense, register_defense
 from fedpriv.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedpriv.config import RunConfig
+    from fedpriv.data.specs import DatasetSpec
+
+REFERENCE_GEOMETRY_SETS = ("mnist", "fashion-mnist", "embedded-digits")  # 1-channel, 28x28 in their archives
 
 ATS_FORMS = (
     "ats:i-j-k (1 to 3 primitive indices in 0..49 joined by '-', e.g. ats:3-1-7), "
@@ -251,6 +258,14 @@ class AtsDefense:
         self.policy = policy
         self.spec = policy.spec
         self.description = policy.describe()
+
+    def fit_errors(self, config: RunConfig, dataset: DatasetSpec) -> list[str]:
+        """The reference geometry needs a 1-channel 28x28 data set."""
+        if self.policy.geometry == "reference" and config.dataset not in REFERENCE_GEOMETRY_SETS:
+            return [f"defense {self.spec!r}: geometry=reference reproduces the ATS reference's pipeline for "
+                    f"1-channel 28x28 sets ({', '.join(REFERENCE_GEOMETRY_SETS)}); dataset {config.dataset!r} "
+                    "is not one: drop the option"]
+        return []
 
     def transform(
         self, images: torch.Tensor, generator: torch.Generator

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from fedpriv.errors import ConfigError
 from fedpriv.registry import Registry
+
+if TYPE_CHECKING:
+    from fedpriv.config import RunConfig
+    from fedpriv.data.specs import DatasetSpec
 
 
 ACTS_ON = ("nothing", "inputs", "predictions", "features")
@@ -28,6 +32,10 @@ class Defense(Protocol):
     spec: str
     acts_on: str
 
+    def fit_errors(self, config: RunConfig, dataset: DatasetSpec) -> list[str]:
+        """What in the run config (model, data set, batch, attacks) this defense cannot run with."""
+        ...
+
     def transform(
         self, images: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -46,6 +54,10 @@ class NoDefense:
 
     spec = "none"
     acts_on = "nothing"
+
+    def fit_errors(self, config: RunConfig, dataset: DatasetSpec) -> list[str]:
+        """The identity fits every run."""
+        return []
 
     def transform(
         self, images: torch.Tensor, generator: torch.Generator

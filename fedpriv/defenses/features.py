@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,6 +27,10 @@ from fedpriv.defenses.base import Defense, register_defense
 from fedpriv.errors import ConfigError
 from fedpriv.rotation.networks import PlainCodec
 from fedpriv.spec_numbers import spec_float, spec_int
+
+if TYPE_CHECKING:
+    from fedpriv.config import RunConfig
+    from fedpriv.data.specs import DatasetSpec
 
 COMPLEX_FORM = "complex[:k=8,swap=false,dtheta=2pi,gp=10,n-critic=5,adv=1,b-grad=true] (k >= 2)"
 COMPLEX_OPTIONS = ("k", "swap", "dtheta", "gp", "n-critic", "adv", "b-grad")
@@ -114,8 +119,11 @@ class FeatureDefense:
     """Base of the feature defenses: inputs unchanged, a codec per round for the split network."""
 
     acts_on = "features"
-    needs_complex = False
     spec = ""
+
+    def fit_errors(self, config: RunConfig, dataset: DatasetSpec) -> list[str]:
+        """Plain and noisy features fit every split network."""
+        return []
 
     def transform(
         self, images: torch.Tensor, generator: torch.Generator
@@ -127,7 +135,16 @@ class FeatureDefense:
 class ComplexRotation(FeatureDefense):
     """The complex-rotation defense (needs a ``complex-*`` model)."""
 
-    needs_complex = True
+    def fit_errors(self, config: RunConfig, dataset: DatasetSpec) -> list[str]:
+        """A complex network, and batches of two or more (b is another sample's features)."""
+        errors = []
+        if not config.model.startswith("complex-"):
+            errors.append(f"defense {self.spec!r} rotates features and needs a complex network; model "
+                          f"{config.model!r} is not one (valid: complex-resnet20-alpha, ..., complex-lenet)")
+        if min(config.batch_size, config.feature_samples) < 2:
+            errors.append(f"defense {self.spec!r} takes b from another sample of the batch: batch-size and "
+                          f"feature-samples must be >= 2, got {config.batch_size} and {config.feature_samples}")
+        return errors
 
     def __init__(self, settings: RotationSettings, spec: str) -> None:
         self.settings, self.spec = settings, spec

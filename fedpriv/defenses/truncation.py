@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from fedpriv.defenses.base import Defense, register_defense
 from fedpriv.spec_numbers import spec_int
+
+if TYPE_CHECKING:
+    from fedpriv.config import RunConfig
+    from fedpriv.data.specs import DatasetSpec
 
 FORM = "truncate:M (keep the top M >= 1 entries of each released prediction vector, zero the rest)"
 MAX_TOP = 100_000  # above any data set's classes; the run config checks M against its data set's
@@ -28,6 +34,13 @@ class Truncation:
     def __init__(self, top: int) -> None:
         self.top = top
         self.spec = f"truncate:{top}"
+
+    def fit_errors(self, config: RunConfig, dataset: DatasetSpec) -> list[str]:
+        """At most as many entries as the data set has classes."""
+        if self.top > dataset.num_classes:
+            return [f"defense {self.spec!r} keeps {self.top} entries, but {config.dataset!r} has "
+                    f"{dataset.num_classes} classes; valid: truncate:1..truncate:{dataset.num_classes}"]
+        return []
 
     def transform(
         self, images: torch.Tensor, generator: torch.Generator

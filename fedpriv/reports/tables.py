@@ -7,6 +7,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from fedpriv.attacks import ATTACKS
+from fedpriv.options import declared
 from fedpriv.reports.runs import ATTACK_METRICS, Run, Sample
 from fedpriv.reports.sources import REFERENCE_GEOMETRY, Column, SourceTable
 from fedpriv.reports.statistics import Summary, digits_for, summarise
@@ -67,9 +69,25 @@ def deviations(table: SourceTable, column: Column, dataset: str, model: str, run
         notes.append(f"{','.join(map(str, rounds))} federated rounds (source: {settings['training']})")
     sourced = [f"{key} {settings[key]}" for key in ("inverter-epochs", "inverter-width", "decoder") if key in settings]
     if sourced:
-        options = sorted({str(r.run_config.get("attack-options", "")) or "defaults" for r in runs})
-        notes.append(f"attack-options {' / '.join(repr(o) for o in options)} (source: {', '.join(sourced)})")
+        options = sorted({_attack_options(r.run_config) or "defaults" for r in runs})
+        notes.append(f"attack options {' / '.join(repr(o) for o in options)} (source: {', '.join(sourced)})")
     return notes
+
+
+def _attack_options(run_config: dict[str, Any]) -> str:
+    """The attack options a run set away from their defaults (``attack-options`` in runs before the keys)."""
+    if "attack-options" in run_config:
+        return str(run_config["attack-options"])
+    changed = []
+    for key, value in sorted(run_config.items()):
+        family, _, rest = key.partition(".")
+        name, _, option = rest.partition(".")
+        if family != "attack" or name not in ATTACKS:
+            continue
+        defaults = {d.name: d.default for d in declared(ATTACKS.get(name).Options)}
+        if option in defaults and value != defaults[option]:
+            changed.append(f"{key}={value}")
+    return ",".join(changed)
 
 
 def _cell_key(sample: Sample) -> tuple[str, int, int, str]:

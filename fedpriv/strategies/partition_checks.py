@@ -13,6 +13,7 @@ from fedpriv.data.auxiliary import distinct_images
 from fedpriv.data.loading import load_split
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
+from fedpriv.run_data import distinct_dataset, load_run_split
 
 
 def check_partitions(
@@ -35,11 +36,11 @@ def check_partitions(
             ",".join(map(str, short[:10])) + ("..." if len(short) > 10 else ""),
             ",".join(str(sizes[pid]) for pid in short[:10]))
     if config.aux_type == "distinct":
-        other = load_split(config.distinct_dataset(), config.data_path(), "train", False, config.data_verify,
+        other = load_split(distinct_dataset(config), config.data_path(), "train", False, config.data_verify,
                            config.image_size, config.image_channels)
         aux = distinct_images(other, config.aux_samples, config.seed, dataset.channels, dataset.size)
     else:
-        aux = config.load("train").subset(index)
+        aux = load_run_split(config, "train").subset(index)
     log(INFO, "fedpriv: %d clients hold %d..%d samples; auxiliary split (%s): %d samples",
         num_partitions, min(map(len, parts)), max(map(len, parts)), config.aux_type, len(aux))
     if not len(aux):

@@ -39,6 +39,8 @@ from fedpriv.strategies.partition_checks import check_partitions
 from fedpriv.strategies.attacking_strategy import AttackingStrategy
 from fedpriv.strategies.inner import inner_strategy, privacy_accountant, round_event
 from fedpriv.training import evaluate
+from fedpriv.validation import validated_config
+from fedpriv.run_data import distinct_dataset, load_run_split, run_dataset_spec
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -261,7 +263,7 @@ def run_server(grid: Grid, context: Context) -> None:
     ``fedpriv run`` repeats as its error.
     """
     try:
-        config = RunConfig.from_run_config(dict(context.run_config))
+        config = validated_config(dict(context.run_config))
         check_attack_device(config.attack_device)
         path = _folder_path(config)
         with claim_folder(path, config.resume):
@@ -282,9 +284,9 @@ def _run(grid: Grid, config: RunConfig, path: Path) -> None:
     check_available(config.dataset, config.data_path(), config.data_download, config.data_verify,
                     config.image_size, config.image_channels)
     if config.aux_type == "distinct":
-        check_available(config.distinct_dataset(), config.data_path(), config.data_download, config.data_verify,
+        check_available(distinct_dataset(config), config.data_path(), config.data_download, config.data_verify,
                         config.image_size, config.image_channels)
-    dataset = config.dataset_spec()
+    dataset = run_dataset_spec(config)
     check_model_fits(config.model, dataset.num_classes, dataset.channels, dataset.size)
     offset, resumed = _resume_state(config, path, dataset) if config.resume else (0, None)
     random.seed(config.seed)
@@ -313,7 +315,7 @@ def _run(grid: Grid, config: RunConfig, path: Path) -> None:
         folder.write_csv()
         log(INFO, "fedpriv: resuming after round %d", offset)
     folder.write_json("config.json", _resolved_config(config, nodes, dataset, pretraining, sizes))
-    test = config.load("test")
+    test = load_run_split(config, "test")
     pick = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(config.seed))
     pick = pick[test.labels[pick] < client_classes(config.aux_type, dataset.num_classes)]  # the clients' task
     pick = pick[: config.eval_samples] if config.eval_samples else pick
