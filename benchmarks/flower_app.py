@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from fedpriv.config import RunConfig
+from fedpriv.launcher import app_defaults
 from fedpriv.validation import validated_config
 
 APP = Path(__file__).resolve().parent.parent / "simulations" / "cifar100_ats"
@@ -14,8 +14,7 @@ APP = Path(__file__).resolve().parent.parent / "simulations" / "cifar100_ats"
 
 def app_config(overrides: dict[str, Any]) -> RunConfig:
     """The config the ServerApp and ClientApps see: the app's defaults fused with ``overrides``."""
-    defaults = tomllib.loads((APP / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    return validated_config(defaults | overrides)
+    return validated_config(app_defaults(APP) | overrides)
 
 
 def count_lines(path: Path) -> int:

@@ -178,6 +178,35 @@ class AttackHarness:
         for attack in self.attacks.values():
             attack.prepare(dataset, aux if attack.knowledge.aux == "server" else None)
 
+    def threat_model(self) -> dict[str, Any]:
+        """What the server does and what each attack is handed, as data (logged, and in ``config.json``).
+
+        Returns
+        -------
+        dict
+            ``server``: its behaviour; ``attacks``: per attack, its ``model`` (``weights`` or
+            ``architecture``), ``defense`` (whether it is told the client's defense spec),
+            ``aux`` (``none`` or ``server``: the auxiliary split) and ``labels`` (``from the leak``
+            when the protocol reveals them, else ``inferred``).
+        """
+        labels = "from the leak" if self.config.reveal_labels else "inferred"
+        return {
+            "server": "honest-but-curious: runs the protocol as declared and attacks what each reply carries",
+            "attacks": {name: {"model": attack.knowledge.model, "defense": attack.knowledge.defense,
+                               "aux": attack.knowledge.aux, "labels": labels}
+                        for name, attack in self.attacks.items()},
+        }
+
+    def describe_threat_model(self) -> str:
+        """One line: the server's behaviour and each attack's knowledge."""
+        model = self.threat_model()
+        parts = []
+        for name, knows in model["attacks"].items():
+            defense = "the client's defense" if knows["defense"] else "not the client's defense"
+            aux = "the server's auxiliary split" if knows["aux"] == "server" else "no auxiliary data"
+            parts.append(f"{name} knows the model's {knows['model']}, {defense}, {aux}, labels {knows['labels']}")
+        return f"server {model['server'].split(':')[0]}; " + ("; ".join(parts) or "no attacks")
+
     def _victim(self, attack: Attack, model: nn.Module, seed: int) -> nn.Module:
         """The attack's own model: a copy of the broadcast one, or a fresh one of its architecture."""
         if attack.knowledge.model == "architecture":

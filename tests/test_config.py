@@ -129,7 +129,7 @@ def test_every_error_is_reported_at_once_on_one_line() -> None:
         ({"protocol": "fedprox"}, "unknown protocol 'fedprox'; valid protocols: fedavg, fedsgd"),
         ({"protocol": "fedavg"}, "attack 'inverting-gradients' consumes gradient leaks, but protocol 'fedavg' sends "
                                  "update leaks; attacks for it: label-inference, update-inversion"),
-        ({"attacks": "update-inversion"}, "protocol 'fedsgd' sends gradient leaks; attacks for it: inverting-gradients"),
+        ({"attacks": "update-inversion"}, "protocol 'fedsgd' sends gradient leaks; attacks for it: "),
         ({"attack-model-mode": "train"}, "models eval-mode batch norm only, but attack-model-mode='train'; attacks "
                                          "that support it: label-inference"),
         ({"dp": "central"}, "dp='central' is unknown; valid: none, client-fixed, server-fixed, local"),

@@ -50,6 +50,9 @@ def test_attacked_federation_with_a_failing_client(superlink: PrivateSuperLink, 
     resolved = config["run-config"]
     assert resolved["attack.inverting-gradients.engine"] == "grouped" and resolved["attack-precision"] == "strict-fp32"
     assert resolved["attack.inverting-gradients.max-batch"] == 2 and resolved["attack.policy-aware.engine"] == "auto"
+    assert config["threat-model"]["attacks"] == {"inverting-gradients": {
+        "model": "weights", "defense": False, "aux": "none", "labels": "from the leak"}}
+    assert "fedpriv: threat model: server honest-but-curious; inverting-gradients knows the model's weights" in outcome.log
     assert (folder / "psnr_per_round.png").exists() and (folder / "metrics.csv").exists()
     assert len(list((folder / "reconstructions").glob("*.png"))) == 4
     # the report reads the real run folder: client 1's last-round PSNR vs T(x) fills the 3-1-7 row

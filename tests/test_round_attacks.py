@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from fedpriv.attacks import ATTACKS, Attack, AttackSettings, AttackTarget, Knowledge, Reconstruction
+from fedpriv.attacks.base import NoOptions
 from fedpriv.config import RunConfig
 from fedpriv.data.specs import resolve_spec
 from fedpriv.leaks import GradientLeak, GroundTruth
@@ -36,7 +37,7 @@ class _Spy(Attack):
     leak_kinds: ClassVar[tuple[str, ...]] = ("gradient",)
     model_modes: ClassVar[tuple[str, ...]] = ("eval",)
     optimises: ClassVar[bool] = False
-    options: ClassVar[tuple[str, ...]] = ()
+    Options: ClassVar[type] = NoOptions
     knowledge: ClassVar[Knowledge] = Knowledge()
     models: ClassVar[list[torch.nn.Module]] = []
     seen: ClassVar[list[AttackTarget]] = []
@@ -54,8 +55,10 @@ class _Spy(Attack):
         return [Reconstruction(torch.full((1, 3, 32, 32), fill)) for _ in targets]
 
 
-if "spy" not in ATTACKS:
-    ATTACKS.add("spy", _Spy)
+@pytest.fixture(autouse=True)
+def spy_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spy is an attack during this module's tests only (other modules list the real attacks)."""
+    monkeypatch.setitem(ATTACKS._items, "spy", _Spy)
 
 
 def test_attacks_never_receive_ground_truth() -> None:

@@ -11,6 +11,7 @@ import torch
 
 from fedpriv.config import RunConfig
 from fedpriv.in_process import train_in_process
+from fedpriv.launcher import app_defaults, flattened
 from fedpriv.validation import validated_config
 
 APP = Path(__file__).resolve().parent.parent / "simulations" / "cifar100_ats"
@@ -20,8 +21,8 @@ FLOOR = 0.55  # mean accuracy after rounds 160, 170, ..., 200; 10 classes, chanc
 
 
 def test_the_trajectory_presets_model_trains_to_a_plateau() -> None:
-    defaults = tomllib.loads((APP / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    config = validated_config(defaults | tomllib.loads(PRESET.read_text()) | {"attack-clients": "none"})
+    preset = flattened(tomllib.loads(PRESET.read_text()))
+    config = validated_config(app_defaults(APP) | preset | {"attack-clients": "none"})
     assert config.num_server_rounds == 200
     late = set(range(160, 201, 10))
     threads = torch.get_num_threads()

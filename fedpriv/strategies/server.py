@@ -81,9 +81,10 @@ def discover_partitions(grid: Grid, timeout: float = 1800.0) -> dict[int, int]:
 
 
 def _resolved_config(config: RunConfig, nodes: dict[int, int], dataset: DatasetSpec,
-                     pretraining: dict[str, Any] | None, sizes: list[int]) -> dict[str, Any]:
+                     pretraining: dict[str, Any] | None, sizes: list[int], threat_model: dict[str, Any]) -> dict[str, Any]:
     return {
         "server-pretraining": pretraining,
+        "threat-model": threat_model,
         "run-config": config.as_run_config(),
         "num-partitions": len(nodes),
         "aux-samples": config.aux_samples,
@@ -301,6 +302,7 @@ def _run(grid: Grid, config: RunConfig, path: Path) -> None:
             config.server_pretrain_epochs, " jointly with an inverter" if config.joint_training else "")
         start, aux, pretraining = pretrain_on_aux(config, dataset, aux, start)
     harness = AttackHarness(config, dataset, aux)
+    log(INFO, "fedpriv: threat model: %s", harness.describe_threat_model())
     for pid in sorted(nodes):
         log(INFO, "fedpriv: partition %d: defense %s, attacks %s", pid, config.defense_for(pid), config.attacks_for(pid))
     # Every check passed: only now is anything written to the run folder (config.json last).
@@ -314,7 +316,8 @@ def _run(grid: Grid, config: RunConfig, path: Path) -> None:
         folder.truncate_after(offset)
         folder.write_csv()
         log(INFO, "fedpriv: resuming after round %d", offset)
-    folder.write_json("config.json", _resolved_config(config, nodes, dataset, pretraining, sizes))
+    folder.write_json("config.json", _resolved_config(config, nodes, dataset, pretraining, sizes,
+                                                    harness.threat_model()))
     test = load_run_split(config, "test")
     pick = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(config.seed))
     pick = pick[test.labels[pick] < client_classes(config.aux_type, dataset.num_classes)]  # the clients' task
