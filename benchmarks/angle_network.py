@@ -106,5 +106,7 @@ def train_network(settings: NetworkSettings, cache: Path) -> TrainedNetwork:
     model.load_state_dict(best)
     cache.mkdir(parents=True, exist_ok=True)
     seconds = time.perf_counter() - start
-    torch.save({"state": best, "accuracy": accuracy, "seconds": seconds, "settings": json.dumps(asdict(settings))}, path)
+    torch.save(
+        {"state": best, "accuracy": accuracy, "seconds": seconds, "settings": json.dumps(asdict(settings))}, path
+    )
     return TrainedNetwork(model.eval(), accuracy, seconds, client, aux_index)

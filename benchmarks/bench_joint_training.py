@@ -41,7 +41,9 @@ from fedpriv.models import build_model, load_wire_state, wire_state
 from fedpriv.server_pretraining import pretrain_on_aux
 from fedpriv.training import evaluate, to_pixels
 
-SOURCE = {"accuracy honest": 99.4, "accuracy joint": 99.2, "black-box": 0.3120, "joint": 0.0197, "ratio": 0.3120 / 0.0197}
+SOURCE = {
+    "accuracy honest": 99.4, "accuracy joint": 99.2, "black-box": 0.3120, "joint": 0.0197, "ratio": 0.3120 / 0.0197,
+}
 
 
 def interval(values: list[float]) -> str:
@@ -87,12 +89,14 @@ def run(dataset: str, data_dir: str, epochs: int, seed: int, inverter_epochs: in
     aux = AuxiliaryData(train.images[members], train.labels[members])
     non_members = AuxiliaryData(train.images[others], train.labels[others])
     victims = to_pixels(test.images)
-    options = f"prediction-inversion.align=false,prediction-inversion.epochs={inverter_epochs},prediction-inversion.width={width}"
+    options = (f"prediction-inversion.align=false,prediction-inversion.epochs={inverter_epochs},"
+               f"prediction-inversion.width={width}")
     row: dict[str, object] = {"epochs": epochs, "seed": seed}
     for joint in (False, True):
         config = RunConfig.from_run_config({
-            "dataset": dataset, "model": model, "seed": seed, "server-pretrain-epochs": epochs, "aux-samples": len(members),
-            "joint-training": joint, "protocol": "predictions", "attacks": "prediction-inversion", "attack-options": options,
+            "dataset": dataset, "model": model, "seed": seed, "server-pretrain-epochs": epochs,
+            "aux-samples": len(members), "joint-training": joint, "protocol": "predictions",
+            "attacks": "prediction-inversion", "attack-options": options,
         })
         torch.manual_seed(seed)
         start = wire_state(build_model(model, spec.num_classes, spec.channels))

@@ -67,7 +67,8 @@ def main() -> None:
             runs.append((time.perf_counter() - start) * 1000 / args.iterations)
         timings[engine] = statistics.median(runs)
     print(f"| {args.model} | {args.clients} x {args.images} images, {args.steps} steps | {timings['loop']:.0f} | "
-          f"{timings['vmap']:.0f} | {timings['loop'] / timings['vmap']:.2f}x | torch threads {torch.get_num_threads()}, "
+          f"{timings['vmap']:.0f} | {timings['loop'] / timings['vmap']:.2f}x | "
+          f"torch threads {torch.get_num_threads()}, "
           f"load {os.getloadavg()[0]:.1f} |")
 
 

@@ -12,6 +12,7 @@ from typing import ClassVar, Protocol
 
 import torch
 
+
 class Leak(Protocol):
     """Anything the server observes from one client in one round."""
 

@@ -1,4 +1,7 @@
-"""Victim models for 32x32 inputs: ResNet-20, ATS's ResNet20-4, small ConvNets and Yang et al.'s digit classifier, by name."""
+"""Victim models for 32x32 inputs, by name.
+
+ResNet-20, ATS's ResNet20-4, small ConvNets and Yang et al.'s digit classifier.
+"""
 
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ class CifarResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         stages: list[nn.Module] = []
         inplanes = widths[0]
-        for width, stride in zip(widths, [1, 2, 2]):
+        for width, stride in zip(widths, [1, 2, 2], strict=True):
             downsample = None
             if stride != 1 or inplanes != width:
                 downsample = nn.Sequential(

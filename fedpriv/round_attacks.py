@@ -222,7 +222,7 @@ class AttackHarness:
             start = time.perf_counter()
             results = _reconstruct_isolated(attack, victim, self.dataset, targets)
             seconds = (time.perf_counter() - start) / max(len(chosen), 1)
-            for client, result in zip(chosen, results):
+            for client, result in zip(chosen, results, strict=True):
                 rows.append(self._row(name, client, result, server_round, seconds, folder))
         return rows
 

@@ -3,9 +3,10 @@
 Flower's DP mods and strategy wrappers accept exactly one ArrayRecord per reply, so a reply
 carries only the model (or the one-step model of FedSGD) as arrays. Beside it, in
 ConfigRecords under fixed keys, go the metadata a protocol really sends (``LEAK_KEY``: revealed
-labels, batch-norm mode, released prediction vectors) and the ground truth for the scorer (``TRUTH_KEY``: one ``bytes`` value,
-an ``.npz`` archive). Both sides of the simulation use this one codec; the server strips both
-records before any inner strategy sees a reply and hands truth to the scorer only.
+labels, batch-norm mode, released prediction vectors) and the ground truth for the scorer
+(``TRUTH_KEY``: one ``bytes`` value, an ``.npz`` archive). Both sides of the simulation use this
+one codec; the server strips both records before any inner strategy sees a reply and hands truth
+to the scorer only.
 This module is Flower-free: the glue wraps its dicts in ConfigRecords.
 """
 

@@ -107,7 +107,10 @@ def read_hf(root: Path, split: str, size: int, channels: int) -> tuple[torch.Ten
                           f"columns: {', '.join(features)}")
     feature = features[label_column]
     labels = torch.tensor(table[label_column], dtype=torch.int64)
-    names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else [str(i) for i in range(int(labels.max()) + 1)]
+    if isinstance(feature, datasets.ClassLabel):
+        names = list(feature.names)
+    else:
+        names = [str(i) for i in range(int(labels.max()) + 1)]
     images = np.stack([_to_uint8(image, size, channels) for image in table[image_column]])
     return torch.from_numpy(images), labels, names
 

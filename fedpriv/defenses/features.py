@@ -158,7 +158,9 @@ class NoisyFeatures(FeatureDefense):
         return NoisyCodec(self.gamma, is_complex, generator)
 
 
-def feature_codec(defense: Defense, is_complex: bool, generator: torch.Generator) -> RotationCodec | NoisyCodec | PlainCodec:
+def feature_codec(
+    defense: Defense, is_complex: bool, generator: torch.Generator
+) -> RotationCodec | NoisyCodec | PlainCodec:
     """The codec a client runs around Phi behind ``defense``: the feature defense's own, else plain features."""
     if isinstance(defense, FeatureDefense):
         return defense.codec(is_complex, generator)  # type: ignore[attr-defined]

@@ -6,13 +6,14 @@ import argparse
 import sys
 from collections import defaultdict
 from pathlib import Path
+
 from fedpriv.errors import ConfigError
 from fedpriv.reports.figures import frontier, psnr_per_round
 from fedpriv.reports.gallery import write_gallery
 from fedpriv.reports.markdown import markdown_text
 from fedpriv.reports.runs import Run, Sample, load_runs, select_round
 from fedpriv.reports.sources import SOURCES_PATH, load_sources
-from fedpriv.reports.tables import comparison_markdown, comparison_rows, compare, summary_markdown, summary_rows
+from fedpriv.reports.tables import compare, comparison_markdown, comparison_rows, summary_markdown, summary_rows
 from fedpriv.reports.trajectory import has_trajectory, trajectory_figure, trajectory_markdown, trajectory_points
 from fedpriv.results import atomic_write, csv_bytes
 
@@ -54,8 +55,8 @@ def build_report(runs: list[Run], out: Path, which_round: str, metric: str, sour
         parts += [f"Damaged lines left out (--skip-damaged): {len(left_out)}: "
                   + "; ".join(map(markdown_text, left_out)) + ".", ""]
     if incomplete := [run.name for run in runs if run.incomplete]:
-        parts += [f"Unfinished runs (--allow-incomplete): {', '.join(map(markdown_text, incomplete))}; their last values are of the "
-                  "last finished round, not final.", ""]
+        parts += [f"Unfinished runs (--allow-incomplete): {', '.join(map(markdown_text, incomplete))}; "
+                  "their last values are of the last finished round, not final.", ""]
     parts += ["## Beside the sources", ""]
     compared, comparison_csv, unmatched = 0, [], []
     for table in tables:
@@ -100,12 +101,13 @@ def build_report(runs: list[Run], out: Path, which_round: str, metric: str, sour
             continue
         if not trajectory_rows:
             parts += ["## Leakage as the federation trains", "",
-                      f"Per attacked round: the accuracy of the model the leak was taken at (the global model after the "
-                      f"round before), {metric} over the attacked clients of every run, the mean baseline and how many "
-                      "cells beat it by the margin. Left: accuracy per round; middle: leakage per round; right: "
-                      "leakage against the attacked model's accuracy.", ""]
+                      "Per attacked round: the accuracy of the model the leak was taken at (the global model "
+                      f"after the round before), {metric} over the attacked clients of every run, the mean baseline "
+                      "and how many cells beat it by the margin. Left: accuracy per round; middle: leakage per "
+                      "round; right: leakage against the attacked model's accuracy.", ""]
         name = f"trajectory_{dataset}.png"
-        trajectory_figure(points, samples, metric, out / name, f"{dataset}: {metric} and accuracy as the federation trains")
+        title = f"{dataset}: {metric} and accuracy as the federation trains"
+        trajectory_figure(points, samples, metric, out / name, title)
         figures.append(name)
         trajectory_rows += [{"dataset": dataset, **vars(p), "verdict": p.verdict} for p in points]
         parts += [f"![{metric} as the federation trains, {dataset}]({name})", "", trajectory_markdown(points, metric)]

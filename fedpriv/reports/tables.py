@@ -235,8 +235,9 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
         for r in group:
             summary = Summary(r["mean"], r["std"], r["ci_low"], r["ci_high"], r["n"])
             digits = digits_for(r["metric"])
-            lines.append("| " + " | ".join([r["model"], r["protocol"], r["dp"], r["defense"], r["attack"], r["metric"],
-                                            r["rounds"], summary.text(digits), summary.ci_text(digits),
-                                            str(r["n"]), _baseline_text(r), _beat_text(r.get("beat_baseline", ""))]) + " |")
+            cells = [r["model"], r["protocol"], r["dp"], r["defense"], r["attack"], r["metric"], r["rounds"],
+                     summary.text(digits), summary.ci_text(digits), str(r["n"]), _baseline_text(r),
+                     _beat_text(r.get("beat_baseline", ""))]
+            lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)

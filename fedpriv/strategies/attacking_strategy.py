@@ -146,7 +146,8 @@ class AttackingStrategy(Strategy):
         names = [n for n, _ in model.named_parameters()]
         replied = {self.partition_of.get(msg.metadata.src_node_id, -1) for msg in replies}
         for pid in sorted(set(self.round_summary[run_round]["sampled"]) - replied):
-            failed.append({"partition_id": pid, "reason": f"no reply within round-timeout={self.config.round_timeout:g} s"})
+            reason = f"no reply within round-timeout={self.config.round_timeout:g} s"
+            failed.append({"partition_id": pid, "reason": reason})
             log(WARNING, "round %d: client of partition %d did not reply in time", run_round, pid)
         for msg in replies:
             pid = self.partition_of.get(msg.metadata.src_node_id, -1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from logging import INFO
 
-from flwr.app import RecordDict, MetricRecord
+from flwr.app import MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
 from flwr.serverapp.strategy import (
@@ -38,11 +38,11 @@ def aggregate_train_metrics(records: list[RecordDict], weighting_key: str) -> Me
 
 def aggregator(config: RunConfig) -> Strategy:
     """The bare aggregation strategy (every given node trains; no federated evaluation)."""
-    common = dict(
-        fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1,
-        weighted_by_key="uniform-weight" if config.dp != "none" else "num-examples",
-        train_metrics_aggr_fn=aggregate_train_metrics,
-    )
+    common = {
+        "fraction_train": 1.0, "fraction_evaluate": 0.0, "min_train_nodes": 1, "min_available_nodes": 1,
+        "weighted_by_key": "uniform-weight" if config.dp != "none" else "num-examples",
+        "train_metrics_aggr_fn": aggregate_train_metrics,
+    }
     factories: dict[str, Callable[[], Strategy]] = {
         "fedavg": lambda: FedAvg(**common),
         "fedmedian": lambda: FedMedian(**common),
