@@ -15,7 +15,9 @@ import argparse
 import io
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +32,7 @@ from fedpriv.results import atomic_write
 from fedpriv.training import evaluate, to_pixels
 
 
-def _augmenter(policy: str, size: int, generator: torch.Generator):  # noqa: ANN202 - a batch transform
+def _augmenter(policy: str, size: int, generator: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
     if policy:
         defense = build_defense(f"ats:{policy}")
         return lambda pixels: defense.transform(pixels, generator)[0]
@@ -39,7 +41,7 @@ def _augmenter(policy: str, size: int, generator: torch.Generator):  # noqa: ANN
     return lambda pixels: torch.stack([crop_flip(image) for image in pixels])
 
 
-def pretrain(args: argparse.Namespace) -> dict[str, object]:
+def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     """Train and save; returns what ``<out>.json`` records."""
     torch.manual_seed(args.seed)
     verify, size, channels = not args.no_verify, args.image_size, args.image_channels
@@ -70,7 +72,7 @@ def pretrain(args: argparse.Namespace) -> dict[str, object]:
     torch.save(model.state_dict(), buffer)
     out = Path(args.out).expanduser().resolve()
     atomic_write(out, buffer.getvalue())
-    record: dict[str, object] = {
+    record: dict[str, Any] = {
         "checkpoint": str(out), "test_accuracy": accuracy, "test_loss": test_loss,
         "dataset": args.dataset, "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "policy": args.policy or "none (crop + flip)", "seed": args.seed,

@@ -57,8 +57,9 @@ def pretrain_on_aux(
     if config.joint_training:
         top = getattr(build_defense(config.defense), "top", dataset.num_classes)
         attack = build_attack(PredictionInversion.name, config.attack_settings(PredictionInversion.name))
+        assert isinstance(attack, PredictionInversion)
         torch.manual_seed(config.seed)
-        inverter = attack.new_inverter(dataset, top)  # type: ignore[attr-defined]
+        inverter = attack.new_inverter(dataset, top)
         parameters += list(inverter.parameters())
     optimizer = adam(parameters, LR)
     generator = torch.Generator().manual_seed(config.seed)

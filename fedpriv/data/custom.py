@@ -14,6 +14,7 @@ Every image is converted to RGB or greyscale (``image-channels``) and resized to
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,7 +73,7 @@ def read_folder(root: Path, split: str, size: int, channels: int) -> tuple[torch
     return torch.from_numpy(np.stack(images)), labels, list(tree.classes)
 
 
-def _hf_split(root: Path, split: str):  # noqa: ANN202 - a datasets.Dataset
+def _hf_split(root: Path, split: str) -> Any:  # a datasets.Dataset (datasets ships no types)
     import datasets
 
     if (root / "dataset_dict.json").exists():

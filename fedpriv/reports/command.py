@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from fedpriv.errors import ConfigError
 from fedpriv.reports.figures import frontier, psnr_per_round
@@ -75,7 +76,9 @@ def build_report(runs: list[Run], out: Path, which_round: str, metric: str, sour
     by_dataset: dict[str, list[Sample]] = defaultdict(list)
     for s in every:
         by_dataset[s.dataset].append(s)
-    figures, frontier_rows, trajectory_rows = [], [], []
+    figures: list[str] = []
+    frontier_rows: list[dict[str, Any]] = []
+    trajectory_rows: list[dict[str, Any]] = []
     parts += ["## PSNR per round and the privacy-utility frontier", ""]
     for dataset, samples in sorted(by_dataset.items()):
         name = f"psnr_per_round_{dataset}.png"
@@ -96,8 +99,8 @@ def build_report(runs: list[Run], out: Path, which_round: str, metric: str, sour
     if not figures:
         parts += ["No run has image metrics or uniform-defense accuracy to plot.", ""]
     for dataset, samples in sorted(by_dataset.items()):
-        points = trajectory_points(samples, metric)
-        if not has_trajectory(points):
+        trajectory = trajectory_points(samples, metric)
+        if not has_trajectory(trajectory):
             continue
         if not trajectory_rows:
             parts += ["## Leakage as the federation trains", "",
@@ -107,10 +110,11 @@ def build_report(runs: list[Run], out: Path, which_round: str, metric: str, sour
                       "round; right: leakage against the attacked model's accuracy.", ""]
         name = f"trajectory_{dataset}.png"
         title = f"{dataset}: {metric} and accuracy as the federation trains"
-        trajectory_figure(points, samples, metric, out / name, title)
+        trajectory_figure(trajectory, samples, metric, out / name, title)
         figures.append(name)
-        trajectory_rows += [{"dataset": dataset, **vars(p), "verdict": p.verdict} for p in points]
-        parts += [f"![{metric} as the federation trains, {dataset}]({name})", "", trajectory_markdown(points, metric)]
+        trajectory_rows += [{"dataset": dataset, **vars(p), "verdict": p.verdict} for p in trajectory]
+        parts += [f"![{metric} as the federation trains, {dataset}]({name})", "",
+                  trajectory_markdown(trajectory, metric)]
     images = write_gallery(runs, out)
     parts += ["## Reconstructions", "", f"[gallery.html](gallery.html): {images} grids, per run and round.", ""]
     atomic_write(out / "comparison.csv", csv_bytes(comparison_csv))

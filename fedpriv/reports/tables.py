@@ -140,8 +140,8 @@ def comparison_markdown(table: SourceTable, measured: dict[tuple[str, str], list
         source_cells = [row.values[c.id].text() if c.id in row.values else "-" for c in table.columns]
         settings: dict[tuple[str, str, str, str], dict[str, Measured]] = defaultdict(dict)
         for quantity in quantities:
-            for entry in measured.get((row.label, quantity.id), []):
-                settings[(entry.dataset, entry.model, entry.dp, entry.geometry)][quantity.id] = entry
+            for found in measured.get((row.label, quantity.id), []):
+                settings[(found.dataset, found.model, found.dp, found.geometry)][quantity.id] = found
         if not settings:
             lines.append("| " + " | ".join([row.label, *source_cells, "not measured"] + ["-"] * (len(quantities) + 1))
                          + " |")

@@ -143,6 +143,8 @@ class ComplexBatchNorm(nn.Module):
         A learned positive real scale per channel (softplus-parametrised).
     """
 
+    running_power: torch.Tensor  # a buffer (register_buffer)
+
     def __init__(self, channels: int, per_element: bool = False, shape: tuple[int, ...] | None = None,
                  affine: bool = True, momentum: float = 0.1) -> None:
         super().__init__()
