@@ -2,7 +2,7 @@
 
 The server's auxiliary split is carved out of the training set as a federated run carves it
 (:func:`~fedpriv.data.auxiliary.split_with_aux`, one client); the network trains on the rest with
-the product's local training (:func:`~fedpriv.rotation.training.train_split_local` behind the
+the product's local training (:func:`~fedpriv.split_training.train_split_local` behind the
 ``complex`` defense, with the client's WGAN-GP critic; :func:`~fedpriv.training.train_local`
 otherwise) until the test accuracy stops improving, and is cached on disk by its settings.
 """
@@ -24,7 +24,7 @@ from fedpriv.defenses.features import ComplexRotation
 from fedpriv.models import build_model
 from fedpriv.rotation.adversarial import FeatureCritic
 from fedpriv.rotation.networks import PlainCodec, SplitNetwork
-from fedpriv.rotation.training import train_split_local
+from fedpriv.split_training import train_split_local
 from fedpriv.training import TrainSettings, evaluate, train_local
 
 DATASET = "embedded-photos"
@@ -106,5 +106,7 @@ def train_network(settings: NetworkSettings, cache: Path) -> TrainedNetwork:
     model.load_state_dict(best)
     cache.mkdir(parents=True, exist_ok=True)
     seconds = time.perf_counter() - start
-    torch.save({"state": best, "accuracy": accuracy, "seconds": seconds, "settings": json.dumps(asdict(settings))}, path)
+    torch.save(
+        {"state": best, "accuracy": accuracy, "seconds": seconds, "settings": json.dumps(asdict(settings))}, path
+    )
     return TrainedNetwork(model.eval(), accuracy, seconds, client, aux_index)

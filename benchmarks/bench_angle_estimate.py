@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from angle_network import DATASET, PHOTOS, NetworkSettings, TrainedNetwork, train_network
+
 from fedpriv.attacks import AttackSettings, AttackTarget, AuxiliaryData, build_attack
 from fedpriv.attacks.feature_inversion import AngleUNetInversion, simulate_clients
 from fedpriv.data.loading import load_split

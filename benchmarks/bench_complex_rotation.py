@@ -30,7 +30,7 @@ from fedpriv.data.specs import resolve_spec
 from fedpriv.defenses import build_defense
 from fedpriv.models import build_model
 from fedpriv.rotation.adversarial import FeatureCritic
-from fedpriv.rotation.training import train_split_local
+from fedpriv.split_training import train_split_local
 from fedpriv.training import TrainSettings, train_local
 
 APP = Path(__file__).resolve().parent.parent / "simulations" / "cifar10_complex"
@@ -89,12 +89,13 @@ def federation(rounds: int) -> None:
               f"plain {row.get('accuracy_plain', float('nan')):.3f}")
     print("| round | defense | attack | MAE | MSE | PSNR dB | SSIM | grey PSNR | angle err. | mod pi | property err. |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in sorted(read_jsonl(out / "small" / "metrics.jsonl"), key=lambda r: (r["round"], r["partition_id"], r["attack"])):
+    rows = read_jsonl(out / "small" / "metrics.jsonl")
+    for r in sorted(rows, key=lambda r: (r["round"], r["partition_id"], r["attack"])):
         cells = [f"{r[k]:.4f}" if isinstance(r.get(k), float) else "-" for k in ("mae", "mse")]
         cells += [f"{r[k]:.2f}" if isinstance(r.get(k), float) else "-" for k in ("psnr",)]
         cells += [f"{r[k]:.3f}" if isinstance(r.get(k), float) else "-" for k in ("ssim",)]
-        cells += [f"{r[k]:.2f}" if isinstance(r.get(k), float) else "-" for k in ("psnr_grey", "angle_error",
-                                                                                 "angle_error_mod_pi", "property_error")]
+        cells += [f"{r[k]:.2f}" if isinstance(r.get(k), float) else "-"
+                  for k in ("psnr_grey", "angle_error", "angle_error_mod_pi", "property_error")]
         print(f"| {r['round']} | {r['defense']} | {r['attack']} | " + " | ".join(cells) + " |")
 
 
@@ -114,11 +115,12 @@ def main() -> None:
     print("| model | original s/epoch | complex s/epoch (adv=0) | ratio | complex + critic k=8 s/epoch | ratio |")
     print("|---|---|---|---|---|---|")
     for name in args.models.split(","):
-        original = epoch_seconds(name.replace("complex-", "original-"), "plain", images, labels, args.device, args.repeats)
+        original_name = name.replace("complex-", "original-")
+        original = epoch_seconds(original_name, "plain", images, labels, args.device, args.repeats)
         bare = epoch_seconds(name, "complex:adv=0", images, labels, args.device, args.repeats)
         full = epoch_seconds(name, "complex:k=8", images, labels, args.device, args.repeats)
-        print(f"| {name} | {original:.2f} | {bare:.2f} | {bare / original:.2f}x | {full:.2f} | {full / original:.2f}x |",
-              flush=True)
+        print(f"| {name} | {original:.2f} | {bare:.2f} | {bare / original:.2f}x "
+              f"| {full:.2f} | {full / original:.2f}x |", flush=True)
     for width, convs in ((64, 6), (16, 2)):
         print(f"U-Net width {width}, {convs} convs per block: {unet_throughput(width, convs, args.device):.0f} "
               f"training images/s on {args.device}", flush=True)

@@ -48,16 +48,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from flower_app import APP, app_config, count_lines
 from process_tree import TreeSampler
 
 from fedpriv.client_task import run_client_round
 from fedpriv.config import RunConfig
-from fedpriv.launcher import PrivateSuperLink, free_port_pair, run_config_text
 from fedpriv.in_process import Evaluator, fedavg, initial_state
+from fedpriv.launcher import PrivateSuperLink, free_port_pair, run_config_text
 from fedpriv.protocols import ClientReply
 from fedpriv.results import read_jsonl
+
 
 def round_seconds(folder: Path) -> list[float]:
     """``seconds`` of rounds 1, 2, ... from a run folder's ``rounds.jsonl``."""
@@ -132,7 +132,7 @@ def run_in_process(config: RunConfig, num_clients: int, threads: int, workers: i
             if pool is None:
                 timed = [_timed_client(*a) for a in args]
             else:
-                timed = list(pool.map(_timed_client, *zip(*args)))
+                timed = list(pool.map(_timed_client, *zip(*args, strict=True)))
             client_seconds += sum(t[1] for t in timed)
             state = fedavg([t[0].state for t in timed], [t[0].num_examples for t in timed])
             accuracy = evaluator.accuracy(state)
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         for repeat in range(args.repeats):
             name = f"flower-{repeat}"
             run_values = values | {"out-dir": str(work), "run-name": name}
-            def flower_run() -> tuple[str, float, TreeSampler]:
+            def flower_run(name: str, run_values: dict[str, Any]) -> tuple[str, float, TreeSampler]:
                 assert link.process is not None
                 sampler = TreeSampler(link.process.pid, 0.2, lambda: count_lines(work / name / "rounds.jsonl"))
                 sampler.start()
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
             config = app_config(run_values)
             nan = InProcess([float("nan")] * 2, [float("nan")] * 2, float("nan"), float("nan"))
 
-            def in_process() -> dict[str, InProcess]:
+            def in_process(config: RunConfig, nan: InProcess) -> dict[str, InProcess]:
                 threads = torch.get_num_threads()
                 return {
                     "seq": run_in_process(config, args.clients, threads) if args.default_threads else nan,
@@ -223,11 +223,11 @@ def main(argv: list[str] | None = None) -> None:
                 }
 
             if repeat % 2 == 0:  # alternate the order, so that drifting load from others hits both alike
-                run_id, wall, sampler = flower_run()
-                runs = in_process()
+                run_id, wall, sampler = flower_run(name, run_values)
+                runs = in_process(config, nan)
             else:
-                runs = in_process()
-                run_id, wall, sampler = flower_run()
+                runs = in_process(config, nan)
+                run_id, wall, sampler = flower_run(name, run_values)
             flower, flower_cpu = round_seconds(work / name), sampler.cpu_between_marks()
             for group in sampler.groups():
                 groups.setdefault(group, []).append(later(sampler.cpu_between_marks(group=group)))

@@ -32,6 +32,7 @@ import time
 import torch
 
 from fedpriv.attacks import AttackTarget, AuxiliaryData, build_attack
+from fedpriv.attacks.base import settings_for
 from fedpriv.attacks.prediction_inversion import predict
 from fedpriv.config import RunConfig
 from fedpriv.data.loading import dataset_spec, load_split
@@ -40,10 +41,11 @@ from fedpriv.metrics import mse_per_image
 from fedpriv.models import build_model, load_wire_state, wire_state
 from fedpriv.server_pretraining import pretrain_on_aux
 from fedpriv.training import evaluate, to_pixels
-from fedpriv.attacks.base import settings_for
 from fedpriv.validation import validated_config
 
-SOURCE = {"accuracy honest": 99.4, "accuracy joint": 99.2, "black-box": 0.3120, "joint": 0.0197, "ratio": 0.3120 / 0.0197}
+SOURCE = {
+    "accuracy honest": 99.4, "accuracy joint": 99.2, "black-box": 0.3120, "joint": 0.0197, "ratio": 0.3120 / 0.0197,
+}
 
 
 def interval(values: list[float]) -> str:
@@ -94,8 +96,9 @@ def run(dataset: str, data_dir: str, epochs: int, seed: int, inverter_epochs: in
     row: dict[str, object] = {"epochs": epochs, "seed": seed}
     for joint in (False, True):
         config = validated_config({
-            "dataset": dataset, "model": model, "seed": seed, "server-pretrain-epochs": epochs, "aux-samples": len(members),
-            "joint-training": joint, "protocol": "predictions", "attacks": "prediction-inversion",
+            "dataset": dataset, "model": model, "seed": seed, "server-pretrain-epochs": epochs,
+            "aux-samples": len(members), "joint-training": joint, "protocol": "predictions",
+            "attacks": "prediction-inversion",
         } | options)
         torch.manual_seed(seed)
         start = wire_state(build_model(model, spec.num_classes, spec.channels))

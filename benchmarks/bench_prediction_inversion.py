@@ -4,7 +4,8 @@ Runs the ``mnist_prediction_inversion`` app on ``embedded-digits`` (5 clients re
 truncated to m = 1, 3, 5, 10 and full, every round attacked) once per setting: aligned /
 unaligned inverters, the three auxiliary types, and an honest against a malicious (joint)
 server that pre-trains the classifier on its auxiliary split. Prints one Markdown table (mean
-MSE / PSNR / SSIM per m and round, the global accuracy, the grey-image reference) and the inverter's training throughput on this machine.
+MSE / PSNR / SSIM per m and round, the global accuracy, the grey-image reference) and the inverter's
+training throughput on this machine.
 Usage: ``python benchmarks/bench_prediction_inversion.py [--rounds 3 --epochs 20]``.
 """
 

@@ -86,11 +86,10 @@ def main() -> None:
     print(f"{'round':>5}  {'defense':<12} {'n':>3} {'acc. of model':>13} {'image loss':>10} {'grad norm':>10} "
           f"{'linear share':>12} {'rank-1 residual':>15}")
     for (server_round, defense), records in sorted(merged.items()):
-        def median(field: str) -> float:
-            return statistics.median(r[field] for r in records)
-
-        print(f"{server_round:>5}  {defense:<12} {len(records):>3} {median('accuracy'):>13.3f} {median('loss'):>10.3f} "
-              f"{median('norm'):>10.3f} {median('linear_share'):>12.3f} {median('rank1_residual'):>15.2e}")
+        median = {field: statistics.median(r[field] for r in records)
+                  for field in ("accuracy", "loss", "norm", "linear_share", "rank1_residual")}
+        print(f"{server_round:>5}  {defense:<12} {len(records):>3} {median['accuracy']:>13.3f} {median['loss']:>10.3f} "
+              f"{median['norm']:>10.3f} {median['linear_share']:>12.3f} {median['rank1_residual']:>15.2e}")
 
 
 if __name__ == "__main__":

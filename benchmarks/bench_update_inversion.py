@@ -59,7 +59,8 @@ def main() -> None:
     spec = resolve_spec("embedded-photos")
     timings = {}
     for engine in ("loop", "vmap"):
-        attack = build_attack("update-inversion", AttackSettings(iterations=args.iterations, options={"engine": engine}))
+        settings = AttackSettings(iterations=args.iterations, options={"engine": engine})
+        attack = build_attack("update-inversion", settings)
         runs = []
         for _ in range(args.repeats):
             start = time.perf_counter()
@@ -67,7 +68,8 @@ def main() -> None:
             runs.append((time.perf_counter() - start) * 1000 / args.iterations)
         timings[engine] = statistics.median(runs)
     print(f"| {args.model} | {args.clients} x {args.images} images, {args.steps} steps | {timings['loop']:.0f} | "
-          f"{timings['vmap']:.0f} | {timings['loop'] / timings['vmap']:.2f}x | torch threads {torch.get_num_threads()}, "
+          f"{timings['vmap']:.0f} | {timings['loop'] / timings['vmap']:.2f}x | "
+          f"torch threads {torch.get_num_threads()}, "
           f"load {os.getloadavg()[0]:.1f} |")
 
 

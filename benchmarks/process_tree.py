@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,8 @@ def import_psutil() -> Any:
         import psutil
     except ImportError:
         import ray  # noqa: F401  (puts ray/thirdparty_files on sys.path)
+
+        # isort: split
         import psutil
     return psutil
 
@@ -151,7 +154,7 @@ class TreeSampler(threading.Thread):
         for s in self.samples:
             firsts.setdefault(s.mark, s.cpu if group is None else s.cpu_by_group.get(group, 0.0))
         marks = sorted(m for m in firsts if m >= first)
-        return [firsts[b] - firsts[a] for a, b in zip(marks, marks[1:])]
+        return [firsts[b] - firsts[a] for a, b in itertools.pairwise(marks)]
 
     def groups(self) -> list[str]:
         """Process groups seen, in order of appearance."""

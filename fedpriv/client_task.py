@@ -33,8 +33,9 @@ def partition_index(config: RunConfig, num_partitions: int) -> tuple[tuple[torch
     """Training-split indices of every client's data (capped at ``local-samples``) and of the aux split."""
     parts, aux = _split(config, num_partitions)
     if config.local_samples:
+        keep = config.local_samples
         parts = tuple(
-            p[torch.randperm(len(p), generator=generator_for(config.seed, "local-samples", pid))[: config.local_samples]]
+            p[torch.randperm(len(p), generator=generator_for(config.seed, "local-samples", pid))[:keep]]
             for pid, p in enumerate(parts)
         )
     return parts, aux

@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from fedpriv.config_sections import (
-    AttacksSection, DataSection, DefensesSection, FederationSection, OutputsSection, PrivacySection, RunSection,
+    AttacksSection,
+    DataSection,
+    DefensesSection,
+    FederationSection,
+    OutputsSection,
+    PrivacySection,
+    RunSection,
 )
 from fedpriv.config_values import overrides, selection
 from fedpriv.errors import ConfigError, join_errors
@@ -56,7 +62,7 @@ class RunConfig(RunSection, OutputsSection, AttacksSection, DefensesSection, Pri
         return [d.name for d in RunConfig.declared()]
 
     @classmethod
-    def from_run_config(cls, run_config: Mapping[str, Any]) -> "RunConfig":
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
         """Build and check a config from Flower run-config values.
 
         Known keys are type-checked (ints stay ints, floats accept ints, bools must be bools) and

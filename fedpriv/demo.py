@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from fedpriv.baselines import BASELINE_MARGIN_DB, verdict, verdict_summary
 from fedpriv.launcher import run_config_text
@@ -34,7 +35,7 @@ FEDERATION = "num-supernodes=4 client-resources-num-cpus=1"
 DEFENDED = "ats:3-1-7"
 
 
-def train_victim(seed: int, out: Path) -> dict[str, object]:
+def train_victim(seed: int, out: Path) -> dict[str, Any]:
     """Train the demo's victim with ``fedpriv pretrain``'s recipe; returns what its ``.json`` records."""
     from fedpriv.pretrain import pretrain
 

@@ -18,8 +18,8 @@ from fedpriv.client_task import run_client_round
 from fedpriv.config import RunConfig
 from fedpriv.models import build_model, load_wire_state, wire_state
 from fedpriv.protocols import ClientReply
-from fedpriv.training import evaluate
 from fedpriv.run_data import load_run_split, run_dataset_spec
+from fedpriv.training import evaluate
 
 
 def fedavg(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:

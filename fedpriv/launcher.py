@@ -198,7 +198,7 @@ class PrivateSuperLink:
         }
         self.process: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> "PrivateSuperLink":
+    def __enter__(self) -> PrivateSuperLink:
         if not port_pair_free(self.port):
             raise RuntimeError(f"port {self.port} or {self.port + 2} on 127.0.0.1 is already in use (another "
                                "SuperLink?); choose another --port or leave it out to pick free ports")
@@ -282,7 +282,8 @@ class PrivateSuperLink:
                 break
         process.wait()
         text = "".join(lines)
-        run_id = next((w for line in lines if "Successfully started run" in line for w in line.split() if w.isdigit()), "")
+        started = (w for line in lines if "Successfully started run" in line for w in line.split() if w.isdigit())
+        run_id = next(started, "")
         if not run_id:
             return RunOutcome("", f"not started (flwr run exit code {process.returncode})", text)
         return RunOutcome(run_id, self.status(run_id), text)

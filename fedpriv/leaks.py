@@ -12,11 +12,16 @@ from typing import ClassVar, Protocol
 
 import torch
 
+
 class Leak(Protocol):
     """Anything the server observes from one client in one round."""
 
     kind: ClassVar[str]
-    protocol: str
+
+    @property
+    def protocol(self) -> str:
+        """The protocol that sent it (read-only: the leaks are frozen dataclasses)."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
@@ -24,6 +26,7 @@ def psnr_per_image(estimate: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 
 def ssim_per_image(estimate: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """Standard SSIM (Gaussian window 11, sigma 1.5, data range 1) of each image, shape (n,)."""
-    return structural_similarity_index_measure(
+    ssim = structural_similarity_index_measure(
         estimate.double().clamp(0, 1), truth.double(), data_range=1.0, reduction="none"
     )
+    return cast(torch.Tensor, ssim)  # a (Tensor, Tensor) pair only with return_full_image=True

@@ -1,4 +1,7 @@
-"""Victim models for 32x32 inputs: ResNet-20, ATS's ResNet20-4, small ConvNets and Yang et al.'s digit classifier, by name."""
+"""Victim models for 32x32 inputs, by name.
+
+ResNet-20, ATS's ResNet20-4, small ConvNets and Yang et al.'s digit classifier.
+"""
 
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ class CifarResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         stages: list[nn.Module] = []
         inplanes = widths[0]
-        for width, stride in zip(widths, [1, 2, 2]):
+        for width, stride in zip(widths, [1, 2, 2], strict=True):
             downsample = None
             if stride != 1 or inplanes != width:
                 downsample = nn.Sequential(
@@ -188,7 +191,7 @@ def wire_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_wire_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     """Load a :func:`wire_state` dict into ``model`` (integer buffers keep their values)."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=True)
     floating = [k for k in missing if model.state_dict()[k].is_floating_point()]
     if floating or unexpected:
         raise ValueError(f"state does not fit the model: missing {floating}, unexpected {unexpected}")

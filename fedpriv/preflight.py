@@ -33,11 +33,11 @@ def check_run_config(app: Path, run_config: str) -> None:
     ConfigError
         The ServerApp's own message: the key, the bad value and what is valid.
     """
-    from fedpriv.run_data import run_dataset_spec
-    from fedpriv.validation import validated_config
     from fedpriv.launcher import _PAIR, app_defaults
     from fedpriv.models import check_model_fits
+    from fedpriv.run_data import run_dataset_spec
     from fedpriv.strategies.server import _folder_path, check_attack_device, initial_state
+    from fedpriv.validation import validated_config
 
     defaults = app_defaults(app)
     overrides: dict[str, object] = {}

@@ -15,7 +15,9 @@ import argparse
 import io
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +32,7 @@ from fedpriv.results import atomic_write
 from fedpriv.training import evaluate, to_pixels
 
 
-def _augmenter(policy: str, size: int, generator: torch.Generator):  # noqa: ANN202 - a batch transform
+def _augmenter(policy: str, size: int, generator: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
     if policy:
         defense = build_defense(f"ats:{policy}")
         return lambda pixels: defense.transform(pixels, generator)[0]
@@ -39,14 +41,15 @@ def _augmenter(policy: str, size: int, generator: torch.Generator):  # noqa: ANN
     return lambda pixels: torch.stack([crop_flip(image) for image in pixels])
 
 
-def pretrain(args: argparse.Namespace) -> dict[str, object]:
+def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     """Train and save; returns what ``<out>.json`` records."""
     torch.manual_seed(args.seed)
-    check_available(args.dataset, args.data_dir, args.download, not args.no_verify, args.image_size, args.image_channels)
+    verify, size, channels = not args.no_verify, args.image_size, args.image_channels
+    check_available(args.dataset, args.data_dir, args.download, verify, size, channels)
     spec = dataset_spec(args.dataset, args.normalization, args.image_size, args.image_channels)
     check_model_fits(args.model, spec.num_classes, spec.channels, spec.size)
-    train = load_split(args.dataset, args.data_dir, "train", False, not args.no_verify, args.image_size, args.image_channels)
-    test = load_split(args.dataset, args.data_dir, "test", False, not args.no_verify, args.image_size, args.image_channels)
+    train = load_split(args.dataset, args.data_dir, "train", False, verify, size, channels)
+    test = load_split(args.dataset, args.data_dir, "test", False, verify, size, channels)
     model = build_model(args.model, spec.num_classes, spec.channels)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     steps = args.epochs * -(-len(train) // args.batch_size)
@@ -69,7 +72,7 @@ def pretrain(args: argparse.Namespace) -> dict[str, object]:
     torch.save(model.state_dict(), buffer)
     out = Path(args.out).expanduser().resolve()
     atomic_write(out, buffer.getvalue())
-    record: dict[str, object] = {
+    record: dict[str, Any] = {
         "checkpoint": str(out), "test_accuracy": accuracy, "test_loss": test_loss,
         "dataset": args.dataset, "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "policy": args.policy or "none (crop + flip)", "seed": args.seed,
@@ -99,7 +102,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or not args.lr > 0:
-        parser.error(f"--epochs and --batch-size must be >= 1 and --lr > 0, got {args.epochs}, {args.batch_size}, {args.lr}")
+        parser.error(
+            f"--epochs and --batch-size must be >= 1 and --lr > 0, got {args.epochs}, {args.batch_size}, {args.lr}"
+        )
     try:
         record = pretrain(args)
     except ConfigError as error:

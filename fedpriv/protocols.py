@@ -40,7 +40,7 @@ from fedpriv.models import wire_state
 from fedpriv.registry import Registry
 from fedpriv.rotation.adversarial import FeatureCritic
 from fedpriv.rotation.networks import FeatureCodec, PlainCodec, SplitNetwork
-from fedpriv.rotation.training import train_split_local
+from fedpriv.split_training import train_split_local
 from fedpriv.training import TrainSettings, batch_gradient, to_pixels, train_local
 from fedpriv.wire import LeakMeta
 
@@ -129,7 +129,7 @@ class FedSGD:
             model, dataset.normalize(defended.to(device)), batch_labels, config.attack_model_mode
         )
         state = wire_state(model)
-        for name, grad in zip(names, grads):
+        for name, grad in zip(names, grads, strict=True):
             state[name] = state[name] - config.server_lr * grad
         return ClientReply(
             state=state, num_examples=len(pick), train_loss=loss,
@@ -142,7 +142,8 @@ class FedSGD:
         parameter_names: Sequence[str], num_examples: int, meta: LeakMeta,
     ) -> GradientLeak:
         """g = (broadcast - reply) / server-lr for every trainable parameter."""
-        grads = tuple((broadcast[n].double() - reply[n].double()).div(config.server_lr).float() for n in parameter_names)
+        grads = tuple((broadcast[n].double() - reply[n].double()).div(config.server_lr).float()
+                      for n in parameter_names)
         return GradientLeak(grads, tuple(parameter_names), num_examples, meta.model_mode, meta.labels, self.name)
 
 

@@ -25,6 +25,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from fedpriv.attacks import Attack, AttackTarget, AuxiliaryData, Reconstruction, build_attack
+from fedpriv.attacks.base import settings_for
 from fedpriv.attacks.label_inference import label_accuracy
 from fedpriv.baselines import baseline_fields, prior_image
 from fedpriv.config import RunConfig
@@ -34,7 +35,6 @@ from fedpriv.metrics import mse_per_image, psnr_per_image, ssim_per_image
 from fedpriv.models import build_model
 from fedpriv.results import RunFolder
 from fedpriv.rotation.adversarial import circular_error
-from fedpriv.attacks.base import settings_for
 
 
 @dataclass(frozen=True)
@@ -252,7 +252,7 @@ class AttackHarness:
             start = time.perf_counter()
             results = _reconstruct_isolated(attack, victim, self.dataset, targets)
             seconds = (time.perf_counter() - start) / max(len(chosen), 1)
-            for client, result in zip(chosen, results):
+            for client, result in zip(chosen, results, strict=True):
                 rows.append(self._row(name, client, result, server_round, seconds, folder))
         return rows
 

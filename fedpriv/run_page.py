@@ -28,7 +28,7 @@ def _table(header: list[str], rows: list[list[Any]], classes: list[str] | None =
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     marks = classes or [""] * len(rows)
     body = "".join(f'<tr class="{mark}">' + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>"
-                   for row, mark in zip(rows, marks))
+                   for row, mark in zip(rows, marks, strict=True))
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -79,7 +79,8 @@ def write_index(folder: RunFolder) -> None:
         if m.get("status") == "ok" and isinstance(m.get("psnr", m.get("label_accuracy")), (int, float)):
             by_round[int(m["round"])][m["attack"]].append(m)
     rounds = [
-        [r["round"], r.get("accuracy", "-"), len(r.get("sampled", [])), len(r.get("failed", [])), r.get("dp_epsilon", "-")]
+        [r["round"], r.get("accuracy", "-"), len(r.get("sampled", [])), len(r.get("failed", [])),
+         r.get("dp_epsilon", "-")]
         + [_round_cell(by_round[int(r["round"])].get(a, [])) for a in attacks]
         for r in read_jsonl(folder.rounds_path)
     ]
@@ -87,7 +88,8 @@ def write_index(folder: RunFolder) -> None:
               verdict(m) or "-", m.get("psnr_defended", "-"), m.get("ssim", "-"), m.get("label_accuracy", "-"),
               m.get("engine", "-"), m["status"]] for m in metrics]
     marks = ["miss" if m.get("beats_baseline") is False else "" for m in metrics]
-    grids = sorted((folder.path / "reconstructions").glob("*.png")) if (folder.path / "reconstructions").is_dir() else []
+    shown = folder.path / "reconstructions"
+    grids = sorted(shown.glob("*.png")) if shown.is_dir() else []
     images = "".join(f'<figure><img src="reconstructions/{html.escape(g.name)}" alt="{html.escape(g.stem)}">'
                      f"<figcaption>{html.escape(g.stem)}</figcaption></figure>" for g in grids)
     page = f"""<!DOCTYPE html>
@@ -95,7 +97,8 @@ def write_index(folder: RunFolder) -> None:
 <style>body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse;margin-bottom:1.5em}}
 td,th{{border:1px solid #bbb;padding:2px 8px;font-size:13px}} th{{background:#eee}}
 figure{{display:inline-block;margin:6px}} img{{image-rendering:pixelated;max-width:100%}}
-tr.miss td{{background:#fde2e2}} p.verdict{{background:#fff4d6;border:1px solid #e0c060;padding:6px 10px}}</style></head>
+tr.miss td{{background:#fde2e2}}
+p.verdict{{background:#fff4d6;border:1px solid #e0c060;padding:6px 10px}}</style></head>
 <body><h1>fedpriv run {html.escape(folder.path.name)}</h1><p>{html.escape(str(folder.path))}</p>
 {_verdict_note(metrics)}
 <h2>Configuration</h2>{_table(["key", "value"], summary)}

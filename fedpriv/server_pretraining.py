@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from fedpriv.attacks import AuxiliaryData, build_attack
+from fedpriv.attacks.base import settings_for
 from fedpriv.attacks.prediction_inversion import PredictionInversion, adam
 from fedpriv.config import RunConfig
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses import build_defense
 from fedpriv.models import build_model, load_wire_state, wire_state
 from fedpriv.training import to_pixels
-from fedpriv.attacks.base import settings_for
 
 BATCH = 128
 LR = 2e-4
@@ -58,8 +58,9 @@ def pretrain_on_aux(
     if config.joint_training:
         top = getattr(build_defense(config.defense), "top", dataset.num_classes)
         attack = build_attack(PredictionInversion.name, settings_for(config, PredictionInversion.name))
+        assert isinstance(attack, PredictionInversion)
         torch.manual_seed(config.seed)
-        inverter = attack.new_inverter(dataset, top)  # type: ignore[attr-defined]
+        inverter = attack.new_inverter(dataset, top)
         parameters += list(inverter.parameters())
     optimizer = adam(parameters, LR)
     generator = torch.Generator().manual_seed(config.seed)

@@ -92,7 +92,12 @@ def main(argv: list[str]) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
     child = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-    threading.Thread(target=lambda: (sys.stdin.buffer.read(), stop.set()), daemon=True).start()
+
+    def stop_at_end_of_input() -> None:
+        sys.stdin.buffer.read()
+        stop.set()
+
+    threading.Thread(target=stop_at_end_of_input, daemon=True).start()
     while not stop.is_set() and child.poll() is None:
         stop.wait(0.2)
     stop_tree(os.getpid())

@@ -3,9 +3,10 @@
 Flower's DP mods and strategy wrappers accept exactly one ArrayRecord per reply, so a reply
 carries only the model (or the one-step model of FedSGD) as arrays. Beside it, in
 ConfigRecords under fixed keys, go the metadata a protocol really sends (``LEAK_KEY``: revealed
-labels, batch-norm mode, released prediction vectors) and the ground truth for the scorer (``TRUTH_KEY``: one ``bytes`` value,
-an ``.npz`` archive). Both sides of the simulation use this one codec; the server strips both
-records before any inner strategy sees a reply and hands truth to the scorer only.
+labels, batch-norm mode, released prediction vectors) and the ground truth for the scorer
+(``TRUTH_KEY``: one ``bytes`` value, an ``.npz`` archive). Both sides of the simulation use this
+one codec; the server strips both records before any inner strategy sees a reply and hands truth
+to the scorer only.
 This module is Flower-free: the glue wraps its dicts in ConfigRecords.
 """
 
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,13 +55,23 @@ class LeakMeta:
 
 def _npz(arrays: dict[str, torch.Tensor]) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, **{k: v.detach().cpu().numpy() for k, v in arrays.items()})
+    named: dict[str, Any] = {k: v.detach().cpu().numpy() for k, v in arrays.items()}
+    np.savez(buffer, **named)
     return buffer.getvalue()
 
 
-def _unnpz(blob: Scalar) -> dict[str, torch.Tensor]:
-    with np.load(io.BytesIO(bytes(blob)), allow_pickle=False) as archive:  # type: ignore[arg-type]
+def _unnpz(blob: object) -> dict[str, torch.Tensor]:
+    if not isinstance(blob, bytes | bytearray | memoryview):
+        raise TypeError(f"expected an .npz blob (bytes), got {type(blob).__name__}")
+    with np.load(io.BytesIO(bytes(blob)), allow_pickle=False) as archive:
         return {k: torch.from_numpy(archive[k]) for k in archive.files}
+
+
+def scalar(value: object) -> int | float | str:
+    """A record value that is one number or string (Flower types record values as unions with lists)."""
+    if isinstance(value, int | float | str):
+        return value
+    raise TypeError(f"expected a number or a string, got {type(value).__name__}")
 
 
 def encode_truth(truth: GroundTruth) -> dict[str, Scalar]:
@@ -68,7 +81,7 @@ def encode_truth(truth: GroundTruth) -> dict[str, Scalar]:
     return {"arrays": _npz(arrays), "defense": truth.defense}
 
 
-def decode_truth(values: dict[str, Scalar]) -> GroundTruth:
+def decode_truth(values: Mapping[str, object]) -> GroundTruth:
     """Decode what :func:`encode_truth` produced (``allow_pickle=False``)."""
     arrays = _unnpz(values["arrays"])
     return GroundTruth(
@@ -92,7 +105,7 @@ def encode_leak_meta(meta: LeakMeta) -> dict[str, Scalar]:
     return values
 
 
-def decode_leak_meta(values: dict[str, Scalar]) -> LeakMeta:
+def decode_leak_meta(values: Mapping[str, object]) -> LeakMeta:
     """Decode :func:`encode_leak_meta`."""
     labels = values.get("labels")
     arrays = _unnpz(values["arrays"]) if "arrays" in values else {}

@@ -70,8 +70,8 @@ def open_in_browser(page: Path, name: str, profile: Path) -> dict[str, object]:
     shot = _screenshots() / f"{name}.png"
     subprocess.run([browser, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1200,2400",
                     page.as_uri()], capture_output=True, timeout=120, check=True)
-    return {**json.loads(found.group(1)), "console": [line for line in loaded.stderr.splitlines() if ":CONSOLE" in line],
-            "screenshot": shot}
+    console = [line for line in loaded.stderr.splitlines() if ":CONSOLE" in line]
+    return {**json.loads(found.group(1)), "console": console, "screenshot": shot}
 
 
 def _assert_page_works(result: dict[str, object], tables: int) -> None:

@@ -49,7 +49,7 @@ def test_ctrl_c_during_a_run_is_one_line_naming_how_to_resume(
     class Interrupted:
         def __init__(self, *args: object) -> None: ...
 
-        def __enter__(self) -> "Interrupted":
+        def __enter__(self) -> Interrupted:
             raise KeyboardInterrupt
 
         def __exit__(self, *exc: object) -> None: ...
@@ -96,7 +96,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_how_to_resume(
     class Failed:
         def __init__(self, *args: object) -> None: ...
 
-        def __enter__(self) -> "Failed":
+        def __enter__(self) -> Failed:
             return self
 
         def __exit__(self, *exc: object) -> None: ...

@@ -23,8 +23,8 @@ from fedpriv.results import RunFolder, read_jsonl
 from fedpriv.round_attacks import AttackHarness
 from fedpriv.strategies.attacking_strategy import AttackingStrategy, sample_partitions
 from fedpriv.strategies.inner import inner_strategy
-from fedpriv.wire import LEAK_KEY, TRUTH_KEY, LeakMeta
 from fedpriv.validation import validated_config
+from fedpriv.wire import LEAK_KEY, TRUTH_KEY, LeakMeta
 
 TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = 1
 RUN = {
@@ -144,7 +144,7 @@ def test_the_leak_is_what_the_reply_carries_after_the_mods(tmp_path, protocol: s
     leak = client.leak
     tensors = leak.gradients if isinstance(leak, GradientLeak) else leak.deltas
     scale = -config.server_lr if protocol == "fedsgd" else 1.0
-    for name, tensor in zip(names, tensors):
+    for name, tensor in zip(names, tensors, strict=True):
         assert torch.allclose(tensor * scale, sent[name] - broadcast[name], atol=1e-7), name
 
 
@@ -189,7 +189,8 @@ def test_auxiliary_split_is_disjoint_from_every_partition() -> None:
 
 
 def test_selections_of_absent_partitions_are_refused() -> None:
-    for key, value in (("attack-clients", "7"), ("defense-overrides", "9=none"), ("attack-overrides", "4=label-inference")):
+    overrides = (("attack-clients", "7"), ("defense-overrides", "9=none"), ("attack-overrides", "4=label-inference"))
+    for key, value in overrides:
         with pytest.raises(ConfigError, match=f"{key} names partition .*valid partition ids: 0..3"):
             validated_config(RUN | {key: value}).check_partitions(4)
 

@@ -10,10 +10,10 @@ from fedpriv.app_tables import regenerated, scenario_protocols
 from fedpriv.attacks import ATTACKS
 from fedpriv.attacks.base import settings_for
 from fedpriv.config import RunConfig
+from fedpriv.errors import ConfigError
 from fedpriv.launcher import app_defaults, check_run_config_keys, flattened
 from fedpriv.options import declared, option
 from fedpriv.reference import rewritten
-from fedpriv.errors import ConfigError
 from fedpriv.validation import validated_config
 
 SIMULATIONS = Path(__file__).resolve().parent.parent / "simulations"
@@ -140,11 +140,13 @@ def test_every_error_is_reported_at_once_on_one_line() -> None:
         ({"update-pruning": 1.0}, "update-pruning=1.0 is out of range; valid: >= 0 and <= 0.999999"),
         ({"image-size": 64}, "apply to folder: and hf: data sets only"),
         ({"aux-samples": -1}, "aux-samples=-1 is out of range; valid: >= 0"),
-        ({"attack.update-inversion.max-images": 4}, "attack.update-inversion.max-images=4 is set, but this run does "
-                                                    "not use attack 'update-inversion' (its attacks: inverting-gradients)"),
+        ({"attack.update-inversion.max-images": 4},
+         "attack.update-inversion.max-images=4 is set, but this run does not use attack 'update-inversion' "
+         "(its attacks: inverting-gradients)"),
         ({"attack.inverting-gradients.max-images": 4}, "attack.inverting-gradients.max-images is not an option; "
                                                        "valid: patience, tolerance, engine, max-batch"),
-        ({"attack.update-inversion.no-such": 4}, "attack.update-inversion.no-such is not an option of update-inversion"),
+        ({"attack.update-inversion.no-such": 4},
+         "attack.update-inversion.no-such is not an option of update-inversion"),
         ({"attack.dlg.steps": 4}, "attack.dlg.steps names no attack; valid attacks: "),
         ({"attack.engine": "loop"}, "a plugin option is written FAMILY.NAME.OPTION"),
         ({"num-server-rounds": "3"}, "num-server-rounds='3' has the wrong type"),
@@ -171,7 +173,8 @@ def test_bad_values_raise_clear_errors(values: dict, fragment: str) -> None:
     assert fragment in str(error.value)
 
 
-@pytest.mark.parametrize("preset", sorted(SIMULATIONS.glob("*/presets/*.toml")), ids=lambda p: f"{p.parent.parent.name}/{p.stem}")
+@pytest.mark.parametrize("preset", sorted(SIMULATIONS.glob("*/presets/*.toml")),
+                         ids=lambda p: f"{p.parent.parent.name}/{p.stem}")
 def test_presets_use_their_apps_keys_and_validate(preset: Path) -> None:
     app = preset.parent.parent
     defaults = app_defaults(app)

@@ -269,7 +269,7 @@ def test_iid_partitions_are_disjoint_balanced_and_seeded() -> None:
     assert sorted(np.concatenate(parts).tolist()) == list(range(len(LABELS)))
     assert {len(part) for part in parts} <= {len(LABELS) // 7, len(LABELS) // 7 + 1}
     again = partition_indices(LABELS, 7, "iid", 1.0, seed=3)
-    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
     other = partition_indices(LABELS, 7, "iid", 1.0, seed=4)
     assert not np.array_equal(parts[0], other[0])
 
@@ -285,7 +285,7 @@ def test_dirichlet_small_alpha_is_skewed_and_seeded() -> None:
     assert _max_class_share(parts) > 0.6
     assert _max_class_share(partition_indices(LABELS, 10, "iid", 1.0, seed=0)) < 0.3
     again = partition_indices(LABELS, 10, "dirichlet", 0.05, seed=0)
-    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
 
 
 def test_dirichlet_minimum_is_capped_for_small_sets() -> None:

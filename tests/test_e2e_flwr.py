@@ -27,7 +27,8 @@ def test_attacked_federation_with_a_failing_client(superlink: PrivateSuperLink, 
         f"dataset='embedded-photos' out-dir='{tmp_path}' run-name='e2e' num-server-rounds=2 "
         "attack-rounds='1,2' attack-clients='0,1' attack-iterations=200 attack-progress=100 "
         "defense-overrides='1=ats:3-1-7' inject-client-failure='2' eval-samples=200 model='convnet' "
-        "attack-precision='strict-fp32' attack.inverting-gradients.engine='grouped' attack.inverting-gradients.max-batch=2"
+        "attack-precision='strict-fp32' attack.inverting-gradients.engine='grouped' "
+        "attack.inverting-gradients.max-batch=2"
     )
     outcome = superlink.run(APP, run_config, "num-supernodes=3 client-resources-num-cpus=1", echo=False, timeout=900)
     assert outcome.ok, outcome.log[-4000:]
@@ -52,7 +53,8 @@ def test_attacked_federation_with_a_failing_client(superlink: PrivateSuperLink, 
     assert resolved["attack.inverting-gradients.max-batch"] == 2 and resolved["attack.policy-aware.engine"] == "auto"
     assert config["threat-model"]["attacks"] == {"inverting-gradients": {
         "model": "weights", "defense": False, "aux": "none", "labels": "from the leak"}}
-    assert "fedpriv: threat model: server honest-but-curious; inverting-gradients knows the model's weights" in outcome.log
+    assert ("fedpriv: threat model: server honest-but-curious; inverting-gradients knows the model's weights"
+            in outcome.log)
     assert (folder / "psnr_per_round.png").exists() and (folder / "metrics.csv").exists()
     assert len(list((folder / "reconstructions").glob("*.png"))) == 4
     # the report reads the real run folder: client 1's last-round PSNR vs T(x) fills the 3-1-7 row
@@ -208,6 +210,16 @@ def test_prediction_inversion_app_with_joint_training(superlink: PrivateSuperLin
     assert read_jsonl(folder / "rounds.jsonl")[0]["accuracy"] > 0.3  # the server's pretraining trained it
 
 
+FEATURE_ATTACKS = ("unet-inversion", "angle-unet-inversion", "gradient-phase", "two-image-decoder",
+                   "property-inference")
+# Tiny decoders, critics and angle grids: the test checks the wiring, not the numbers.
+FEATURE_ATTACK_OPTIONS = " ".join(
+    f"attack.{name}.{key}={value}" for name in FEATURE_ATTACKS
+    for key, value in (("epochs", 1), ("width", 4), ("convs", 1), ("critic-epochs", 1), ("angles", 36))
+    if key not in ("critic-epochs", "angles") or name not in ("unet-inversion", "two-image-decoder")
+)
+
+
 def test_complex_rotation_app_with_every_feature_attack(superlink: PrivateSuperLink, tmp_path: Path) -> None:
     """The cifar10_complex app on the embedded photographs: a complex LeNet federation with rotated,
     plain and noisy clients under U-shaped split training, all five feature attacks on the same leaks."""
@@ -217,7 +229,7 @@ def test_complex_rotation_app_with_every_feature_attack(superlink: PrivateSuperL
         "local-samples=64 batch-size=32 aux-samples=256 feature-samples=8 split-training=true "
         "defense='complex:k=4,n-critic=1' defense-overrides='1=plain|2=noise:0.5' eval-samples=200 "
         "attacks='unet-inversion,angle-unet-inversion,gradient-phase,two-image-decoder,property-inference' "
-        "attack.unet-inversion.epochs=1 attack.unet-inversion.width=4 attack.unet-inversion.convs=1 attack.angle-unet-inversion.epochs=1 attack.angle-unet-inversion.width=4 attack.angle-unet-inversion.convs=1 attack.angle-unet-inversion.critic-epochs=1 attack.angle-unet-inversion.angles=36 attack.gradient-phase.epochs=1 attack.gradient-phase.width=4 attack.gradient-phase.convs=1 attack.gradient-phase.critic-epochs=1 attack.gradient-phase.angles=36 attack.two-image-decoder.epochs=1 attack.two-image-decoder.width=4 attack.two-image-decoder.convs=1 attack.property-inference.epochs=1 attack.property-inference.width=4 attack.property-inference.convs=1 attack.property-inference.critic-epochs=1 attack.property-inference.angles=36"
+        f"{FEATURE_ATTACK_OPTIONS}"
     )
     outcome = superlink.run(app, run_config, "num-supernodes=3 client-resources-num-cpus=1", echo=False, timeout=600)
     assert outcome.ok, outcome.log[-4000:]

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
 from skimage import data
 from torch import nn
 
-from fedpriv.attacks import AttackSettings, AttackTarget, build_attack
-from fedpriv.attacks import block_cosine
+from fedpriv.attacks import AttackSettings, AttackTarget, block_cosine, build_attack
 from fedpriv.attacks import gradient_matching as gm
 from fedpriv.attacks.inverting_gradients import box_bounds
 from fedpriv.attacks.precision import precision_scope
@@ -85,10 +83,10 @@ def test_bf16_reconstructs_and_strict_fp32_restores_the_flags(engine: str) -> No
     for precision in ("default", "bf16", "strict-fp32"):
         settings = AttackSettings(iterations=150, precision=precision, options={"engine": engine})
         results[precision] = build_attack("inverting-gradients", settings).reconstruct(model, SPEC, targets)
-    for result, image in zip(results["bf16"], truth):
+    for result, image in zip(results["bf16"], truth, strict=True):
         assert result.images.dtype == torch.float32
         assert psnr_per_image(result.images, image[None]).item() > 30  # default: 43 dB, bf16: 40 dB
-    for strict, default in zip(results["strict-fp32"], results["default"]):
+    for strict, default in zip(results["strict-fp32"], results["default"], strict=True):
         torch.testing.assert_close(strict.images, default.images)  # no TF32 on a CPU to turn off
     flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     with precision_scope("strict-fp32", torch.device("cpu")):
@@ -128,7 +126,7 @@ def test_every_engine_gives_the_loops_iterates(engine: str) -> None:
     for name in ("loop", engine):
         settings = AttackSettings(iterations=4, restarts=2, options={"engine": name})
         runs[name] = build_attack("inverting-gradients", settings).reconstruct(model, SMALL, targets)
-    for loop, batched in zip(runs["loop"], runs[engine]):
+    for loop, batched in zip(runs["loop"], runs[engine], strict=True):
         assert batched.images.shape == loop.images.shape
         torch.testing.assert_close(batched.images, loop.images, atol=1e-6, rtol=0)
         assert batched.fields["loss"] == pytest.approx(loop.fields["loss"], abs=1e-6)
@@ -166,12 +164,13 @@ def test_translate_moves_content_by_minus_t_half_widths() -> None:
 def test_batched_translation_aware_equals_one_at_a_time(engine: str) -> None:
     model = tiny(torch.float64, SMALL.size)
     targets = _targets(model)
-    targets = [AttackTarget(t.leak, t.seed, spec) for t, spec in zip(targets, ["ats:3-1-7", "ats:43-18-18", "ats:7"])]
+    specs = ["ats:3-1-7", "ats:43-18-18", "ats:7"]
+    targets = [AttackTarget(t.leak, t.seed, spec) for t, spec in zip(targets, specs, strict=True)]
     runs = {}
     for name in ("loop", engine):
         settings = AttackSettings(iterations=5, restarts=2, options={"engine": name})
         runs[name] = build_attack("translation-aware", settings).reconstruct(model, SMALL, targets)
-    for loop, batched in zip(runs["loop"], runs[engine]):
+    for loop, batched in zip(runs["loop"], runs[engine], strict=True):
         torch.testing.assert_close(batched.images, loop.images, atol=1e-6, rtol=0)
         assert batched.defended is not None and loop.defended is not None
         torch.testing.assert_close(batched.defended, loop.defended, atol=1e-6, rtol=0)
@@ -252,7 +251,7 @@ def test_bad_engine_use_raises_config_error() -> None:
     leak = leak_of(model, torch.randn(1, 3, 32, 32), torch.tensor([1]))
     problem = gm.MatchingProblem(torch.randn(1, 3, 32, 32), torch.tensor([1]), leak.gradients)
     low, high = box_bounds(SPEC, problem.init)
-    run = dict(iterations=1, lr=0.1, tv=1e-4)
+    run = {"iterations": 1, "lr": 0.1, "tv": 1e-4}
     with pytest.raises(ConfigError, match="eval mode"):
         gm.solve(model.train(), [problem, problem], low, high, engine="grouped", **run)
     assert gm.solve(model, [problem, problem], low, high, engine="auto", **run).engine == "loop"

@@ -81,7 +81,7 @@ def test_simulated_update_is_torch_sgd() -> None:
     # the client's order [1,0,3,2] then [2,3,0,1] is, on the reordered data, [0,1,2,3] then [3,2,1,0]:
     # same batches {0,1},{2,3} per epoch, as the simulation assumes.
     simulated = simulated_update(model, x[torch.tensor([1, 0, 3, 2])], leak.labels, leak, create_graph=False)
-    cos = sum((s * d).sum() for s, d in zip(simulated, leak.deltas)) / (
+    cos = sum((s * d).sum() for s, d in zip(simulated, leak.deltas, strict=True)) / (
         torch.sqrt(sum((s**2).sum() for s in simulated)) * torch.sqrt(sum((d**2).sum() for d in leak.deltas)))
     assert float(cos) > 0.99
 
@@ -134,7 +134,7 @@ def test_batched_update_inversion_equals_one_at_a_time_in_float64() -> None:
     for engine in ("loop", "vmap"):
         settings = AttackSettings(iterations=4, lr=0.1, tv=1e-4, restarts=2, options={"engine": engine})
         results[engine] = build_attack("update-inversion", settings).reconstruct(model, spec, targets)
-    for loop, batched in zip(results["loop"], results["vmap"]):
+    for loop, batched in zip(results["loop"], results["vmap"], strict=True):
         assert (loop.engine, batched.engine) == ("loop", "vmap")
         assert torch.allclose(loop.images, batched.images, atol=1e-10, rtol=0)
         assert loop.fields["loss"] == pytest.approx(batched.fields["loss"], abs=1e-10)

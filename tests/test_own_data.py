@@ -174,7 +174,8 @@ def test_models_by_import_path_and_their_errors(user_models: str) -> None:
         check_model_name(f"{user_models}:missing")
     with pytest.raises(ConfigError, match="returned str, not a torch nn.Module"):
         build_model(f"{user_models}:not_a_module", 10, 3)
-    with pytest.raises(ConfigError, match=r"maps inputs \(2, 3, 32, 32\) to \(2, 3\); expected logits of shape \(2, 10\)"):
+    expected = r"maps inputs \(2, 3, 32, 32\) to \(2, 3\); expected logits of shape \(2, 10\)"
+    with pytest.raises(ConfigError, match=expected):
         check_model_fits(f"{user_models}:wrong_output", 10, 3, 32)
 
 
@@ -187,7 +188,8 @@ def test_every_gradient_attack_runs_on_a_user_model_and_records_its_engine(user_
     observed = observed_client(0, ("inverting-gradients", "translation-aware", "policy-aware"))
     x, y = observed.truth.images, observed.truth.labels
     spec = resolve_spec("cifar100")
-    grads = torch.autograd.grad(torch.nn.functional.cross_entropy(model(spec.normalize(x)), y), list(model.parameters()))
+    loss = torch.nn.functional.cross_entropy(model(spec.normalize(x)), y)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
     leak = dataclasses.replace(observed.leak, gradients=tuple(grads),
                                parameter_names=tuple(n for n, _ in model.named_parameters()))
     client = dataclasses.replace(observed, leak=leak, defense_spec="ats:3-1-7")

@@ -192,7 +192,7 @@ def test_capped_hypotheses_are_reported(monkeypatch: pytest.MonkeyPatch) -> None
     targets = [AttackTarget(leak, seed, spec) for seed in (5, 5)] + [AttackTarget(leak, 7, "none")]
     results = build_attack("policy-aware", settings).reconstruct(model, SPEC, targets)
     assert calls == [(4 + 4 + 1) * 2]  # every hypothesis and restart of every target, one solve
-    for target, result in zip(targets[:2], results):
+    for target, result in zip(targets[:2], results[:2], strict=True):
         f = result.fields
         assert (f["hypotheses"], f["hypotheses_total"], f["hypotheses_sampled"]) == (4, 15, 1)
         assert int(f["hypothesis"]) in pa.select_hypotheses(15, 4, target.seed)

@@ -75,7 +75,7 @@ def loop_privacy_scores(
         for i in range(K + 1):
             point = i / K * images[b : b + 1] + (1 - i / K) * starts[b : b + 1]
             grads = gradient(point, labels[b : b + 1])
-            cosines = [F.cosine_similarity(g.flatten(), t.flatten(), dim=0) for g, t in zip(grads, target)]
+            cosines = [F.cosine_similarity(g.flatten(), t.flatten(), dim=0) for g, t in zip(grads, target, strict=True)]
             sims.append(torch.stack(cosines).mean())
         curve = torch.stack(sims)
         scores.append(((curve[1:] + curve[:-1]) / 2).sum() / K)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedpriv.attacks import AuxiliaryData, AttackSettings, AttackTarget, build_attack
+from fedpriv.attacks import AttackSettings, AttackTarget, AuxiliaryData, build_attack
 from fedpriv.attacks.decoder_training import fit_decoder
 from fedpriv.attacks.prediction_inversion import PredictionInverter, adam, inversion_input, predict, released_top
 from fedpriv.data.auxiliary import distinct_images, split_with_aux
@@ -18,8 +18,8 @@ from fedpriv.errors import ConfigError
 from fedpriv.leaks import PredictionLeak
 from fedpriv.metrics import psnr_per_image
 from fedpriv.models import YangClassifier
-from fedpriv.wire import LeakMeta, decode_leak_meta, encode_leak_meta
 from fedpriv.validation import validated_config
+from fedpriv.wire import LeakMeta, decode_leak_meta, encode_leak_meta
 
 DIGITS = resolve_spec("embedded-digits")
 RUN = {"dataset": "embedded-digits", "model": "yang-mnist-small", "protocol": "predictions",
@@ -111,7 +111,9 @@ def test_attack_trains_per_truncation_level_and_keeps_the_victims_order(trained:
     assert [r.fields["inverter_top"] for r in results] == [1.0, 3.0, 10.0]
     assert all(r.ordered and r.images.shape == (4, 1, 32, 32) and r.gallery.shape == (10, 1, 32, 32) for r in results)
     assert sorted(attack.inverters) == [1, 3, 10]  # type: ignore[attr-defined]
-    unaligned = build_attack("prediction-inversion", AttackSettings(options={"epochs": 1, "width": 8, "align": False}))
+    unaligned = build_attack(
+        "prediction-inversion", AttackSettings(options={"epochs": 1, "width": 8, "align": False})
+    )
     unaligned.prepare(DIGITS, AuxiliaryData(trained["aux_uint8"], trained["aux_labels"]))
     (result,) = unaligned.reconstruct(trained["classifier"], DIGITS, targets[:1])
     assert result.fields["inverter_top"] == 10.0 and result.fields["top_m"] == 1.0

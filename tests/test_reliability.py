@@ -26,7 +26,8 @@ from fedpriv.options import declared
 from fedpriv.results import RunFolder, claim_folder, load_checkpoint, read_jsonl, save_checkpoint
 from fedpriv.validation import validated_config
 
-KEYS = RunConfig.keys() + [f"attack.{name}.{d.name}" for name in ATTACKS.names() for d in declared(ATTACKS.get(name).Options)]
+KEYS = RunConfig.keys() + [f"attack.{name}.{d.name}"
+                           for name in ATTACKS.names() for d in declared(ATTACKS.get(name).Options)]
 VALUES = st.one_of(
     st.text(max_size=30), st.integers(-(10**12), 10**12), st.floats(allow_nan=True, allow_infinity=True),
     st.booleans(), st.sampled_from(["all", "none", "0-3", "1,2", "ats:3-1-7", "-1", "3-", "0=|", "cuda:x"]),

@@ -23,8 +23,8 @@ def _write_run(root: Path, name: str, dataset: str, defenses: dict[int, str], ps
     folder = RunFolder(root / name)
     run_config = {"dataset": dataset, "model": model, "protocol": "fedsgd", "dp": "none", "attack-iterations": 300,
                   "num-server-rounds": len(accuracy) - 1, "attacks": attack, "aux-type": "same"}
-    folder.write_json("config.json", {"run-config": run_config,
-                                      "clients": {str(p): {"defense": d, "attacks": [attack]} for p, d in defenses.items()}})
+    clients = {str(p): {"defense": d, "attacks": [attack]} for p, d in defenses.items()}
+    folder.write_json("config.json", {"run-config": run_config, "clients": clients})
     folder.append(folder.metrics_path, [
         {"round": r, "partition_id": p, "defense": defenses[p], "attack": attack, "n_images": 1, "psnr": v,
          "psnr_defended": v - 1.0, "ssim": 0.1, "mse": 10 ** (-v / 10), "status": "ok"}

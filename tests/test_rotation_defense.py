@@ -28,7 +28,8 @@ PHOTOS = resolve_spec("embedded-photos")
 
 def _features(channels: int, size: int, n: int = 3, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.complex(torch.randn(n, channels, size, size, generator=g), torch.randn(n, channels, size, size, generator=g))
+    real = torch.randn(n, channels, size, size, generator=g)
+    return torch.complex(real, torch.randn(n, channels, size, size, generator=g))
 
 
 @pytest.mark.parametrize("name", [n for n in split_model_names() if n.startswith("complex-")])
@@ -76,7 +77,10 @@ def test_derangements_never_pair_a_sample_with_itself() -> None:
 def _phase_histogram_angles(x: torch.Tensor, bins: int = 72) -> torch.Tensor:
     """A naive attacker's key estimate: the most frequent phase among a sample's feature elements."""
     phases = torch.remainder(x.flatten(1).angle(), 2 * math.pi)
-    counts = torch.stack([torch.histc(p[m > 1e-6], bins, 0, 2 * math.pi) for p, m in zip(phases, x.flatten(1).abs())])
+    magnitudes = x.flatten(1).abs()
+    counts = torch.stack(
+        [torch.histc(p[m > 1e-6], bins, 0, 2 * math.pi) for p, m in zip(phases, magnitudes, strict=True)]
+    )
     return (counts.argmax(1).float() + 0.5) * (2 * math.pi / bins)
 
 
@@ -120,7 +124,8 @@ def _aux_and_leaks(spec: str) -> tuple[torch.nn.Module, AuxiliaryData, list[Atta
     for client in range(2):
         index = torch.arange(1000 + 8 * client, 1008 + 8 * client)
         defense = build_defense(spec)
-        codec = defense.codec(True, torch.Generator().manual_seed(client)) if hasattr(defense, "codec") else PlainCodec(True)
+        generator = torch.Generator().manual_seed(client)
+        codec = defense.codec(True, generator) if hasattr(defense, "codec") else PlainCodec(True)
         pixels = train.images[index].float() / 255
         x, grads, extras = query_features(model, pixels, train.labels[index], PHOTOS, codec, True)
         targets.append(AttackTarget(FeatureLeak(x, grads), seed=client, defense_spec=spec))
@@ -130,9 +135,10 @@ def _aux_and_leaks(spec: str) -> tuple[torch.nn.Module, AuxiliaryData, list[Atta
 
 def test_unet_inversion_of_plain_features_beats_a_grey_image() -> None:
     model, aux, targets, truths = _aux_and_leaks("plain")
-    attack = build_attack("unet-inversion", AttackSettings(options={"epochs": 10, "width": 8, "convs": 2, "adam-lr": 1e-3}))
+    settings = AttackSettings(options={"epochs": 10, "width": 8, "convs": 2, "adam-lr": 1e-3})
+    attack = build_attack("unet-inversion", settings)
     attack.prepare(PHOTOS, aux)
-    rows = [score(r, t) for r, t in zip(attack.reconstruct(model, PHOTOS, targets), truths)]
+    rows = [score(r, t) for r, t in zip(attack.reconstruct(model, PHOTOS, targets), truths, strict=True)]
     assert all(r["psnr"] > r["psnr_grey"] + 2.0 and 0 < r["mae"] < 0.5 for r in rows), rows
 
 
@@ -144,7 +150,7 @@ def test_feature_attacks_run_on_rotated_features_and_score_angles() -> None:
         own = {k: v for k, v in options.items() if k not in ("critic-epochs", "angles") or name != "two-image-decoder"}
         attack = build_attack(name, AttackSettings(options=own))
         attack.prepare(PHOTOS, aux)
-        rows[name] = [score(r, t) for r, t in zip(attack.reconstruct(model, PHOTOS, targets), truths)]
+        rows[name] = [score(r, t) for r, t in zip(attack.reconstruct(model, PHOTOS, targets), truths, strict=True)]
     assert all(r["angle_error_mod_pi"] < 1e-3 for r in rows["gradient-phase"])  # read off dL/dh exactly
     assert all(0 <= r["angle_error"] <= math.pi for r in rows["angle-unet-inversion"])
     assert all(r["best_of_two"] and "psnr" in r for r in rows["two-image-decoder"])
@@ -181,7 +187,7 @@ def test_property_inference_variants_infer_a_property_per_query(variant: str) ->
     attack.prepare(PHOTOS, aux)
     results = attack.reconstruct(model, PHOTOS, targets)
     assert all(r.properties.shape == (8,) and r.angles is not None for r in results)
-    assert all(0 <= score(r, t)["property_error"] <= 1 for r, t in zip(results, truths))
+    assert all(0 <= score(r, t)["property_error"] <= 1 for r, t in zip(results, truths, strict=True))
 
 
 def test_plain_features_keep_the_class_the_knn_attack_reads() -> None:
@@ -190,7 +196,8 @@ def test_plain_features_keep_the_class_the_knn_attack_reads() -> None:
     attack = build_attack("property-inference", AttackSettings(options={"variant": "knn", "k": 1, "critic-epochs": 1,
                                                                         "angles": 12}))
     attack.prepare(PHOTOS, aux)
-    errors = [score(r, t)["property_error"] for r, t in zip(attack.reconstruct(model, PHOTOS, targets), truths)]
+    results = attack.reconstruct(model, PHOTOS, targets)
+    errors = [score(r, t)["property_error"] for r, t in zip(results, truths, strict=True)]
     assert sum(errors) / len(errors) < 0.7, errors
 
 

@@ -124,7 +124,8 @@ def test_matched_score_equals_unmatched_in_order_and_exceeds_it_shuffled() -> No
     noisy = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
     in_order = score(Reconstruction(images=noisy), truth)
     from fedpriv.round_attacks import score_images
-    assert in_order["matched"] and in_order["psnr"] == pytest.approx(score_images(Reconstruction(images=noisy), truth, matched=False)["psnr"])
+    unmatched = score_images(Reconstruction(images=noisy), truth, matched=False)
+    assert in_order["matched"] and in_order["psnr"] == pytest.approx(unmatched["psnr"])
     shuffled = noisy[torch.tensor([2, 0, 3, 1])]
     assert torch.equal(match_order(shuffled, x), torch.tensor([1, 3, 0, 2]))
     unmatched = score_images(Reconstruction(images=shuffled), truth, matched=False)["psnr"]

@@ -62,7 +62,7 @@ def test_patience_that_never_runs_out_gives_the_fixed_schedules_iterates() -> No
     for patience in (0, 1000):
         settings = AttackSettings(iterations=6, restarts=2, options={"engine": "loop", "patience": patience})
         runs[patience] = build_attack("inverting-gradients", settings).reconstruct(model, SMALL, targets)
-    for fixed, ruled in zip(runs[0], runs[1000]):
+    for fixed, ruled in zip(runs[0], runs[1000], strict=True):
         assert torch.equal(fixed.images, ruled.images) and fixed.fields == ruled.fields
 
 
@@ -77,7 +77,7 @@ def test_batched_engines_stop_each_problem_where_the_loop_does(engine: str) -> N
         runs[name] = build_attack("translation-aware", settings).reconstruct(model, SMALL, targets)
     stops = [r.fields["iterations_run"] for r in runs["loop"]]
     assert max(stops) < 40 and len(set(stops)) > 1  # they stop early, each at its own iteration
-    for loop, batched in zip(runs["loop"], runs[engine]):
+    for loop, batched in zip(runs["loop"], runs[engine], strict=True):
         assert batched.fields["iterations_run"] == loop.fields["iterations_run"]
         torch.testing.assert_close(batched.images, loop.images, atol=1e-6, rtol=0)
 
@@ -108,7 +108,7 @@ def test_batched_update_inversion_stops_each_problem_where_the_loop_does() -> No
                                   options={"engine": engine, "patience": 2, "tolerance": 0.02})
         runs[engine] = build_attack("update-inversion", settings).reconstruct(model, SMALL, targets)
     assert max(r.fields["iterations_run"] for r in runs["loop"]) < 40
-    for loop, batched in zip(runs["loop"], runs["vmap"]):
+    for loop, batched in zip(runs["loop"], runs["vmap"], strict=True):
         assert batched.fields["iterations_run"] == loop.fields["iterations_run"]
         torch.testing.assert_close(batched.images, loop.images, atol=1e-8, rtol=0)
 

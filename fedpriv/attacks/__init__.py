@@ -8,12 +8,20 @@ import importlib
 import pkgutil
 
 from fedpriv.attacks.base import (
-    ATTACKS, Attack, AttackSettings, AttackTarget, AuxiliaryData, Knowledge, Reconstruction, build_attack,
+    ATTACKS,
+    Attack,
+    AttackSettings,
+    AttackTarget,
+    AuxiliaryData,
+    Knowledge,
+    Reconstruction,
+    build_attack,
 )
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
-    "ATTACKS", "Attack", "AttackSettings", "AttackTarget", "AuxiliaryData", "Knowledge", "Reconstruction", "build_attack",
+    "ATTACKS", "Attack", "AttackSettings", "AttackTarget", "AuxiliaryData", "Knowledge", "Reconstruction",
+    "build_attack",
 ]

@@ -19,7 +19,7 @@ def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     CPU, 0.50 vs 0.87 ms for (16, 147,456), and slower below ~40,000 (benchmarks/RESULTS.md).
     """
     if a.device.type == "cpu" and a.shape[1] >= ROW_DOT_LOOP and a.dtype == b.dtype:
-        return torch.stack([torch.dot(x, y) for x, y in zip(a, b)])
+        return torch.stack([torch.dot(x, y) for x, y in zip(a, b, strict=True)])
     return torch.linalg.vecdot(a, b)
 
 
@@ -37,7 +37,7 @@ class _BlockCosine(torch.autograd.Function):
     @staticmethod
     def forward(ctx, target_norm, blocks, *tensors):  # type: ignore[no-untyped-def]
         grads, targets = tensors[:blocks], tensors[blocks:]
-        dot = reduce(operator.add, [_row_dots(g, t) for g, t in zip(grads, targets)])
+        dot = reduce(operator.add, [_row_dots(g, t) for g, t in zip(grads, targets, strict=True)])
         squared = reduce(operator.add, [torch.linalg.vector_norm(g, dim=1).square() for g in grads])
         product = squared.sqrt() * target_norm
         denominator = product.clamp_min(1e-8)
@@ -52,7 +52,7 @@ class _BlockCosine(torch.autograd.Function):
         grads, targets = tensors[:ctx.blocks], tensors[ctx.blocks:]
         along_target = (-grad_loss / denominator)[:, None]
         along_grad = torch.where(unclamped, grad_loss * dot / (denominator * squared), 0)[:, None]
-        out = [torch.mul(t, along_target).addcmul_(g, along_grad) for g, t in zip(grads, targets)]
+        out = [torch.mul(t, along_target).addcmul_(g, along_grad) for g, t in zip(grads, targets, strict=True)]
         return None, None, *out, *[None] * len(targets)
 
 

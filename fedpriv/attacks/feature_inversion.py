@@ -29,7 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedpriv.attacks.base import (
-    ATTACKS, Attack, AttackSettings, AttackTarget, AuxiliaryData, Knowledge, Reconstruction, own_options,
+    ATTACKS,
+    Attack,
+    AttackSettings,
+    AttackTarget,
+    AuxiliaryData,
+    Knowledge,
+    Reconstruction,
+    own_options,
 )
 from fedpriv.attacks.decoder_training import fit_decoder
 from fedpriv.attacks.unet import UNet
@@ -38,10 +45,15 @@ from fedpriv.defenses import build_defense
 from fedpriv.defenses.features import feature_codec
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import FeatureLeak
-from fedpriv.rotation.adversarial import (
-    FeatureCritic, critic_optimizer, decode_at, grid_angles, train_critic, wrong_decodings,
-)
 from fedpriv.options import option
+from fedpriv.rotation.adversarial import (
+    FeatureCritic,
+    critic_optimizer,
+    decode_at,
+    grid_angles,
+    train_critic,
+    wrong_decodings,
+)
 from fedpriv.rotation.networks import SplitNetwork
 
 if TYPE_CHECKING:
@@ -121,7 +133,8 @@ class FeatureAttack(Attack):
     def prepare(self, dataset: DatasetSpec, aux: AuxiliaryData | None) -> None:
         """Keep the auxiliary split."""
         if aux is None or len(aux.labels) < 2 * QUERY_BATCH:
-            raise ConfigError(f"{self.name} trains on the server's auxiliary split: set aux-samples >= {2 * QUERY_BATCH}")
+            raise ConfigError(f"{self.name} trains on the server's auxiliary split: "
+                              f"set aux-samples >= {2 * QUERY_BATCH}")
         self.aux = aux
 
     def _pixels(self) -> torch.Tensor:

@@ -123,9 +123,9 @@ def loop_matcher(model: nn.Module, problems: Sequence[MatchingProblem]) -> Match
 
     def match(inputs: torch.Tensor) -> torch.Tensor:
         losses = []
-        for inp, problem in zip(inputs, problems):
+        for inp, problem in zip(inputs, problems, strict=True):
             grads = torch.autograd.grad(F.cross_entropy(model(inp), problem.labels), params, create_graph=True)
-            dot = reduce(operator.add, [(g * t).sum() for g, t in zip(grads, problem.target)])
+            dot = reduce(operator.add, [(g * t).sum() for g, t in zip(grads, problem.target, strict=True)])
             g_norm, t_norm = (reduce(operator.add, [(v * v).sum() for v in vs]) for vs in (grads, problem.target))
             losses.append(1 - dot / (g_norm.sqrt() * t_norm.sqrt()).clamp_min(1e-8))
         return torch.stack(losses)

@@ -22,7 +22,14 @@ import torch
 from torch import nn
 
 from fedpriv.attacks.base import (
-    ATTACKS, Attack, AttackSettings, AttackTarget, Knowledge, Reconstruction, check_settings, own_options,
+    ATTACKS,
+    Attack,
+    AttackSettings,
+    AttackTarget,
+    Knowledge,
+    Reconstruction,
+    check_settings,
+    own_options,
 )
 from fedpriv.attacks.gradient_matching import (
     ENGINES,
@@ -138,7 +145,7 @@ def solve_targets(
             tv=settings.tv, extra=extra, engine=options.engine, max_batch=options.max_batch,
             precision=settings.precision, rule=options.rule, progress=settings.progress, label=label,
         )
-        solved.update(zip(index, result.solutions()))
+        solved.update(zip(index, result.solutions(), strict=True))
     runs = [[solved[i] for i in range(t * restarts, (t + 1) * restarts)] for t in range(len(targets))]
     return [min(run, key=lambda r: r.loss) for run in runs]  # the first of equals, as the loop kept
 
@@ -189,7 +196,7 @@ class InvertingGradients(Attack):
         return [
             Reconstruction(images=dataset.denormalize(s.images).cpu(), labels=_inferred(model, dataset, t),
                            fields={"loss": s.loss, "iterations_run": float(s.iterations_run)}, engine=s.engine)
-            for t, s in zip(targets, solved)
+            for t, s in zip(targets, solved, strict=True)
         ]
 
 

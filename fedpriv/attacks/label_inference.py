@@ -30,7 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedpriv.attacks.base import (
-    ATTACKS, Attack, AttackSettings, AttackTarget, AuxiliaryData, Knowledge, NoOptions, Reconstruction,
+    ATTACKS,
+    Attack,
+    AttackSettings,
+    AttackTarget,
+    AuxiliaryData,
+    Knowledge,
+    NoOptions,
+    Reconstruction,
 )
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
@@ -47,7 +54,7 @@ def bias_gradient(leak: Leak) -> tuple[torch.Tensor, int]:
         names, tensors, n = leak.parameter_names, leak.deltas, leak.num_images
     else:
         raise TypeError(f"label inference reads gradient or update leaks, got {type(leak).__name__}")
-    biases = [t for name, t in zip(names, tensors) if name.endswith("bias") and t.dim() == 1]
+    biases = [t for name, t in zip(names, tensors, strict=True) if name.endswith("bias") and t.dim() == 1]
     if not biases:
         raise ValueError("label inference needs the last layer's bias; this model has none")
     bias = biases[-1].double()

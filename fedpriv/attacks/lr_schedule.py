@@ -140,7 +140,7 @@ class ScheduledAdam:
             before = [p.detach().clone() for p in self.params]
             self.optimizer.step()
             with torch.no_grad():
-                for p, start in zip(self.params, before):
+                for p, start in zip(self.params, before, strict=True):
                     weight = ratio.to(p.dtype).view(-1, *[1] * (p.dim() - 1))
                     p.copy_(torch.lerp(start, p, weight))
         self.scheduler.step()

@@ -29,7 +29,14 @@ import torch
 from torch import nn
 
 from fedpriv.attacks.base import (
-    ATTACKS, Attack, AttackSettings, AttackTarget, Knowledge, Reconstruction, check_settings, own_options,
+    ATTACKS,
+    Attack,
+    AttackSettings,
+    AttackTarget,
+    Knowledge,
+    Reconstruction,
+    check_settings,
+    own_options,
 )
 from fedpriv.attacks.gradient_matching import ExtraParameters, MatchingProblem, ProblemSolution, solve
 from fedpriv.attacks.inverting_gradients import MatchingOptions, box_bounds, check_precision_fit, precision_errors
@@ -216,7 +223,7 @@ def _package(dataset: DatasetSpec, solution: ProblemSolution, plans: tuple[_Plan
         h, v = plan.hypothesis, values[j].tolist()
         suffix = "" if len(plans) == 1 else f"-{j}"
         fields[f"sub_policy{suffix}"] = float(h.sub_policy)
-        for axis, centre, reach, u in zip("xy", h.centre, h.reach, v[_SHIFT:_SLOTS]):
+        for axis, centre, reach, u in zip("xy", h.centre, h.reach, v[_SHIFT:_SLOTS], strict=True):
             fields[f"t{axis}{suffix}"] = centre + reach * u
         sub = plan.policy.primitives[h.sub_policy]
         for k in continuous_slots(sub):
@@ -345,7 +352,7 @@ class PolicyAware(Attack):
             result = solve(model, [problems[r] for r in rows], low, high, iterations=s.iterations, lr=s.lr,
                            tv=s.tv, extra=extra, engine=self.options.engine, max_batch=self.options.max_batch,
                            precision=s.precision, rule=self.options.rule, progress=s.progress, label=self.name)
-            solved.update(zip(rows, result.solutions()))
+            solved.update(zip(rows, result.solutions(), strict=True))
         return [solved[r] for r in range(len(problems))]
 
 

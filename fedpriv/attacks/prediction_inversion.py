@@ -23,7 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedpriv.attacks.base import (
-    ATTACKS, Attack, AttackSettings, AttackTarget, AuxiliaryData, Knowledge, Reconstruction, own_options,
+    ATTACKS,
+    Attack,
+    AttackSettings,
+    AttackTarget,
+    AuxiliaryData,
+    Knowledge,
+    Reconstruction,
+    own_options,
 )
 from fedpriv.attacks.decoder_training import FitReport, fit_decoder
 from fedpriv.data.specs import DatasetSpec
@@ -86,7 +93,9 @@ class PredictionInverter(nn.Module):
             self.c = nn.Parameter(torch.tensor(float(c)))
         else:
             self.register_buffer("c", torch.tensor(float(c)))
-        layers: list[nn.Module] = [nn.ConvTranspose2d(num_classes, 4 * width, 4, 1, 0), nn.BatchNorm2d(4 * width), nn.Tanh()]
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(num_classes, 4 * width, 4, 1, 0), nn.BatchNorm2d(4 * width), nn.Tanh(),
+        ]
         for wide, narrow in ((4 * width, 2 * width), (2 * width, width)):
             layers += [nn.ConvTranspose2d(wide, narrow, 4, 2, 1), nn.BatchNorm2d(narrow), nn.Tanh()]
         layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Sigmoid()]
@@ -136,9 +145,10 @@ class InversionOptions:
 class PredictionInversion(Attack):
     """Inverts leaked prediction vectors with a network trained on the server's auxiliary split.
 
-    Options (:class:`InversionOptions`, keys ``attack.prediction-inversion.OPTION``): ``align`` (true: train on vectors truncated like the leak;
-    false: on full vectors), ``epochs`` per attacked round (100 in the reference), ``batch``
-    (128), ``width`` (128), ``adam-lr`` (2e-4), ``c`` (50), ``learn-c`` (false),
+    Options (:class:`InversionOptions`, keys ``attack.prediction-inversion.OPTION``): ``align``
+    (true: train on vectors truncated like the leak; false: on full vectors), ``epochs`` per
+    attacked round (100 in the reference), ``batch`` (128), ``width`` (128), ``adam-lr`` (2e-4),
+    ``c`` (50), ``learn-c`` (false),
     ``val-fraction`` (0.1), ``warm-start`` (true: each round continues from the previous round's
     inverter for the same m, or from the jointly trained one).
     """
@@ -178,9 +188,11 @@ class PredictionInversion(Attack):
                  seed: int) -> tuple[nn.Module, FitReport]:
         previous = self.inverters.get(top) if self.warm_start else None
         torch.manual_seed(seed)
-        inverter = (copy.deepcopy(previous) if previous is not None else self.new_inverter(dataset, top)).to(self.device)
+        inverter = copy.deepcopy(previous) if previous is not None else self.new_inverter(dataset, top)
+        inverter = inverter.to(self.device)
         report = fit_decoder(inverter, vectors, pixels, self.epochs, self.batch,
-                             adam(inverter.parameters(), self.lr), self.val_fraction, torch.Generator().manual_seed(seed))
+                             adam(inverter.parameters(), self.lr), self.val_fraction,
+                             torch.Generator().manual_seed(seed))
         self.inverters[top] = inverter
         return inverter, report
 
@@ -199,12 +211,13 @@ class PredictionInversion(Attack):
                    for top in sorted(set(tops))}
         eye = torch.eye(dataset.num_classes)
         results = []
-        for leak, top in zip(leaks, tops):
+        for leak, top in zip(leaks, tops, strict=True):
             inverter, report = trained[top]
             with torch.no_grad():
                 images = inverter(leak.predictions.to(self.device)).cpu()  # type: ignore[attr-defined]
                 classes = inverter(eye.to(self.device)).cpu()
-            class_accuracy = float((predict(model, classes, dataset).argmax(1) == torch.arange(len(eye))).float().mean())
+            predicted = predict(model, classes, dataset).argmax(1)
+            class_accuracy = float((predicted == torch.arange(len(eye))).float().mean())
             results.append(Reconstruction(
                 images=images, ordered=True, gallery=classes,
                 fields={"top_m": float(released_top(leak.predictions)), "inverter_top": float(top),  # type: ignore[attr-defined]

@@ -83,7 +83,8 @@ class PropertyInference(AngleUNetInversion):
             pixels = self._pixels()[: len(own["a"])]
             if self.variant == "reconstructions":
                 with torch.no_grad():
-                    pixels = torch.cat([self.networks[(spec, "a")](part.to(self.device)).cpu() for part in own["a"].split(256)])
+                    decoder = self.networks[(spec, "a")]
+                    pixels = torch.cat([decoder(part.to(self.device)).cpu() for part in own["a"].split(256)])
             inputs, classifier = dataset.normalize(pixels), ConvNet(classes, dataset.channels, width=16)
         else:
             if own["x"].is_complex():

@@ -19,7 +19,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedpriv.attacks.base import (
-    ATTACKS, Attack, AttackSettings, AttackTarget, Knowledge, Reconstruction, check_settings, own_options,
+    ATTACKS,
+    Attack,
+    AttackSettings,
+    AttackTarget,
+    Knowledge,
+    Reconstruction,
+    check_settings,
+    own_options,
 )
 from fedpriv.attacks.inverting_gradients import MatchingOptions, check_precision_fit, precision_errors, solve_targets
 from fedpriv.data.specs import DatasetSpec

@@ -53,7 +53,7 @@ class UNet(nn.Module):
         for index, block in enumerate(self.down):
             x = block(x if index == 0 else F.max_pool2d(x, 2))
             skips.append(x)
-        for block, skip in zip(self.up, reversed(skips[:-1])):
+        for block, skip in zip(self.up, reversed(skips[:-1]), strict=True):
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
             x = block(torch.cat([x, skip], 1))
         return torch.sigmoid(self.out(x))

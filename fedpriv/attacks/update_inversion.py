@@ -30,7 +30,14 @@ from torch import nn
 from torch.func import functional_call
 
 from fedpriv.attacks.base import (
-    ATTACKS, Attack, AttackSettings, AttackTarget, Knowledge, Reconstruction, check_settings, own_options,
+    ATTACKS,
+    Attack,
+    AttackSettings,
+    AttackTarget,
+    Knowledge,
+    Reconstruction,
+    check_settings,
+    own_options,
 )
 from fedpriv.attacks.gradient_matching import total_variation
 from fedpriv.attacks.heap_reuse import reused_heap
@@ -74,7 +81,7 @@ def simulated_update(
         logits = functional_call(model, (theta | buffers), (x[index],))
         loss = F.cross_entropy(logits, labels[index])
         grads = torch.autograd.grad(loss, list(theta.values()), create_graph=create_graph)
-        for (name, value), grad in zip(list(theta.items()), grads):
+        for (name, value), grad in zip(list(theta.items()), grads, strict=True):
             d = grad + leak.weight_decay * value if leak.weight_decay else grad
             if leak.momentum:
                 d = momentum[name] * leak.momentum + d if name in momentum else d
@@ -84,7 +91,7 @@ def simulated_update(
 
 
 def _cosine_distance(simulated: Sequence[torch.Tensor], observed: Sequence[torch.Tensor]) -> torch.Tensor:
-    dot = sum((s * o).sum() for s, o in zip(simulated, observed))
+    dot = sum((s * o).sum() for s, o in zip(simulated, observed, strict=True))
     norm_s = torch.sqrt(sum(s.pow(2).sum() for s in simulated))
     norm_o = torch.sqrt(sum(o.pow(2).sum() for o in observed))
     return 1 - dot / (norm_s * norm_o + 1e-12)
@@ -115,7 +122,7 @@ def _vmap_objective(model: nn.Module, leak: UpdateLeak, tv: float):  # noqa: ANN
     change the simulated update.
     """
     params = {n: p.detach() for n, p in model.named_parameters()}
-    buffers = {n: b for n, b in model.named_buffers()}
+    buffers = dict(model.named_buffers())
     names = leak.parameter_names
     n = leak.num_images
     batches = [torch.arange(i, min(i + leak.batch_size, n)) for i in range(0, n, leak.batch_size)]
@@ -213,7 +220,7 @@ class UpdateInversion(Attack):
                 group = [problems[i] for i in index]
                 results = self._solve_vmap(model, dataset, group) if engine == "vmap" else [
                     self._solve_loop(model, dataset, p) for p in group]
-                solved.update(zip(index, results))
+                solved.update(zip(index, results, strict=True))
         out = []
         for t in range(len(targets)):
             x, loss, run = min((solved[i] for i, p in enumerate(problems) if p.target == t), key=lambda r: r[1])
@@ -244,7 +251,8 @@ class UpdateInversion(Attack):
             with torch.no_grad():
                 x.copy_(torch.maximum(torch.minimum(x, high), low))
             if s.progress and (iteration + 1) % s.progress == 0:
-                print(f"{self.name}: iteration {iteration + 1}/{s.iterations} loss {float(loss.mean()):.4f}", flush=True)
+                print(f"{self.name}: iteration {iteration + 1}/{s.iterations} loss {float(loss.mean()):.4f}",
+                      flush=True)
         return x.detach(), adam.iterations_run
 
     def _solve_loop(self, model: nn.Module, dataset: DatasetSpec,
@@ -278,7 +286,7 @@ class UpdateInversion(Attack):
         objective = _vmap_objective(stateless, group[0].leak, s.tv)
         step = torch.func.vmap(torch.func.grad_and_value(objective))
         labels = torch.stack([p.labels for p in group])
-        observed = tuple(torch.stack(parts) for parts in zip(*(p.observed for p in group)))
+        observed = tuple(torch.stack(parts) for parts in zip(*(p.observed for p in group), strict=True))
         x, runs = self._optimise(torch.stack([p.init for p in group]), dataset, len(group),
                                  lambda x: step(x.detach(), labels, observed))
         final = torch.func.vmap(objective)(x, labels, observed)

@@ -9,6 +9,7 @@ act last on what is sent.
 from __future__ import annotations
 
 import time
+from typing import cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -16,7 +17,7 @@ from flwr.clientapp import ClientApp
 from fedpriv.client_task import run_client_round
 from fedpriv.clients.mods import privacy_mod, pruning_mod
 from fedpriv.validation import parse_run_config
-from fedpriv.wire import LEAK_KEY, ROUND_KEY, TRUTH_KEY, encode_leak_meta, encode_truth
+from fedpriv.wire import LEAK_KEY, ROUND_KEY, TRUTH_KEY, encode_leak_meta, encode_truth, scalar
 
 app = ClientApp(mods=[privacy_mod, pruning_mod])
 CLIENT_STATE = "fedpriv.client"
@@ -43,16 +44,16 @@ def train(msg: Message, context: Context) -> Message:
     """Run the protocol's round behind the client's defense; attach truth when attacked."""
     config = parse_run_config(context.run_config)
     partition_id = int(context.node_config["partition-id"])
-    server_round = int(msg.content["config"][ROUND_KEY])
+    server_round = int(scalar(msg.content["config"][ROUND_KEY]))
     failing, hanging = config.failing_partitions(), config.hanging_partitions()
     if failing is None or partition_id in failing:
         raise RuntimeError(f"injected failure (inject-client-failure) in partition {partition_id}")
     if hanging is None or partition_id in hanging:
         time.sleep(config.round_timeout + 5)  # injected hang (inject-client-hang): past the round's timeout
-    own = context.state[CLIENT_STATE].to_torch_state_dict() if CLIENT_STATE in context.state else {}
+    own = cast(ArrayRecord, context.state[CLIENT_STATE]).to_torch_state_dict() if CLIENT_STATE in context.state else {}
     reply = run_client_round(
         config, partition_id, int(context.node_config["num-partitions"]),
-        msg.content["arrays"].to_torch_state_dict(), server_round, own,
+        cast(ArrayRecord, msg.content["arrays"]).to_torch_state_dict(), server_round, own,
     )
     if own:
         context.state[CLIENT_STATE] = ArrayRecord(own)  # stays on the client (e.g. the rotation critic)
@@ -67,9 +68,9 @@ def train(msg: Message, context: Context) -> Message:
                     "partition-id": partition_id,
                 }
             ),
-            LEAK_KEY: ConfigRecord(encode_leak_meta(reply.meta)),
+            LEAK_KEY: ConfigRecord({**encode_leak_meta(reply.meta)}),
         }
     )
     if reply.truth is not None:
-        content[TRUTH_KEY] = ConfigRecord(encode_truth(reply.truth))
+        content[TRUTH_KEY] = ConfigRecord({**encode_truth(reply.truth)})
     return Message(content=content, reply_to=msg)

@@ -12,6 +12,7 @@ replies only, after the handler, so what they change is what the server receives
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType
@@ -63,7 +64,7 @@ def pruning_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
     fraction = parse_run_config(context.run_config).update_pruning
     if fraction == 0:
         return reply
-    sent = msg.content["arrays"]
+    sent = cast(ArrayRecord, msg.content["arrays"])
     key, arrays = next(iter(reply.content.array_records.items()))
     pruned = prune_update(arrays.to_numpy_ndarrays(), sent.to_numpy_ndarrays(), fraction)
     reply.content[key] = ArrayRecord({k: Array(v) for k, v in zip(arrays.keys(), pruned, strict=True)})

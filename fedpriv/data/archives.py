@@ -250,7 +250,9 @@ def ensure(
         _ensure_idx(name, root, splits, download, verify)
 
 
-def read(name: str, root: Path, split: str, verify: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def read(
+    name: str, root: Path, split: str, verify: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Parse one split that ``ensure`` has made available.
 
     Parameters

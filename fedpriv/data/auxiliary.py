@@ -13,8 +13,10 @@ from fedpriv.errors import ConfigError
 
 # aux-type='distinct' draws from another data set; these pairs are the default (aux-dataset='').
 DISTINCT_DEFAULTS = {
-    "embedded-digits": "embedded-photos", "embedded-photos": "embedded-digits", "embedded-photos-large": "embedded-digits",
-    "mnist": "fashion-mnist", "fashion-mnist": "mnist", "cifar10": "cifar100", "cifar100": "cifar10", "cifar100-super": "cifar10",
+    "embedded-digits": "embedded-photos", "embedded-photos": "embedded-digits",
+    "embedded-photos-large": "embedded-digits",
+    "mnist": "fashion-mnist", "fashion-mnist": "mnist",
+    "cifar10": "cifar100", "cifar100": "cifar10", "cifar100-super": "cifar10",
 }
 
 

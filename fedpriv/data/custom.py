@@ -14,6 +14,7 @@ Every image is converted to RGB or greyscale (``image-channels``) and resized to
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,7 +73,7 @@ def read_folder(root: Path, split: str, size: int, channels: int) -> tuple[torch
     return torch.from_numpy(np.stack(images)), labels, list(tree.classes)
 
 
-def _hf_split(root: Path, split: str):  # noqa: ANN202 - a datasets.Dataset
+def _hf_split(root: Path, split: str) -> Any:  # a datasets.Dataset (datasets ships no types)
     import datasets
 
     if (root / "dataset_dict.json").exists():
@@ -107,7 +108,10 @@ def read_hf(root: Path, split: str, size: int, channels: int) -> tuple[torch.Ten
                           f"columns: {', '.join(features)}")
     feature = features[label_column]
     labels = torch.tensor(table[label_column], dtype=torch.int64)
-    names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else [str(i) for i in range(int(labels.max()) + 1)]
+    if isinstance(feature, datasets.ClassLabel):
+        names = list(feature.names)
+    else:
+        names = [str(i) for i in range(int(labels.max()) + 1)]
     images = np.stack([_to_uint8(image, size, channels) for image in table[image_column]])
     return torch.from_numpy(images), labels, names
 

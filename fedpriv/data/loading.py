@@ -11,9 +11,8 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2.functional import resize
 
-from fedpriv.data import archives
+from fedpriv.data import archives, digits, embedded
 from fedpriv.data.custom import is_custom, read_custom
-from fedpriv.data import digits, embedded
 from fedpriv.data.specs import DATASET_SPECS, DatasetSpec, resolve_spec
 from fedpriv.errors import ConfigError
 

@@ -53,7 +53,7 @@ class DatasetSpec:
         mean, std = self._stats(inputs)
         return inputs * std + mean
 
-    def with_constants(self, mean: tuple[float, ...], std: tuple[float, ...]) -> "DatasetSpec":
+    def with_constants(self, mean: tuple[float, ...], std: tuple[float, ...]) -> DatasetSpec:
         """Copy of this spec with other normalisation constants."""
         return DatasetSpec(self.name, self.num_classes, self.channels, self.size, mean, std)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -156,11 +157,12 @@ class Primitive:
             out = ImageOps.solarize(image, value)  # type: ignore[arg-type]  # ATS passes a float
         else:
             value = math.nan
-            out = {
+            filters: dict[str, Callable[[Image.Image], Image.Image]] = {
                 "autocontrast": ImageOps.autocontrast,
                 "equalize": ImageOps.equalize,
                 "invert": ImageOps.invert,
-            }[self.op](image)
+            }
+            out = filters[self.op](image)
         return out, float(value)
 
 

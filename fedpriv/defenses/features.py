@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -131,6 +131,10 @@ class FeatureDefense:
         """Training inputs are unchanged."""
         return images, {}
 
+    def codec(self, is_complex: bool, generator: torch.Generator) -> RotationCodec | NoisyCodec | PlainCodec:
+        """This client round's codec around Phi (each feature defense has its own)."""
+        raise NotImplementedError
+
 
 class ComplexRotation(FeatureDefense):
     """The complex-rotation defense (needs a ``complex-*`` model)."""
@@ -175,10 +179,12 @@ class NoisyFeatures(FeatureDefense):
         return NoisyCodec(self.gamma, is_complex, generator)
 
 
-def feature_codec(defense: Defense, is_complex: bool, generator: torch.Generator) -> RotationCodec | NoisyCodec | PlainCodec:
+def feature_codec(
+    defense: Defense, is_complex: bool, generator: torch.Generator
+) -> RotationCodec | NoisyCodec | PlainCodec:
     """The codec a client runs around Phi behind ``defense``: the feature defense's own, else plain features."""
     if isinstance(defense, FeatureDefense):
-        return defense.codec(is_complex, generator)  # type: ignore[attr-defined]
+        return defense.codec(is_complex, generator)
     return PlainCodec(is_complex)
 
 
@@ -192,7 +198,7 @@ def parse_rotation(argument: str) -> RotationSettings:
         range (``COMPLEX_RANGES``).
     """
     where = f"defense 'complex:{argument}'"
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in argument.split(","))):
         key, sep, value = (s.strip() for s in item.partition("="))
         name = key.replace("-", "_")
@@ -212,7 +218,7 @@ def parse_rotation(argument: str) -> RotationSettings:
             if value not in BOOLEANS:
                 raise ConfigError(f"{where}: {key}={value!r}; valid: true, false")
             values[name] = BOOLEANS[value]
-    return RotationSettings(**values)  # type: ignore[arg-type]
+    return RotationSettings(**values)
 
 
 @register_defense("complex", COMPLEX_FORM)

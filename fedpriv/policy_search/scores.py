@@ -59,7 +59,7 @@ def per_tensor_cosine(gradients: Sequence[torch.Tensor], target: Sequence[torch.
         (B,) similarities in [-1, 1].
     """
     total = torch.zeros(len(gradients[0]), dtype=gradients[0].dtype, device=gradients[0].device)
-    for batch, aim in zip(gradients, target):
+    for batch, aim in zip(gradients, target, strict=True):
         flat, aim = batch.flatten(1), aim.flatten()
         norms = flat.norm(dim=1).clamp_min(COSINE_EPS) * aim.norm().clamp_min(COSINE_EPS)
         total += (flat @ aim) / norms

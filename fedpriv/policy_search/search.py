@@ -248,7 +248,7 @@ def crop_flip(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     lefts = torch.randint(0, 2 * CROP_PADDING + 1, (n,), generator=generator).tolist()
     flips = torch.rand(n, generator=generator) < 0.5
     cropped = torch.stack(
-        [padded[k, :, t : t + height, x : x + width] for k, (t, x) in enumerate(zip(tops, lefts))]
+        [padded[k, :, t : t + height, x : x + width] for k, (t, x) in enumerate(zip(tops, lefts, strict=True))]
     )
     return torch.where(flips.view(-1, 1, 1, 1), cropped.flip(-1), cropped)
 

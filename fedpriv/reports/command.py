@@ -6,13 +6,15 @@ import argparse
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
+
 from fedpriv.errors import ConfigError
 from fedpriv.reports.figures import frontier, psnr_per_round
 from fedpriv.reports.gallery import write_gallery
 from fedpriv.reports.markdown import markdown_text
 from fedpriv.reports.runs import Run, Sample, load_runs, select_round
 from fedpriv.reports.sources import SOURCES_PATH, load_sources
-from fedpriv.reports.tables import comparison_markdown, comparison_rows, compare, summary_markdown, summary_rows
+from fedpriv.reports.tables import compare, comparison_markdown, comparison_rows, summary_markdown, summary_rows
 from fedpriv.reports.trajectory import has_trajectory, trajectory_figure, trajectory_markdown, trajectory_points
 from fedpriv.results import atomic_write, csv_bytes
 
@@ -54,8 +56,8 @@ def build_report(runs: list[Run], out: Path, which_round: str, metric: str, sour
         parts += [f"Damaged lines left out (--skip-damaged): {len(left_out)}: "
                   + "; ".join(map(markdown_text, left_out)) + ".", ""]
     if incomplete := [run.name for run in runs if run.incomplete]:
-        parts += [f"Unfinished runs (--allow-incomplete): {', '.join(map(markdown_text, incomplete))}; their last values are of the "
-                  "last finished round, not final.", ""]
+        parts += [f"Unfinished runs (--allow-incomplete): {', '.join(map(markdown_text, incomplete))}; "
+                  "their last values are of the last finished round, not final.", ""]
     parts += ["## Beside the sources", ""]
     compared, comparison_csv, unmatched = 0, [], []
     for table in tables:
@@ -74,7 +76,9 @@ def build_report(runs: list[Run], out: Path, which_round: str, metric: str, sour
     by_dataset: dict[str, list[Sample]] = defaultdict(list)
     for s in every:
         by_dataset[s.dataset].append(s)
-    figures, frontier_rows, trajectory_rows = [], [], []
+    figures: list[str] = []
+    frontier_rows: list[dict[str, Any]] = []
+    trajectory_rows: list[dict[str, Any]] = []
     parts += ["## PSNR per round and the privacy-utility frontier", ""]
     for dataset, samples in sorted(by_dataset.items()):
         name = f"psnr_per_round_{dataset}.png"
@@ -95,20 +99,22 @@ def build_report(runs: list[Run], out: Path, which_round: str, metric: str, sour
     if not figures:
         parts += ["No run has image metrics or uniform-defense accuracy to plot.", ""]
     for dataset, samples in sorted(by_dataset.items()):
-        points = trajectory_points(samples, metric)
-        if not has_trajectory(points):
+        trajectory = trajectory_points(samples, metric)
+        if not has_trajectory(trajectory):
             continue
         if not trajectory_rows:
             parts += ["## Leakage as the federation trains", "",
-                      f"Per attacked round: the accuracy of the model the leak was taken at (the global model after the "
-                      f"round before), {metric} over the attacked clients of every run, the mean baseline and how many "
-                      "cells beat it by the margin. Left: accuracy per round; middle: leakage per round; right: "
-                      "leakage against the attacked model's accuracy.", ""]
+                      "Per attacked round: the accuracy of the model the leak was taken at (the global model "
+                      f"after the round before), {metric} over the attacked clients of every run, the mean baseline "
+                      "and how many cells beat it by the margin. Left: accuracy per round; middle: leakage per "
+                      "round; right: leakage against the attacked model's accuracy.", ""]
         name = f"trajectory_{dataset}.png"
-        trajectory_figure(points, samples, metric, out / name, f"{dataset}: {metric} and accuracy as the federation trains")
+        title = f"{dataset}: {metric} and accuracy as the federation trains"
+        trajectory_figure(trajectory, samples, metric, out / name, title)
         figures.append(name)
-        trajectory_rows += [{"dataset": dataset, **vars(p), "verdict": p.verdict} for p in points]
-        parts += [f"![{metric} as the federation trains, {dataset}]({name})", "", trajectory_markdown(points, metric)]
+        trajectory_rows += [{"dataset": dataset, **vars(p), "verdict": p.verdict} for p in trajectory]
+        parts += [f"![{metric} as the federation trains, {dataset}]({name})", "",
+                  trajectory_markdown(trajectory, metric)]
     images = write_gallery(runs, out)
     parts += ["## Reconstructions", "", f"[gallery.html](gallery.html): {images} grids, per run and round.", ""]
     atomic_write(out / "comparison.csv", csv_bytes(comparison_csv))

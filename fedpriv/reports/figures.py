@@ -6,12 +6,17 @@ import io
 import statistics
 from collections import defaultdict
 from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from fedpriv.reports.runs import Sample
 from fedpriv.results import atomic_write
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,7 +25,7 @@ def _pyplot():
     return plt
 
 
-def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> None:
+def _finish(fig: Figure, ax: Axes, xlabel: str, ylabel: str, title: str, path: Path) -> None:
     """Label, grid and legend the axes, then write the figure to ``path`` atomically."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -70,7 +75,7 @@ def psnr_per_round(samples: list[Sample], metric: str, path: Path, title: str) -
     return True
 
 
-def frontier(samples: list[Sample], metric: str, path: Path, title: str) -> list[dict[str, object]]:
+def frontier(samples: list[Sample], metric: str, path: Path, title: str) -> list[dict[str, Any]]:
     """Scatter final accuracy against the last attacked round's mean ``metric``, per (defense [+ DP], attack).
 
     Only runs whose clients share one defense count (a mixed run's accuracy belongs to no single
@@ -86,7 +91,7 @@ def frontier(samples: list[Sample], metric: str, path: Path, title: str) -> list
             accuracy[s.run] = (s.round, s.value)
         elif s.metric == metric:
             privacy[(s.run, s.label, s.attack)][s.round].append(s.value)
-    points: list[dict[str, object]] = []
+    points: list[dict[str, Any]] = []
     for (run, label, attack), by_round in sorted(privacy.items()):
         if run in accuracy:
             last = max(by_round)
@@ -103,7 +108,7 @@ def frontier(samples: list[Sample], metric: str, path: Path, title: str) -> list
                    color="C0")
         ax.annotate(str(p["defense"]), (float(p["accuracy_pct"]), float(p[metric])), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
-    worst: dict[str, dict[str, object]] = {}  # per run, its strongest attack: what the defense must withstand
+    worst: dict[str, dict[str, Any]] = {}  # per run, its strongest attack: what the defense must withstand
     for p in points:
         if str(p["run"]) not in worst or float(p[metric]) > float(worst[str(p["run"])][metric]):
             worst[str(p["run"])] = p

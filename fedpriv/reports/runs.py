@@ -183,16 +183,19 @@ def load_run(path: Path, skip_damaged: bool = False, allow_incomplete: bool = Fa
         raise ConfigError(f"{path} is not a fedpriv run folder: config.json has no 'run-config'")
     if not (path / "rounds.jsonl").exists():
         raise ConfigError(f"{path} is not a fedpriv run folder (or no round finished): rounds.jsonl is missing")
-    (metrics, bad_metrics), (rounds, bad_rounds) = (read_jsonl_checked(path / n) for n in ("metrics.jsonl", "rounds.jsonl"))
-    left_out = [f"{path / name} line {n}" for name, bad in (("metrics.jsonl", bad_metrics), ("rounds.jsonl", bad_rounds))
-                for n in bad]
+    (metrics, bad_metrics), (rounds, bad_rounds) = (
+        read_jsonl_checked(path / n) for n in ("metrics.jsonl", "rounds.jsonl")
+    )
+    left_out = [f"{path / name} line {n}"
+                for name, bad in (("metrics.jsonl", bad_metrics), ("rounds.jsonl", bad_rounds)) for n in bad]
     if left_out and not skip_damaged:
         more = f" (and {len(left_out) - 1} more)" if len(left_out) > 1 else ""
         raise ConfigError(f"{left_out[0]} is damaged (not a JSON object){more}; repair or delete it, or pass "
                           "--skip-damaged to leave damaged lines out (the report then lists them)")
     run = Run(path, config, metrics, rounds, left_out=left_out)
     if run.incomplete and not allow_incomplete:
-        raise ConfigError(f"{path} finished {run.finished_rounds} of {run.configured_rounds} rounds (num-server-rounds); "
+        raise ConfigError(f"{path} finished {run.finished_rounds} of {run.configured_rounds} rounds "
+                          "(num-server-rounds); "
                           "its last values are not final: resume it, or pass --allow-incomplete to report the "
                           "finished rounds (marked incomplete)")
     run.samples = _samples(run)

@@ -158,8 +158,8 @@ def comparison_markdown(table: SourceTable, measured: dict[tuple[str, str], list
         source_cells = [row.values[c.id].text() if c.id in row.values else "-" for c in table.columns]
         settings: dict[tuple[str, str, str, str], dict[str, Measured]] = defaultdict(dict)
         for quantity in quantities:
-            for entry in measured.get((row.label, quantity.id), []):
-                settings[(entry.dataset, entry.model, entry.dp, entry.geometry)][quantity.id] = entry
+            for found in measured.get((row.label, quantity.id), []):
+                settings[(found.dataset, found.model, found.dp, found.geometry)][quantity.id] = found
         if not settings:
             lines.append("| " + " | ".join([row.label, *source_cells, "not measured"] + ["-"] * (len(quantities) + 1))
                          + " |")
@@ -253,8 +253,9 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
         for r in group:
             summary = Summary(r["mean"], r["std"], r["ci_low"], r["ci_high"], r["n"])
             digits = digits_for(r["metric"])
-            lines.append("| " + " | ".join([r["model"], r["protocol"], r["dp"], r["defense"], r["attack"], r["metric"],
-                                            r["rounds"], summary.text(digits), summary.ci_text(digits),
-                                            str(r["n"]), _baseline_text(r), _beat_text(r.get("beat_baseline", ""))]) + " |")
+            cells = [r["model"], r["protocol"], r["dp"], r["defense"], r["attack"], r["metric"], r["rounds"],
+                     summary.text(digits), summary.ci_text(digits), str(r["n"]), _baseline_text(r),
+                     _beat_text(r.get("beat_baseline", ""))]
+            lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)

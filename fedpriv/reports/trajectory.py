@@ -1,4 +1,6 @@
-"""Leakage as the federation trains: per attacked round, the attacked model's accuracy beside PSNR, its baseline and the verdict.
+"""Leakage as the federation trains.
+
+Per attacked round, the attacked model's accuracy beside PSNR, its baseline and the verdict.
 
 Round r's leak is the gradient (or update) at the model the server broadcast in round r, so the
 accuracy that goes with round r's PSNR is the global model's after round r - 1 (round 0: the
@@ -38,7 +40,10 @@ class TrajectoryPoint:
 
     @property
     def verdict(self) -> str:
-        """``beats baseline`` when more than half the cells did, ``split`` at exactly half, else ``no better than baseline``."""
+        """``beats baseline`` when more than half the cells did, ``split`` at exactly half.
+
+        Else ``no better than baseline``.
+        """
         if not self.cells:
             return ""
         if 2 * self.beaten == self.cells:

@@ -33,7 +33,9 @@ class FeatureCritic(nn.Module):
     def __init__(self, channels: int, width: int = 32) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(channels, width, 3), nn.LeakyReLU(0.2), nn.MaxPool2d(2))
-        self.branch = nn.Sequential(nn.Conv2d(width, 2 * width, 3, 2, 1), nn.ReLU(), nn.Conv2d(2 * width, 2 * width, 3, 1, 1))
+        self.branch = nn.Sequential(
+            nn.Conv2d(width, 2 * width, 3, 2, 1), nn.ReLU(), nn.Conv2d(2 * width, 2 * width, 3, 1, 1)
+        )
         self.shortcut = nn.Conv2d(width, 2 * width, 1, 2)
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(2 * width, 4 * width, 3, 1, 1), nn.ReLU(),
                                   nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, 1))

@@ -69,7 +69,9 @@ class ComplexConv2d(nn.Module):
     forward and backward), so it is not used.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0
+    ) -> None:
         super().__init__()
         self.stride, self.padding, self.out_channels = stride, padding, out_channels
         shape = (out_channels, in_channels, kernel_size, kernel_size)
@@ -140,6 +142,8 @@ class ComplexBatchNorm(nn.Module):
     affine
         A learned positive real scale per channel (softplus-parametrised).
     """
+
+    running_power: torch.Tensor  # a buffer (register_buffer)
 
     def __init__(self, channels: int, per_element: bool = False, shape: tuple[int, ...] | None = None,
                  affine: bool = True, momentum: float = 0.1) -> None:
@@ -220,7 +224,9 @@ class ComplexBasicBlock(nn.Module):
         self.gate = NormGate(c)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(ComplexConv2d(in_channels, out_channels, 1, stride), ComplexBatchNorm(out_channels))
+            self.shortcut = nn.Sequential(
+                ComplexConv2d(in_channels, out_channels, 1, stride), ComplexBatchNorm(out_channels)
+            )
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         out = self.gate(self.bn1(self.conv1(f)))

@@ -121,7 +121,9 @@ def resnet_split(depth: int, split: str, kind: str, num_classes: int, channels: 
 
 def lenet_split(kind: str, num_classes: int, channels: int) -> SplitNetwork:
     """LeNet-5 split as in the reproduction: g = first conv block + extra conv, d = identity."""
-    encoder = nn.Sequential(nn.Conv2d(channels, 6, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Conv2d(6, 6, 3, padding=1))
+    encoder = nn.Sequential(
+        nn.Conv2d(channels, 6, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Conv2d(6, 6, 3, padding=1)
+    )
     if kind == "complex":
         processing: nn.Module = nn.Sequential(
             layers.ComplexConv2d(6, 16, 5), layers.NormGate(None), layers.NormMaxPool2d(2), layers.ComplexFlatten(),
@@ -150,7 +152,9 @@ def split_factory(name: str) -> Callable[[int, int], SplitNetwork]:
                           f"{', '.join(ARCHITECTURES)}, SPLIT one of {', '.join(SPLITS)} for ResNets")
     kind, architecture, split = match.groups()
     if architecture not in ARCHITECTURES:
-        raise ConfigError(f"split model {name!r}: unknown architecture {architecture!r}; valid: {', '.join(ARCHITECTURES)}")
+        raise ConfigError(
+            f"split model {name!r}: unknown architecture {architecture!r}; valid: {', '.join(ARCHITECTURES)}"
+        )
     if architecture == "lenet":
         if split is not None:
             raise ConfigError(f"split model {name!r}: LeNet has one split point; use {kind}-lenet")

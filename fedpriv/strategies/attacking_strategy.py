@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -28,7 +28,7 @@ from fedpriv.leaks import GroundTruth
 from fedpriv.protocols import PROTOCOLS
 from fedpriv.results import RunFolder
 from fedpriv.round_attacks import AttackHarness, ObservedClient
-from fedpriv.wire import LEAK_KEY, ROUND_KEY, TRUTH_KEY, LeakMeta, decode_leak_meta, decode_truth
+from fedpriv.wire import LEAK_KEY, ROUND_KEY, TRUTH_KEY, LeakMeta, decode_leak_meta, decode_truth, scalar
 
 
 def sample_partitions(config: RunConfig, server_round: int, partitions: list[int]) -> list[int]:
@@ -66,8 +66,8 @@ def failure_reason(text: str) -> str:
 
 def strip_reply(content: RecordDict) -> tuple[GroundTruth | None, LeakMeta]:
     """Remove fedpriv's records from a reply; return (truth or None, what was sent beside the arrays)."""
-    truth = decode_truth(dict(content.pop(TRUTH_KEY))) if TRUTH_KEY in content else None
-    meta = decode_leak_meta(dict(content.pop(LEAK_KEY))) if LEAK_KEY in content else LeakMeta()
+    truth = decode_truth(dict(cast(ConfigRecord, content.pop(TRUTH_KEY)))) if TRUTH_KEY in content else None
+    meta = decode_leak_meta(dict(cast(ConfigRecord, content.pop(LEAK_KEY)))) if LEAK_KEY in content else LeakMeta()
     return truth, meta
 
 
@@ -124,10 +124,12 @@ class AttackingStrategy(Strategy):
         chosen = sample_partitions(self.config, run_round, list(self.nodes))
         log(INFO, "configure_train: round %d, partitions %s", run_round, chosen)
         self.round_summary[run_round] = {"sampled": chosen, "start": time.perf_counter()}
-        grid = ChosenNodes(grid, [self.nodes[p] for p in chosen])
-        messages = list(self.inner.configure_train(run_round, arrays, config, grid))  # type: ignore[arg-type]
-        for message in messages:
-            message.content["config"][ROUND_KEY] = run_round  # the inner strategy's round is the run's
+        chosen_nodes = ChosenNodes(grid, [self.nodes[p] for p in chosen])
+        # ChosenNodes is a Grid by duck typing (it forwards every other attribute to the real one)
+        configured = self.inner.configure_train(run_round, arrays, config, chosen_nodes)  # type: ignore[arg-type]
+        messages = list(configured)
+        for message in messages:  # the inner strategy's round is the run's
+            cast(ConfigRecord, message.content["config"])[ROUND_KEY] = run_round
         return messages
 
     def aggregate_train(
@@ -146,7 +148,8 @@ class AttackingStrategy(Strategy):
         names = [n for n, _ in model.named_parameters()]
         replied = {self.partition_of.get(msg.metadata.src_node_id, -1) for msg in replies}
         for pid in sorted(set(self.round_summary[run_round]["sampled"]) - replied):
-            failed.append({"partition_id": pid, "reason": f"no reply within round-timeout={self.config.round_timeout:g} s"})
+            reason = f"no reply within round-timeout={self.config.round_timeout:g} s"
+            failed.append({"partition_id": pid, "reason": reason})
             log(WARNING, "round %d: client of partition %d did not reply in time", run_round, pid)
         for msg in replies:
             pid = self.partition_of.get(msg.metadata.src_node_id, -1)
@@ -159,8 +162,8 @@ class AttackingStrategy(Strategy):
             if truth is None:
                 continue
             leak = self.protocol.observe(
-                self.config, broadcast, msg.content["arrays"].to_torch_state_dict(), names,
-                int(msg.content["metrics"]["num-examples"]), meta,
+                self.config, broadcast, cast(ArrayRecord, msg.content["arrays"]).to_torch_state_dict(), names,
+                int(scalar(msg.content["metrics"]["num-examples"])), meta,
             )
             attacks = tuple(self.config.attacks_for(pid))
             observed.append(ObservedClient(pid, leak, truth, attacks, self.config.defense_for(pid)))

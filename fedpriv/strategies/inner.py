@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from logging import INFO
+from typing import Any
 
-from flwr.app import RecordDict, MetricRecord
+from flwr.app import MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
 from flwr.serverapp.strategy import (
@@ -26,23 +27,24 @@ from flwr.serverapp.strategy import (
 )
 
 from fedpriv.config import RunConfig
+from fedpriv.wire import scalar
 
 
 def aggregate_train_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord:
     """Sum of examples and example-weighted mean training loss (partition ids are not averaged)."""
     metrics = [next(iter(r.metric_records.values())) for r in records]
-    total = sum(int(m["num-examples"]) for m in metrics)
-    loss = sum(float(m["train-loss"]) * int(m["num-examples"]) for m in metrics) / max(total, 1)
+    total = sum(int(scalar(m["num-examples"])) for m in metrics)
+    loss = sum(float(scalar(m["train-loss"])) * int(scalar(m["num-examples"])) for m in metrics) / max(total, 1)
     return MetricRecord({"num-examples": total, "train-loss": loss})
 
 
 def aggregator(config: RunConfig) -> Strategy:
     """The bare aggregation strategy (every given node trains; no federated evaluation)."""
-    common = dict(
-        fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1,
-        weighted_by_key="uniform-weight" if config.dp != "none" else "num-examples",
-        train_metrics_aggr_fn=aggregate_train_metrics,
-    )
+    common: dict[str, Any] = {
+        "fraction_train": 1.0, "fraction_evaluate": 0.0, "min_train_nodes": 1, "min_available_nodes": 1,
+        "weighted_by_key": "uniform-weight" if config.dp != "none" else "num-examples",
+        "train_metrics_aggr_fn": aggregate_train_metrics,
+    }
     factories: dict[str, Callable[[], Strategy]] = {
         "fedavg": lambda: FedAvg(**common),
         "fedmedian": lambda: FedMedian(**common),

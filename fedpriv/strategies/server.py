@@ -33,14 +33,14 @@ from fedpriv.models import build_model, check_model_fits, load_wire_state, wire_
 from fedpriv.results import RunFolder, claim_folder, load_checkpoint, read_jsonl, save_checkpoint
 from fedpriv.rotation.networks import SplitNetwork
 from fedpriv.round_attacks import AttackHarness
+from fedpriv.run_data import distinct_dataset, load_run_split, run_dataset_spec
 from fedpriv.run_page import write_index
 from fedpriv.server_pretraining import pretrain_on_aux
-from fedpriv.strategies.partition_checks import check_partitions
 from fedpriv.strategies.attacking_strategy import AttackingStrategy
 from fedpriv.strategies.inner import inner_strategy, privacy_accountant, round_event
+from fedpriv.strategies.partition_checks import check_partitions
 from fedpriv.training import evaluate
 from fedpriv.validation import validated_config
-from fedpriv.run_data import distinct_dataset, load_run_split, run_dataset_spec
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -81,7 +81,8 @@ def discover_partitions(grid: Grid, timeout: float = 1800.0) -> dict[int, int]:
 
 
 def _resolved_config(config: RunConfig, nodes: dict[int, int], dataset: DatasetSpec,
-                     pretraining: dict[str, Any] | None, sizes: list[int], threat_model: dict[str, Any]) -> dict[str, Any]:
+                     pretraining: dict[str, Any] | None, sizes: list[int],
+                     threat_model: dict[str, Any]) -> dict[str, Any]:
     return {
         "server-pretraining": pretraining,
         "threat-model": threat_model,
@@ -112,7 +113,8 @@ def automatic_name(config: RunConfig) -> str:
     ``folder:/data/photos``) become ``_``; data set and model keep their last 60 characters
     (a path's end names it best), so the name fits any file system's limit.
     """
-    dataset, model = (re.sub(r"[^A-Za-z0-9._-]+", "_", text)[-60:].strip("._") for text in (config.dataset, config.model))
+    dataset, model = (re.sub(r"[^A-Za-z0-9._-]+", "_", text)[-60:].strip("._")
+                      for text in (config.dataset, config.model))
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{dataset}-{model}-seed{config.seed}"
 
 
@@ -304,7 +306,8 @@ def _run(grid: Grid, config: RunConfig, path: Path) -> None:
     harness = AttackHarness(config, dataset, aux)
     log(INFO, "fedpriv: threat model: %s", harness.describe_threat_model())
     for pid in sorted(nodes):
-        log(INFO, "fedpriv: partition %d: defense %s, attacks %s", pid, config.defense_for(pid), config.attacks_for(pid))
+        log(INFO, "fedpriv: partition %d: defense %s, attacks %s", pid, config.defense_for(pid),
+            config.attacks_for(pid))
     # Every check passed: only now is anything written to the run folder (config.json last).
     folder = RunFolder(path)
 
@@ -335,7 +338,8 @@ def _run(grid: Grid, config: RunConfig, path: Path) -> None:
         extra: dict[str, float] = {}
         if isinstance(model, SplitNetwork) and isinstance(run_defense, FeatureDefense):  # behind the run's defense
             extra["accuracy_plain"] = evaluate(model, test.images[pick], test.labels[pick], dataset)[1]
-            model.codec = feature_codec(run_defense, model.is_complex, generator_for(config.seed, "evaluate", run_round))
+            generator = generator_for(config.seed, "evaluate", run_round)
+            model.codec = feature_codec(run_defense, model.is_complex, generator)
         loss, accuracy = evaluate(model, test.images[pick], test.labels[pick], dataset)
         summary = strategy.round_summary.get(run_round, {})
         if server_round > 0 and config.dp == "local" and reported is not None:
@@ -348,7 +352,8 @@ def _run(grid: Grid, config: RunConfig, path: Path) -> None:
             "seconds": round(time.perf_counter() - summary["start"], 3) if "start" in summary else 0.0,
         }
         if reported is not None:
-            row |= {"dp_epsilon": reported.get_epsilon(config.dp_delta) if run_round else 0.0, "dp_delta": config.dp_delta}
+            epsilon = reported.get_epsilon(config.dp_delta) if run_round else 0.0
+            row |= {"dp_epsilon": epsilon, "dp_delta": config.dp_delta}
         if server_round > 0 or not config.resume:
             folder.append(folder.rounds_path, [row])
         save_checkpoint(folder.path / CHECKPOINT, run_round, arrays.to_torch_state_dict())
