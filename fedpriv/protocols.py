@@ -33,8 +33,8 @@ from torch import nn
 
 from fedpriv.config import RunConfig
 from fedpriv.data.specs import DatasetSpec
-from fedpriv.defenses import Defense
-from fedpriv.defenses.features import ComplexRotation, feature_codec
+from fedpriv.defenses import Defense, PredictionDefense, UpdateDefense, defended_inputs
+from fedpriv.defenses.features import FeatureDefense, feature_codec
 from fedpriv.leaks import FeatureLeak, GradientLeak, GroundTruth, Leak, PredictionLeak, UpdateLeak
 from fedpriv.models import wire_state
 from fedpriv.registry import Registry
@@ -113,7 +113,7 @@ class FedSGD:
 
     name: ClassVar[str] = "fedsgd"
     leak_kind: ClassVar[str] = GradientLeak.kind
-    defends: ClassVar[tuple[str, ...]] = ("nothing", "inputs")
+    defends: ClassVar[tuple[str, ...]] = ("nothing", "inputs", "updates")
 
     def client_round(
         self, config: RunConfig, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -123,11 +123,14 @@ class FedSGD:
         """Sample ``batch-size`` images, defend them, and send w - server-lr * grad."""
         pick = torch.randperm(len(labels), generator=generator)[: config.batch_size]
         batch, batch_labels = images[pick], labels[pick]
-        defended, extras = defense.transform(to_pixels(batch), generator)
+        defended, extras = defended_inputs(defense, to_pixels(batch), generator)
         device = next(model.parameters()).device
         names, grads, loss = batch_gradient(
             model, dataset.normalize(defended.to(device)), batch_labels, config.attack_model_mode
         )
+        if isinstance(defense, UpdateDefense):
+            protected = defense.protect(dict(zip(names, grads, strict=True)), generator)
+            grads = tuple(protected[name] for name in names)
         state = wire_state(model)
         for name, grad in zip(names, grads, strict=True):
             state[name] = state[name] - config.server_lr * grad
@@ -152,7 +155,7 @@ class FedAvg:
 
     name: ClassVar[str] = "fedavg"
     leak_kind: ClassVar[str] = UpdateLeak.kind
-    defends: ClassVar[tuple[str, ...]] = ("nothing", "inputs")
+    defends: ClassVar[tuple[str, ...]] = ("nothing", "inputs", "updates")
 
     def client_round(
         self, config: RunConfig, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -166,10 +169,15 @@ class FedAvg:
         exactly those, and revealed labels are theirs. ``num_examples`` stays the client's data
         size, FedAvg's weight.
         """
+        start = wire_state(model)
         trained = train_local(model, images, labels, defense, dataset, settings(config), generator)
         used_labels = labels[trained.used]
+        state = wire_state(model)
+        if isinstance(defense, UpdateDefense):
+            protected = defense.protect({name: state[name] - start[name] for name in state}, generator)
+            state = {name: start[name] + protected[name] for name in state}
         return ClientReply(
-            state=wire_state(model), num_examples=len(labels), train_loss=trained.loss,
+            state=state, num_examples=len(labels), train_loss=trained.loss,
             meta=LeakMeta(used_labels.clone() if config.reveal_labels else None, "train"),
             truth=_truth(images[trained.used], trained.first_seen, used_labels, defense) if attacked else None,
         )
@@ -215,8 +223,8 @@ class Predictions:
             with torch.no_grad():
                 logits = model(dataset.normalize(pixels.to(next(model.parameters()).device)))
             released = torch.softmax(logits.float(), 1).cpu()
-            if defense.acts_on == "predictions":
-                released = defense.release(released)  # type: ignore[attr-defined]
+            if isinstance(defense, PredictionDefense):
+                released = defense.release(released)
             truth = _truth(images[pick], pixels, labels[pick], defense)
         loss = train_local(model, images, labels, defense, dataset, settings(config), generator).loss
         return ClientReply(state=wire_state(model), num_examples=len(labels), train_loss=loss,
@@ -266,7 +274,7 @@ class SplitInference:
             )
             extras["property"] = (labels if properties is None else properties)[pick]
             truth = _truth(images[pick], to_pixels(images[pick]), labels[pick], defense, extras)
-        if isinstance(defense, ComplexRotation):
+        if isinstance(defense, FeatureDefense) and defense.critic() is not None:
             critic = FeatureCritic(model.encoder[-1].out_channels)
             if client_state:
                 critic.load_state_dict(client_state)

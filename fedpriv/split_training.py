@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from fedpriv.data.specs import DatasetSpec
-from fedpriv.defenses.features import ComplexRotation, RotationCodec
+from fedpriv.defenses.features import FeatureDefense, RotationCodec
 from fedpriv.rotation.adversarial import critic_optimizer, train_critic, wrong_decodings
 from fedpriv.rotation.networks import SplitNetwork
 from fedpriv.training import TrainSettings, to_pixels
 
 
 def train_split_local(
-    model: SplitNetwork, images: torch.Tensor, labels: torch.Tensor, defense: ComplexRotation,
+    model: SplitNetwork, images: torch.Tensor, labels: torch.Tensor, defense: FeatureDefense,
     dataset: DatasetSpec, settings: TrainSettings, generator: torch.Generator, critic: torch.nn.Module,
 ) -> tuple[float, float]:
     """Train ``model`` and ``critic`` in place; return the mean task loss and the last critic loss.
@@ -29,12 +29,13 @@ def train_split_local(
     model.train()
     device = next(model.parameters()).device
     critic.to(device).train()
-    codec = defense.codec(True, generator)
+    rotation, codec = defense.critic(), defense.codec(True, generator)
+    if rotation is None or not isinstance(codec, RotationCodec):
+        raise ValueError(f"defense {defense.spec!r} trains no critic; train it with fedpriv.training.train_local")
     model.codec = codec
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay)
     critic_opt = critic_optimizer(critic)
-    rotation = defense.settings
     total, count, remaining, critic_value = 0.0, 0, settings.total_steps(len(labels)), 0.0
     while remaining > 0:
         order = torch.randperm(len(labels), generator=generator)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedpriv.data.specs import DatasetSpec
-from fedpriv.defenses import Defense
+from fedpriv.defenses import Defense, defended_inputs
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def train_local(
         order = torch.randperm(len(labels), generator=generator)
         for start in range(0, len(order), settings.batch_size):
             index = order[start : start + settings.batch_size]
-            defended, _ = defense.transform(to_pixels(images[index]), generator)
+            defended, _ = defended_inputs(defense, to_pixels(images[index]), generator)
             fresh = ~seen[index]
             first_seen[index[fresh]] = defended[fresh]
             used.append(index[fresh])

@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2.functional import resize
 
 from fedpriv.defenses.ats_primitives import NUM_PRIMITIVES, PRIMITIVES, Primitive, sampled_shift
-from fedpriv.defenses.base import Defense, register_defense
+from fedpriv.defenses.base import Defense, InputDefense, register_defense
 from fedpriv.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -238,7 +238,7 @@ def translation_bounds(policy: AtsPolicy, size: int | None = None) -> tuple[floa
     return bounds[0], bounds[1]
 
 
-class AtsDefense:
+class AtsDefense(InputDefense):
     """Train on ATS-augmented images T(x), as ATS's ``aug`` mode does.
 
     Per image, drawn in this order from the generator: the crop offsets and the flip (when
@@ -251,8 +251,6 @@ class AtsDefense:
     policy
         The parsed policy.
     """
-
-    acts_on = "inputs"
 
     def __init__(self, policy: AtsPolicy) -> None:
         self.policy = policy

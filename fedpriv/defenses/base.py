@@ -1,9 +1,10 @@
-"""The defense interface, the spec-string registry and the ``none`` defense."""
+"""The defense kinds (what a defense acts on, each with its one method), the spec-string registry and ``none``."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -15,27 +16,42 @@ if TYPE_CHECKING:
     from fedpriv.data.specs import DatasetSpec
 
 
-ACTS_ON = ("nothing", "inputs", "predictions", "features")
+ACTS_ON = ("nothing", "inputs", "predictions", "features", "updates")
 
 
-class Defense(Protocol):
-    """A client-side defense, on the inputs the model trains on or on what the client releases.
+class Defense(ABC):
+    """A client-side defense: its spec, the kind of thing it acts on, and what it needs of the run.
 
-    ``acts_on`` says where: ``"inputs"`` (ATS policies: :meth:`transform` is T), ``"predictions"``
-    (:class:`~fedpriv.defenses.truncation.Truncation`: :meth:`transform` is the identity and the
-    prediction protocol calls its ``release``), ``"features"`` (split networks' feature codecs:
-:mod:`fedpriv.defenses.features`), ``"nothing"`` (``none``). A protocol lists the
-    kinds it applies (``FederatedProtocol.defends``); any other is a config error. A defense
-    must not change the model update's keys or shapes; randomness comes only from the generator.
+    A defense is one of the kinds below, each with its one method: :class:`InputDefense` (the
+    images the client trains on), :class:`PredictionDefense` (the prediction vectors it releases),
+    :class:`~fedpriv.defenses.features.FeatureDefense` (the features a split network sends) and
+    :class:`UpdateDefense` (the gradient or weight change it sends); ``none`` acts on nothing. A
+    protocol lists the kinds it applies (``FederatedProtocol.defends``); any other is a config
+    error. A defense must not change the model update's keys or shapes; its randomness comes
+    only from the generator it is handed.
     """
 
     spec: str
-    acts_on: str
+    acts_on: ClassVar[str]
 
     def fit_errors(self, config: RunConfig, dataset: DatasetSpec) -> list[str]:
-        """What in the run config (model, data set, batch, attacks) this defense cannot run with."""
-        ...
+        """What in the run config (model, data set, batch, attacks) this defense cannot run with; none by default."""
+        return []
 
+
+class NoDefense(Defense):
+    """The identity: the client trains on its images and sends what the protocol says, as they are."""
+
+    spec = "none"
+    acts_on = "nothing"
+
+
+class InputDefense(Defense):
+    """A defense on the images the client trains on (ATS augmentation policies)."""
+
+    acts_on = "inputs"
+
+    @abstractmethod
     def transform(
         self, images: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -46,24 +62,35 @@ class Defense(Protocol):
         defended, extras
             T(x) in pixel space, and the parameters drawn per image (evaluation only).
         """
-        ...
 
 
-class NoDefense:
-    """The identity: the client trains on its images as they are."""
+class PredictionDefense(Defense):
+    """A defense on the prediction vectors a client releases (truncation)."""
 
-    spec = "none"
-    acts_on = "nothing"
+    acts_on = "predictions"
 
-    def fit_errors(self, config: RunConfig, dataset: DatasetSpec) -> list[str]:
-        """The identity fits every run."""
-        return []
+    @abstractmethod
+    def release(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """The vectors (n, K) the client releases instead of ``probabilities``."""
 
-    def transform(
-        self, images: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Return the images unchanged."""
-        return images, {}
+
+class UpdateDefense(Defense):
+    """A defense on what the client sends: the gradient (``fedsgd``) or the weight change (``fedavg``)."""
+
+    acts_on = "updates"
+
+    @abstractmethod
+    def protect(self, update: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The update the client sends instead of ``update`` (same keys, shapes and dtypes)."""
+
+
+def defended_inputs(
+    defense: Defense, images: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """T(x) and its drawn parameters under an input defense; the images themselves under any other."""
+    if isinstance(defense, InputDefense):
+        return defense.transform(images, generator)
+    return images, {}
 
 
 # A factory takes the part of the spec after "name:" ("" when there is none).

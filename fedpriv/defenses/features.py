@@ -18,6 +18,7 @@ network a codec (:class:`~fedpriv.rotation.networks.FeatureCodec`) seeded per cl
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -115,25 +116,19 @@ class NoisyCodec:
         return self.plain.recover(h)
 
 
-class FeatureDefense:
-    """Base of the feature defenses: inputs unchanged, a codec per round for the split network."""
+class FeatureDefense(Defense):
+    """The kind of defense on the features a split network sends: a codec per round around Phi."""
 
     acts_on = "features"
     spec = ""
 
-    def fit_errors(self, config: RunConfig, dataset: DatasetSpec) -> list[str]:
-        """Plain and noisy features fit every split network."""
-        return []
-
-    def transform(
-        self, images: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Training inputs are unchanged."""
-        return images, {}
-
+    @abstractmethod
     def codec(self, is_complex: bool, generator: torch.Generator) -> RotationCodec | NoisyCodec | PlainCodec:
         """This client round's codec around Phi (each feature defense has its own)."""
-        raise NotImplementedError
+
+    def critic(self) -> RotationSettings | None:
+        """The settings of the adversarial critic the client trains beside its network, if this defense has one."""
+        return None
 
 
 class ComplexRotation(FeatureDefense):
@@ -156,6 +151,10 @@ class ComplexRotation(FeatureDefense):
     def codec(self, is_complex: bool, generator: torch.Generator) -> RotationCodec:
         """A fresh rotation codec drawing from ``generator``."""
         return RotationCodec(self.settings, generator)
+
+    def critic(self) -> RotationSettings:
+        """The client's WGAN-GP critic (``k``, ``gp``, ``n-critic``, ``adv``)."""
+        return self.settings
 
 
 class PlainFeatures(FeatureDefense):

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fedpriv.defenses.base import Defense, register_defense
+from fedpriv.defenses.base import Defense, PredictionDefense, register_defense
 from fedpriv.spec_numbers import spec_int
 
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ FORM = "truncate:M (keep the top M >= 1 entries of each released prediction vect
 MAX_TOP = 100_000  # above any data set's classes; the run config checks M against its data set's
 
 
-class Truncation:
+class Truncation(PredictionDefense):
     """Keep the ``top`` largest entries of each prediction vector and zero the others (no renormalising).
 
     This is the prediction-API defense of Yang et al. (CCS 2019): the vector is not rescaled,
@@ -29,8 +29,6 @@ class Truncation:
         Entries kept, 1 <= top <= number of classes (checked against the data set in the config).
     """
 
-    acts_on = "predictions"
-
     def __init__(self, top: int) -> None:
         self.top = top
         self.spec = f"truncate:{top}"
@@ -41,12 +39,6 @@ class Truncation:
             return [f"defense {self.spec!r} keeps {self.top} entries, but {config.dataset!r} has "
                     f"{dataset.num_classes} classes; valid: truncate:1..truncate:{dataset.num_classes}"]
         return []
-
-    def transform(
-        self, images: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Training inputs are unchanged."""
-        return images, {}
 
     def release(self, probabilities: torch.Tensor) -> torch.Tensor:
         """The vectors (n, K) with all but their ``top`` largest entries set to zero."""
