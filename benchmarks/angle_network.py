@@ -84,7 +84,7 @@ def train_network(settings: NetworkSettings, cache: Path) -> TrainedNetwork:
         return TrainedNetwork(model.eval(), saved["accuracy"], saved["seconds"], client, aux_index)
     defense = build_defense(settings.defense)
     generator = torch.Generator().manual_seed(settings.seed)
-    critic = FeatureCritic(model.encoder[-1].out_channels)
+    critic = FeatureCritic(model.feature_channels)
     local = TrainSettings(1, settings.batch, settings.lr, 0.9, 5e-4)
     images, labels = train.images[client], train.labels[client]
     accuracy: list[float] = []

@@ -49,7 +49,7 @@ def epoch_seconds(model_name: str, defense: str, images: torch.Tensor, labels: t
         generator = torch.Generator().manual_seed(repeat)
         start = time.perf_counter()
         if defense.startswith("complex"):
-            critic = FeatureCritic(model.encoder[-1].out_channels)
+            critic = FeatureCritic(model.feature_channels)
             train_split_local(model, images, labels, build_defense(defense), PHOTOS, settings, generator, critic)
         else:
             train_local(model, images, labels, build_defense("none"), PHOTOS, settings, generator)

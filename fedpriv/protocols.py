@@ -275,7 +275,7 @@ class SplitInference:
             extras["property"] = (labels if properties is None else properties)[pick]
             truth = _truth(images[pick], to_pixels(images[pick]), labels[pick], defense, extras)
         if isinstance(defense, FeatureDefense) and defense.critic() is not None:
-            critic = FeatureCritic(model.encoder[-1].out_channels)
+            critic = FeatureCritic(model.feature_channels)
             if client_state:
                 critic.load_state_dict(client_state)
             loss, _ = train_split_local(model, images, labels, defense, dataset, settings(config), generator, critic)

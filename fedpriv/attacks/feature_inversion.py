@@ -20,7 +20,7 @@ attacked round (continuing from the previous round's networks):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -38,11 +38,11 @@ from fedpriv.attacks.base import (
     Reconstruction,
     own_options,
 )
-from fedpriv.attacks.decoder_training import fit_decoder
+from fedpriv.attacks.decoder_training import FitReport, fit_decoder
 from fedpriv.attacks.unet import UNet
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses import build_defense
-from fedpriv.defenses.features import feature_codec
+from fedpriv.defenses.features import RotationCodec, feature_codec
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import FeatureLeak
 from fedpriv.options import option
@@ -85,7 +85,9 @@ def simulate_clients(model: SplitNetwork, pixels: torch.Tensor, dataset: Dataset
             last = getattr(codec, "last", {})
             out["x"].append(x.cpu())
             out["a"].append(a.cpu())
-            out["angle"].append(codec.decode_angle().cpu() if last else torch.zeros(len(a)))
+            rotated = isinstance(codec, RotationCodec) and bool(last)
+            out["angle"].append(codec.decode_angle().cpu() if isinstance(codec, RotationCodec) and rotated
+                                else torch.zeros(len(a)))
             out["partner"].append((last["partner"].cpu() if last else torch.arange(len(a))) + start)
     return {k: torch.cat(v) for k, v in out.items()}
 
@@ -147,7 +149,8 @@ class FeatureAttack(Attack):
                                       self.options.convs).to(self.device)
         return self.networks[key]
 
-    def _fit(self, network: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, seed: int, loss=F.mse_loss):
+    def _fit(self, network: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, seed: int,
+             loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.mse_loss) -> FitReport:
         optimizer = torch.optim.Adam(network.parameters(), lr=self.options.adam_lr)
         return fit_decoder(network, inputs, targets, self.options.epochs, self.options.batch, optimizer,
                            self.options.val_fraction, torch.Generator().manual_seed(seed), loss)

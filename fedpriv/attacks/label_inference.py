@@ -114,7 +114,7 @@ def infer_labels(model: nn.Module, dataset: DatasetSpec, leak: Leak, aux: Auxili
     bias, n = bias_gradient(leak)
     if n == 1 and isinstance(leak, GradientLeak):
         return torch.argmin(bias).reshape(1)
-    mode = "train" if isinstance(leak, UpdateLeak) else leak.model_mode
+    mode = "train" if isinstance(leak, UpdateLeak) else leak.model_mode if isinstance(leak, GradientLeak) else "eval"
     p_bar = mean_prediction(model, dataset, mode, aux, torch.Generator().manual_seed(seed))
     absent = bias > 0
     scale = float(bias[absent].sum() / p_bar[absent].sum()) if absent.any() else 1.0

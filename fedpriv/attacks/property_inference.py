@@ -85,7 +85,8 @@ class PropertyInference(AngleUNetInversion):
                 with torch.no_grad():
                     decoder = self.networks[(spec, "a")]
                     pixels = torch.cat([decoder(part.to(self.device)).cpu() for part in own["a"].split(256)])
-            inputs, classifier = dataset.normalize(pixels), ConvNet(classes, dataset.channels, width=16)
+            classifier: nn.Module = ConvNet(classes, dataset.channels, width=16)
+            inputs = dataset.normalize(pixels)
         else:
             if own["x"].is_complex():
                 self.fit_critic(spec, own, seed)

@@ -71,7 +71,7 @@ def simulated_update(
     step, else momentum * buf + d; theta -= lr * buf.
     """
     params = dict(model.named_parameters())
-    theta = {n: params[n] for n in leak.parameter_names}
+    theta: dict[str, torch.Tensor] = {n: params[n] for n in leak.parameter_names}
     start = dict(theta)
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     momentum: dict[str, torch.Tensor] = {}
@@ -92,8 +92,8 @@ def simulated_update(
 
 def _cosine_distance(simulated: Sequence[torch.Tensor], observed: Sequence[torch.Tensor]) -> torch.Tensor:
     dot = sum((s * o).sum() for s, o in zip(simulated, observed, strict=True))
-    norm_s = torch.sqrt(sum(s.pow(2).sum() for s in simulated))
-    norm_o = torch.sqrt(sum(o.pow(2).sum() for o in observed))
+    norm_s = torch.stack([s.pow(2).sum() for s in simulated]).sum().sqrt()
+    norm_o = torch.stack([o.pow(2).sum() for o in observed]).sum().sqrt()
     return 1 - dot / (norm_s * norm_o + 1e-12)
 
 
@@ -114,7 +114,9 @@ class _Problem:
         return (tuple(self.init.shape), leak.steps, leak.batch_size, leak.lr, leak.momentum, leak.weight_decay)
 
 
-def _vmap_objective(model: nn.Module, leak: UpdateLeak, tv: float):  # noqa: ANN202 - a torch.func callable
+def _vmap_objective(
+    model: nn.Module, leak: UpdateLeak, tv: float
+) -> Callable[[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]], torch.Tensor]:
     """objective(x, labels, observed) of one problem, written with torch.func for ``vmap``.
 
     ``model`` must have had its batch norms made stateless (``replace_all_batch_norm_modules_``):
@@ -204,7 +206,9 @@ class UpdateInversion(Attack):
                                  "local-samples bound the images)")
             guess = None if leak.labels is not None else infer_labels(model, dataset, leak, seed=target.seed).cpu()
             inferred.append(guess)
-            labels = (leak.labels if leak.labels is not None else guess).to(device)
+            known = leak.labels if leak.labels is not None else guess
+            assert known is not None  # the leak's labels, or those inferred above
+            labels = known.to(device)
             observed = tuple(d.to(device, dtype) for d in leak.deltas)
             generator = torch.Generator().manual_seed(target.seed)
             for _ in range(s.restarts):

@@ -76,6 +76,13 @@ class SplitNetwork(nn.Module):
         self.is_complex = is_complex
         self.codec: FeatureCodec = PlainCodec(is_complex)
 
+    @property
+    def feature_channels(self) -> int:
+        """Channels of the features a = g(I) (the last layer of the encoder is a convolution)."""
+        last = list(self.encoder.children())[-1]
+        assert isinstance(last, nn.Conv2d), f"the encoder ends in {type(last).__name__}, not a convolution"
+        return last.out_channels
+
     def process(self, x: torch.Tensor) -> torch.Tensor:
         """h = Phi(x): complex in, complex out for complex networks (stacked [Re; Im] inside)."""
         if not self.is_complex:

@@ -41,6 +41,7 @@ from fedpriv.strategies.inner import inner_strategy, privacy_accountant, round_e
 from fedpriv.strategies.partition_checks import check_partitions
 from fedpriv.training import evaluate
 from fedpriv.validation import validated_config
+from fedpriv.wire import scalar
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -73,8 +74,8 @@ def discover_partitions(grid: Grid, timeout: float = 1800.0) -> dict[int, int]:
                 asked.discard(reply.metadata.src_node_id)  # ask that node again
                 continue
             metrics = reply.content["metrics"]
-            nodes[int(metrics["partition-id"])] = reply.metadata.src_node_id
-            expected = int(metrics["num-partitions"])
+            nodes[int(scalar(metrics["partition-id"]))] = reply.metadata.src_node_id
+            expected = int(scalar(metrics["num-partitions"]))
         if expected is None or len(nodes) < expected:
             time.sleep(0.2)
     return nodes
