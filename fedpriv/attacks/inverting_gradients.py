@@ -49,7 +49,10 @@ from fedpriv.options import option
 if TYPE_CHECKING:
     from fedpriv.config import RunConfig
 
-__all__ = ["InvertingGradients", "MatchingOptions", "box_bounds", "lr_milestones", "solve_targets", "total_variation"]
+__all__ = [
+    "GradientMatchingAttack", "InvertingGradients", "MatchingOptions", "box_bounds", "lr_milestones", "solve_targets",
+    "total_variation",
+]
 
 DEFAULT_MAX_BATCH = 64
 
@@ -150,7 +153,31 @@ def solve_targets(
     return [min(run, key=lambda r: r.loss) for run in runs]  # the first of equals, as the loop kept
 
 
-class InvertingGradients(Attack):
+class GradientMatchingAttack(Attack):
+    """Base of the attacks that match a gradient leak by optimising images (eval-mode batch norm).
+
+    Reads the settings and its options (``Options``, a :class:`MatchingOptions`), and refuses an
+    engine that cannot run at the run's ``attack-precision``.
+    """
+
+    leak_kinds: ClassVar[tuple[str, ...]] = ("gradient",)
+    model_modes: ClassVar[tuple[str, ...]] = ("eval",)
+    optimises: ClassVar[bool] = True
+    Options: ClassVar[type] = MatchingOptions
+
+    def __init__(self, settings: AttackSettings) -> None:
+        check_settings(settings)
+        self.options: Any = own_options(self.Options, settings, self.name)
+        check_precision_fit(self.options, settings, self.name)
+        self.settings = settings
+
+    @classmethod
+    def fit_errors(cls, config: RunConfig, options: Any) -> list[str]:
+        """The engine must run at the run's ``attack-precision``."""
+        return precision_errors(options, config.attack_precision, cls.name)
+
+
+class InvertingGradients(GradientMatchingAttack):
     """The Inverting Gradients attack; all targets and restarts in batches.
 
     Parameters
@@ -162,22 +189,7 @@ class InvertingGradients(Attack):
     """
 
     name: ClassVar[str] = "inverting-gradients"
-    leak_kinds: ClassVar[tuple[str, ...]] = ("gradient",)
-    model_modes: ClassVar[tuple[str, ...]] = ("eval",)
-    optimises: ClassVar[bool] = True
     knowledge: ClassVar[Knowledge] = Knowledge(defense=False)
-    Options: ClassVar[type] = MatchingOptions
-
-    def __init__(self, settings: AttackSettings) -> None:
-        check_settings(settings)
-        self.options = own_options(MatchingOptions, settings, self.name)
-        check_precision_fit(self.options, settings, self.name)
-        self.settings = settings
-
-    @classmethod
-    def fit_errors(cls, config: RunConfig, options: Any) -> list[str]:
-        """The engine must run at the run's ``attack-precision``."""
-        return precision_errors(options, config.attack_precision, cls.name)
 
     def reconstruct(
         self, model: nn.Module, dataset: DatasetSpec, targets: Sequence[AttackTarget]

@@ -30,16 +30,13 @@ from torch import nn
 
 from fedpriv.attacks.base import (
     ATTACKS,
-    Attack,
     AttackSettings,
     AttackTarget,
     Knowledge,
     Reconstruction,
-    check_settings,
-    own_options,
 )
 from fedpriv.attacks.gradient_matching import ExtraParameters, MatchingProblem, ProblemSolution, solve
-from fedpriv.attacks.inverting_gradients import MatchingOptions, box_bounds, check_precision_fit, precision_errors
+from fedpriv.attacks.inverting_gradients import GradientMatchingAttack, MatchingOptions, box_bounds
 from fedpriv.attacks.label_inference import infer_labels
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses.ats import CROP_PADDING, MAX_PRIMITIVES, AtsPolicy, parse_ats_policy
@@ -245,7 +242,7 @@ def target_policy(spec: str | None) -> AtsPolicy | None:
     return parse_ats_policy(spec) if spec is not None and spec.strip().startswith("ats:") else None
 
 
-class PolicyAware(Attack):
+class PolicyAware(GradientMatchingAttack):
     """Inverting Gradients through a differentiable copy of the client's known ATS policy.
 
     Parameters
@@ -258,23 +255,17 @@ class PolicyAware(Attack):
     """
 
     name: ClassVar[str] = "policy-aware"
-    leak_kinds: ClassVar[tuple[str, ...]] = ("gradient",)
-    model_modes: ClassVar[tuple[str, ...]] = ("eval",)
-    optimises: ClassVar[bool] = True
     knowledge: ClassVar[Knowledge] = Knowledge(defense=True)
     Options: ClassVar[type] = PolicyOptions
 
     def __init__(self, settings: AttackSettings) -> None:
-        check_settings(settings)
-        self.settings = settings
-        self.options = own_options(PolicyOptions, settings, self.name)
-        check_precision_fit(self.options, settings, self.name)
+        super().__init__(settings)
         self.max_hypotheses = self.options.max_hypotheses
 
     @classmethod
     def fit_errors(cls, config: RunConfig, options: Any) -> list[str]:
         """The engine must run at ``attack-precision``; no client's policy may use the reference geometry."""
-        errors = precision_errors(options, config.attack_precision, cls.name)
+        errors = super().fit_errors(config, options)
         for spec in sorted({config.defense, *config.defense_overrides_map().values()}):
             policy = target_policy(spec)
             if policy is not None and policy.geometry == "reference":

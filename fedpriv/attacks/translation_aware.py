@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -20,21 +20,17 @@ from torch import nn
 
 from fedpriv.attacks.base import (
     ATTACKS,
-    Attack,
-    AttackSettings,
     AttackTarget,
     Knowledge,
     Reconstruction,
-    check_settings,
-    own_options,
 )
-from fedpriv.attacks.inverting_gradients import MatchingOptions, check_precision_fit, precision_errors, solve_targets
+from fedpriv.attacks.inverting_gradients import GradientMatchingAttack, MatchingOptions, solve_targets
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses.ats import parse_ats_policy, translation_bounds
 from fedpriv.options import option
 
 if TYPE_CHECKING:
-    from fedpriv.config import RunConfig
+    pass
 
 FROM_POLICY = -1.0  # a clamp option's default: take the clamp from the client's policy
 
@@ -114,7 +110,7 @@ def translation_clamps(defense_spec: str | None, options: TranslationOptions, si
     return 0.0, 0.0
 
 
-class TranslationAware(Attack):
+class TranslationAware(GradientMatchingAttack):
     """The translation-aware enhanced attack; knows the client's defense spec.
 
     Parameters
@@ -125,22 +121,8 @@ class TranslationAware(Attack):
     """
 
     name: ClassVar[str] = "translation-aware"
-    leak_kinds: ClassVar[tuple[str, ...]] = ("gradient",)
-    model_modes: ClassVar[tuple[str, ...]] = ("eval",)
-    optimises: ClassVar[bool] = True
     knowledge: ClassVar[Knowledge] = Knowledge(defense=True)
     Options: ClassVar[type] = TranslationOptions
-
-    def __init__(self, settings: AttackSettings) -> None:
-        check_settings(settings)
-        self.options = own_options(TranslationOptions, settings, self.name)
-        check_precision_fit(self.options, settings, self.name)
-        self.settings = settings
-
-    @classmethod
-    def fit_errors(cls, config: RunConfig, options: Any) -> list[str]:
-        """The engine must run at the run's ``attack-precision``."""
-        return precision_errors(options, config.attack_precision, cls.name)
 
     def reconstruct(
         self, model: nn.Module, dataset: DatasetSpec, targets: Sequence[AttackTarget]
