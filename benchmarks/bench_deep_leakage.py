@@ -89,7 +89,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     xs, ys = distinct_images(args.images)
     builders = {
-        "deep-leakage": lambda: build_attack("deep-leakage", AttackSettings(iterations=args.dlg_iterations, lr=1.0),
+        "deep-leakage": lambda: build_attack("deep-leakage", AttackSettings(iterations=args.dlg_iterations),
                                              {"line-search": args.dlg_line_search}),
         "inverting-gradients": lambda: build_attack("inverting-gradients",
                                                     AttackSettings(iterations=args.ig_iterations)),

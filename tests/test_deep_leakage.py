@@ -69,7 +69,7 @@ def test_recovers_digits_and_their_labels_from_the_sigmoid_lenet() -> None:
     model = lenet()
     leaks, xs, ys = zip(*(digit_leak(model, i) for i in (0, 2)), strict=True)
     assert ys[0].item() != ys[1].item()  # the recovered labels cannot be one constant guess
-    attack = build_attack("deep-leakage", AttackSettings(iterations=30, lr=1.0))
+    attack = build_attack("deep-leakage", AttackSettings(iterations=30))
     results = attack.reconstruct(model, DIGITS, [AttackTarget(leak, seed=1) for leak in leaks])
     for result, x, y in zip(results, xs, ys, strict=True):
         psnr = float(psnr_per_image(result.images, x))
@@ -83,7 +83,7 @@ def test_recovers_digits_and_their_labels_from_the_sigmoid_lenet() -> None:
 def test_objective_falls_and_restarts_keep_the_lowest() -> None:
     model = lenet()
     leak, _, _ = digit_leak(model, 1)
-    settings = AttackSettings(iterations=10, restarts=3, lr=1.0)
+    settings = AttackSettings(iterations=10, restarts=3)
     kept = build_attack("deep-leakage", settings).reconstruct(model, DIGITS, [AttackTarget(leak, seed=1)])[0]
     generator = torch.Generator().manual_seed(1)
     parameters = list(model.parameters())
@@ -111,7 +111,7 @@ def test_a_non_finite_objective_ends_the_restart_and_loses(monkeypatch: pytest.M
     assert dlg.best_restart([nan, finite]) is finite and dlg.best_restart([nan, nan]) is nan
     # every objective NaN: the first start comes back, marked diverged
     poisoned = dataclasses.replace(leak, gradients=(leak.gradients[0] * math.nan, *leak.gradients[1:]))
-    result = build_attack("deep-leakage", AttackSettings(iterations=5, restarts=2, lr=1.0)).reconstruct(
+    result = build_attack("deep-leakage", AttackSettings(iterations=5, restarts=2)).reconstruct(
         model, DIGITS, [AttackTarget(poisoned, seed=3)])[0]
     x0 = torch.randn((1, *DIGITS.shape), generator=torch.Generator().manual_seed(3))
     assert result.fields["diverged"] == 1.0 and math.isnan(result.fields["loss"])
@@ -125,7 +125,7 @@ def test_a_non_finite_objective_ends_the_restart_and_loses(monkeypatch: pytest.M
         return value * math.nan if calls[0] > 30 else value
 
     monkeypatch.setattr(dlg, "gradient_distance", failing)
-    result = build_attack("deep-leakage", AttackSettings(iterations=50, lr=1.0)).reconstruct(
+    result = build_attack("deep-leakage", AttackSettings(iterations=50)).reconstruct(
         model, DIGITS, [AttackTarget(leak, seed=1)])[0]
     assert calls[0] == 32  # the NaN ended its L-BFGS step, and the next step's first evaluation ended the restart
     assert result.fields["diverged"] == 1.0 and math.isfinite(result.fields["loss"])
@@ -187,7 +187,7 @@ def test_train_mode_batch_norm_matches_the_client_and_leaves_the_model(monkeypat
                                                        grads, create_graph=False))
         assert distances[mode] < 1e-8 * distances[other], distances  # the truth is a zero in its own mode only
         leak = GradientLeak(grads, tuple(n for n, _ in model.named_parameters()), 1, mode, y)
-        result = build_attack("deep-leakage", AttackSettings(iterations=2, lr=1.0)).reconstruct(
+        result = build_attack("deep-leakage", AttackSettings(iterations=2)).reconstruct(
             model, CIFAR100, [AttackTarget(leak, seed=0)])[0]
         assert result.labels is None and math.isfinite(result.fields["loss"])
         assert modes[-1] == (mode == "train",) * 3
@@ -197,7 +197,7 @@ def test_train_mode_batch_norm_matches_the_client_and_leaves_the_model(monkeypat
 def test_runs_through_the_harness_with_revealed_or_hidden_labels() -> None:
     client = observed_client(0, ("deep-leakage",))
     hidden = dataclasses.replace(client, partition_id=1, leak=dataclasses.replace(client.leak, labels=None))
-    config = RunConfig(attacks="deep-leakage", attack_iterations=3, attack_lr=1.0, attack_progress=0)
+    config = RunConfig(attacks="deep-leakage", attack_iterations=3, attack_progress=0)
     torch.manual_seed(0)
     rows = AttackHarness(config, CIFAR100).run_round(build_model("convnet", 100).eval(), [client, hidden], 1)
     assert [r["status"] for r in rows] == ["ok", "ok"]
@@ -205,3 +205,18 @@ def test_runs_through_the_harness_with_revealed_or_hidden_labels() -> None:
         assert row["attack"] == "deep-leakage" and row["iterations_run"] <= 3 and row["diverged"] == 0.0
         assert math.isfinite(row["psnr"]) and "psnr_grey" in row and math.isfinite(row["loss"])
     assert "label_accuracy" not in rows[0] and "label_accuracy" in rows[1]
+
+
+def test_the_step_size_is_the_attacks_own_option_not_attack_lr() -> None:
+    """DLG runs at its published step size beside Inverting Gradients' Adam rate in the same run."""
+    model = lenet()
+    leak, _, _ = digit_leak(model, 0)
+
+    def images(settings: AttackSettings, options: dict[str, float]) -> torch.Tensor:
+        attack = build_attack("deep-leakage", settings, options)
+        return attack.reconstruct(model, DIGITS, [AttackTarget(leak, seed=1)])[0].images
+
+    base = images(AttackSettings(iterations=3, lr=0.1), {})
+    assert torch.equal(base, images(AttackSettings(iterations=3, lr=1.0), {}))  # attack-lr is not used
+    assert torch.equal(base, images(AttackSettings(iterations=3), {"step-size": 1.0}))
+    assert not torch.equal(base, images(AttackSettings(iterations=3), {"step-size": 0.1}))

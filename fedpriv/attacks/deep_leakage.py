@@ -8,9 +8,9 @@ logits y' are optimised jointly, DLG's own setting, and the labels recorded are 
 (option ``labels``: ``auto`` as said, ``joint`` always optimises y' even when labels are revealed,
 ``infer`` uses :mod:`fedpriv.attacks.label_inference`'s estimate, iDLG's for one image, fixed).
 
-Optimiser: ``torch.optim.LBFGS`` on [x', y'] with step size ``attack-lr`` (the paper and breaching
-use 1.0; the run config's default 0.1 is Inverting Gradients' Adam rate, so set ``attack-lr=1``
-for the published setting), ``history-size`` and ``max-iter`` (L-BFGS iterations per step, the
+Optimiser: ``torch.optim.LBFGS`` on [x', y'] with its own step size (option ``step-size``, 1.0 as
+in the paper and breaching; ``attack-lr`` is the Adam rate of the other attacks and is not used),
+``history-size`` and ``max-iter`` (L-BFGS iterations per step, the
 closure evaluated up to 1.25 times as often) as torch's defaults (100, 20), no line search unless
 ``line-search=strong-wolfe``. One attack iteration is one ``LBFGS.step`` (DLG's loop runs 300,
 breaching 1200): ``attack-iterations`` of them, or fewer where a step leaves x' and y' unchanged
@@ -72,6 +72,8 @@ class DeepLeakageOptions:
                          choices=LABEL_MODES)
     history_size: int = option(100, "L-BFGS curvature pairs kept", low=1, high=10_000)
     max_iter: int = option(20, "L-BFGS iterations per attack iteration (one LBFGS.step)", low=1, high=10_000)
+    step_size: float = option(1.0, "L-BFGS step size (DLG and breaching: 1; attack-lr is not used)", above=0,
+                              high=1000)
     line_search: str = option("none", "L-BFGS line search (none: DLG's fixed step size)", choices=LINE_SEARCHES)
     max_images: int = option(DEFAULT_MAX_IMAGES, "most images one gradient may hold (more: a failed cell)",
                              low=1, high=1_000_000)
@@ -155,7 +157,7 @@ def run_restart(
     logits = None if logits0 is None else logits0.clone().requires_grad_(True)
     variables = [x] if logits is None else [x, logits]
     optimizer = torch.optim.LBFGS(
-        variables, lr=settings.lr, max_iter=options.max_iter, history_size=options.history_size,
+        variables, lr=options.step_size, max_iter=options.max_iter, history_size=options.history_size,
         line_search_fn=None if options.line_search == "none" else "strong_wolfe",
     )
     device = torch.device(settings.device)
@@ -199,14 +201,14 @@ def run_restart(
 
 
 class DeepLeakage(Attack):
-    """Deep Leakage from Gradients: L-BFGS (step size attack-lr; DLG's is 1) on the squared gradient distance, no TV.
+    """Deep Leakage from Gradients: L-BFGS (step size 1) on the squared gradient distance, no TV.
 
     Parameters
     ----------
     settings
-        Iterations (L-BFGS steps), restarts, lr (L-BFGS's step size), device, progress, precision;
-        ``tv`` is not used. Its options (:class:`DeepLeakageOptions`): ``labels``, ``history-size``,
-        ``max-iter``, ``line-search``, ``max-images``.
+        Iterations (L-BFGS steps), restarts, device, progress, precision; ``lr`` and ``tv`` are not
+        used. Its options (:class:`DeepLeakageOptions`): ``labels``, ``history-size``, ``max-iter``,
+        ``step-size``, ``line-search``, ``max-images``.
     """
 
     name: ClassVar[str] = "deep-leakage"
