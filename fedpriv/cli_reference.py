@@ -18,7 +18,7 @@ from fedpriv.cli import main as cli_main
 
 COMMAND = "python -m fedpriv.cli_reference docs/reference/cli.md"
 SUBCOMMANDS = ("run", "demo", "pretrain", "report", "search-policies")
-WIDTH = "100"
+WIDTH = "78"  # the site's code blocks show about 80 columns without scrolling
 
 
 @contextlib.contextmanager
