@@ -53,18 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedpriv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="flwr run APP --stream on a private SuperLink; exit 1 if the run failed")
-    run.add_argument("app", type=Path)
+    run.add_argument("app", type=Path, help="the Flower app folder, e.g. simulations/cifar100_ats")
     run.add_argument(
         "--run-config", action="append", default=[], help="key=value string or TOML file; repeatable"
     )
-    run.add_argument("--federation-config", default="")
-    run.add_argument("--flwr-home", type=Path, default=Path(tempfile.gettempdir()) / f"fedpriv-flwr-{os.getuid()}")
+    run.add_argument("--federation-config", default="",
+                     help="e.g. \"num-supernodes=10 client-resources-num-cpus=1 client-resources-num-gpus=0\"")
+    run.add_argument("--flwr-home", type=Path, default=Path(tempfile.gettempdir()) / f"fedpriv-flwr-{os.getuid()}",
+                     help="the private SuperLink's FLWR_HOME (default: fedpriv-flwr-UID in the temporary folder)")
     run.add_argument("--port", type=int, default=None, help="SuperLink port (and port+2); default: a free pair")
     demo = sub.add_parser("demo", help="a trained victim, one undefended and one ATS-defended client attacked, "
                           "with the verdicts (fedpriv/demo.py)")
     demo.add_argument("--seed", type=int, default=0, help="seeds the victim's training and the run")
     demo.add_argument("--out-dir", type=Path, default=Path("~/fedpriv-runs"), help="where the run folder goes")
-    demo.add_argument("--flwr-home", type=Path, default=Path(tempfile.gettempdir()) / f"fedpriv-flwr-{os.getuid()}")
+    demo.add_argument("--flwr-home", type=Path, default=Path(tempfile.gettempdir()) / f"fedpriv-flwr-{os.getuid()}",
+                      help="the private SuperLink's FLWR_HOME (default: fedpriv-flwr-UID in the temporary folder)")
     demo.add_argument("--port", type=int, default=None, help="SuperLink port (and port+2); default: a free pair")
     sub.add_parser("search-policies", help="ATS policy search (see: fedpriv search-policies --help)", add_help=False)
     sub.add_parser("pretrain", help="train a model centrally and save a checkpoint (see: fedpriv pretrain --help)",

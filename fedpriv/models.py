@@ -71,7 +71,7 @@ class CifarResNet(nn.Module):
 
 
 class ConvNet(nn.Module):
-    """A small ConvNet (three conv-BN-ReLU blocks with pooling, then a linear layer).
+    """A small ConvNet (three conv-norm-ReLU blocks with pooling, then a linear layer; BatchNorm or GroupNorm).
 
     Parameters
     ----------

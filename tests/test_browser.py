@@ -1,6 +1,7 @@
 """The HTML pages the product writes, opened in a real browser (Debian's headless ``chromium``).
 
-Each page is loaded from its folder, as a person opens it; a probe copy of the page (beside it,
+Each page is loaded from its folder, as a person opens it (the documentation site's pages too, built
+from ``docs/`` into a temporary folder); a probe copy of the page (beside it,
 so relative paths resolve) reports after the load event how many ``<img>`` there are, which did
 not load, and how many tables; the browser's console must stay silent. A screenshot of each page
 is kept in ``$FEDPRIV_SCREENSHOTS`` (default ``browser-screenshots/`` at the repository root) for a
@@ -103,3 +104,14 @@ def test_a_reports_gallery_html_loads_every_grid(tmp_path: Path) -> None:
     _assert_page_works(result, tables=0)
     grids = list((tmp_path / "run" / "reconstructions").glob("*.png"))
     assert result["images"] == len(grids) > 0
+
+
+def test_the_docs_front_page_loads_its_images_and_tables(built_site: Path, tmp_path: Path) -> None:
+    result = open_in_browser(built_site / "index.html", "docs-index", tmp_path / "profile")
+    _assert_page_works(result, tables=1)
+
+
+def test_a_docs_reference_page_shows_its_tables(built_site: Path, tmp_path: Path) -> None:
+    result = open_in_browser(built_site / "plugins.html", "docs-plugins", tmp_path / "profile")
+    assert result["broken"] == [] and result["console"] == [], result
+    assert int(result["tables"]) >= 5  # type: ignore[call-overload]  # protocols, defenses, attacks, models, data sets

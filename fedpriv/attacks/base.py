@@ -68,6 +68,9 @@ AUX_KNOWLEDGE = ("none", "server")
 class Knowledge:
     """What an attacker knows; the harness hands it exactly this.
 
+    Labels reach an attack only inside a leak, when the protocol reveals them
+    (``reveal-labels``); the protocol's hyper-parameters travel in every leak.
+
     Attributes
     ----------
     model
@@ -78,9 +81,6 @@ class Knowledge:
     aux
         ``"none"``, or ``"server"``: the server's auxiliary split (``aux-samples`` images drawn as
         ``aux-type`` says, disjoint from every client), handed to :meth:`Attack.prepare`.
-
-    Labels reach an attack only inside a leak, when the protocol reveals them
-    (``reveal-labels``); the protocol's hyper-parameters travel in every leak.
     """
 
     model: str = "weights"

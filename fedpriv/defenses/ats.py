@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2.functional import resize
 
 from fedpriv.defenses.ats_primitives import NUM_PRIMITIVES, PRIMITIVES, Primitive, sampled_shift
-from fedpriv.defenses.base import Defense, InputDefense, register_defense
+from fedpriv.defenses.base import InputDefense, register_defense
 from fedpriv.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -356,5 +356,5 @@ class AtsDefense(InputDefense):
 
 
 @register_defense("ats", "ats:i-j-k | ats:hybrid(i-j-k,...)[;crop-flip=true|false][;geometry=resized|reference]")
-def _ats(argument: str) -> Defense:
+def _ats(argument: str) -> AtsDefense:
     return AtsDefense(parse_ats_policy(argument))

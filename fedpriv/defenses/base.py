@@ -105,7 +105,7 @@ def register_defense(name: str, form: str) -> Callable[[Callable[[str], Defense]
 
 
 @register_defense("none", "none")
-def _none(argument: str) -> Defense:
+def _none(argument: str) -> NoDefense:
     if argument:
         raise ConfigError(f"defense 'none' takes no argument, got 'none:{argument}'")
     return NoDefense()

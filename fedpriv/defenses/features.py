@@ -221,17 +221,17 @@ def parse_rotation(argument: str) -> RotationSettings:
 
 
 @register_defense("complex", COMPLEX_FORM)
-def _complex(argument: str) -> Defense:
+def _complex(argument: str) -> ComplexRotation:
     return ComplexRotation(parse_rotation(argument), f"complex:{argument}" if argument else "complex")
 
 
 @register_defense("plain", "plain (split networks: features sent as they are)")
-def _plain(argument: str) -> Defense:
+def _plain(argument: str) -> PlainFeatures:
     if argument:
         raise ConfigError(f"defense 'plain' takes no argument, got 'plain:{argument}'")
     return PlainFeatures()
 
 
 @register_defense("noise", "noise:GAMMA (split networks: a + GAMMA * std(a) * N(0, I), 0 <= GAMMA <= 100)")
-def _noise(argument: str) -> Defense:
+def _noise(argument: str) -> NoisyFeatures:
     return NoisyFeatures(spec_float(f"defense 'noise:{argument}'", "GAMMA", argument, 0.0, NOISE_MAX))

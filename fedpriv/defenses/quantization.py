@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from fedpriv.defenses.base import Defense, UpdateDefense, register_defense
+from fedpriv.defenses.base import UpdateDefense, register_defense
 from fedpriv.spec_numbers import spec_int
 
 FORM = "quantize:BITS (updates: each tensor rounded to 2^BITS - 1 uniform levels, 1 <= BITS <= 16)"
@@ -47,5 +47,5 @@ class Quantization(UpdateDefense):
 
 
 @register_defense("quantize", FORM)
-def _quantize(argument: str) -> Defense:
+def _quantize(argument: str) -> Quantization:
     return Quantization(spec_int(f"defense 'quantize:{argument}'", "BITS", argument, 1, MAX_BITS))

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fedpriv.defenses.base import Defense, PredictionDefense, register_defense
+from fedpriv.defenses.base import PredictionDefense, register_defense
 from fedpriv.spec_numbers import spec_int
 
 if TYPE_CHECKING:
@@ -47,5 +47,5 @@ class Truncation(PredictionDefense):
 
 
 @register_defense("truncate", FORM)
-def _truncate(argument: str) -> Defense:
+def _truncate(argument: str) -> Truncation:
     return Truncation(spec_int(f"defense 'truncate:{argument}'", "M", argument, 1, MAX_TOP))

@@ -142,9 +142,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m fedpriv.policy_search``."""
+    """The argument parser of ``fedpriv search-policies`` (also ``python -m fedpriv.policy_search``)."""
     parser = _Parser(
-        prog="python -m fedpriv.policy_search",
+        prog="fedpriv search-policies",
         description="ATS policy search (Gao et al., CVPR 2021): score random (or given) augmentation "
         "policies by privacy score S_pri (lower = more private) and accuracy score S_acc, reject "
         "S_acc below a threshold, rank the rest by S_pri.",
