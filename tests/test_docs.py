@@ -19,7 +19,7 @@ def test_the_site_builds_with_warnings_as_errors(built_site: Path) -> None:
                  "reproductions/gao-2021-ats.html"):
         assert (built_site / page).is_file(), page
     api = (built_site / "api" / "attacks.html").read_text()
-    assert "fedpriv.attacks.base.Knowledge" in api and ":class:`" not in api  # rendered, roles rewritten
+    assert "attacks.base.Knowledge" in api and ":class:`" not in api  # rendered, roles rewritten
 
 
 def test_a_broken_link_fails_the_build(tmp_path: Path) -> None:
