@@ -48,7 +48,11 @@ def _toml_value(value: object) -> str:
 
 
 def flattened(table: Mapping[str, object], prefix: str = "") -> dict[str, object]:
-    """Nested TOML tables as Flower flattens them: ``{"attack": {"x": {"k": 1}}}`` -> ``{"attack.x.k": 1}``."""
+    """Nested TOML tables as Flower flattens them: ``{"attack": {"x": {"k": 1}}}`` -> ``{"attack.x.k": 1}``.
+
+    The same as ``flwr.common.config.flatten_dict``, written here because ``fedpriv/`` imports no
+    Flower (the design card: the core stays importable without it).
+    """
     flat: dict[str, object] = {}
     for key, value in table.items():
         if isinstance(value, Mapping):
