@@ -60,7 +60,7 @@ def test_attacked_federation_with_a_failing_client(superlink: PrivateSuperLink, 
     # the report reads the real run folder: client 1's last-round PSNR vs T(x) fills the 3-1-7 row
     assert report_main([str(folder), "--out", str(tmp_path / "report")]) == 0
     with (tmp_path / "report" / "comparison.csv").open() as handle:
-        compared = [r for r in csv.DictReader(handle) if r["table"] == "seed002-table1-cifar100"
+        compared = [r for r in csv.DictReader(handle) if r["table"] == "ats-table1-cifar100"
                     and r["row"] == "3-1-7" and r["column"] == "PSNR paper (dB)"]
     last = next(r for r in metrics if r["partition_id"] == 1 and r["round"] == 2)
     assert [float(r["mean"]) for r in compared] == [pytest.approx(last["psnr_defended"])]

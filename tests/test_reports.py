@@ -40,22 +40,22 @@ def _comparison(out: Path) -> list[dict[str, str]]:
 
 def test_sources_file_has_a_citation_and_a_number_for_every_value() -> None:
     tables = {t.id: t for t in load_sources()}
-    expected = {"seed002-table1-cifar100", "seed002-table1-fmnist", "seed002-table2", "seed001-table1",
-                "seed001-table2-cifar10", "seed001-table2-cifar100", "seed001-angles", "seed000-table3",
-                "seed000-table4", "seed003-table2", "seed003-truncation"}
+    expected = {"ats-table1-cifar100", "ats-table1-fmnist", "ats-table2", "xiang-table1",
+                "xiang-table2-cifar10", "xiang-table2-cifar100", "xiang-angles", "xiang-repro-table3",
+                "xiang-repro-table4", "yang-table2", "yang-truncation"}
     assert expected <= set(tables)
-    ats = tables["seed002-table1-cifar100"]
+    ats = tables["ats-table1-cifar100"]
     none = next(r for r in ats.rows if r.label == "None")
     assert none.values["psnr_paper"].mean == 13.88 and none.values["psnr_repro"].std == 2.19
-    assert tables["seed001-angles"].rows[0].values["error"].mean == pytest.approx(0.7890)
+    assert tables["xiang-angles"].rows[0].values["error"].mean == pytest.approx(0.7890)
     for table in tables.values():
-        assert table.citation and table.source.startswith("seed 00")
+        assert table.citation and table.source and "seed" not in table.source.lower() + table.id
         for row in table.rows:
             for value in row.values.values():
                 assert math.isfinite(value.mean) and row.label in value.cite
-    mnist = next(r for r in tables["seed003-table2"].rows if r.label == "MNIST")  # Yang Table II, from the paper
+    mnist = next(r for r in tables["yang-table2"].rows if r.label == "MNIST")  # Yang Table II, from the paper
     assert mnist.values["recon_black_box"].mean == 0.3120 and mnist.values["recon_joint"].mean == 0.0197
-    assert all(not r.values for r in tables["seed003-truncation"].rows)  # measured only
+    assert all(not r.values for r in tables["yang-truncation"].rows)  # measured only
 
 
 def test_a_bad_sources_file_names_the_bad_entry(tmp_path: Path) -> None:
@@ -92,7 +92,7 @@ def test_report_puts_measured_values_beside_the_source_row_and_never_mixes_data_
     cifar = _write_run(tmp_path, "cifar", "cifar100", {0: "ats:hybrid(3-1-7,43-18-18)"}, {(1, 0): 30.0}, [0.1, 0.5])
     out = tmp_path / "report"
     assert cli_main(["report", str(photos), str(photos2), str(cifar), "--out", str(out)]) == 0
-    rows = [r for r in _comparison(out) if r["table"] == "seed002-table1-cifar100" and r["row"] == "Hybrid"
+    rows = [r for r in _comparison(out) if r["table"] == "ats-table1-cifar100" and r["row"] == "Hybrid"
             and r["column"] == "PSNR paper (dB)"]
     by_dataset = {r["dataset"]: r for r in rows}
     # the alias and the canonical hybrid spec are one row; psnr_defended = psnr - 1 in these folders
@@ -107,7 +107,7 @@ def test_report_puts_measured_values_beside_the_source_row_and_never_mixes_data_
     for name in ("psnr_per_round_embedded-photos.png", "psnr_per_round_cifar100.png", "gallery.html", "summary.csv"):
         assert (out / name).exists(), name
     # a mixed-defense run's accuracy belongs to no row; the uniform cifar run's does
-    accuracy = [r for r in _comparison(out) if r["table"] == "seed002-table1-cifar100" and r["metric"] == "accuracy_pct"
+    accuracy = [r for r in _comparison(out) if r["table"] == "ats-table1-cifar100" and r["metric"] == "accuracy_pct"
                 and r["mean"]]
     assert [(r["row"], r["dataset"], float(r["mean"])) for r in accuracy] == [
         ("Hybrid", "cifar100", pytest.approx(50.0)), ("Hybrid", "cifar100", pytest.approx(50.0))]
@@ -136,7 +136,7 @@ def test_ats_geometry_is_a_named_deviation_of_the_fashion_mnist_rows(tmp_path: P
     for run, mean, marked in ((resized, 11.0, True), (reference, 13.0, False)):
         out = tmp_path / f"report-{run.name}"
         assert cli_main(["report", str(run), "--out", str(out)]) == 0
-        row = next(r for r in _comparison(out) if r["table"] == "seed002-table1-fmnist" and r["row"] == "19-15-45"
+        row = next(r for r in _comparison(out) if r["table"] == "ats-table1-fmnist" and r["row"] == "19-15-45"
                    and r["column"] == "PSNR paper (dB)")
         assert float(row["mean"]) == pytest.approx(mean)
         assert ("ATS geometry resized (source: reference)" in row["deviations"]) is marked
@@ -148,7 +148,7 @@ def test_runs_of_the_two_ats_geometries_are_separate_lines(tmp_path: Path) -> No
                            {(1, 0): 14.0}, [0.1, 0.2])
     out = tmp_path / "report"
     assert cli_main(["report", str(resized), str(reference), "--out", str(out)]) == 0
-    rows = [r for r in _comparison(out) if r["table"] == "seed002-table1-fmnist" and r["row"] == "19-15-45"
+    rows = [r for r in _comparison(out) if r["table"] == "ats-table1-fmnist" and r["row"] == "19-15-45"
             and r["column"] == "PSNR paper (dB)"]
     assert sorted((r["geometry"], float(r["mean"]), r["n"]) for r in rows) == [("reference", 13.0, "1"),
                                                                                 ("resized", 11.0, "1")]
@@ -226,7 +226,7 @@ def test_the_report_shows_each_psnr_cells_baseline_and_marks_failed_attacks(tmp_
     assert psnr["ats:3-1-7"]["beat_baseline"] == "0/2"
     report = (out / "report.md").read_text()
     assert "**0/2: attack failed, says nothing about the defense**" in report
-    compared = [r for r in _comparison(out) if r["table"] == "seed002-table1-cifar100"
+    compared = [r for r in _comparison(out) if r["table"] == "ats-table1-cifar100"
                 and r["column"] == "PSNR paper (dB)" and r["mean"]]
     assert {r["row"]: r["beat_baseline"] for r in compared} == {"None": "2/2", "3-1-7": "0/2"}
     assert "(n=2), beat the baseline vs x: 2/2" in report
