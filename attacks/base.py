@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import nn
@@ -15,6 +15,7 @@ from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError, join_errors
 from fedpriv.leaks import Leak
 from fedpriv.options import parse_options
+from fedpriv.outputs import check_kinds
 from fedpriv.registry import Registry
 
 if TYPE_CHECKING:
@@ -155,10 +156,10 @@ class Reconstruction:
         Extra images to show beside the row (e.g. one representative per class), or ``None``.
     alternatives
         A second candidate per image (two-image decoding); images are then scored best-of-two.
-    angles
-        Estimated rotation angles per sample (scored as circular errors), or ``None``.
-    properties
-        Inferred private property per sample (scored as an error rate), or ``None``.
+    estimates
+        Per-sample estimates of other registered output kinds (:data:`fedpriv.outputs.OUTPUT_KINDS`:
+        ``angles``, ``properties``), each (n,) in sample order, scored by the kind's scorer
+        against the truth's target of the same kind.
     """
 
     images: torch.Tensor | None = None
@@ -169,8 +170,24 @@ class Reconstruction:
     ordered: bool = False
     gallery: torch.Tensor | None = None
     alternatives: torch.Tensor | None = None
-    angles: torch.Tensor | None = None
-    properties: torch.Tensor | None = None
+    estimates: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_kinds(self.estimates, "Reconstruction.estimates")
+
+
+@runtime_checkable
+class JointlyTrainable(Protocol):
+    """An attack whose network a malicious developer can train jointly with the model it deploys.
+
+    Yang et al.'s (CCS 2019) developer trains the classifier F and the inverter G together
+    (``joint-training``) before round 1, so that F's released vectors are easy to invert; the
+    trained G reaches the attack in :attr:`AuxiliaryData.inverter`.
+    """
+
+    def new_inverter(self, dataset: DatasetSpec, top: int) -> nn.Module:
+        """A freshly initialised inverter for vectors that keep ``top`` entries."""
+        ...
 
 
 class Attack(Protocol):

@@ -82,13 +82,11 @@ def simulate_clients(model: SplitNetwork, pixels: torch.Tensor, dataset: Dataset
             codec = feature_codec(defense, model.is_complex, generator)
             a = model.encoder(dataset.normalize(batch))
             x = codec.obfuscate(a)
-            last = getattr(codec, "last", {})
             out["x"].append(x.cpu())
             out["a"].append(a.cpu())
-            rotated = isinstance(codec, RotationCodec) and bool(last)
-            out["angle"].append(codec.decode_angle().cpu() if isinstance(codec, RotationCodec) and rotated
-                                else torch.zeros(len(a)))
-            out["partner"].append((last["partner"].cpu() if last else torch.arange(len(a))) + start)
+            out["angle"].append(codec.truth().get("angles", torch.zeros(len(a))).cpu())
+            partner = codec.last.partner.cpu() if isinstance(codec, RotationCodec) else torch.arange(len(a))
+            out["partner"].append(partner + start)
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -242,7 +240,8 @@ class AngleUNetInversion(FeatureAttack):
         features = decode_at(leak.features, angles) if leak.features.is_complex() else leak.features
         with torch.no_grad():
             images = self.networks[(spec, "a")](features.to(self.device)).cpu()
-        return Reconstruction(images=images, ordered=True, angles=angles if leak.features.is_complex() else None,
+        estimates = {"angles": angles} if leak.features.is_complex() else {}
+        return Reconstruction(images=images, ordered=True, estimates=estimates,
                               fields={"aux_val_mse": self.report.val_mse})
 
 

@@ -121,13 +121,6 @@ def infer_labels(model: nn.Module, dataset: DatasetSpec, leak: Leak, aux: Auxili
     return counts_to_labels(n * (p_bar - bias / scale), n)
 
 
-def label_accuracy(estimate: torch.Tensor, truth: torch.Tensor) -> float:
-    """Fraction of the true label multiset recovered: |estimate ∩ truth| / |truth| (as multisets)."""
-    classes = int(torch.cat([estimate, truth, torch.zeros(1, dtype=torch.long)]).max()) + 1
-    found = torch.minimum(torch.bincount(estimate, minlength=classes), torch.bincount(truth, minlength=classes))
-    return float(found.sum()) / max(len(truth), 1)
-
-
 class LabelInference(Attack):
     """Infers each attacked client's labels; uses the auxiliary split for p_bar when there is one."""
 

@@ -37,6 +37,7 @@ from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import PredictionLeak
 from fedpriv.options import option
+from fedpriv.training import adam
 
 LOG_FLOOR = -1000.0
 
@@ -104,11 +105,6 @@ class PredictionInverter(nn.Module):
     def forward(self, predictions: torch.Tensor) -> torch.Tensor:
         z = inversion_input(predictions, self.top, self.c)
         return self.decoder(z[:, :, None, None])
-
-
-def adam(parameters: Sequence[nn.Parameter] | object, lr: float) -> torch.optim.Adam:
-    """The reference's optimiser for classifier and inverter: Adam(lr, betas (0.5, 0.999), amsgrad)."""
-    return torch.optim.Adam(parameters, lr=lr, betas=(0.5, 0.999), amsgrad=True)  # type: ignore[arg-type]
 
 
 @torch.no_grad()

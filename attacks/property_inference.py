@@ -107,7 +107,8 @@ class PropertyInference(AngleUNetInversion):
                 if self.variant in ("images", "reconstructions"):
                     inputs = dataset.normalize(self.networks[(spec, "a")](inputs))
                 predictions = self.networks[(spec, "classifier")](inputs).argmax(1).cpu()
-        return Reconstruction(properties=predictions, angles=angles if leak.features.is_complex() else None)
+        estimates = {"properties": predictions} | ({"angles": angles} if leak.features.is_complex() else {})
+        return Reconstruction(estimates=estimates)
 
 
 def _fit_classifier(classifier: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, epochs: int, seed: int,

@@ -33,9 +33,9 @@ from fedpriv.data.loading import load_split
 from fedpriv.defenses import build_defense
 from fedpriv.defenses.features import feature_codec
 from fedpriv.leaks import FeatureLeak
-from fedpriv.protocols import query_features
+from fedpriv.metrics import circular_error
+from fedpriv.protocols.split_inference import query_features
 from fedpriv.reports.statistics import summarise
-from fedpriv.rotation.adversarial import circular_error
 from fedpriv.training import to_pixels
 
 PAPER_ANGLE = 0.7884  # LeNet, CIFAR-10 (romech/fact-ai screenshot of the paper's angle table)
@@ -50,9 +50,9 @@ def leak(net: TrainedNetwork, spec: str, seed: int, count: int) -> tuple[Feature
     generator = torch.Generator().manual_seed(1000 + seed)
     pick = net.client[torch.randperm(len(net.client), generator=generator)[:count]]
     pixels = to_pixels(train.images[pick])
-    x, _, extras = query_features(net.model, pixels, train.labels[pick], PHOTOS,
+    x, _, targets = query_features(net.model, pixels, train.labels[pick], PHOTOS,
                                   feature_codec(build_defense(spec), net.model.is_complex, generator), False)
-    angle = extras["theta"] + extras["swap"] * (math.pi / 2) if "theta" in extras else torch.zeros(count)
+    angle = targets.get("angles", torch.zeros(count))
     return FeatureLeak(x), angle, pixels
 
 

@@ -1,6 +1,6 @@
 """The fedpriv ClientApp: answers the partition query and runs the protocol's client round.
 
-The reply's one ArrayRecord is what the protocol sends; the revealed leak metadata and the
+The reply's one ArrayRecord is what the protocol sends; what it sends beside the arrays and the
 evaluation-only truth ride beside it in ConfigRecords (:mod:`fedpriv.wire`). Mods, outermost
 first: Flower's DP mod for the run's ``dp`` mode, then update pruning; so clipping and noise
 act last on what is sent.
@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 from fedpriv.client_task import run_client_round
 from fedpriv.clients.mods import privacy_mod, pruning_mod
 from fedpriv.validation import parse_run_config
-from fedpriv.wire import LEAK_KEY, ROUND_KEY, TRUTH_KEY, encode_leak_meta, encode_truth, scalar
+from fedpriv.wire import LEAK_KEY, ROUND_KEY, TRUTH_KEY, encode_fields, encode_truth, scalar
 
 app = ClientApp(mods=[privacy_mod, pruning_mod])
 CLIENT_STATE = "fedpriv.client"
@@ -68,7 +68,7 @@ def train(msg: Message, context: Context) -> Message:
                     "partition-id": partition_id,
                 }
             ),
-            LEAK_KEY: ConfigRecord({**encode_leak_meta(reply.meta)}),
+            LEAK_KEY: ConfigRecord({**encode_fields(reply.sent)}),
         }
     )
     if reply.truth is not None:

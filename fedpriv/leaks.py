@@ -12,6 +12,8 @@ from typing import ClassVar, Protocol
 
 import torch
 
+from fedpriv.outputs import check_kinds
+
 
 class Leak(Protocol):
     """Anything the server observes from one client in one round."""
@@ -155,12 +157,17 @@ class GroundTruth:
         True labels, shape (n,).
     defense
         The defense spec the client ran.
-    extras
-        Defense parameters drawn for this batch (e.g. translations), by name.
+    targets
+        True values of the other output kinds the protocol or defense knows (registered in
+        :data:`fedpriv.outputs.OUTPUT_KINDS`, e.g. ``angles``: the rotation defense's decoding
+        angle; ``properties``: the samples' private property), each (n,) in sample order.
     """
 
     images: torch.Tensor
     defended: torch.Tensor
     labels: torch.Tensor
     defense: str
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    targets: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_kinds(self.targets, "GroundTruth.targets")

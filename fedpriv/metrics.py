@@ -1,7 +1,8 @@
-"""Reconstruction scores on [0,1] pixel images: PSNR, SSIM and MSE per image."""
+"""Scores of estimates against the truth: PSNR, SSIM, MSE per image, label-multiset accuracy, angle error."""
 
 from __future__ import annotations
 
+import math
 from typing import cast
 
 import torch
@@ -30,3 +31,16 @@ def ssim_per_image(estimate: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
         estimate.double().clamp(0, 1), truth.double(), data_range=1.0, reduction="none"
     )
     return cast(torch.Tensor, ssim)  # a (Tensor, Tensor) pair only with return_full_image=True
+
+
+def label_accuracy(estimate: torch.Tensor, truth: torch.Tensor) -> float:
+    """Fraction of the true label multiset recovered: |estimate ∩ truth| / |truth| (as multisets)."""
+    classes = int(torch.cat([estimate, truth, torch.zeros(1, dtype=torch.long)]).max()) + 1
+    found = torch.minimum(torch.bincount(estimate, minlength=classes), torch.bincount(truth, minlength=classes))
+    return float(found.sum()) / max(len(truth), 1)
+
+
+def circular_error(estimate: torch.Tensor, truth: torch.Tensor, period: float = 2 * math.pi) -> torch.Tensor:
+    """Circular distance min(|d| mod p, p - |d| mod p) per sample (chance: p/4 for uniform guesses)."""
+    diff = torch.remainder(estimate - truth, period)
+    return torch.minimum(diff, period - diff)

@@ -35,7 +35,7 @@ from fedpriv.training import evaluate, to_pixels
 def _augmenter(policy: str, size: int, generator: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
     if policy:
         defense = build_defense(f"ats:{policy}")
-        return lambda pixels: defended_inputs(defense, pixels, generator)[0]
+        return lambda pixels: defended_inputs(defense, pixels, generator)
     crop_flip = v2.Compose([v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip()])
     # torchvision's v2 transforms draw from the global RNG (seeded in main); one draw per image.
     return lambda pixels: torch.stack([crop_flip(image) for image in pixels])

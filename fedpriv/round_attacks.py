@@ -12,7 +12,6 @@ cells and the run go on.
 from __future__ import annotations
 
 import copy
-import math
 import time
 import traceback
 import zlib
@@ -21,20 +20,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from fedpriv.attacks import Attack, AttackTarget, AuxiliaryData, Reconstruction, build_attack
 from fedpriv.attacks.base import settings_for
-from fedpriv.attacks.label_inference import label_accuracy
-from fedpriv.baselines import baseline_fields, prior_image
+from fedpriv.baselines import prior_image
 from fedpriv.config import RunConfig
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.leaks import GroundTruth, Leak
-from fedpriv.metrics import mse_per_image, psnr_per_image, ssim_per_image
+from fedpriv.metrics import psnr_per_image
 from fedpriv.models import build_model
 from fedpriv.results import RunFolder
-from fedpriv.rotation.adversarial import circular_error
+from fedpriv.scoring import match_order, score
 
 
 @dataclass(frozen=True)
@@ -55,86 +52,6 @@ class ObservedClient:
 def attack_seed(seed: int, server_round: int, partition_id: int, attack: str) -> int:
     """A seed for one (round, client, attack) cell, stable across processes and runs."""
     return zlib.crc32(f"{seed}/{server_round}/{partition_id}/{attack}".encode())
-
-
-def match_order(estimate: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """The permutation of ``estimate`` that maximises the summed PSNR against ``truth``.
-
-    The attacker does not know the order of a batch, so reconstructions are registered to the
-    true images by an optimal assignment on per-pair PSNR (breaching's "registered" scores).
-    """
-    n = len(truth)
-    pairs = psnr_per_image(
-        estimate.repeat_interleave(n, 0), truth.repeat(n, 1, 1, 1)
-    ).reshape(n, n).clamp(max=1e6)
-    rows, cols = linear_sum_assignment(pairs.numpy(), maximize=True)
-    order = torch.empty(n, dtype=torch.long)
-    order[torch.as_tensor(cols)] = torch.as_tensor(rows)
-    return order
-
-
-def score_images(
-    reconstruction: Reconstruction, truth: GroundTruth, matched: bool = True, prior: torch.Tensor | None = None
-) -> dict[str, Any]:
-    """PSNR, SSIM and MSE of an image reconstruction, averaged over its images.
-
-    ``psnr``/``ssim``/``mse`` compare the attack's estimate of x with the original x;
-    ``psnr_defended``/``ssim_defended`` compare its estimate of T(x) (``defended`` when the
-    attack models the defense, else ``images``) with the defended batch T(x), the reference's
-    convention. With ``matched`` and more than one image, estimates are first put in the order
-    :func:`match_order` finds against x (recorded as ``matched``: true). The row carries its
-    baselines and verdict (:func:`fedpriv.baselines.baseline_fields`: ``psnr_grey``, ``psnr_prior``
-    when the attacker has a ``prior`` image, ``psnr_baseline``, ``beats_baseline``). ``mae`` is the mean
-    absolute error on [0,1] pixels (the rotation defense's primary metric). With ``alternatives``
-    (two candidates per image) each image is scored by its better candidate (``best_of_two``).
-    """
-    assert reconstruction.images is not None
-    images = reconstruction.images.detach().cpu()
-    if reconstruction.alternatives is not None:  # best-of-two: per image, the candidate nearer the truth
-        other = reconstruction.alternatives.detach().cpu()
-        closer = psnr_per_image(other, truth.images) > psnr_per_image(images, truth.images)
-        images = torch.where(closer.reshape(-1, 1, 1, 1), other, images)
-    defended = images if reconstruction.defended is None else reconstruction.defended.detach().cpu()
-    matched = matched and len(images) > 1
-    if matched:
-        order = match_order(images, truth.images)
-        images, defended = images[order], defended[order]
-    psnr = float(psnr_per_image(images, truth.images).mean())
-    return {
-        "psnr": psnr,
-        "psnr_defended": float(psnr_per_image(defended, truth.defended).mean()),
-        "ssim": float(ssim_per_image(images, truth.images).mean()),
-        "ssim_defended": float(ssim_per_image(defended, truth.defended).mean()),
-        "mse": float(mse_per_image(images, truth.images).mean()),
-        "mae": float((images.double() - truth.images.double()).abs().mean()),
-        "matched": matched,
-    } | baseline_fields(psnr, truth.images, prior) | (
-        {"best_of_two": True} if reconstruction.alternatives is not None else {}
-    )
-
-
-def score(reconstruction: Reconstruction, truth: GroundTruth, prior: torch.Tensor | None = None) -> dict[str, Any]:
-    """Every score that applies to the outputs the reconstruction has.
-
-    Images (:func:`score_images`, with the attacker's ``prior`` image as a baseline), labels
-    (``label_accuracy``), angles (``angle_error``: mean circular error against the client's
-    decoding angle, chance pi/2; ``angle_error_mod_pi``, chance pi/4) and properties
-    (``property_error``: the error rate).
-    """
-    row: dict[str, Any] = {}
-    if reconstruction.images is not None:
-        row |= score_images(reconstruction, truth, matched=not reconstruction.ordered, prior=prior)
-    if reconstruction.labels is not None:
-        row["label_accuracy"] = label_accuracy(reconstruction.labels.cpu(), truth.labels)
-    if reconstruction.angles is not None and "theta" in truth.extras:
-        angle = truth.extras["theta"].double() + truth.extras["swap"].double() * (math.pi / 2)
-        estimate = reconstruction.angles.detach().cpu().double()
-        row["angle_error"] = float(circular_error(estimate, angle).mean())
-        row["angle_error_mod_pi"] = float(circular_error(estimate, angle, math.pi).mean())
-    if reconstruction.properties is not None:
-        truth_property = truth.extras.get("property", truth.labels)
-        row["property_error"] = float((reconstruction.properties.cpu() != truth_property.long()).float().mean())
-    return row
 
 
 def _reconstruct_isolated(

@@ -16,18 +16,27 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fedpriv.attacks import AuxiliaryData, build_attack
-from fedpriv.attacks.base import settings_for
-from fedpriv.attacks.prediction_inversion import PredictionInversion, adam
+from fedpriv.attacks.base import JointlyTrainable, settings_for
 from fedpriv.config import RunConfig
 from fedpriv.data.specs import DatasetSpec
-from fedpriv.defenses import build_defense
+from fedpriv.defenses import PredictionDefense, build_defense
 from fedpriv.models import build_model, load_wire_state, wire_state
-from fedpriv.training import to_pixels
+from fedpriv.training import adam, to_pixels
 
 BATCH = 128
 LR = 2e-4
+
+
+def joint_attack(config: RunConfig) -> JointlyTrainable:
+    """The run's first attack whose network the server can train jointly with the model (validation ensures one)."""
+    for name in config.attack_names():
+        attack = build_attack(name, settings_for(config, name))
+        if isinstance(attack, JointlyTrainable):
+            return attack
+    raise ValueError(f"joint-training=true but none of the attacks {config.attack_names()} trains an inverter")
 
 
 def pretrain_on_aux(
@@ -53,14 +62,15 @@ def pretrain_on_aux(
         honest), and a report for ``config.json`` (epochs, final losses).
     """
     model = load_wire_state(build_model(config.model, dataset.num_classes, dataset.channels), state)
-    inverter = None
+    inverter: nn.Module | None = None
+    top = dataset.num_classes
     parameters = list(model.parameters())
     if config.joint_training:
-        top = getattr(build_defense(config.defense), "top", dataset.num_classes)
-        attack = build_attack(PredictionInversion.name, settings_for(config, PredictionInversion.name))
-        assert isinstance(attack, PredictionInversion)
+        defense = build_defense(config.defense)
+        if isinstance(defense, PredictionDefense):
+            top = defense.released_entries(dataset.num_classes)
         torch.manual_seed(config.seed)
-        inverter = attack.new_inverter(dataset, top)
+        inverter = joint_attack(config).new_inverter(dataset, top)
         parameters += list(inverter.parameters())
     optimizer = adam(parameters, LR)
     generator = torch.Generator().manual_seed(config.seed)
@@ -94,5 +104,5 @@ def pretrain_on_aux(
     report = {"epochs": config.server_pretrain_epochs, "joint-training": config.joint_training,
               "final-cross-entropy": losses["ce"]}
     if inverter is not None:
-        report |= {"final-reconstruction-mse": losses["mse"], "inverter-top": int(inverter.top)}
+        report |= {"final-reconstruction-mse": losses["mse"], "inverter-top": top}
     return wire_state(model), dataclasses.replace(aux, inverter=inverter), report

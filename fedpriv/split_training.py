@@ -66,7 +66,7 @@ def train_split_local(
 def _encoder_term(codec: RotationCodec, critic: torch.nn.Module, critic_opt: torch.optim.Optimizer, k: int,
                   dtheta: float, gp: float, n_critic: int, generator: torch.Generator) -> tuple[torch.Tensor, float]:
     """Train the critic on this batch, then the encoder's WGAN term mean D(a) - mean D(a') (and the critic loss)."""
-    a, x = codec.last["a"], codec.last["x"]
+    a, x = codec.last.a, codec.last.x
     fakes = wrong_decodings(x, codec.decode_angle(), k - 1, dtheta, generator)
     value = train_critic(critic, critic_opt, a, fakes, gp, n_critic, generator)
     for parameter in critic.parameters():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -101,7 +102,7 @@ def train_local(
         order = torch.randperm(len(labels), generator=generator)
         for start in range(0, len(order), settings.batch_size):
             index = order[start : start + settings.batch_size]
-            defended, _ = defended_inputs(defense, to_pixels(images[index]), generator)
+            defended = defended_inputs(defense, to_pixels(images[index]), generator)
             fresh = ~seen[index]
             first_seen[index[fresh]] = defended[fresh]
             used.append(index[fresh])
@@ -166,3 +167,8 @@ def batch_gradient(
     model.load_state_dict(buffers)
     model.train(was_training)
     return tuple(n for n, _ in named), tuple(g.detach().cpu() for g in grads), float(loss.detach())
+
+
+def adam(parameters: Iterable[nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Yang et al.'s optimiser for classifier and inverter: Adam(lr, betas (0.5, 0.999), amsgrad)."""
+    return torch.optim.Adam(parameters, lr=lr, betas=(0.5, 0.999), amsgrad=True)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fedpriv.attacks import ATTACKS
-from fedpriv.attacks.base import check_settings, settings_for
+from fedpriv.attacks.base import JointlyTrainable, check_settings, settings_for
 from fedpriv.config import RunConfig
 from fedpriv.data.auxiliary import DISTINCT_DEFAULTS
 from fedpriv.data.custom import custom_path, is_custom
@@ -164,9 +164,10 @@ def _attack_errors(config: RunConfig, protocol: FederatedProtocol, check_fit: bo
             errors += factory.fit_errors(config, options)
     errors += _caught(lambda: check_settings(settings_for(config, names[0] if names else "")))
     errors += _unused_options(config, names)
-    if config.joint_training and "prediction-inversion" not in names:
-        errors.append("joint-training=true hands its inverter to the 'prediction-inversion' attack, which this run "
-                      f"does not use (attacks: {', '.join(names) or 'none'})")
+    trainable = [n for n in ATTACKS.names() if issubclass(ATTACKS.get(n), JointlyTrainable)]
+    if config.joint_training and not set(trainable) & set(names):
+        errors.append(f"joint-training=true hands its inverter to an attack that trains one ({', '.join(trainable)}), "
+                      f"which this run does not use (attacks: {', '.join(names) or 'none'})")
     return errors
 
 

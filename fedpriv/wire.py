@@ -1,56 +1,37 @@
-"""What travels beside a reply's one ArrayRecord: the leak's metadata and the evaluation-only truth.
+"""What travels beside a reply's one ArrayRecord: what the protocol sends beside it, and the evaluation-only truth.
 
 Flower's DP mods and strategy wrappers accept exactly one ArrayRecord per reply, so a reply
 carries only the model (or the one-step model of FedSGD) as arrays. Beside it, in
-ConfigRecords under fixed keys, go the metadata a protocol really sends (``LEAK_KEY``: revealed
-labels, batch-norm mode, released prediction vectors) and the ground truth for the scorer
-(``TRUTH_KEY``: one ``bytes`` value, an ``.npz`` archive). Both sides of the simulation use this
-one codec; the server strips both records before any inner strategy sees a reply and hands truth
-to the scorer only.
+ConfigRecords under fixed keys, go what the protocol really sends beside its arrays
+(``LEAK_KEY``: each protocol's own ``Sent`` dataclass, e.g. revealed labels or released
+prediction vectors) and the ground truth for the scorer (``TRUTH_KEY``). Both are encoded field
+by field: tensors in one ``.npz`` blob (no pickle), strings and numbers as they are. Both sides
+of the simulation use this one codec; the server strips both records before any inner strategy
+sees a reply and hands truth to the scorer only.
 This module is Flower-free: the glue wraps its dicts in ConfigRecords.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
 
 from fedpriv.leaks import GroundTruth
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 LEAK_KEY = "fedpriv.leak"
 TRUTH_KEY = "fedpriv.truth"
 ROUND_KEY = "server-round"
 Scalar = int | float | str | bool | bytes
-
-
-@dataclass(frozen=True)
-class LeakMeta:
-    """What a client sends beside its arrays that the server really sees.
-
-    Attributes
-    ----------
-    labels
-        Labels the protocol reveals (``reveal-labels``), else ``None``.
-    model_mode
-        Batch-norm mode of the computation behind the arrays.
-    predictions
-        Released prediction vectors (n, K) under the ``predictions`` protocol, else ``None``.
-    features, feature_grads
-        Under ``split-inference``: the features x sent to the processing module (complex for
-        complex networks) and, in U-shaped split training, the gradient dL/dh sent back.
-    """
-
-    labels: torch.Tensor | None = None
-    model_mode: str = "eval"
-    predictions: torch.Tensor | None = None
-    features: torch.Tensor | None = None
-    feature_grads: torch.Tensor | None = None
+ARRAYS = "arrays"  # the record key of the .npz blob
+Sent = TypeVar("Sent", bound="DataclassInstance")
 
 
 def _npz(arrays: dict[str, torch.Tensor]) -> bytes:
@@ -74,43 +55,51 @@ def scalar(value: object) -> int | float | str:
     raise TypeError(f"expected a number or a string, got {type(value).__name__}")
 
 
+def encode_fields(record: DataclassInstance) -> dict[str, Scalar]:
+    """A dataclass of tensors, ``None``s, strings and numbers as ConfigRecord values.
+
+    Tensors go into one ``.npz`` blob under ``"arrays"``; ``None`` fields are left out (a
+    decoder restores their default); the others are stored as they are.
+    """
+    values: dict[str, Scalar] = {}
+    arrays: dict[str, torch.Tensor] = {}
+    for item in dataclasses.fields(record):
+        value = getattr(record, item.name)
+        if isinstance(value, torch.Tensor):
+            arrays[item.name] = value.detach()
+        elif isinstance(value, int | float | str | bool):
+            values[item.name] = value
+        elif value is not None:
+            raise TypeError(f"{type(record).__name__}.{item.name}: cannot send a {type(value).__name__}")
+    if ARRAYS in values:
+        raise ValueError(f"{type(record).__name__} has a field named {ARRAYS!r}, the codec's own key")
+    if arrays:
+        values[ARRAYS] = _npz(arrays)
+    return values
+
+
+def decode_fields(kind: type[Sent], values: Mapping[str, object]) -> Sent:
+    """Decode :func:`encode_fields` into a ``kind`` instance (absent fields take their defaults)."""
+    arrays = _unnpz(values[ARRAYS]) if ARRAYS in values else {}
+    names = {item.name for item in dataclasses.fields(kind)}
+    given: dict[str, Any] = {k: v for k, v in (*values.items(), *arrays.items()) if k in names}
+    return kind(**given)
+
+
 def encode_truth(truth: GroundTruth) -> dict[str, Scalar]:
     """Ground truth as ConfigRecord values: one ``.npz`` blob (no pickle) and the defense spec."""
     arrays = {"images": truth.images, "defended": truth.defended, "labels": truth.labels}
-    arrays |= {f"extra/{k}": v for k, v in truth.extras.items()}
-    return {"arrays": _npz(arrays), "defense": truth.defense}
+    arrays |= {f"target/{k}": v for k, v in truth.targets.items()}
+    return {ARRAYS: _npz(arrays), "defense": truth.defense}
 
 
 def decode_truth(values: Mapping[str, object]) -> GroundTruth:
     """Decode what :func:`encode_truth` produced (``allow_pickle=False``)."""
-    arrays = _unnpz(values["arrays"])
+    arrays = _unnpz(values[ARRAYS])
     return GroundTruth(
         images=arrays.pop("images"),
         defended=arrays.pop("defended"),
         labels=arrays.pop("labels").long(),
         defense=str(values["defense"]),
-        extras={k.removeprefix("extra/"): v for k, v in arrays.items()},
-    )
-
-
-def encode_leak_meta(meta: LeakMeta) -> dict[str, Scalar]:
-    """:class:`LeakMeta` as ConfigRecord values (labels as JSON, tensors in one ``.npz`` blob)."""
-    values: dict[str, Scalar] = {"model-mode": meta.model_mode}
-    if meta.labels is not None:
-        values["labels"] = json.dumps([int(v) for v in meta.labels])
-    arrays = {key: value.detach() for key, value in (("predictions", meta.predictions), ("features", meta.features),
-                                                     ("feature_grads", meta.feature_grads)) if value is not None}
-    if arrays:
-        values["arrays"] = _npz(arrays)
-    return values
-
-
-def decode_leak_meta(values: Mapping[str, object]) -> LeakMeta:
-    """Decode :func:`encode_leak_meta`."""
-    labels = values.get("labels")
-    arrays = _unnpz(values["arrays"]) if "arrays" in values else {}
-    return LeakMeta(
-        labels=None if labels is None else torch.tensor(json.loads(str(labels)), dtype=torch.long),
-        model_mode=str(values["model-mode"]), predictions=arrays.get("predictions"),
-        features=arrays.get("features"), feature_grads=arrays.get("feature_grads"),
+        targets={k.removeprefix("target/"): v for k, v in arrays.items()},
     )

@@ -28,7 +28,7 @@ from fedpriv.leaks import GroundTruth
 from fedpriv.protocols import PROTOCOLS
 from fedpriv.results import RunFolder
 from fedpriv.round_attacks import AttackHarness, ObservedClient
-from fedpriv.wire import LEAK_KEY, ROUND_KEY, TRUTH_KEY, LeakMeta, decode_leak_meta, decode_truth, scalar
+from fedpriv.wire import LEAK_KEY, ROUND_KEY, TRUTH_KEY, Sent, decode_fields, decode_truth, scalar
 
 
 def sample_partitions(config: RunConfig, server_round: int, partitions: list[int]) -> list[int]:
@@ -64,11 +64,14 @@ def failure_reason(text: str) -> str:
     return re.sub(r"'?>+$", "", lines[-1]).strip() if lines else "unknown"
 
 
-def strip_reply(content: RecordDict) -> tuple[GroundTruth | None, LeakMeta]:
-    """Remove fedpriv's records from a reply; return (truth or None, what was sent beside the arrays)."""
+def strip_reply(content: RecordDict, sent: type[Sent]) -> tuple[GroundTruth | None, Sent]:
+    """Remove fedpriv's records from a reply; return (truth or None, what was sent beside the arrays).
+
+    ``sent`` is the protocol's ``Sent`` dataclass; a reply without the record decodes to its defaults.
+    """
     truth = decode_truth(dict(cast(ConfigRecord, content.pop(TRUTH_KEY)))) if TRUTH_KEY in content else None
-    meta = decode_leak_meta(dict(cast(ConfigRecord, content.pop(LEAK_KEY)))) if LEAK_KEY in content else LeakMeta()
-    return truth, meta
+    values = dict(cast(ConfigRecord, content.pop(LEAK_KEY))) if LEAK_KEY in content else {}
+    return truth, decode_fields(sent, values)
 
 
 class AttackingStrategy(Strategy):
@@ -158,12 +161,12 @@ class AttackingStrategy(Strategy):
                 failed.append({"partition_id": pid, "reason": reason})
                 log(WARNING, "round %d: client of partition %d failed: %s", run_round, pid, reason)
                 continue
-            truth, meta = strip_reply(msg.content)
+            truth, sent = strip_reply(msg.content, self.protocol.Sent)
             if truth is None:
                 continue
             leak = self.protocol.observe(
                 self.config, broadcast, cast(ArrayRecord, msg.content["arrays"]).to_torch_state_dict(), names,
-                int(scalar(msg.content["metrics"]["num-examples"])), meta,
+                int(scalar(msg.content["metrics"]["num-examples"])), sent,
             )
             attacks = tuple(self.config.attacks_for(pid))
             observed.append(ObservedClient(pid, leak, truth, attacks, self.config.defense_for(pid)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -113,16 +114,16 @@ def test_signs_vary_but_reproduce_from_the_generator_alone() -> None:
     images = random_batch(16, 3)
     random.seed(1)
     torch.manual_seed(1)
-    first, extras = defense.transform(images, gen(7))
+    first, drawn = defense.transform(images, gen(7))
     random.seed(2)
     torch.manual_seed(2)
     second, again = defense.transform(images, gen(7))
     assert torch.equal(first, second)
-    assert all(torch.equal(extras[k], again[k]) for k in extras)
-    for slot in ("slot0", "slot1", "slot2"):
-        assert len(set(extras[slot].tolist())) == 2
-    assert set(extras["translate_x"].tolist()) == {-15, 15}
-    assert set(extras["translate_y"].tolist()) == {-3, 3}
+    assert all(torch.equal(getattr(drawn, f.name), getattr(again, f.name)) for f in dataclasses.fields(drawn))
+    for slot in range(3):
+        assert len(set(drawn.slots[:, slot].tolist())) == 2
+    assert set(drawn.translate_x.tolist()) == {-15, 15}
+    assert set(drawn.translate_y.tolist()) == {-3, 3}
     other, _ = defense.transform(images, gen(8))
     assert not torch.equal(first, other)
 
@@ -130,34 +131,34 @@ def test_signs_vary_but_reproduce_from_the_generator_alone() -> None:
 def test_hybrid_draws_both_sub_policies_reproducibly() -> None:
     defense = build_defense("ats:hybrid(3-1-7,43-18-18)")
     images = random_batch(64, 3)
-    _, extras = defense.transform(images, gen(3))
+    _, drawn = defense.transform(images, gen(3))
     _, again = defense.transform(images, gen(3))
-    assert torch.equal(extras["sub_policy"], again["sub_policy"])
-    counts = torch.bincount(extras["sub_policy"], minlength=2)
+    assert torch.equal(drawn.sub_policy, again.sub_policy)
+    counts = torch.bincount(drawn.sub_policy, minlength=2)
     assert counts.min() >= 16
-    first = extras["sub_policy"] == 0
-    assert torch.allclose(extras["slot0"][first].abs(), torch.tensor(14.5015), atol=1e-3)
-    assert torch.allclose(extras["slot0"][~first].abs(), torch.tensor(4.8338), atol=1e-3)
-    assert (extras["translate_x"][~first] == 0).all()
+    first = drawn.sub_policy == 0
+    assert torch.allclose(drawn.slots[:, 0][first].abs(), torch.tensor(14.5015), atol=1e-3)
+    assert torch.allclose(drawn.slots[:, 0][~first].abs(), torch.tensor(4.8338), atol=1e-3)
+    assert (drawn.translate_x[~first] == 0).all()
 
 
 def test_crop_flip_recorded_and_effective() -> None:
     images = random_batch(32, 3)
     off = build_defense("ats:28;crop-flip=false")  # solarize 256: the identity
     assert off.spec == "ats:28;crop-flip=false" and "no crop/flip" in off.description
-    defended, extras = off.transform(images, gen())
+    defended, drawn = off.transform(images, gen())
     assert torch.equal(defended, images)
-    assert not extras["flip"].any() and not extras["crop_dx"].any() and not extras["crop_dy"].any()
+    assert not drawn.flip.any() and not drawn.crop_dx.any() and not drawn.crop_dy.any()
 
     on = build_defense("ats:28")
     assert on.spec == "ats:28;crop-flip=true" and "RandomCrop" in on.description
-    defended, extras = on.transform(images, gen())
-    assert 0 < int(extras["flip"].sum()) < 32 and len(set(extras["crop_dx"].tolist())) > 3
+    defended, drawn = on.transform(images, gen())
+    assert 0 < int(drawn.flip.sum()) < 32 and len(set(drawn.crop_dx.tolist())) > 3
     padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
     for b in range(32):
-        top, left = int(extras["crop_dy"][b]) + 4, int(extras["crop_dx"][b]) + 4
+        top, left = int(drawn.crop_dy[b]) + 4, int(drawn.crop_dx[b]) + 4
         expected = padded[b, :, top : top + 32, left : left + 32]
-        expected = expected.flip(-1) if extras["flip"][b] else expected
+        expected = expected.flip(-1) if drawn.flip[b] else expected
         assert torch.equal(defended[b], expected)
 
 
@@ -166,7 +167,7 @@ def test_all_primitives_run(channels: int) -> None:
     images = random_batch(2, channels)
     for index in range(50):
         defense = AtsDefense(AtsPolicy(((index,),)))
-        defended, extras = defense.transform(images, gen(index))
+        defended, drawn = defense.transform(images, gen(index))
         assert defended.shape == images.shape and defended.dtype == images.dtype
         assert 0 <= float(defended.min()) and float(defended.max()) <= 1
         assert torch.equal(defended * 255, (defended * 255).round())
@@ -174,10 +175,10 @@ def test_all_primitives_run(channels: int) -> None:
 
 def test_one_channel_matches_three_channel_gray() -> None:
     gray = random_batch(8, 1)
-    one, extras1 = build_defense("ats:3-1-7").transform(gray, gen(5))
-    three, extras3 = build_defense("ats:3-1-7").transform(gray.repeat(1, 3, 1, 1), gen(5))
+    one, drawn1 = build_defense("ats:3-1-7").transform(gray, gen(5))
+    three, drawn3 = build_defense("ats:3-1-7").transform(gray.repeat(1, 3, 1, 1), gen(5))
     assert torch.equal(one[:, 0], three[:, 0])
-    assert torch.equal(extras1["slot1"], extras3["slot1"])
+    assert torch.equal(drawn1.slots[:, 1], drawn3.slots[:, 1])
 
 
 def test_translation_bounds() -> None:
@@ -239,14 +240,14 @@ def test_reference_geometry_crops_the_28x28_image_into_32x32_with_5_offsets() ->
     identity = "ats:28"  # solarize with threshold 256: the policy itself changes nothing
     reference = build_defense(f"{identity};geometry=reference")
     assert reference.spec == "ats:28;crop-flip=true;geometry=reference"
-    defended, extras = reference.transform(white, torch.Generator().manual_seed(0))
+    defended, drawn = reference.transform(white, torch.Generator().manual_seed(0))
     zero_rows = (defended.amax(dim=(1, 3)) == 0).sum(dim=1)
     zero_cols = (defended.amax(dim=(1, 2)) == 0).sum(dim=1)
     assert zero_rows.eq(4).all() and zero_cols.eq(4).all()
-    assert set(extras["crop_dy"].tolist()) == set(range(-4, 1)) and set(extras["crop_dx"].tolist()) == set(range(-4, 1))
-    resized, extras = build_defense(identity).transform(white, torch.Generator().manual_seed(0))
+    assert set(drawn.crop_dy.tolist()) == set(range(-4, 1)) and set(drawn.crop_dx.tolist()) == set(range(-4, 1))
+    resized, drawn = build_defense(identity).transform(white, torch.Generator().manual_seed(0))
     assert set((resized.amax(dim=(1, 3)) == 0).sum(dim=1).tolist()) == set(range(5))
-    assert len(set(extras["crop_dy"].tolist())) == 9
+    assert len(set(drawn.crop_dy.tolist())) == 9
     # without crop-flip the policy runs at 28x28 and the result is resized: no zero border at all
     plain, _ = build_defense(f"{identity};crop-flip=false;geometry=reference").transform(
         white[:4], torch.Generator().manual_seed(0))

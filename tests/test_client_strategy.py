@@ -19,12 +19,13 @@ from fedpriv.errors import ConfigError
 from fedpriv.leaks import GradientLeak
 from fedpriv.models import build_model, load_wire_state, wire_state
 from fedpriv.protocols import PROTOCOLS
+from fedpriv.protocols.fedsgd import SentLabels
 from fedpriv.results import RunFolder, read_jsonl
 from fedpriv.round_attacks import AttackHarness
 from fedpriv.strategies.attacking_strategy import AttackingStrategy, sample_partitions
 from fedpriv.strategies.inner import inner_strategy
 from fedpriv.validation import validated_config
-from fedpriv.wire import LEAK_KEY, TRUTH_KEY, LeakMeta
+from fedpriv.wire import LEAK_KEY, TRUTH_KEY
 
 TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = 1
 RUN = {
@@ -79,10 +80,10 @@ def test_realistic_fedavg_truth_is_exactly_the_images_the_local_steps_used() -> 
     distance = (used[:, None] - reply.truth.defended[None]).abs().flatten(2).amax(2)  # (fed, truth)
     assert torch.equal(distance.argmin(1).sort().values, torch.arange(20)) and distance.amin(1).max() < 1e-5
     assert torch.equal(reply.truth.images, reply.truth.defended)  # no defense: T(x) = x
-    assert reply.meta.labels is not None and torch.equal(reply.meta.labels, reply.truth.labels)
+    assert reply.sent.labels is not None and torch.equal(reply.sent.labels, reply.truth.labels)
     leak = PROTOCOLS.get("fedavg").observe(config, _initial(config), reply.state,
                                            [n for n, _ in build_model(config.model, 10).named_parameters()],
-                                           reply.num_examples, reply.meta)
+                                           reply.num_examples, reply.sent)
     assert leak.num_images == 20 and leak.steps == 5 and leak.num_examples == len(images)
 
 
@@ -226,7 +227,7 @@ def test_fedsgd_steps_the_mean_gradient_with_the_server_lr(tmp_path) -> None:
     arrays, _ = strategy.aggregate_train(1, replies)
     broadcast = _initial(config)
     grads = [PROTOCOLS.get("fedsgd").observe(config, broadcast, r.content["arrays"].to_torch_state_dict(),
-                                              list(broadcast), 2, LeakMeta()) for r in replies]
+                                              list(broadcast), 2, SentLabels()) for r in replies]
     new = arrays.to_torch_state_dict()
     for i, name in enumerate(broadcast):
         expected = broadcast[name] - 0.5 * (grads[0].gradients[i] + grads[1].gradients[i]) / 2

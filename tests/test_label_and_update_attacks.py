@@ -8,13 +8,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedpriv.attacks import AttackSettings, AttackTarget, AuxiliaryData, build_attack
-from fedpriv.attacks.label_inference import counts_to_labels, infer_labels, label_accuracy
+from fedpriv.attacks.label_inference import counts_to_labels, infer_labels
 from fedpriv.attacks.update_inversion import simulated_update
 from fedpriv.data.specs import CIFAR10_MEAN, CIFAR10_STD, DatasetSpec
 from fedpriv.leaks import GradientLeak, UpdateLeak
-from fedpriv.metrics import psnr_per_image
+from fedpriv.metrics import label_accuracy, psnr_per_image
 from fedpriv.models import build_model
-from fedpriv.round_attacks import match_order
+from fedpriv.scoring import match_order
 from tests.test_inverting_gradients import leak_of, photo
 
 SMALL = DatasetSpec("cifar10-16px", 10, 3, 16, CIFAR10_MEAN, CIFAR10_STD)

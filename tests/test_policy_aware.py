@@ -117,13 +117,13 @@ def test_modelled_policy_at_the_drawn_parameters_is_the_defense(spec: str) -> No
     image = smooth_image(3, seed=4)
     for seed in range(4):
         defended, drawn = AtsDefense(policy).transform(image, torch.Generator().manual_seed(seed))
-        centre = (float(drawn["translate_x"]), float(drawn["translate_y"]))
+        centre = (float(drawn.translate_x), float(drawn.translate_y))
         plan = pa._Plan(policy, pa.Hypothesis(0, centre, (0.0, 0.0)))
         assert plan.hypothesis in pa.enumerate_hypotheses(policy, 32)
         values = torch.zeros(1, pa.WIDTH)
         for k, prim in enumerate(policy.primitives[0]):
             if prim.op in ad.ENHANCE_OPS:
-                values[0, 3 + k] = (float(drawn[f"slot{k}"]) - 1) / prim.magnitude
+                values[0, 3 + k] = (float(drawn.slots[0, k]) - 1) / prim.magnitude
         diff = (plan.transform(image, values) - defended).abs()
         assert (diff > 2 / 255 + 1e-6).float().mean() <= 0.01, (seed, diff.max())  # solarize at its threshold
 
@@ -255,4 +255,4 @@ def test_policy_aware_beats_inverting_gradients_on_3_1_7() -> None:
         assert aware.defended is not None
         gain = float(psnr_per_image(aware.defended, defended) - psnr_per_image(ig.images, defended))
         assert gain > 3.0, (i, gain)
-        assert np.sign(aware.fields["tx"]) == np.sign(int(drawn["translate_x"]))  # the right hypothesis
+        assert np.sign(aware.fields["tx"]) == np.sign(int(drawn.translate_x))  # the right hypothesis

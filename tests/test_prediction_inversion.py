@@ -18,8 +18,10 @@ from fedpriv.errors import ConfigError
 from fedpriv.leaks import PredictionLeak
 from fedpriv.metrics import psnr_per_image
 from fedpriv.models import YangClassifier
+from fedpriv.protocols.fedsgd import SentLabels
+from fedpriv.protocols.predictions import SentPredictions
 from fedpriv.validation import validated_config
-from fedpriv.wire import LeakMeta, decode_leak_meta, encode_leak_meta
+from fedpriv.wire import decode_fields, encode_fields
 
 DIGITS = resolve_spec("embedded-digits")
 RUN = {"dataset": "embedded-digits", "model": "yang-mnist-small", "protocol": "predictions",
@@ -33,6 +35,8 @@ def test_truncation_keeps_the_top_entries_unscaled() -> None:
     top = p.topk(3, 1)
     assert torch.equal(released.gather(1, top.indices), top.values)
     assert released_top(released) == 3 and released_top(p) == 10
+    assert build_defense("truncate:3").released_entries(10) == 3  # type: ignore[attr-defined]
+    assert build_defense("truncate:12").released_entries(10) == 10  # type: ignore[attr-defined]
 
 
 def test_inversion_input_follows_the_reference_transform() -> None:
@@ -49,11 +53,14 @@ def test_inversion_input_follows_the_reference_transform() -> None:
     assert torch.isfinite(inversion_input(truncated, 10)).all()  # zeros count as log 0 = -1000
 
 
-def test_leak_metadata_round_trips_prediction_vectors() -> None:
+def test_what_protocols_send_beside_the_arrays_round_trips_field_by_field() -> None:
     p = torch.rand(3, 10)
-    meta = decode_leak_meta(encode_leak_meta(LeakMeta(torch.tensor([1, 2]), "train", p)))
-    assert torch.equal(meta.predictions, p) and meta.model_mode == "train" and meta.labels.tolist() == [1, 2]
-    assert decode_leak_meta(encode_leak_meta(LeakMeta())).predictions is None
+    sent = decode_fields(SentPredictions, encode_fields(SentPredictions(p)))
+    assert torch.equal(sent.predictions, p)
+    assert decode_fields(SentPredictions, encode_fields(SentPredictions())).predictions is None
+    labels = decode_fields(SentLabels, encode_fields(SentLabels("train", torch.tensor([1, 2]))))
+    assert labels.model_mode == "train" and labels.labels.dtype == torch.long and labels.labels.tolist() == [1, 2]
+    assert decode_fields(SentLabels, {}) == SentLabels()  # a reply without the record: the defaults
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +152,8 @@ def test_auxiliary_types_split_the_data_as_declared() -> None:
     ({"attacks": "inverting-gradients"}, "attacks for it: prediction-inversion"),
     ({"joint-training": True}, "set server-pretrain-epochs >= 1"),
     ({"joint-training": True, "server-pretrain-epochs": 1, "aux-type": "generic"}, "needs aux-type='same'"),
+    ({"joint-training": True, "server-pretrain-epochs": 1, "attacks": "inverting-gradients"},
+     r"hands its inverter to an attack that trains one \(prediction-inversion\)"),
     ({"aux-type": "distinct", "aux-dataset": "embedded-digits"}, "needs another one"),
     ({"prediction-samples": 0}, "prediction-samples=0 is out of range; valid: >= 1"),
     ({"attack.prediction-inversion.align": "maybe"}, "align='maybe' has the wrong type; expected a bool"),

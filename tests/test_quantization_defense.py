@@ -30,7 +30,7 @@ def _observed(run: dict[str, object]) -> tuple[Leak, list[str]]:
     broadcast = wire_state(model)
     reply = run_client_round(config, 0, 2, dict(broadcast), 1)
     protocol = PROTOCOLS.get(config.protocol)
-    return protocol.observe(config, broadcast, reply.state, names, reply.num_examples, reply.meta), names
+    return protocol.observe(config, broadcast, reply.state, names, reply.num_examples, reply.sent), names
 
 
 def _tensors(leak: Leak) -> tuple[torch.Tensor, ...]:

@@ -16,11 +16,11 @@ from fedpriv.defenses import build_defense
 from fedpriv.defenses.features import RotationCodec, RotationSettings, derangement
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import FeatureLeak, GroundTruth
+from fedpriv.metrics import circular_error
 from fedpriv.models import build_model
-from fedpriv.protocols import query_features
-from fedpriv.rotation.adversarial import circular_error
+from fedpriv.protocols.split_inference import query_features
 from fedpriv.rotation.networks import PlainCodec, split_model_names
-from fedpriv.round_attacks import score
+from fedpriv.scoring import score
 from fedpriv.validation import validated_config
 
 PHOTOS = resolve_spec("embedded-photos")
@@ -59,9 +59,9 @@ def test_the_client_decodes_what_the_unrotated_features_give() -> None:
     codec = RotationCodec(RotationSettings(swap=True), torch.Generator().manual_seed(1))
     model.codec = codec
     rotated = model(images)
-    a, b, swap = codec.last["a"], codec.last["b"], codec.last["swap"].reshape(-1, 1, 1, 1)
+    a, b, swap = codec.last.a, codec.last.b, codec.last.swap.reshape(-1, 1, 1, 1)
     unrotated = torch.complex(torch.where(swap, b, a), torch.where(swap, a, b))
-    phase = torch.where(codec.last["swap"], math.pi / 2, 0.0)
+    phase = torch.where(codec.last.swap, math.pi / 2, 0.0)
     h = model.process(unrotated)
     direct = model.decoder((h * torch.polar(torch.ones(4), -phase).reshape(-1, 1, 1, 1)).real)
     assert torch.allclose(rotated, direct, atol=1e-4)
@@ -96,7 +96,7 @@ def test_the_encoder_output_does_not_leak_the_angle_through_element_phases() -> 
     with torch.no_grad():
         a = model.encoder(PHOTOS.normalize(pixels))
         ours = codec.obfuscate(a)
-        theta = codec.last["theta"]
+        theta = codec.last.theta
         relu = RotationCodec(RotationSettings(), torch.Generator().manual_seed(2)).obfuscate(F.relu(a))
     assert float(circular_error(_phase_histogram_angles(ours), theta).mean()) > 1.2
     assert float(circular_error(_phase_histogram_angles(relu), theta).mean()) < 0.8
@@ -107,9 +107,10 @@ def test_u_shaped_training_leaks_the_angle_modulo_pi_through_the_returned_gradie
     model = build_model("complex-lenet", 10, 3)
     train = load_split("embedded-photos", "", "train")
     codec = RotationCodec(RotationSettings(swap=True), torch.Generator().manual_seed(3))
-    x, grads, extras = query_features(model, train.images[:6].float() / 255, train.labels[:6], PHOTOS, codec, True)
+    x, grads, targets = query_features(model, train.images[:6].float() / 255, train.labels[:6], PHOTOS, codec, True)
     assert grads is not None and x.is_complex()
-    angle = extras["theta"] + extras["swap"] * math.pi / 2
+    angle = targets["angles"]
+    assert torch.equal(angle, codec.last.theta + codec.last.swap.float() * math.pi / 2)
     phases = torch.remainder(grads.flatten(1).angle(), math.pi)
     spread = circular_error(phases, torch.remainder(angle, math.pi)[:, None], math.pi)
     assert float(spread[grads.flatten(1).abs() > 1e-9].max()) < 1e-3  # every element: theta or theta + pi
@@ -127,9 +128,10 @@ def _aux_and_leaks(spec: str) -> tuple[torch.nn.Module, AuxiliaryData, list[Atta
         generator = torch.Generator().manual_seed(client)
         codec = defense.codec(True, generator) if hasattr(defense, "codec") else PlainCodec(True)
         pixels = train.images[index].float() / 255
-        x, grads, extras = query_features(model, pixels, train.labels[index], PHOTOS, codec, True)
+        x, grads, truth = query_features(model, pixels, train.labels[index], PHOTOS, codec, True)
         targets.append(AttackTarget(FeatureLeak(x, grads), seed=client, defense_spec=spec))
-        truths.append(GroundTruth(pixels, pixels, train.labels[index], spec, extras))
+        truth["properties"] = train.labels[index]
+        truths.append(GroundTruth(pixels, pixels, train.labels[index], spec, truth))
     return model, aux, targets, truths
 
 
@@ -186,7 +188,7 @@ def test_property_inference_variants_infer_a_property_per_query(variant: str) ->
     attack = build_attack("property-inference", AttackSettings(options=options))
     attack.prepare(PHOTOS, aux)
     results = attack.reconstruct(model, PHOTOS, targets)
-    assert all(r.properties.shape == (8,) and r.angles is not None for r in results)
+    assert all(r.estimates["properties"].shape == (8,) and "angles" in r.estimates for r in results)
     assert all(0 <= score(r, t)["property_error"] <= 1 for r, t in zip(results, truths, strict=True))
 
 
@@ -242,8 +244,8 @@ def test_the_attackers_critic_finds_the_angle_far_better_than_chance() -> None:
     attack.fit_critic("complex", own, 0)
     index = torch.arange(1000, 1064)
     codec = build_defense("complex").codec(True, torch.Generator().manual_seed(1))
-    x, _, extras = query_features(model, train.images[index].float() / 255, train.labels[index], PHOTOS, codec, False)
+    x, _, truth = query_features(model, train.images[index].float() / 255, train.labels[index], PHOTOS, codec, False)
     estimate = attack.estimate_angles("complex", FeatureLeak(x))
-    error = circular_error(estimate, extras["theta"])
-    nearer = torch.minimum(error, circular_error(estimate, extras["theta"] + math.pi / 2))
+    error = circular_error(estimate, truth["angles"])  # no swaps: the decoding angle is theta
+    nearer = torch.minimum(error, circular_error(estimate, truth["angles"] + math.pi / 2))
     assert float(error.mean()) < 1.0 and float(nearer.mean()) < 0.4, (float(error.mean()), float(nearer.mean()))

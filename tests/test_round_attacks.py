@@ -17,7 +17,8 @@ from fedpriv.data.specs import resolve_spec
 from fedpriv.leaks import GradientLeak, GroundTruth
 from fedpriv.models import build_model
 from fedpriv.results import RunFolder, read_jsonl
-from fedpriv.round_attacks import AttackHarness, match_order, score
+from fedpriv.round_attacks import AttackHarness
+from fedpriv.scoring import match_order, score
 from tests.observed import observed_client, victim
 
 SPEC = resolve_spec("cifar100")
@@ -123,7 +124,7 @@ def test_matched_score_equals_unmatched_in_order_and_exceeds_it_shuffled() -> No
     truth = GroundTruth(x, x, torch.arange(4), "none")
     noisy = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
     in_order = score(Reconstruction(images=noisy), truth)
-    from fedpriv.round_attacks import score_images
+    from fedpriv.scoring import score_images
     unmatched = score_images(Reconstruction(images=noisy), truth, matched=False)
     assert in_order["matched"] and in_order["psnr"] == pytest.approx(unmatched["psnr"])
     shuffled = noisy[torch.tensor([2, 0, 3, 1])]

@@ -102,7 +102,7 @@ class AtsPolicy:
 
     @property
     def num_slots(self) -> int:
-        """The length of the longest sub-policy (the number of ``slotK`` extras)."""
+        """The length of the longest sub-policy (the columns of ``AtsDraw.slots``)."""
         return max(len(sub) for sub in self.sub_policies)
 
     @property
@@ -238,6 +238,43 @@ def translation_bounds(policy: AtsPolicy, size: int | None = None) -> tuple[floa
     return bounds[0], bounds[1]
 
 
+@dataclass(frozen=True)
+class AtsDraw:
+    """What an ATS transform drew for each image of a batch (the tensors are filled in place while drawing).
+
+    Attributes
+    ----------
+    sub_policy
+        (n,) int64: the sub-policy applied (0 unless hybrid).
+    crop_dx, crop_dy
+        (n,) int64 sampling offsets of the random crop: the cropped pixel (x, y) is input
+        (x + dx, y + dy); 0 when crop-flip is off.
+    flip
+        (n,) bool: a horizontal flip, applied after the crop.
+    slots
+        (n, L) float32: the parameter each primitive of the sub-policy drew (see
+        :meth:`Primitive.apply`); NaN where a sub-policy is shorter or the primitive has none.
+    translate_x, translate_y
+        (n,) int64: the policy's summed integer sampling offsets in px as PIL applies them (see
+        :func:`sampled_shift`); content moves by minus these.
+    """
+
+    sub_policy: torch.Tensor
+    crop_dx: torch.Tensor
+    crop_dy: torch.Tensor
+    flip: torch.Tensor
+    slots: torch.Tensor
+    translate_x: torch.Tensor
+    translate_y: torch.Tensor
+
+    @classmethod
+    def empty(cls, n: int, num_slots: int) -> AtsDraw:
+        """A record for ``n`` images before drawing: zeros, no flips, NaN slots."""
+        zeros = [torch.zeros(n, dtype=torch.int64) for _ in range(3)]
+        return cls(zeros[0], zeros[1], zeros[2], torch.zeros(n, dtype=torch.bool), torch.full((n, num_slots), math.nan),
+                   torch.zeros(n, dtype=torch.int64), torch.zeros(n, dtype=torch.int64))
+
+
 class AtsDefense(InputDefense):
     """Train on ATS-augmented images T(x), as ATS's ``aug`` mode does.
 
@@ -265,38 +302,22 @@ class AtsDefense(InputDefense):
                     "is not one: drop the option"]
         return []
 
-    def transform(
-        self, images: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def transform(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, AtsDraw]:
         """Augment a batch of [0,1] images (n, C, H, W), C in {1, 3}.
 
         Images are rounded to uint8 for PIL and returned as value / 255.
 
         Returns
         -------
-        defended, extras
-            T(x) in [0,1], and per image: ``sub_policy`` (int64), ``crop_dx``, ``crop_dy``
-            (int64 sampling offsets: the cropped pixel (x, y) is input (x + dx, y + dy), 0 when
-            crop-flip is off), ``flip`` (bool, applied after the crop), ``slot0``.. (float32,
-            the parameter each primitive drew, see :meth:`Primitive.apply`; NaN where a
-            sub-policy is shorter or the primitive has none) and ``translate_x``,
-            ``translate_y`` (int64, the policy's summed integer sampling offsets in px as PIL
-            applies them, see :func:`sampled_shift`; content moves by minus these).
+        defended, drawn
+            T(x) in [0,1], and what was drawn per image (:class:`AtsDraw`).
         """
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"expected images of shape (n, 1 or 3, H, W), got {tuple(images.shape)}")
         pixels = (images.detach().cpu().float().clamp(0, 1) * 255).round().to(torch.uint8)
         arrays = pixels.permute(0, 2, 3, 1).numpy()
         n = len(arrays)
-        extras = {
-            "sub_policy": torch.zeros(n, dtype=torch.int64),
-            "crop_dx": torch.zeros(n, dtype=torch.int64),
-            "crop_dy": torch.zeros(n, dtype=torch.int64),
-            "flip": torch.zeros(n, dtype=torch.bool),
-            **{f"slot{k}": torch.full((n,), math.nan) for k in range(self.policy.num_slots)},
-            "translate_x": torch.zeros(n, dtype=torch.int64),
-            "translate_y": torch.zeros(n, dtype=torch.int64),
-        }
+        drawn = AtsDraw.empty(n, self.policy.num_slots)
         size = arrays.shape[1]
         reference = self.policy.geometry == "reference" and images.shape[1] == 1
         if reference:  # back to the 28x28 image the ATS reference crops and augments
@@ -305,18 +326,18 @@ class AtsDefense(InputDefense):
         out = np.empty((n, size, size, arrays.shape[3]), dtype=np.uint8)
         for b, array in enumerate(arrays):
             if self.policy.crop_flip:
-                array = self._crop_flip(array, generator, extras, b, size)
-            result = self._apply_policy(array, generator, extras, b)
+                array = self._crop_flip(array, generator, drawn, b, size)
+            result = self._apply_policy(array, generator, drawn, b)
             if result.shape[0] != size:  # reference geometry without crop: augmented at 28x28, then Resize(32)
                 result = resize(torch.from_numpy(np.array(result)).permute(2, 0, 1), [size, size],
                                 InterpolationMode.BILINEAR, antialias=True).permute(1, 2, 0).numpy()
             out[b] = result
         defended = torch.from_numpy(out).permute(0, 3, 1, 2).to(images.dtype) / 255
-        return defended.to(images.device), extras
+        return defended.to(images.device), drawn
 
     @staticmethod
     def _crop_flip(
-        array: np.ndarray, generator: torch.Generator, extras: dict[str, torch.Tensor], b: int, size: int
+        array: np.ndarray, generator: torch.Generator, drawn: AtsDraw, b: int, size: int
     ) -> np.ndarray:
         """RandomCrop(size, padding=4, zero fill) then a horizontal flip with p=0.5.
 
@@ -328,13 +349,13 @@ class AtsDefense(InputDefense):
         left = int(torch.randint(0, padded.shape[1] - size + 1, (1,), generator=generator))
         array = padded[top : top + size, left : left + size]
         flip = bool(torch.rand(1, generator=generator) < 0.5)
-        extras["crop_dy"][b] = top - CROP_PADDING
-        extras["crop_dx"][b] = left - CROP_PADDING
-        extras["flip"][b] = flip
+        drawn.crop_dy[b] = top - CROP_PADDING
+        drawn.crop_dx[b] = left - CROP_PADDING
+        drawn.flip[b] = flip
         return array[:, ::-1] if flip else array
 
     def _apply_policy(
-        self, array: np.ndarray, generator: torch.Generator, extras: dict[str, torch.Tensor], b: int
+        self, array: np.ndarray, generator: torch.Generator, drawn: AtsDraw, b: int
     ) -> np.ndarray:
         """Apply one sub-policy to an (H, W, C) uint8 array; record what was drawn."""
         gray = array.shape[2] == 1
@@ -343,14 +364,14 @@ class AtsDefense(InputDefense):
         choice = 0
         if self.policy.is_hybrid:
             choice = int(torch.randint(0, len(self.policy.sub_policies), (1,), generator=generator))
-        extras["sub_policy"][b] = choice
+        drawn.sub_policy[b] = choice
         for slot, prim in enumerate(self.policy.primitives[choice]):
             image, value = prim.apply(image, generator)
-            extras[f"slot{slot}"][b] = value
+            drawn.slots[b, slot] = value
             if prim.op == "translateX":
-                extras["translate_x"][b] += sampled_shift(value)
+                drawn.translate_x[b] += sampled_shift(value)
             elif prim.op == "translateY":
-                extras["translate_y"][b] += sampled_shift(value)
+                drawn.translate_y[b] += sampled_shift(value)
         result = np.asarray(image.convert("L") if gray else image)
         return result[..., None] if gray else result
 

@@ -52,15 +52,14 @@ class InputDefense(Defense):
     acts_on = "inputs"
 
     @abstractmethod
-    def transform(
-        self, images: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def transform(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, object]:
         """Defend a batch of [0,1] pixel images (n, C, H, W).
 
         Returns
         -------
-        defended, extras
-            T(x) in pixel space, and the parameters drawn per image (evaluation only).
+        defended, drawn
+            T(x) in pixel space, and the defense's own typed record of what it drew per image
+            (for inspection and tests; it is never sent).
         """
 
 
@@ -73,6 +72,10 @@ class PredictionDefense(Defense):
     def release(self, probabilities: torch.Tensor) -> torch.Tensor:
         """The vectors (n, K) the client releases instead of ``probabilities``."""
 
+    def released_entries(self, num_classes: int) -> int:
+        """How many entries of a ``num_classes``-vector it releases (all, unless it truncates)."""
+        return num_classes
+
 
 class UpdateDefense(Defense):
     """A defense on what the client sends: the gradient (``fedsgd``) or the weight change (``fedavg``)."""
@@ -84,13 +87,11 @@ class UpdateDefense(Defense):
         """The update the client sends instead of ``update`` (same keys, shapes and dtypes)."""
 
 
-def defended_inputs(
-    defense: Defense, images: torch.Tensor, generator: torch.Generator
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """T(x) and its drawn parameters under an input defense; the images themselves under any other."""
+def defended_inputs(defense: Defense, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """T(x) under an input defense; the images themselves under any other."""
     if isinstance(defense, InputDefense):
-        return defense.transform(images, generator)
-    return images, {}
+        return defense.transform(images, generator)[0]
+    return images
 
 
 # A factory takes the part of the spec after "name:" ("" when there is none).

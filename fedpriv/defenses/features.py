@@ -26,7 +26,7 @@ import torch
 
 from fedpriv.defenses.base import Defense, register_defense
 from fedpriv.errors import ConfigError
-from fedpriv.rotation.networks import PlainCodec
+from fedpriv.rotation.networks import FeatureCodec, PlainCodec
 from fedpriv.spec_numbers import spec_float, spec_int
 
 if TYPE_CHECKING:
@@ -63,16 +63,39 @@ class RotationSettings:
     b_grad: bool = True
 
 
+@dataclass(frozen=True)
+class RotationDraw:
+    """One batch's secret under the rotation: a, its partner's features b, x, theta, swap flags, partners."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    x: torch.Tensor
+    theta: torch.Tensor
+    swap: torch.Tensor
+    partner: torch.Tensor
+
+    def decode_angle(self) -> torch.Tensor:
+        """The angle the client rotates back by: theta, plus pi/2 where the parts were swapped."""
+        return self.theta + self.swap.float() * (math.pi / 2)
+
+
 class RotationCodec:
     """One client round's rotation: draws theta, b and swaps per batch and keeps them to decode.
 
-    ``last`` holds the latest batch's a, b, x, theta, swap flags and partner indices (the client's secret; the
+    :attr:`last` holds the latest batch's :class:`RotationDraw` (the client's secret; the
     critic's fakes and the evaluation-only truth are built from it).
     """
 
     def __init__(self, settings: RotationSettings, generator: torch.Generator) -> None:
         self.settings, self.generator = settings, generator
-        self.last: dict[str, torch.Tensor] = {}
+        self._last: RotationDraw | None = None
+
+    @property
+    def last(self) -> RotationDraw:
+        """The latest batch's draw (an error before the first batch)."""
+        if self._last is None:
+            raise RuntimeError("the rotation codec has obfuscated no batch yet")
+        return self._last
 
     def obfuscate(self, a: torch.Tensor) -> torch.Tensor:
         n = len(a)
@@ -86,15 +109,19 @@ class RotationCodec:
         flags = swap.reshape(-1, *([1] * (a.dim() - 1)))
         real, imag = torch.where(flags, b, a), torch.where(flags, a, b)
         x = _rotate(torch.complex(real, imag), theta)
-        self.last = {"a": a, "b": b, "x": x, "theta": theta, "swap": swap, "partner": perm}
+        self._last = RotationDraw(a, b, x, theta, swap, perm)
         return x
 
     def decode_angle(self) -> torch.Tensor:
-        """The angle the client rotates back by: theta, plus pi/2 where the parts were swapped."""
-        return self.last["theta"] + self.last["swap"].float() * (math.pi / 2)
+        """The angle the client rotates back by (:meth:`RotationDraw.decode_angle` of the last batch)."""
+        return self.last.decode_angle()
 
     def recover(self, h: torch.Tensor) -> torch.Tensor:
         return _rotate(h, -self.decode_angle()).real
+
+    def truth(self) -> dict[str, torch.Tensor]:
+        """The last batch's decoding angles, the output kind ``angles`` (evaluation only)."""
+        return {"angles": self.decode_angle().detach().cpu()}
 
 
 def _rotate(f: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
@@ -115,6 +142,10 @@ class NoisyCodec:
     def recover(self, h: torch.Tensor) -> torch.Tensor:
         return self.plain.recover(h)
 
+    def truth(self) -> dict[str, torch.Tensor]:
+        """No output kind: the noise has no secret an attack estimates."""
+        return {}
+
 
 class FeatureDefense(Defense):
     """The kind of defense on the features a split network sends: a codec per round around Phi."""
@@ -123,7 +154,7 @@ class FeatureDefense(Defense):
     spec = ""
 
     @abstractmethod
-    def codec(self, is_complex: bool, generator: torch.Generator) -> RotationCodec | NoisyCodec | PlainCodec:
+    def codec(self, is_complex: bool, generator: torch.Generator) -> FeatureCodec:
         """This client round's codec around Phi (each feature defense has its own)."""
 
     def critic(self) -> RotationSettings | None:
@@ -180,7 +211,7 @@ class NoisyFeatures(FeatureDefense):
 
 def feature_codec(
     defense: Defense, is_complex: bool, generator: torch.Generator
-) -> RotationCodec | NoisyCodec | PlainCodec:
+) -> FeatureCodec:
     """The codec a client runs around Phi behind ``defense``: the feature defense's own, else plain features."""
     if isinstance(defense, FeatureDefense):
         return defense.codec(is_complex, generator)

@@ -40,6 +40,10 @@ class Truncation(PredictionDefense):
                     f"{dataset.num_classes} classes; valid: truncate:1..truncate:{dataset.num_classes}"]
         return []
 
+    def released_entries(self, num_classes: int) -> int:
+        """The ``top`` entries (at most ``num_classes``)."""
+        return min(self.top, num_classes)
+
     def release(self, probabilities: torch.Tensor) -> torch.Tensor:
         """The vectors (n, K) with all but their ``top`` largest entries set to zero."""
         values, index = probabilities.topk(min(self.top, probabilities.shape[1]), dim=1)

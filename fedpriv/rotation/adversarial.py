@@ -100,9 +100,3 @@ def grid_angles(critic: nn.Module, x: torch.Tensor, steps: int = 360, chunk: int
         ])
         best[i] = grid[int(scores.argmax())]
     return best
-
-
-def circular_error(estimate: torch.Tensor, truth: torch.Tensor, period: float = 2 * math.pi) -> torch.Tensor:
-    """Circular distance min(|d| mod p, p - |d| mod p) per sample (chance: p/4 for uniform guesses)."""
-    diff = torch.remainder(estimate - truth, period)
-    return torch.minimum(diff, period - diff)

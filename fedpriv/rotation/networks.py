@@ -45,6 +45,10 @@ class FeatureCodec(Protocol):
         """The real decoder input from Phi's output."""
         ...
 
+    def truth(self) -> dict[str, torch.Tensor]:
+        """The true values of output kinds (:mod:`fedpriv.outputs`) the last batch's secret holds (evaluation only)."""
+        ...
+
 
 class PlainCodec:
     """Plain features: x = a (+ 0i for a complex Phi), u = Re[h]."""
@@ -57,6 +61,10 @@ class PlainCodec:
 
     def recover(self, h: torch.Tensor) -> torch.Tensor:
         return h.real if h.is_complex() else h
+
+    def truth(self) -> dict[str, torch.Tensor]:
+        """No output kind: plain features hold no secret."""
+        return {}
 
 
 class SplitNetwork(nn.Module):
