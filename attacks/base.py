@@ -78,7 +78,12 @@ class Knowledge:
         ``"weights"``: its own copy of the broadcast model; ``"architecture"``: a freshly
         initialised model of the same architecture (seeded), not the weights.
     defense
-        The client's defense spec, as the run config (which the server has) declares it.
+        The client's defense spec, as the run config (which the server has) declares it; the
+        run config may withhold it (``attacker-knows-defense=false``), and the attack then
+        models no defense.
+    defense_required
+        Whether the attack cannot run without the defense spec (a run that withholds it is a
+        config error).
     aux
         ``"none"``, or ``"server"``: the server's auxiliary split (``aux-samples`` images drawn as
         ``aux-type`` says, disjoint from every client), handed to :meth:`Attack.prepare`.
@@ -86,6 +91,7 @@ class Knowledge:
 
     model: str = "weights"
     defense: bool = False
+    defense_required: bool = False
     aux: str = "none"
 
 

@@ -255,7 +255,7 @@ class PolicyAware(GradientMatchingAttack):
     """
 
     name: ClassVar[str] = "policy-aware"
-    knowledge: ClassVar[Knowledge] = Knowledge(defense=True)
+    knowledge: ClassVar[Knowledge] = Knowledge(defense=True, defense_required=True)
     Options: ClassVar[type] = PolicyOptions
 
     def __init__(self, settings: AttackSettings) -> None:

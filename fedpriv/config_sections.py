@@ -138,6 +138,8 @@ class AttacksSection:
                                       choices=("eval", "train"), protocols=("fedsgd",))
     attack_precision: str = _attacks("default", "arithmetic of the attacks",
                                      choices=("default", "strict-fp32", "bf16"))
+    attacker_knows_defense: bool = _attacks(True, "attacks that model a defense are told each client's defense "
+                                            "spec (false: they assume none; attacks that need it refuse to run)")
 
 
 @dataclass(frozen=True)

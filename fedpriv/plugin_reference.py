@@ -18,6 +18,7 @@ from pathlib import Path
 
 from fedpriv.app_tables import toml_value
 from fedpriv.attacks import ATTACKS, Attack
+from fedpriv.attacks.base import Knowledge
 from fedpriv.data import archives
 from fedpriv.data.loading import EMBEDDED
 from fedpriv.data.specs import DATASET_SPECS
@@ -110,8 +111,14 @@ def _defenses() -> list[str]:
 
 def _knowledge(attack: type[Attack]) -> str:
     knowledge = attack.knowledge
-    return (f"model: `{knowledge.model}`, the client's defense spec: {'yes' if knowledge.defense else 'no'}, "
+    return (f"model: `{knowledge.model}`, the client's defense spec: {_defense_knowledge(knowledge)}, "
             f"auxiliary data: `{knowledge.aux}`")
+
+
+def _defense_knowledge(knowledge: Knowledge) -> str:
+    if not knowledge.defense:
+        return "no"
+    return "yes (required)" if knowledge.defense_required else "yes (unless `attacker-knows-defense=false`)"
 
 
 def _attacks() -> list[str]:

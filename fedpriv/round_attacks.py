@@ -102,17 +102,22 @@ class AttackHarness:
         -------
         dict
             ``server``: its behaviour; ``attacks``: per attack, its ``model`` (``weights`` or
-            ``architecture``), ``defense`` (whether it is told the client's defense spec),
+            ``architecture``), ``defense`` (whether it is told the client's defense spec:
+            it models one and ``attacker-knows-defense`` does not withhold it),
             ``aux`` (``none`` or ``server``: the auxiliary split) and ``labels`` (``from the leak``
             when the protocol reveals them, else ``inferred``).
         """
         labels = "from the leak" if self.config.reveal_labels else "inferred"
         return {
             "server": "honest-but-curious: runs the protocol as declared and attacks what each reply carries",
-            "attacks": {name: {"model": attack.knowledge.model, "defense": attack.knowledge.defense,
+            "attacks": {name: {"model": attack.knowledge.model, "defense": self.knows_defense(attack),
                                "aux": attack.knowledge.aux, "labels": labels}
                         for name, attack in self.attacks.items()},
         }
+
+    def knows_defense(self, attack: Attack) -> bool:
+        """Whether ``attack`` is told the clients' defense specs: it models them and the run does not withhold them."""
+        return attack.knowledge.defense and self.config.attacker_knows_defense
 
     def describe_threat_model(self) -> str:
         """One line: the server's behaviour and each attack's knowledge."""
@@ -161,7 +166,7 @@ class AttackHarness:
                 AttackTarget(
                     leak=c.leak,
                     seed=attack_seed(self.config.seed, server_round, c.partition_id, name),
-                    defense_spec=c.defense_spec if attack.knowledge.defense else None,
+                    defense_spec=c.defense_spec if self.knows_defense(attack) else None,
                 )
                 for c in chosen
             ]

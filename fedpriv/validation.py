@@ -164,6 +164,10 @@ def _attack_errors(config: RunConfig, protocol: FederatedProtocol, check_fit: bo
             errors += factory.fit_errors(config, options)
     errors += _caught(lambda: check_settings(settings_for(config, names[0] if names else "")))
     errors += _unused_options(config, names)
+    needing = [n for n in names if ATTACKS.get(n).knowledge.defense_required]
+    if not config.attacker_knows_defense and needing:
+        errors.append(f"attacker-knows-defense=false withholds the clients' defense specs, which {', '.join(needing)} "
+                      "cannot run without; valid: true, or attacks that do not need the spec")
     trainable = [n for n in ATTACKS.names() if issubclass(ATTACKS.get(n), JointlyTrainable)]
     if config.joint_training and not set(trainable) & set(names):
         errors.append(f"joint-training=true hands its inverter to an attack that trains one ({', '.join(trainable)}), "

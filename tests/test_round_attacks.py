@@ -14,11 +14,13 @@ from fedpriv.attacks import ATTACKS, Attack, AttackSettings, AttackTarget, Knowl
 from fedpriv.attacks.base import NoOptions
 from fedpriv.config import RunConfig
 from fedpriv.data.specs import resolve_spec
+from fedpriv.errors import ConfigError
 from fedpriv.leaks import GradientLeak, GroundTruth
 from fedpriv.models import build_model
 from fedpriv.results import RunFolder, read_jsonl
 from fedpriv.round_attacks import AttackHarness
 from fedpriv.scoring import match_order, score
+from fedpriv.validation import validated_config
 from tests.observed import observed_client, victim
 
 SPEC = resolve_spec("cifar100")
@@ -77,6 +79,35 @@ def test_attacks_never_receive_ground_truth() -> None:
         assert target.defense_spec is None  # spy's knowledge does not include the defense
         assert not any(isinstance(getattr(target, f), GroundTruth) for f in fields)
     assert _Spy.seen[0].seed != _Spy.seen[1].seed
+
+
+class _DefenseSpy(_Spy):
+    """The spy, told the clients' defense specs."""
+
+    name: ClassVar[str] = "defense-spy"
+    knowledge: ClassVar[Knowledge] = Knowledge(defense=True)
+
+
+@pytest.mark.parametrize("knows", [True, False])
+def test_the_run_config_can_withhold_the_defense_spec_and_says_so(knows: bool, monkeypatch) -> None:
+    monkeypatch.setitem(ATTACKS._items, "defense-spy", _DefenseSpy)
+    _Spy.seen.clear()
+    _Spy.mode = "ok"
+    client = dataclasses.replace(observed_client(0, ("defense-spy",)), defense_spec="ats:3-1-7")
+    config = RunConfig(attacks="defense-spy", attack_iterations=1, attacker_knows_defense=knows)
+    harness = AttackHarness(config, SPEC)
+    harness.run_round(build_model("convnet", 100), [client], 1)
+    assert _Spy.seen[-1].defense_spec == ("ats:3-1-7" if knows else None)
+    assert harness.threat_model()["attacks"]["defense-spy"]["defense"] is knows
+    assert ("the client's defense" if knows else "not the client's defense") in harness.describe_threat_model()
+
+
+def test_withholding_the_defense_spec_from_an_attack_that_needs_it_is_a_config_error() -> None:
+    run = {"dataset": "embedded-photos", "model": "convnet", "protocol": "fedsgd", "batch-size": 1,
+           "attacks": "policy-aware,inverting-gradients", "defense": "ats:3-1-7", "attacker-knows-defense": False}
+    with pytest.raises(ConfigError, match="withholds the clients' defense specs, which policy-aware cannot run"):
+        validated_config(run)
+    assert validated_config(run | {"attacks": "translation-aware"}).attacker_knows_defense is False
 
 
 @pytest.mark.parametrize(("mode", "reason"), [("raise", "CUDA out of memory"), ("nan", "non-finite")])
