@@ -278,8 +278,20 @@ def settings_for(config: RunConfig, name: str) -> AttackSettings:
     )
 
 
+def check_device(name: str) -> None:
+    """Reject an ``attack-device`` that is not a torch device name."""
+    try:
+        torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"attack-device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+
+
 def check_settings(settings: AttackSettings) -> None:
-    """Reject settings no attack can run with, naming the value and the valid range."""
+    """Reject settings no attack can run with, naming the value and the valid range.
+
+    The run config's declarations check the same ranges before a run; this check guards
+    attacks built from Python (``build_attack`` with hand-made settings).
+    """
     if settings.iterations < 1:
         raise ConfigError(f"attack-iterations must be >= 1, got {settings.iterations}")
     if settings.restarts < 1:
@@ -288,8 +300,5 @@ def check_settings(settings: AttackSettings) -> None:
         raise ConfigError(f"attack-lr must be > 0, got {settings.lr}")
     if settings.tv < 0:
         raise ConfigError(f"attack-tv must be >= 0, got {settings.tv}")
-    try:
-        torch.device(settings.device)
-    except RuntimeError:
-        raise ConfigError(f"attack-device {settings.device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    check_device(settings.device)
     check_precision(settings.precision)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fedpriv.attacks import ATTACKS
-from fedpriv.attacks.base import JointlyTrainable, check_settings, settings_for
+from fedpriv.attacks.base import JointlyTrainable, check_device
 from fedpriv.config import RunConfig
 from fedpriv.data.auxiliary import DISTINCT_DEFAULTS
 from fedpriv.data.custom import custom_path, is_custom
@@ -162,7 +162,7 @@ def _attack_errors(config: RunConfig, protocol: FederatedProtocol, check_fit: bo
         errors += bad
         if not bad and check_fit:
             errors += factory.fit_errors(config, options)
-    errors += _caught(lambda: check_settings(settings_for(config, names[0] if names else "")))
+    errors += _caught(lambda: check_device(config.attack_device))  # the ranges are the attacks section's
     errors += _unused_options(config, names)
     needing = [n for n in names if ATTACKS.get(n).knowledge.defense_required]
     if not config.attacker_knows_defense and needing:
