@@ -13,6 +13,10 @@ from fedpriv.leaks import GroundTruth
 from fedpriv.metrics import label_accuracy, mse_per_image, psnr_per_image, ssim_per_image
 from fedpriv.outputs import OUTPUT_KINDS
 
+# An image counts as recovered at 30 dB PSNR or more: an exact readout (an imprint bin of one
+# image) scores far above it in float32, a bin of two images' mean far below (10-20 dB).
+RECOVERED_PSNR_DB = 30.0
+
 
 def match_order(estimate: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """The permutation of ``estimate`` that maximises the summed PSNR against ``truth``.
@@ -42,7 +46,8 @@ def score_images(
     :func:`match_order` finds against x (recorded as ``matched``: true). The row carries its
     baselines and verdict (:func:`fedpriv.baselines.baseline_fields`: ``psnr_grey``, ``psnr_prior``
     when the attacker has a ``prior`` image, ``psnr_baseline``, ``beats_baseline``). ``mae`` is the mean
-    absolute error on [0,1] pixels (the rotation defense's primary metric). With ``alternatives``
+    absolute error on [0,1] pixels (the rotation defense's primary metric). ``images_recovered``
+    counts the images reconstructed at :data:`RECOVERED_PSNR_DB` or more. With ``alternatives``
     (two candidates per image) each image is scored by its better candidate (``best_of_two``).
     """
     assert reconstruction.images is not None
@@ -56,9 +61,11 @@ def score_images(
     if matched:
         order = match_order(images, truth.images)
         images, defended = images[order], defended[order]
-    psnr = float(psnr_per_image(images, truth.images).mean())
+    per_image = psnr_per_image(images, truth.images)
+    psnr = float(per_image.mean())
     return {
         "psnr": psnr,
+        "images_recovered": int((per_image >= RECOVERED_PSNR_DB).sum()),
         "psnr_defended": float(psnr_per_image(defended, truth.defended).mean()),
         "ssim": float(ssim_per_image(images, truth.images).mean()),
         "ssim_defended": float(ssim_per_image(defended, truth.defended).mean()),

@@ -1,0 +1,70 @@
+"""Imprint readout ("Robbing the Fed", Fowl et al., ICLR 2022): images read off a malicious first layer.
+
+A malicious server broadcasts the model behind an imprint block (:mod:`fedpriv.imprint`); the
+gradient (or update) of the block's measuring layer holds, per bin of the measured statistic,
+the g-weighted sum of the bin's images. Differences of consecutive rows divided by the bias
+differences give one estimate per non-empty bin: exact for an image alone in its bin, the mean
+of the images that share one. No optimisation: the cost is one division per bin.
+
+The attack returns as many images as the leak holds (the batch size under ``fedsgd``, the
+images the update depends on under ``fedavg``): the estimates of the heaviest bins first, then
+mid-grey images for the images that share a bin; the scorer matches them to the truth and
+counts the recovered ones (``images_recovered``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from fedpriv.attacks.base import ATTACKS, Attack, AttackSettings, AttackTarget, Knowledge, NoOptions, Reconstruction
+from fedpriv.data.specs import DatasetSpec
+from fedpriv.errors import ConfigError
+from fedpriv.imprint import IMPRINT, read_out
+from fedpriv.leaks import GradientLeak, UpdateLeak
+
+WEIGHT, BIAS = f"{IMPRINT}.measure.weight", f"{IMPRINT}.measure.bias"
+
+
+class ImprintReadout(Attack):
+    """Reads each bin's image off the imprint block's gradient (the server built the block)."""
+
+    name: ClassVar[str] = "imprint-readout"
+    leak_kinds: ClassVar[tuple[str, ...]] = ("gradient", "update")
+    model_modes: ClassVar[tuple[str, ...]] = ("eval", "train")
+    optimises: ClassVar[bool] = False
+    Options: ClassVar[type] = NoOptions
+    knowledge: ClassVar[Knowledge] = Knowledge(model="weights")
+
+    def __init__(self, settings: AttackSettings) -> None:
+        self.settings = settings
+
+    def reconstruct(
+        self, model: nn.Module, dataset: DatasetSpec, targets: Sequence[AttackTarget]
+    ) -> list[Reconstruction]:
+        """One image per image of each leak: the bins' estimates, then grey."""
+        return [self._one(dataset, target) for target in targets]
+
+    def _one(self, dataset: DatasetSpec, target: AttackTarget) -> Reconstruction:
+        leak = target.leak
+        if isinstance(leak, GradientLeak):
+            tensors, count = dict(zip(leak.parameter_names, leak.gradients, strict=True)), leak.batch_size
+        elif isinstance(leak, UpdateLeak):
+            tensors, count = dict(zip(leak.parameter_names, leak.deltas, strict=True)), leak.num_images
+        else:
+            raise TypeError(f"{self.name} reads gradient or update leaks, got {type(leak).__name__}")
+        if WEIGHT not in tensors or BIAS not in tensors:
+            raise ConfigError(f"{self.name}: the broadcast model has no imprint block ({WEIGHT}); "
+                              "run it with server-behaviour='imprint'")
+        shape = (dataset.channels, dataset.size, dataset.size)
+        found = read_out(tensors[WEIGHT], tensors[BIAS])
+        images = torch.full((count, *shape), 0.5)
+        kept = found[:count].reshape(-1, *shape)
+        images[: len(kept)] = dataset.denormalize(kept).clamp(0, 1)
+        return Reconstruction(images=images, fields={"bins_with_images": float(len(found))})
+
+
+ATTACKS.add(ImprintReadout.name, ImprintReadout)

@@ -1,0 +1,88 @@
+"""The imprint module and its readout ("Robbing the Fed"): exact images from single-image bins, the formula."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedpriv.attacks import AttackSettings, AttackTarget, build_attack
+from fedpriv.data.loading import load_split
+from fedpriv.data.specs import resolve_spec
+from fedpriv.errors import ConfigError
+from fedpriv.imprint import (
+    ImprintedModel,
+    expected_singletons,
+    fowl_expected_recovered,
+    read_out,
+    thresholds_from,
+)
+from fedpriv.leaks import GradientLeak, GroundTruth
+from fedpriv.models import build_model
+from fedpriv.scoring import score
+
+PHOTOS = resolve_spec("embedded-photos")
+
+
+@pytest.mark.parametrize(("bins", "images", "expected"), [
+    (128, 5, 4.66), (64, 8, 6.37), (500, 64, 50.3), (128, 64, 28.2), (64, 64, 15.1),
+])
+def test_the_formula_gives_breachings_published_values(bins: int, images: int, expected: float) -> None:
+    assert fowl_expected_recovered(bins, images) == pytest.approx(expected, abs=0.05)
+    assert expected_singletons(bins, images) >= fowl_expected_recovered(bins, images)
+
+
+def _leak(bins: int, count: int, seed: int = 0) -> tuple[GradientLeak, GroundTruth, torch.Tensor]:
+    """A one-step gradient of ``count`` photographs through an imprinted ConvNet; truth; bin of each image."""
+    train = load_split("embedded-photos", "", "train")
+    generator = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(train.labels), generator=generator)
+    aux, batch = pick[:400], pick[400 : 400 + count]
+    pixels = train.images[batch].float() / 255
+    thresholds = thresholds_from(PHOTOS.normalize(train.images[aux].float() / 255), bins)
+    torch.manual_seed(seed)
+    model = ImprintedModel(build_model("convnet", 10), (3, 32, 32), thresholds)
+    names = [n for n, _ in model.named_parameters()]
+    loss = F.cross_entropy(model(PHOTOS.normalize(pixels)), train.labels[batch])
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    measured = PHOTOS.normalize(pixels).flatten(1).double().mean(1)
+    bin_of = torch.bucketize(measured, thresholds.double(), right=True) - 1
+    leak = GradientLeak(tuple(grads), tuple(names), count, "eval", train.labels[batch])
+    return leak, GroundTruth(pixels, pixels, train.labels[batch], "none"), bin_of
+
+
+def test_an_image_alone_in_its_bin_is_read_out_exactly_and_shared_bins_are_not() -> None:
+    leak, truth, bin_of = _leak(bins=16, count=12)
+    alone = int((torch.bincount(bin_of, minlength=16)[bin_of] == 1).sum())
+    assert 0 < alone < 12  # the draw has both kinds of bins, so the count below can fail either way
+    attack = build_attack("imprint-readout", AttackSettings())
+    result = attack.reconstruct(torch.nn.Identity(), PHOTOS, [AttackTarget(leak, seed=0)])[0]
+    row = score(result, truth)
+    assert row["images_recovered"] == alone
+    assert result.fields["bins_with_images"] == len(torch.unique(bin_of))
+
+
+def test_read_out_inverts_one_image_per_bin_to_float_precision() -> None:
+    leak, truth, bin_of = _leak(bins=256, count=4, seed=3)
+    assert len(torch.unique(bin_of)) == 4  # four bins of one image
+    index = [i for i, n in enumerate(leak.parameter_names) if n.startswith("imprint.measure.")]
+    found = PHOTOS.denormalize(read_out(leak.gradients[index[0]], leak.gradients[index[1]]).reshape(-1, 3, 32, 32))
+    errors = (found[:, None] - truth.images[None]).abs().flatten(2).amax(2).amin(1)
+    assert float(errors.max()) < 1e-4
+
+
+def test_the_readout_needs_an_imprinted_model() -> None:
+    model = build_model("convnet", 10)
+    x = torch.rand(2, 3, 32, 32)
+    grads = torch.autograd.grad(F.cross_entropy(model(x), torch.tensor([0, 1])), list(model.parameters()))
+    leak = GradientLeak(tuple(grads), tuple(n for n, _ in model.named_parameters()), 2, "eval")
+    with pytest.raises(ConfigError, match="no imprint block"):
+        build_attack("imprint-readout", AttackSettings()).reconstruct(model, PHOTOS, [AttackTarget(leak, 0)])
+
+
+def test_thresholds_split_the_servers_data_into_equal_bins() -> None:
+    images = torch.randn(1000, 3, 4, 4)
+    thresholds = thresholds_from(images, 10)
+    assert bool((thresholds[1:] > thresholds[:-1]).all())
+    counts = torch.bincount(torch.bucketize(images.flatten(1).mean(1), thresholds, right=True) - 1, minlength=10)
+    assert int(counts.min()) >= 95 and int(counts.max()) <= 105
