@@ -1,0 +1,92 @@
+"""Server behaviours: what the server does to the model it broadcasts (``server-behaviour``), as plugins.
+
+An honest server broadcasts the global model as aggregation left it. A malicious one changes
+it: it may build the run's architecture differently (a module in front of the model, which the
+clients receive and train like any other part) and overwrite some weights before each
+broadcast. A behaviour declares both, its own options (run-config keys
+``behaviour.NAME.OPTION``) and its checks, and says in one line what it does (the run's
+threat model states it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from fedpriv.registry import Registry
+
+if TYPE_CHECKING:
+    from fedpriv.config import RunConfig
+    from fedpriv.data.specs import DatasetSpec
+
+
+class ServerBehaviour(Protocol):
+    """A server behaviour plugin, built once per run from its options.
+
+    ``Options`` is the dataclass of its own options (fields made with
+    :func:`fedpriv.options.option`), ``malicious`` whether it departs from the protocol.
+    """
+
+    name: ClassVar[str]
+    malicious: ClassVar[bool]
+    Options: ClassVar[type]
+
+    def __init__(self, options: Any) -> None:
+        """Keep the parsed options."""
+        ...
+
+    @classmethod
+    def fit_errors(cls, config: RunConfig, options: Any, dataset: DatasetSpec) -> list[str]:
+        """What in the run config (model, data, auxiliary split) it cannot run with."""
+        ...
+
+    def architecture(self, model: nn.Module, dataset: DatasetSpec) -> nn.Module:
+        """The model every party builds for this run, from the one ``model`` names (both sides)."""
+        ...
+
+    def before_broadcast(self, model: nn.Module, aux_images: torch.Tensor | None, dataset: DatasetSpec) -> None:
+        """Change the global model in place before it is sent (``aux_images``: the server's normalised data)."""
+        ...
+
+    def describe(self) -> str:
+        """One line for the threat model."""
+        ...
+
+
+@dataclass(frozen=True)
+class NoBehaviourOptions:
+    """The options of a behaviour that has none."""
+
+
+class Honest:
+    """Broadcasts the global model as the aggregation left it (the protocol as declared)."""
+
+    name: ClassVar[str] = "honest"
+    malicious: ClassVar[bool] = False
+    Options: ClassVar[type] = NoBehaviourOptions
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+
+    @classmethod
+    def fit_errors(cls, config: RunConfig, options: Any, dataset: DatasetSpec) -> list[str]:
+        """Fits every run."""
+        return []
+
+    def architecture(self, model: nn.Module, dataset: DatasetSpec) -> nn.Module:
+        """The model itself."""
+        return model
+
+    def before_broadcast(self, model: nn.Module, aux_images: torch.Tensor | None, dataset: DatasetSpec) -> None:
+        """Nothing."""
+
+    def describe(self) -> str:
+        """The honest-but-curious server."""
+        return "honest-but-curious: runs the protocol as declared and attacks what each reply carries"
+
+
+BEHAVIOURS: Registry[type[ServerBehaviour]] = Registry("server behaviour")
+BEHAVIOURS.add(Honest.name, Honest)
