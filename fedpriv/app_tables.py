@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedpriv.attacks import ATTACKS
+from fedpriv.behaviours import BEHAVIOURS
 from fedpriv.config import RunConfig
 from fedpriv.config_sections import SECTIONS
 from fedpriv.options import declared
@@ -79,6 +80,13 @@ def render(app: Path) -> str:
         if options:
             given = values.get("attack", {}).get(name, {})
             lines += ["", f"[tool.flwr.app.config.attack.{name}]"]
+            lines += [f"{d.name} = {toml_value(given.get(d.name, d.default))}" for d in options]
+    for name in BEHAVIOURS.names():
+        behaviour = BEHAVIOURS.get(name)
+        options = declared(behaviour.Options)
+        if options and (not behaviour.protocols or set(behaviour.protocols) & set(protocols)):
+            given = values.get("behaviour", {}).get(name, {})
+            lines += ["", f"[tool.flwr.app.config.behaviour.{name}]"]
             lines += [f"{d.name} = {toml_value(given.get(d.name, d.default))}" for d in options]
     return HEADER + "\n".join(lines) + "\n"
 

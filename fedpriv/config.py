@@ -26,7 +26,7 @@ from fedpriv.config_values import overrides, selection
 from fedpriv.errors import ConfigError, join_errors
 from fedpriv.options import Declared, coerce, declared
 
-PLUGIN_FAMILIES = ("attack",)  # run-config keys FAMILY.NAME.OPTION hold one plugin's own options
+PLUGIN_FAMILIES = ("attack", "behaviour")  # run-config keys FAMILY.NAME.OPTION hold one plugin's own options
 # Keys of earlier versions -> their new form (the README's migration table lists them).
 RENAMED = {
     "attack-options": "one key per option, attack.ATTACK.OPTION (e.g. attack.inverting-gradients.engine='loop'); "

@@ -138,6 +138,8 @@ class AttacksSection:
                                       choices=("eval", "train"), protocols=("fedsgd",))
     attack_precision: str = _attacks("default", "arithmetic of the attacks",
                                      choices=("default", "strict-fp32", "bf16"))
+    server_behaviour: str = _attacks("honest", "what the server does to the model it broadcasts: honest, or a "
+                                     "malicious behaviour (its options: behaviour.NAME.OPTION)")
     attacker_knows_defense: bool = _attacks(True, "attacks that model a defense are told each client's defense "
                                             "spec (false: they assume none; attacks that need it refuse to run)")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fedpriv.app_tables import toml_value
 from fedpriv.attacks import ATTACKS
+from fedpriv.behaviours import BEHAVIOURS
 from fedpriv.config import RunConfig
 from fedpriv.config_sections import SECTIONS
 from fedpriv.options import Declared, declared
@@ -49,6 +50,19 @@ def render() -> str:
             continue
         lines += ["| key | type | default | valid | meaning |", "|---|---|---|---|---|"]
         lines += [_row(d, f"attack.{name}.{d.name}", False) for d in options]
+        lines.append("")
+    lines += ["### Server behaviour options", "",
+              "Keys `behaviour.NAME.OPTION` of the behaviour `server-behaviour` names, e.g.",
+              "`--run-config \"server-behaviour='imprint' behaviour.imprint.bins=64\"`.", ""]
+    for name in BEHAVIOURS.names():
+        behaviour = BEHAVIOURS.get(name)
+        options = declared(behaviour.Options)
+        lines += [f"#### `{name}`", "", (behaviour.__doc__ or "").strip().splitlines()[0], ""]
+        if not options:
+            lines += ["No options of its own.", ""]
+            continue
+        lines += ["| key | type | default | valid | meaning |", "|---|---|---|---|---|"]
+        lines += [_row(d, f"behaviour.{name}.{d.name}", False) for d in options]
         lines.append("")
     return "\n".join(lines) + END
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from fedpriv.attacks import ATTACKS
 from fedpriv.attacks.base import JointlyTrainable, check_device
+from fedpriv.behaviours import BEHAVIOURS
 from fedpriv.config import RunConfig
 from fedpriv.data.auxiliary import DISTINCT_DEFAULTS
 from fedpriv.data.custom import custom_path, is_custom
@@ -26,6 +27,7 @@ from fedpriv.errors import ConfigError, join_errors
 from fedpriv.models import check_model_name
 from fedpriv.options import declared, parse_options
 from fedpriv.protocols import PROTOCOLS, FederatedProtocol
+from fedpriv.registry import Registry
 
 SPLIT_MODEL_PREFIXES = ("complex-", "original-")  # the split networks of fedpriv.rotation.networks
 
@@ -78,7 +80,21 @@ def plugin_errors(config: RunConfig) -> list[str]:
     except ConfigError as error:
         return errors + [str(error)]
     defense_errors = _defense_errors(config, protocol, dataset)
-    return errors + defense_errors + _attack_errors(config, protocol, check_fit=not defense_errors)
+    errors += defense_errors + _attack_errors(config, protocol, check_fit=not defense_errors)
+    return errors + _behaviour_errors(config, dataset)
+
+
+def _behaviour_errors(config: RunConfig, dataset: DatasetSpec | None) -> list[str]:
+    """The server behaviour exists, its options are valid and it fits the run."""
+    if config.server_behaviour not in BEHAVIOURS:
+        return [f"server-behaviour={config.server_behaviour!r} is unknown; valid: {', '.join(BEHAVIOURS.names())}"]
+    factory = BEHAVIOURS.get(config.server_behaviour)
+    options: Any
+    options, errors = parse_options(factory.Options, config.plugin_values("behaviour", factory.name),
+                                    f"behaviour.{factory.name}.")
+    if not errors and dataset is not None:
+        errors += factory.fit_errors(config, options, dataset)
+    return errors
 
 
 def _caught(check: Any) -> list[str]:
@@ -176,17 +192,20 @@ def _attack_errors(config: RunConfig, protocol: FederatedProtocol, check_fit: bo
 
 
 def _unused_options(config: RunConfig, names: list[str]) -> list[str]:
-    """Options set (away from their defaults) for attacks this run does not use, or for no attack."""
+    """Options set (away from their defaults) for plugins this run does not use, or for no plugin."""
+    registries: dict[str, tuple[Registry[Any], list[str]]] = {
+        "attack": (ATTACKS, names), "behaviour": (BEHAVIOURS, [config.server_behaviour])}
     errors = []
     for key, value in sorted(config.plugin_options.items()):
-        _, name, option_name = key.split(".")
-        if name not in ATTACKS:
-            errors.append(f"{key} names no attack; valid attacks: {', '.join(ATTACKS.names())}")
-        elif name not in names:
-            defaults = {d.name: d.default for d in declared(ATTACKS.get(name).Options)}
+        family, name, option_name = key.split(".")
+        registry, used = registries[family]
+        if name not in registry:
+            errors.append(f"{key} names no {registry.kind}; valid {registry.kind}s: {', '.join(registry.names())}")
+        elif name not in used:
+            defaults = {d.name: d.default for d in declared(registry.get(name).Options)}
             if option_name not in defaults:
                 errors.append(f"{key} is not an option of {name}; valid: {', '.join(defaults) or 'none'}")
             elif value != defaults[option_name]:
-                errors.append(f"{key}={value!r} is set, but this run does not use attack {name!r} "
-                              f"(its attacks: {', '.join(names) or 'none'})")
+                errors.append(f"{key}={value!r} is set, but this run does not use {registry.kind} {name!r} "
+                              f"(its {registry.kind}s: {', '.join(used) or 'none'})")
     return errors

@@ -10,8 +10,9 @@ import pytest
 
 from fedpriv.app_tables import regenerated, scenario_protocols
 from fedpriv.attacks import ATTACKS
+from fedpriv.behaviours import BEHAVIOURS
 from fedpriv.attacks.base import settings_for
-from fedpriv.config import RunConfig
+from fedpriv.config import PLUGIN_FAMILIES, RunConfig
 from fedpriv.errors import ConfigError
 from fedpriv.launcher import app_defaults, check_run_config_keys, flattened
 from fedpriv.options import declared, option
@@ -39,8 +40,9 @@ def test_every_app_declares_its_scenario_keys_and_validates(app: str, expected: 
     defaults = app_defaults(SIMULATIONS / app)
     protocols = scenario_protocols(SIMULATIONS / app)
     read = {d.name for d in RunConfig.declared() if not d.spec.protocols or set(d.spec.protocols) & set(protocols)}
-    assert {k for k in defaults if not k.startswith("attack.")} == read
+    assert {k for k in defaults if not k.startswith(tuple(f"{f}." for f in PLUGIN_FAMILIES))} == read
     assert {k.split(".")[1] for k in defaults if k.startswith("attack.")} <= set(ATTACKS.names())
+    assert {k.split(".")[1] for k in defaults if k.startswith("behaviour.")} <= set(BEHAVIOURS.names())
     config = validated_config(defaults)
     assert (config.protocol, config.model, config.attacks) == expected
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from fedpriv.attacks import AttackSettings, AttackTarget, build_attack
+from fedpriv.behaviours import build_behaviour
 from fedpriv.data.loading import load_split
 from fedpriv.data.specs import resolve_spec
 from fedpriv.errors import ConfigError
@@ -20,6 +21,7 @@ from fedpriv.imprint import (
 from fedpriv.leaks import GradientLeak, GroundTruth
 from fedpriv.models import build_model
 from fedpriv.scoring import score
+from fedpriv.validation import validated_config
 
 PHOTOS = resolve_spec("embedded-photos")
 
@@ -86,3 +88,36 @@ def test_thresholds_split_the_servers_data_into_equal_bins() -> None:
     assert bool((thresholds[1:] > thresholds[:-1]).all())
     counts = torch.bincount(torch.bucketize(images.flatten(1).mean(1), thresholds, right=True) - 1, minlength=10)
     assert int(counts.min()) >= 95 and int(counts.max()) <= 105
+
+
+RUN = {"dataset": "embedded-photos", "model": "convnet", "protocol": "fedsgd", "batch-size": 8,
+       "attacks": "imprint-readout", "server-behaviour": "imprint", "aux-samples": 200,
+       "behaviour.imprint.bins": 64}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"server-behaviour": "evil"}, "server-behaviour='evil' is unknown; valid: honest, imprint"),
+    ({"behaviour.imprint.bins": 0}, "behaviour.imprint.bins=0 is out of range; valid: >= 1 and <= 100000"),
+    ({"aux-samples": 10}, "aux-samples=10 is too few; valid: aux-samples >= behaviour.imprint.bins"),
+    ({"server-behaviour": "honest"}, r"behaviour.imprint.bins=64 is set, but this run does not use server behaviour "
+                                     r"'imprint' \(its server behaviours: honest\)"),
+    ({"behaviour.imprint.width": 3}, "behaviour.imprint.width"),
+])
+def test_bad_behaviour_settings_fail_before_the_run(change: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validated_config(RUN | change)
+
+
+def test_imprint_needs_a_protocol_that_sends_gradients_or_updates() -> None:
+    run = {"dataset": "embedded-digits", "model": "yang-mnist-small", "protocol": "predictions",
+           "attacks": "prediction-inversion", "aux-samples": 500, "server-behaviour": "imprint"}
+    with pytest.raises(ConfigError, match="protocol 'predictions' sends neither"):
+        validated_config(run)
+
+
+def test_a_valid_imprint_run_builds_its_behaviour() -> None:
+    behaviour = build_behaviour(validated_config(RUN))
+    model = behaviour.architecture(build_model("convnet", 10), PHOTOS)
+    behaviour.before_broadcast(model, torch.randn(200, 3, 32, 32), PHOTOS)
+    assert isinstance(model, ImprintedModel) and model.imprint.measure.weight.shape == (64, 3 * 32 * 32)
+    assert "malicious (imprint)" in behaviour.describe()

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import torch
 from torch import nn
 
+from fedpriv.errors import ConfigError, join_errors
+from fedpriv.options import parse_options
 from fedpriv.registry import Registry
 
 if TYPE_CHECKING:
@@ -27,11 +29,13 @@ class ServerBehaviour(Protocol):
     """A server behaviour plugin, built once per run from its options.
 
     ``Options`` is the dataclass of its own options (fields made with
-    :func:`fedpriv.options.option`), ``malicious`` whether it departs from the protocol.
+    :func:`fedpriv.options.option`), ``malicious`` whether it departs from the protocol,
+    ``protocols`` the protocols it works under (empty: all).
     """
 
     name: ClassVar[str]
     malicious: ClassVar[bool]
+    protocols: ClassVar[tuple[str, ...]]
     Options: ClassVar[type]
 
     def __init__(self, options: Any) -> None:
@@ -66,6 +70,7 @@ class Honest:
 
     name: ClassVar[str] = "honest"
     malicious: ClassVar[bool] = False
+    protocols: ClassVar[tuple[str, ...]] = ()
     Options: ClassVar[type] = NoBehaviourOptions
 
     def __init__(self, options: Any) -> None:
@@ -90,3 +95,20 @@ class Honest:
 
 BEHAVIOURS: Registry[type[ServerBehaviour]] = Registry("server behaviour")
 BEHAVIOURS.add(Honest.name, Honest)
+
+
+def build_behaviour(config: RunConfig) -> ServerBehaviour:
+    """The run's ``server-behaviour`` with its ``behaviour.NAME.OPTION`` options (validated runs only).
+
+    Raises
+    ------
+    ConfigError
+        For an unknown behaviour (the valid ones listed) or bad options (every one named).
+    """
+    factory = BEHAVIOURS.get(config.server_behaviour)
+    options: Any
+    options, errors = parse_options(factory.Options, config.plugin_values("behaviour", factory.name),
+                                    f"behaviour.{factory.name}.")
+    if errors:
+        raise ConfigError(join_errors(errors, f"server behaviour {factory.name}'s options"))
+    return factory(options)

@@ -39,6 +39,7 @@ class Imprint:
 
     name: ClassVar[str] = "imprint"
     malicious: ClassVar[bool] = True
+    protocols: ClassVar[tuple[str, ...]] = ("fedsgd", "fedavg")  # it acts through the gradient or update
     Options: ClassVar[type] = ImprintOptions
 
     def __init__(self, options: ImprintOptions) -> None:
@@ -48,9 +49,9 @@ class Imprint:
     def fit_errors(cls, config: RunConfig, options: Any, dataset: DatasetSpec) -> list[str]:
         """Image inputs, and an auxiliary split with at least one image per bin to place the thresholds."""
         errors = []
-        if config.protocol not in ("fedsgd", "fedavg"):
+        if config.protocol not in cls.protocols:
             errors.append(f"server-behaviour='imprint' changes the model whose gradient or update clients send; "
-                          f"protocol {config.protocol!r} sends neither (valid: fedsgd, fedavg)")
+                          f"protocol {config.protocol!r} sends neither (valid: {', '.join(cls.protocols)})")
         if config.aux_samples < options.bins:
             errors.append(f"server-behaviour='imprint' places its {options.bins} thresholds at quantiles of the "
                           f"server's auxiliary split: aux-samples={config.aux_samples} is too few; valid: "
