@@ -10,8 +10,8 @@ import pytest
 
 from fedpriv.app_tables import regenerated, scenario_protocols
 from fedpriv.attacks import ATTACKS
-from fedpriv.behaviours import BEHAVIOURS
 from fedpriv.attacks.base import settings_for
+from fedpriv.behaviours import BEHAVIOURS
 from fedpriv.config import PLUGIN_FAMILIES, RunConfig
 from fedpriv.errors import ConfigError
 from fedpriv.launcher import app_defaults, check_run_config_keys, flattened
