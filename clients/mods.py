@@ -7,6 +7,9 @@ Flower fixes a ClientApp's mods when the app is built, before any run config is 
 :func:`pruning_mod` zeroes the smallest-magnitude entries of each tensor of the update
 (``update-pruning``, the gradient-pruning baseline ATS compares with). Both act on train
 replies only, after the handler, so what they change is what the server receives.
+:func:`model_check_mod` looks at the model a train message carries before the handler trains
+it (``model-check``): it refuses one with a malicious layer (the client's round fails with the
+reason) or reports what it found in the reply's metrics.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import math
 from typing import cast
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MessageType
+from flwr.app import Array, ArrayRecord, Context, Message, MessageType, MetricRecord
 from flwr.clientapp.mod import LocalDpMod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 
+from fedpriv.model_checks import inspect_model
 from fedpriv.validation import parse_run_config
 
 
@@ -44,6 +48,33 @@ def privacy_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
         mod = LocalDpMod(config.dp_clipping_norm, config.dp_clipping_norm, epsilon, config.dp_delta)
         return mod(msg, context, call_next)
     return call_next(msg, context)
+
+
+MODEL_CHECK_METRIC = "model-check-findings"
+
+
+def model_check_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Check the received model before training (``model-check``: off, report or refuse).
+
+    Raises
+    ------
+    RuntimeError
+        Under ``refuse``, when :func:`fedpriv.model_checks.inspect_model` finds a suspicious layer
+        (the client's round fails with this reason, which the server records).
+    """
+    if msg.metadata.message_type != MessageType.TRAIN:
+        return call_next(msg, context)
+    mode = parse_run_config(context.run_config).model_check
+    if mode == "off":
+        return call_next(msg, context)
+    findings = inspect_model(cast(ArrayRecord, msg.content["arrays"]).to_torch_state_dict())
+    if findings and mode == "refuse":
+        raise RuntimeError(f"model check: refused the received model: {findings[0].parameter}: {findings[0].reason}"
+                           + (f" (and {len(findings) - 1} more layers)" if len(findings) > 1 else ""))
+    reply = call_next(msg, context)
+    if not reply.has_error():
+        cast(MetricRecord, reply.content["metrics"])[MODEL_CHECK_METRIC] = len(findings)
+    return reply
 
 
 def prune_update(reply: list[np.ndarray], sent: list[np.ndarray], fraction: float) -> list[np.ndarray]:

@@ -113,6 +113,9 @@ class DefensesSection:
 
     defense: str = option("none", "every client's defense spec (fedpriv defenses list)", section="defenses")
     defense_overrides: str = option("", "per-client defense specs: 'IDS=SPEC|IDS=SPEC'", section="defenses")
+    model_check: str = option("off", "clients check the model they receive for malicious layers before training: "
+                              "off, report (in their metrics) or refuse (the round fails)", section="defenses",
+                              choices=("off", "report", "refuse"))
 
 
 @dataclass(frozen=True)
