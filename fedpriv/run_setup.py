@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from fedpriv.config import RunConfig
+from fedpriv.config import REMOVED, RunConfig
 from fedpriv.data.loading import check_available
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
@@ -153,6 +153,7 @@ def resume_state(config: RunConfig, path: Path, dataset: DatasetSpec) -> tuple[i
     """
     try:
         saved = json.loads((path / CONFIG).read_text())["run-config"]
+        saved = {k: v for k, v in saved.items() if k not in REMOVED}  # a run saved while they existed
     except (OSError, ValueError, KeyError) as error:
         raise ConfigError(f"resume=true but {path / CONFIG} cannot be read ({error}); "
                           "it is needed to check that the resumed run is the same experiment") from None

@@ -113,9 +113,26 @@ def test_client_app_handlers() -> None:
     content = RecordDict({"arrays": ArrayRecord(_initial(config)), "config": ConfigRecord({"server-round": 1})})
     reply = train(Message(content, dst_node_id=100, message_type=MessageType.TRAIN), _context(0, RUN))
     assert len(reply.content.array_records) == 1 and {LEAK_KEY, TRUTH_KEY} <= set(reply.content.keys())
-    with pytest.raises(RuntimeError, match="injected failure"):
+
+
+def test_fault_injection_is_a_test_only_mod_and_the_product_refuses_its_keys() -> None:
+    from fedpriv.clients.mods import privacy_mod, pruning_mod
+    from tests.faults.client_app import app as faulty
+    from tests.faults.mod import fault_mod
+
+    config = validated_config(RUN)
+    content = RecordDict({"arrays": ArrayRecord(_initial(config)), "config": ConfigRecord({"server-round": 1})})
+    faults = RUN | {"inject-client-failure": "2", "inject-client-hang": "none"}
+    with pytest.raises(RuntimeError, match=r"injected failure \(inject-client-failure\) in partition 2"):
+        faulty(Message(content, dst_node_id=100, message_type=MessageType.TRAIN), _context(2, faults))
+    reply = faulty(Message(content, dst_node_id=100, message_type=MessageType.TRAIN), _context(0, faults))
+    assert not reply.has_error() and TRUTH_KEY in reply.content  # the handler saw the config without the keys
+    assert app._mods == [privacy_mod, pruning_mod] and fault_mod not in app._mods  # the product's ClientApp
+    with pytest.raises(ConfigError, match="inject-client-failure was removed: fault injection is test-only now"):
+        validated_config(RUN | {"inject-client-failure": "2"})
+    with pytest.raises(ConfigError, match="inject-client-failure was removed"):  # the product's handler
         train(Message(content, dst_node_id=100, message_type=MessageType.TRAIN),
-              _context(2, RUN | {"inject-client-failure": "2"}))
+              _context(0, RUN | {"inject-client-failure": "none"}))
 
 
 @pytest.mark.parametrize("protocol", ["fedsgd", "fedavg"])

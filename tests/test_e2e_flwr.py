@@ -22,7 +22,9 @@ def superlink(tmp_path_factory: pytest.TempPathFactory):
         yield link
 
 
-def test_attacked_federation_with_a_failing_client(superlink: PrivateSuperLink, tmp_path: Path) -> None:
+def test_attacked_federation_with_a_failing_client(superlink: PrivateSuperLink, fault_app: Path,
+                                                   tmp_path: Path) -> None:
+    """The tests' copy of the app fails client 2 in training (a test-only mod); the run records it and goes on."""
     run_config = (
         f"dataset='embedded-photos' out-dir='{tmp_path}' run-name='e2e' num-server-rounds=2 "
         "attack-rounds='1,2' attack-clients='0,1' attack-iterations=200 attack-progress=100 "
@@ -30,7 +32,8 @@ def test_attacked_federation_with_a_failing_client(superlink: PrivateSuperLink, 
         "attack-precision='strict-fp32' attack.inverting-gradients.engine='grouped' "
         "attack.inverting-gradients.max-batch=2"
     )
-    outcome = superlink.run(APP, run_config, "num-supernodes=3 client-resources-num-cpus=1", echo=False, timeout=900)
+    outcome = superlink.run(fault_app, run_config, "num-supernodes=3 client-resources-num-cpus=1", echo=False,
+                            timeout=900)
     assert outcome.ok, outcome.log[-4000:]
     folder = tmp_path / "e2e"
     metrics = read_jsonl(folder / "metrics.jsonl")

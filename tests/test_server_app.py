@@ -43,7 +43,7 @@ def test_the_plan_holds_the_seeded_initial_model_and_the_resumed_offset(tmp_path
     assert all(torch.equal(plan.start[k], v) for k, v in fresh.items())
     assert not path.exists()  # nothing written
     recorder = RunRecorder(path)
-    recorder.begin({"run-config": config.as_run_config()})
+    recorder.begin({"run-config": config.as_run_config() | {"inject-client-failure": "none"}})  # an older run's
     recorder.round_finished(0, {"round": 0}, plan.start)
     recorder.round_finished(1, {"round": 1}, plan.start)
     resumed, _ = checked_config(RUN | {"out-dir": str(tmp_path), "resume": True, "num-server-rounds": 3})
