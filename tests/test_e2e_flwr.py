@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -156,7 +157,9 @@ def test_own_image_folder_and_model_by_import_path(tmp_path: Path, monkeypatch: 
     root = make_image_folder(tmp_path / "photos", per_class=8)
     (tmp_path / "lab").mkdir()
     (tmp_path / "lab" / "lab_models.py").write_text(USER_MODEL)
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "lab"))  # where the user's package is importable
+    # where the user's package is importable, beside the caller's own path (a checkout on PYTHONPATH)
+    paths = [str(tmp_path / "lab"), os.environ.get("PYTHONPATH")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, paths)))
     run_config = (
         f"dataset='folder:{root}' model='lab_models:small_cnn' out-dir='{tmp_path}' run-name='own' "
         "num-server-rounds=1 attacks='inverting-gradients,translation-aware,policy-aware' attack-iterations=10 "
