@@ -2,24 +2,24 @@
 
 The reply's one ArrayRecord is what the protocol sends; what it sends beside the arrays and the
 evaluation-only truth ride beside it in ConfigRecords (:mod:`fedpriv.wire`). Mods, outermost
-first: Flower's DP mod for the run's ``dp`` mode, then update pruning; so clipping and noise
-act last on what is sent.
+first: the check of the received model (``model-check``), Flower's DP mod for the run's ``dp``
+mode, then update pruning; so clipping and noise act last on what is sent. The tests' own copy of an app registers these handlers behind one more
+mod, test-only fault injection (``tests/faults/``).
 """
 
 from __future__ import annotations
 
-import time
 from typing import cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedpriv.client_task import run_client_round
-from fedpriv.clients.mods import privacy_mod, pruning_mod
+from fedpriv.clients.mods import model_check_mod, privacy_mod, pruning_mod
 from fedpriv.validation import parse_run_config
 from fedpriv.wire import LEAK_KEY, ROUND_KEY, TRUTH_KEY, encode_fields, encode_truth, scalar
 
-app = ClientApp(mods=[privacy_mod, pruning_mod])
+app = ClientApp(mods=[model_check_mod, privacy_mod, pruning_mod])
 CLIENT_STATE = "fedpriv.client"
 
 
@@ -45,11 +45,6 @@ def train(msg: Message, context: Context) -> Message:
     config = parse_run_config(context.run_config)
     partition_id = int(context.node_config["partition-id"])
     server_round = int(scalar(msg.content["config"][ROUND_KEY]))
-    failing, hanging = config.failing_partitions(), config.hanging_partitions()
-    if failing is None or partition_id in failing:
-        raise RuntimeError(f"injected failure (inject-client-failure) in partition {partition_id}")
-    if hanging is None or partition_id in hanging:
-        time.sleep(config.round_timeout + 5)  # injected hang (inject-client-hang): past the round's timeout
     own = cast(ArrayRecord, context.state[CLIENT_STATE]).to_torch_state_dict() if CLIENT_STATE in context.state else {}
     reply = run_client_round(
         config, partition_id, int(context.node_config["num-partitions"]),

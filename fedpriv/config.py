@@ -32,6 +32,21 @@ RENAMED = {
     "attack-options": "one key per option, attack.ATTACK.OPTION (e.g. attack.inverting-gradients.engine='loop'); "
                       "an option shared by several attacks is set for each",
 }
+# Keys of earlier versions the product no longer has -> why (the README's migration table lists them).
+REMOVED = dict.fromkeys(
+    ("inject-client-failure", "inject-client-hang"),
+    "fault injection is test-only now, a ClientApp mod of the tests' own copy of an app (tests/faults/, "
+    "docs/how-to/tests.md); a product app neither declares nor reads it",
+)
+
+
+def old_key_error(key: str) -> str | None:
+    """The error for a key of an earlier version (renamed or removed), else ``None``."""
+    if key in RENAMED:
+        return f"{key} was replaced: use {RENAMED[key]}"
+    if key in REMOVED:
+        return f"{key} was removed: {REMOVED[key]}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -80,8 +95,8 @@ class RunConfig(RunSection, OutputsSection, AttacksSection, DefensesSection, Pri
         errors: list[str] = []
         for key, value in run_config.items():
             key = str(key)
-            if key in RENAMED:
-                errors.append(f"{key} was replaced: use {RENAMED[key]}")
+            if old := old_key_error(key):
+                errors.append(old)
             elif key.split(".")[0] in PLUGIN_FAMILIES:
                 if key.count(".") != 2 or not all(key.split(".")):
                     errors.append(f"{key}: a plugin option is written FAMILY.NAME.OPTION, e.g. "
@@ -121,8 +136,8 @@ class RunConfig(RunSection, OutputsSection, AttacksSection, DefensesSection, Pri
             errors.append("data-dir is empty; give the folder that holds (or will receive) the data sets")
         if "/" in self.run_name or self.run_name in (".", ".."):
             errors.append(f"run-name {self.run_name!r} must be a plain folder name (no '/')")
-        for check in (self.attacked_rounds, self.attacked_clients, self.failing_partitions, self.hanging_partitions,
-                      self.defense_overrides_map, self.attack_overrides_map, self.attack_names):
+        for check in (self.attacked_rounds, self.attacked_clients, self.defense_overrides_map,
+                      self.attack_overrides_map, self.attack_names):
             try:
                 check()
             except ConfigError as error:
@@ -173,8 +188,6 @@ class RunConfig(RunSection, OutputsSection, AttacksSection, DefensesSection, Pri
             "attack-clients": self.attacked_clients() or (),
             "defense-overrides": tuple(self.defense_overrides_map()),
             "attack-overrides": tuple(self.attack_overrides_map()),
-            "inject-client-failure": self.failing_partitions() or (),
-            "inject-client-hang": self.hanging_partitions() or (),
         }
         for key, ids in chosen.items():
             if absent := sorted(i for i in ids if i >= num_partitions):
@@ -203,14 +216,6 @@ class RunConfig(RunSection, OutputsSection, AttacksSection, DefensesSection, Pri
     def attacked_clients(self) -> tuple[int, ...] | None:
         """Partition ids whose leaks are attacked (None: all)."""
         return selection(self.attack_clients, "attack-clients")
-
-    def failing_partitions(self) -> tuple[int, ...] | None:
-        """Partitions told to raise in training (test-only fault injection; None: all)."""
-        return selection(self.inject_client_failure, "inject-client-failure")
-
-    def hanging_partitions(self) -> tuple[int, ...] | None:
-        """Partitions told to hang in training, past ``round-timeout`` (test-only; None: all)."""
-        return selection(self.inject_client_hang, "inject-client-hang")
 
     def defense_overrides_map(self) -> dict[int, str]:
         """Per-partition defense specs that replace ``defense``."""

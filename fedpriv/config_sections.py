@@ -163,5 +163,3 @@ class RunSection:
                        low=0, high=2**63 - 1)
     resume: bool = option(False, "continue the run in run-name from its last checkpoint", section="run")
     fail_fast: bool = option(False, "stop the run at the first failed client reply", section="run")
-    inject_client_failure: str = option("none", "test only: partitions that raise in training", section="run")
-    inject_client_hang: str = option("none", "test only: partitions that hang past round-timeout", section="run")

@@ -97,7 +97,7 @@ def check_run_config_keys(app: Path, run_config: str) -> None:
     ValueError
         Naming the unknown keys and listing the app's keys.
     """
-    from fedpriv.config import RENAMED, RunConfig
+    from fedpriv.config import RunConfig, old_key_error
 
     declared = app_defaults(app)
     unknown = sorted({key for key, _ in _PAIR.findall(run_config)} - set(declared))
@@ -105,8 +105,8 @@ def check_run_config_keys(app: Path, run_config: str) -> None:
         return
     key = unknown[0]
     readers = {d.name: d.spec.protocols for d in RunConfig.declared()}
-    if key in RENAMED:
-        raise ValueError(f"{key} was replaced: use {RENAMED[key]}")
+    if old := old_key_error(key):
+        raise ValueError(old)
     if key in readers:
         raise ValueError(f"run-config key {key!r} is not one of app {app.name}'s: only protocol "
                          f"{' or '.join(readers[key])} reads it, and {app.name}'s scenario does not run it")

@@ -1,8 +1,8 @@
 """Check a fedpriv app's whole run config before ``fedpriv run`` starts any Flower process.
 
-The ServerApp checks the same values again (for users of plain ``flwr run``); here a bad value
-is one line on the terminal within seconds, not a Flower traceback after the SuperLink, the
-simulation and the ServerApp have started.
+The ServerApp runs the same checks again (:mod:`fedpriv.run_setup`, for users of plain ``flwr run``);
+here a bad value is one line on the terminal within seconds, not a Flower traceback after the
+SuperLink, the simulation and the ServerApp have started.
 """
 
 from __future__ import annotations
@@ -34,10 +34,7 @@ def check_run_config(app: Path, run_config: str) -> None:
         The ServerApp's own message: the key, the bad value and what is valid.
     """
     from fedpriv.launcher import _PAIR, app_defaults
-    from fedpriv.models import check_model_fits
-    from fedpriv.run_data import run_dataset_spec
-    from fedpriv.strategies.server import _folder_path, check_attack_device, initial_state
-    from fedpriv.validation import validated_config
+    from fedpriv.run_setup import checked_config, fitting_dataset, initial_state
 
     defaults = app_defaults(app)
     overrides: dict[str, object] = {}
@@ -47,10 +44,7 @@ def check_run_config(app: Path, run_config: str) -> None:
         except tomllib.TOMLDecodeError:
             raise ConfigError(f"run-config {key}={value} is not a TOML value; valid: a number, true/false or a "
                               "quoted string such as 'cifar10'") from None
-    config = validated_config(defaults | overrides)
-    check_attack_device(config.attack_device)
-    _folder_path(config)
-    dataset = run_dataset_spec(config)
-    check_model_fits(config.model, dataset.num_classes, dataset.channels, dataset.size)
+    config, _ = checked_config(defaults | overrides)
+    dataset = fitting_dataset(config)
     if config.initial_checkpoint:
         initial_state(config, dataset)

@@ -25,6 +25,8 @@ from fedpriv.errors import ConfigError
 GRID_SCALE = 4  # 32x32 images become 128x128 in the grids
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets read as the start of a formula
 LOCK_NAME = ".fedpriv-run.lock"  # held (flock) by the run that writes the folder
+CONFIG = "config.json"  # the resolved run config, written once every check passed
+CHECKPOINT = "checkpoint.pt"  # the global model after the last finished round (resume)
 
 
 def atomic_write(path: Path, data: bytes) -> None:

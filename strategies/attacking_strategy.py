@@ -26,7 +26,7 @@ from fedpriv.baselines import verdict
 from fedpriv.config import RunConfig
 from fedpriv.leaks import GroundTruth
 from fedpriv.protocols import PROTOCOLS
-from fedpriv.results import RunFolder
+from fedpriv.recorder import RunRecorder
 from fedpriv.round_attacks import AttackHarness, ObservedClient
 from fedpriv.wire import LEAK_KEY, ROUND_KEY, TRUTH_KEY, Sent, decode_fields, decode_truth, scalar
 
@@ -83,8 +83,8 @@ class AttackingStrategy(Strategy):
         The Flower strategy that configures and aggregates (e.g. a DP wrapper around FedAvg).
     config
         The validated run config.
-    folder
-        The run folder records are written to.
+    recorder
+        The run folder's writer: the attack rows (and, through the harness, the image grids) go there.
     nodes
         Partition id -> Flower node id (from the discovery query).
     harness
@@ -99,13 +99,13 @@ class AttackingStrategy(Strategy):
         self,
         inner: Strategy,
         config: RunConfig,
-        folder: RunFolder,
+        recorder: RunRecorder,
         nodes: dict[int, int],
         harness: AttackHarness,
         model_from: Callable[[ArrayRecord], nn.Module],
         round_offset: int = 0,
     ) -> None:
-        self.inner, self.config, self.folder, self.nodes = inner, config, folder, nodes
+        self.inner, self.config, self.recorder, self.nodes = inner, config, recorder, nodes
         self.partition_of = {node: pid for pid, node in nodes.items()}
         self.harness, self.model_from, self.round_offset = harness, model_from, round_offset
         self.protocol = PROTOCOLS.get(config.protocol)
@@ -174,13 +174,11 @@ class AttackingStrategy(Strategy):
             raise RuntimeError(f"fail-fast: round {run_round} had failed clients: {failed}")
         rows: list[dict[str, Any]] = []
         if observed:
-            rows = self.harness.run_round(model, observed, run_round, self.folder)
+            rows = self.harness.run_round(model, observed, run_round, self.recorder.grids)
             if self.diverged_after is not None:
                 reason = f"diverged: the global model's test loss was not finite after round {self.diverged_after}"
                 rows = [row | {"status": reason} for row in rows]
-            self.folder.append(self.folder.metrics_path, rows)
-            self.folder.write_csv()
-            self.folder.write_plot()
+            self.recorder.attack_rows(rows)
             for row in rows:
                 log(INFO, "round %d client %d %s: %s [%s]", run_round, row["partition_id"], row["attack"],
                     _describe(row), row["status"])

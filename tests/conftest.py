@@ -39,3 +39,11 @@ def built_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     built = build_site(ROOT / "mkdocs.yml", out)
     assert built.returncode == 0, built.stdout + built.stderr
     return out
+
+
+@pytest.fixture(scope="session")
+def fault_app(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tests' fault-injection app (``tests/fault_app.py``: cifar100_ats behind ``tests/faults``), built once."""
+    from tests.fault_app import build_fault_app
+
+    return build_fault_app(tmp_path_factory.mktemp("apps") / "faulty_ats")

@@ -132,13 +132,13 @@ def test_a_port_in_use_is_an_error_not_someone_elses_superlink(tmp_path: Path) -
 
 
 def test_bad_paths_and_devices_fail_before_anything_is_written(tmp_path: Path) -> None:
-    from fedpriv.strategies.server import _folder_path, check_attack_device
+    from fedpriv.run_setup import check_attack_device, folder_path
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
     config = validated_config({"out-dir": str(blocker / "runs")})
     with pytest.raises(ConfigError, match=f"out-dir {blocker / 'runs'} is not a writable folder"):
-        _folder_path(config)
+        folder_path(config)
     with pytest.raises(ConfigError, match="data-dir is empty"):
         validated_config({"data-dir": ""})
     if not torch.cuda.is_available():

@@ -20,7 +20,8 @@ from fedpriv.leaks import GradientLeak
 from fedpriv.models import build_model, load_wire_state, wire_state
 from fedpriv.protocols import PROTOCOLS
 from fedpriv.protocols.fedsgd import SentLabels
-from fedpriv.results import RunFolder, read_jsonl
+from fedpriv.recorder import RunRecorder
+from fedpriv.results import read_jsonl
 from fedpriv.round_attacks import AttackHarness
 from fedpriv.strategies.attacking_strategy import AttackingStrategy, sample_partitions
 from fedpriv.strategies.inner import inner_strategy
@@ -87,7 +88,7 @@ def test_realistic_fedavg_truth_is_exactly_the_images_the_local_steps_used() -> 
     assert leak.num_images == 20 and leak.steps == 5 and leak.num_examples == len(images)
 
 
-def _strategy(config: RunConfig, folder: RunFolder, clients: int = 2, inner=None):
+def _strategy(config: RunConfig, recorder: RunRecorder, clients: int = 2, inner=None):
     dataset = resolve_spec(config.dataset)
 
     def model_from(arrays: ArrayRecord) -> torch.nn.Module:
@@ -96,7 +97,7 @@ def _strategy(config: RunConfig, folder: RunFolder, clients: int = 2, inner=None
 
     inner = inner or inner_strategy(config, clients, None)
     nodes = {pid: 100 + pid for pid in range(clients)}
-    strategy = AttackingStrategy(inner, config, folder, nodes, AttackHarness(config, dataset), model_from)
+    strategy = AttackingStrategy(inner, config, recorder, nodes, AttackHarness(config, dataset), model_from)
 
     class Grid:
         def get_node_ids(self) -> list[int]:
@@ -113,9 +114,26 @@ def test_client_app_handlers() -> None:
     content = RecordDict({"arrays": ArrayRecord(_initial(config)), "config": ConfigRecord({"server-round": 1})})
     reply = train(Message(content, dst_node_id=100, message_type=MessageType.TRAIN), _context(0, RUN))
     assert len(reply.content.array_records) == 1 and {LEAK_KEY, TRUTH_KEY} <= set(reply.content.keys())
-    with pytest.raises(RuntimeError, match="injected failure"):
+
+
+def test_fault_injection_is_a_test_only_mod_and_the_product_refuses_its_keys() -> None:
+    from fedpriv.clients.mods import privacy_mod, pruning_mod
+    from tests.faults.client_app import app as faulty
+    from tests.faults.mod import fault_mod
+
+    config = validated_config(RUN)
+    content = RecordDict({"arrays": ArrayRecord(_initial(config)), "config": ConfigRecord({"server-round": 1})})
+    faults = RUN | {"inject-client-failure": "2", "inject-client-hang": "none"}
+    with pytest.raises(RuntimeError, match=r"injected failure \(inject-client-failure\) in partition 2"):
+        faulty(Message(content, dst_node_id=100, message_type=MessageType.TRAIN), _context(2, faults))
+    reply = faulty(Message(content, dst_node_id=100, message_type=MessageType.TRAIN), _context(0, faults))
+    assert not reply.has_error() and TRUTH_KEY in reply.content  # the handler saw the config without the keys
+    assert app._mods == [privacy_mod, pruning_mod] and fault_mod not in app._mods  # the product's ClientApp
+    with pytest.raises(ConfigError, match="inject-client-failure was removed: fault injection is test-only now"):
+        validated_config(RUN | {"inject-client-failure": "2"})
+    with pytest.raises(ConfigError, match="inject-client-failure was removed"):  # the product's handler
         train(Message(content, dst_node_id=100, message_type=MessageType.TRAIN),
-              _context(2, RUN | {"inject-client-failure": "2"}))
+              _context(0, RUN | {"inject-client-failure": "none"}))
 
 
 @pytest.mark.parametrize("protocol", ["fedsgd", "fedavg"])
@@ -126,7 +144,7 @@ def test_the_leak_is_what_the_reply_carries_after_the_mods(tmp_path, protocol: s
                  "update-pruning": 0.5, "attacks": "label-inference", "local-samples": 4}
     config = validated_config(run)
     inner = inner_strategy(config, 2, None)
-    strategy, messages = _strategy(config, RunFolder(tmp_path), inner=inner)
+    strategy, messages = _strategy(config, RunRecorder(tmp_path), inner=inner)
     assert messages[0].content["config"]["clipping_norm"] == 0.01  # the DP wrapper configured the clients
     reply = app(messages[0], _context(0, run, partitions=2))
     assert not reply.has_error(), reply.error
@@ -161,7 +179,7 @@ def test_inner_strategy_never_sees_truth_and_attacks_never_get_it(tmp_path) -> N
             return super().aggregate_train(server_round, replies)
 
     spy = Spy(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
-    strategy, messages = _strategy(config, RunFolder(tmp_path), inner=spy)
+    strategy, messages = _strategy(config, RunRecorder(tmp_path), inner=spy)
     replies = [train(m, _context(pid, RUN, partitions=2)) for pid, m in enumerate(messages)]
     truths = [r.content[TRUTH_KEY] for r in replies]
     handed = []
@@ -198,7 +216,7 @@ def test_selections_of_absent_partitions_are_refused() -> None:
 
 def test_strategy_attacks_strips_and_survives_a_failed_client(tmp_path) -> None:
     config = validated_config(RUN)
-    strategy, messages = _strategy(config, RunFolder(tmp_path))
+    strategy, messages = _strategy(config, RunRecorder(tmp_path))
     assert [m.metadata.dst_node_id for m in messages] == [100, 101]
     ok = train(messages[0], _context(0, RUN))
     failed = Message(Error(code=0, reason="Traceback ...\nRuntimeError: boom"), reply_to=messages[1])
@@ -211,7 +229,7 @@ def test_strategy_attacks_strips_and_survives_a_failed_client(tmp_path) -> None:
 
 def test_attack_rows_after_a_divergence_are_no_results(tmp_path) -> None:
     config = validated_config(RUN | {"defense-overrides": ""})
-    strategy, messages = _strategy(config, RunFolder(tmp_path))
+    strategy, messages = _strategy(config, RunRecorder(tmp_path))
     strategy.diverged_after = 0  # what evaluate_fn sets when the global model's test loss is not finite
     strategy.aggregate_train(1, [train(m, _context(n, RUN)) for n, m in enumerate(messages)])
     rows = read_jsonl(tmp_path / "metrics.jsonl")
@@ -222,7 +240,7 @@ def test_attack_rows_after_a_divergence_are_no_results(tmp_path) -> None:
 def test_fedsgd_steps_the_mean_gradient_with_the_server_lr(tmp_path) -> None:
     run = RUN | {"attack-clients": "none", "server-lr": 0.5}
     config = validated_config(run)
-    strategy, messages = _strategy(config, RunFolder(tmp_path), clients=2)
+    strategy, messages = _strategy(config, RunRecorder(tmp_path), clients=2)
     replies = [train(m, _context(pid, run, partitions=2)) for pid, m in enumerate(messages)]
     arrays, _ = strategy.aggregate_train(1, replies)
     broadcast = _initial(config)
@@ -239,7 +257,7 @@ def test_aggregation_does_not_depend_on_reply_order(tmp_path) -> None:
     config = validated_config(run)
     aggregates = []
     for name, order in (("first", (0, 1, 2, 3)), ("second", (3, 1, 0, 2)), ("third", (2, 3, 1, 0))):
-        strategy, messages = _strategy(config, RunFolder(tmp_path / name), clients=4)
+        strategy, messages = _strategy(config, RunRecorder(tmp_path / name), clients=4)
         replies = [train(messages[pid], _context(pid, run)) for pid in order]
         arrays, _ = strategy.aggregate_train(1, replies)
         assert arrays is not None
@@ -250,7 +268,7 @@ def test_aggregation_does_not_depend_on_reply_order(tmp_path) -> None:
 
 def test_fail_fast_stops_the_run(tmp_path) -> None:
     config = validated_config(RUN | {"fail-fast": True})
-    strategy, messages = _strategy(config, RunFolder(tmp_path))
+    strategy, messages = _strategy(config, RunRecorder(tmp_path))
     failed = Message(Error(code=0, reason="boom"), reply_to=messages[1])
     with pytest.raises(RuntimeError, match="fail-fast"):
         strategy.aggregate_train(1, [failed])
@@ -278,7 +296,7 @@ def test_local_dp_noises_what_is_sent() -> None:
 def test_fedmedian_aggregates_the_coordinate_median(tmp_path) -> None:
     run = RUN | {"attack-clients": "none", "aggregator": "fedmedian", "server-lr": 1.0}
     config = validated_config(run)
-    strategy, messages = _strategy(config, RunFolder(tmp_path), clients=3)
+    strategy, messages = _strategy(config, RunRecorder(tmp_path), clients=3)
     replies = [train(m, _context(pid, run, partitions=3)) for pid, m in enumerate(messages)]
     sent = [r.content["arrays"].to_torch_state_dict() for r in replies]
     arrays, _ = strategy.aggregate_train(1, replies)

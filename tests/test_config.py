@@ -58,6 +58,8 @@ def test_a_key_of_another_scenario_is_refused_before_the_run() -> None:
         check_run_config_keys(SIMULATIONS / "mnist_prediction_inversion", "feature-samples=4")
     with pytest.raises(ValueError, match="attack-options was replaced: use one key per option, attack.ATTACK.OPTION"):
         check_run_config_keys(SIMULATIONS / "cifar100_ats", "attack-options='engine=loop'")
+    with pytest.raises(ValueError, match="inject-client-hang was removed: fault injection is test-only now"):
+        check_run_config_keys(SIMULATIONS / "cifar100_ats", "inject-client-hang='1'")
 
 
 def test_the_configuration_reference_is_current() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,9 @@ def superlink(tmp_path_factory: pytest.TempPathFactory):
         yield link
 
 
-def test_attacked_federation_with_a_failing_client(superlink: PrivateSuperLink, tmp_path: Path) -> None:
+def test_attacked_federation_with_a_failing_client(superlink: PrivateSuperLink, fault_app: Path,
+                                                   tmp_path: Path) -> None:
+    """The tests' copy of the app fails client 2 in training (a test-only mod); the run records it and goes on."""
     run_config = (
         f"dataset='embedded-photos' out-dir='{tmp_path}' run-name='e2e' num-server-rounds=2 "
         "attack-rounds='1,2' attack-clients='0,1' attack-iterations=200 attack-progress=100 "
@@ -30,7 +33,8 @@ def test_attacked_federation_with_a_failing_client(superlink: PrivateSuperLink, 
         "attack-precision='strict-fp32' attack.inverting-gradients.engine='grouped' "
         "attack.inverting-gradients.max-batch=2"
     )
-    outcome = superlink.run(APP, run_config, "num-supernodes=3 client-resources-num-cpus=1", echo=False, timeout=900)
+    outcome = superlink.run(fault_app, run_config, "num-supernodes=3 client-resources-num-cpus=1", echo=False,
+                            timeout=900)
     assert outcome.ok, outcome.log[-4000:]
     folder = tmp_path / "e2e"
     metrics = read_jsonl(folder / "metrics.jsonl")
@@ -153,7 +157,9 @@ def test_own_image_folder_and_model_by_import_path(tmp_path: Path, monkeypatch: 
     root = make_image_folder(tmp_path / "photos", per_class=8)
     (tmp_path / "lab").mkdir()
     (tmp_path / "lab" / "lab_models.py").write_text(USER_MODEL)
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "lab"))  # where the user's package is importable
+    # where the user's package is importable, beside the caller's own path (a checkout on PYTHONPATH)
+    paths = [str(tmp_path / "lab"), os.environ.get("PYTHONPATH")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, paths)))
     run_config = (
         f"dataset='folder:{root}' model='lab_models:small_cnn' out-dir='{tmp_path}' run-name='own' "
         "num-server-rounds=1 attacks='inverting-gradients,translation-aware,policy-aware' attack-iterations=10 "

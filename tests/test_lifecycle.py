@@ -66,11 +66,12 @@ def test_sigkill_of_the_launcher_leaves_no_process_and_complete_files(tmp_path: 
     assert [r["round"] for r in read_jsonl(rounds_file)] == [0, 1, 2, 3]
 
 
-def test_a_hanging_client_times_out_and_is_recorded_as_failed(tmp_path: Path) -> None:
+def test_a_hanging_client_times_out_and_is_recorded_as_failed(fault_app: Path, tmp_path: Path) -> None:
     run_config = (f"{RUN} out-dir='{tmp_path}' run-name='hang' num-server-rounds=1 attack-clients='none' "
                   "inject-client-hang='1' round-timeout=25.0")
     with PrivateSuperLink(tmp_path / "flwr-home") as link:
-        outcome = link.run(APP, run_config, "num-supernodes=2 client-resources-num-cpus=1", echo=False, timeout=600)
+        outcome = link.run(fault_app, run_config, "num-supernodes=2 client-resources-num-cpus=1", echo=False,
+                           timeout=600)
     assert outcome.ok, outcome.log[-4000:]
     (_, first) = read_jsonl(tmp_path / "hang" / "rounds.jsonl")
     assert first["failed"] == [{"partition_id": 1, "reason": "no reply within round-timeout=25 s"}]

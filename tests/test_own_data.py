@@ -23,7 +23,7 @@ from fedpriv.models import build_model, check_model_fits, check_model_name
 from fedpriv.results import RunFolder
 from fedpriv.round_attacks import AttackHarness
 from fedpriv.run_page import write_index
-from fedpriv.strategies.server import initial_state
+from fedpriv.run_setup import initial_state
 from fedpriv.validation import validated_config
 from tests.observed import observed_client
 

@@ -163,13 +163,13 @@ with claim_folder(Path(sys.argv[1]), False):
 
 
 def test_the_automatic_run_name_is_one_path_component(tmp_path: Path) -> None:
-    from fedpriv.strategies.server import _folder_path
+    from fedpriv.run_setup import folder_path
 
     photos = tmp_path / "data" / "photos"
     (photos / "cats").mkdir(parents=True)
     config = validated_config({"out-dir": str(tmp_path / "runs"), "dataset": f"folder:{photos}",
                                         "model": "convnet"})
-    path = _folder_path(config)
+    path = folder_path(config)
     assert path.parent == tmp_path / "runs"
     assert re.fullmatch(r"\d{8}-\d{6}-[A-Za-z0-9._-]+_data_photos-convnet-seed0", path.name), path.name
 
@@ -209,7 +209,7 @@ def test_an_unknown_aux_dataset_names_the_key() -> None:
 
 
 def test_two_runs_for_one_folder_the_second_is_refused_and_the_first_keeps_its_files(tmp_path: Path) -> None:
-    from fedpriv.strategies.server import _folder_path
+    from fedpriv.run_setup import folder_path
 
     config = validated_config({"out-dir": str(tmp_path), "run-name": "r"})
     first = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "r")],  # claims, writes, waits
@@ -217,13 +217,13 @@ def test_two_runs_for_one_folder_the_second_is_refused_and_the_first_keeps_its_f
     try:
         assert first.stdout is not None and first.stdout.readline() == "claimed\n"
         with pytest.raises(ConfigError, match=f"run folder {tmp_path / 'r'} is in use by another run"):
-            with claim_folder(_folder_path(config), config.resume):
+            with claim_folder(folder_path(config), config.resume):
                 pass
         assert (tmp_path / "r" / "rounds.jsonl").read_text() == '{"round": 0}\n'
     finally:
         first.communicate("\n", timeout=60)
     with pytest.raises(ConfigError, match="already holds results; choose another run-name or set resume=true"):
-        with claim_folder(_folder_path(config), config.resume):
+        with claim_folder(folder_path(config), config.resume):
             pass
     assert [p.name for p in (tmp_path / "r").iterdir()] == ["rounds.jsonl"]
     with pytest.raises(RuntimeError):  # a run that fails before writing anything leaves no folder behind
@@ -233,7 +233,7 @@ def test_two_runs_for_one_folder_the_second_is_refused_and_the_first_keeps_its_f
 
 
 def test_a_diverged_global_model_is_reported_with_the_step_size_that_drives_it() -> None:
-    from fedpriv.strategies.server import divergence_warning
+    from fedpriv.strategies.evaluation import divergence_warning
 
     fedsgd = validated_config({})
     assert divergence_warning(fedsgd, 1, 4047.4) is None  # large but finite: still a model to attack
@@ -246,7 +246,7 @@ def test_a_diverged_global_model_is_reported_with_the_step_size_that_drives_it()
 
 def test_a_checkpoint_of_non_finite_values_is_refused_before_round_1(tmp_path: Path) -> None:
     from fedpriv.data.specs import resolve_spec
-    from fedpriv.strategies.server import initial_state
+    from fedpriv.run_setup import initial_state
 
     state = build_model("convnet", 10).state_dict()
     broken = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
@@ -261,7 +261,7 @@ def test_a_checkpoint_of_non_finite_values_is_refused_before_round_1(tmp_path: P
 
 
 def _resumable(tmp_path: Path, values: dict) -> tuple[RunConfig, Path]:
-    from fedpriv.strategies.server import CHECKPOINT
+    from fedpriv.results import CHECKPOINT
 
     config = validated_config(values | {"out-dir": str(tmp_path), "run-name": "r", "model": "convnet",
                                                  "dataset": "embedded-photos"})
@@ -274,30 +274,31 @@ def _resumable(tmp_path: Path, values: dict) -> tuple[RunConfig, Path]:
 
 def test_resume_refuses_other_settings_and_leaves_the_folder_untouched(tmp_path: Path) -> None:
     from fedpriv.data.specs import resolve_spec
-    from fedpriv.strategies.server import _resume_state
+    from fedpriv.run_setup import resume_state
 
     config, path = _resumable(tmp_path, {"seed": 0, "defense": "none"})
     before = {p.name: p.read_bytes() for p in path.iterdir()}
     other = validated_config(config.as_run_config() | {"seed": 1, "defense": "ats:3-1-7", "resume": True,
                                                                  "num-server-rounds": 5, "attack-progress": 7})
     with pytest.raises(ConfigError, match=r"defense: 'none' -> 'ats:3-1-7'; seed: 0 -> 1\. Only num-server-rounds"):
-        _resume_state(other, path, resolve_spec("embedded-photos"))
+        resume_state(other, path, resolve_spec("embedded-photos"))
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before
     same = validated_config(config.as_run_config() | {"resume": True, "num-server-rounds": 5})
-    offset, state = _resume_state(same, path, resolve_spec("embedded-photos"))
+    offset, state = resume_state(same, path, resolve_spec("embedded-photos"))
     assert offset == 1 and state
 
 
 def test_a_truncated_checkpoint_names_its_path(tmp_path: Path) -> None:
     from fedpriv.data.specs import resolve_spec
-    from fedpriv.strategies.server import CHECKPOINT, _resume_state
+    from fedpriv.results import CHECKPOINT
+    from fedpriv.run_setup import resume_state
 
     config, path = _resumable(tmp_path, {})
     data = (path / CHECKPOINT).read_bytes()
     (path / CHECKPOINT).write_bytes(data[: len(data) // 2])
     resumed = validated_config(config.as_run_config() | {"resume": True, "num-server-rounds": 5})
     with pytest.raises(ConfigError, match=f"checkpoint {path / CHECKPOINT} cannot be read"):
-        _resume_state(resumed, path, resolve_spec("embedded-photos"))
+        resume_state(resumed, path, resolve_spec("embedded-photos"))
 
 
 def test_results_files_have_the_usual_mode_and_reasons_no_repr_debris(tmp_path: Path) -> None:
