@@ -3,8 +3,9 @@
 The reply's one ArrayRecord is what the protocol sends; what it sends beside the arrays and the
 evaluation-only truth ride beside it in ConfigRecords (:mod:`fedpriv.wire`). Mods, outermost
 first: the check of the received model (``model-check``), Flower's DP mod for the run's ``dp``
-mode, then update pruning; so clipping and noise act last on what is sent. The tests' own copy of an app registers these handlers behind one more
-mod, test-only fault injection (``tests/faults/``).
+mode, then update pruning; so clipping and noise act last on what is sent. The tests' own copy
+of an app registers these handlers behind one more mod, test-only fault injection
+(``tests/faults/``).
 """
 
 from __future__ import annotations

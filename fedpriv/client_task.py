@@ -7,10 +7,11 @@ import zlib
 
 import torch
 
+from fedpriv.behaviours import run_model
 from fedpriv.config import RunConfig
 from fedpriv.data.auxiliary import split_with_aux
 from fedpriv.defenses import build_defense
-from fedpriv.models import build_model, load_wire_state
+from fedpriv.models import load_wire_state
 from fedpriv.protocols import PROTOCOLS, ClientReply
 from fedpriv.run_data import load_run_split, run_dataset_spec
 
@@ -86,7 +87,7 @@ def run_client_round(
     defense = build_defense(config.defense_for(partition_id))
     # Ray sets CUDA_VISIBLE_DEVICES per actor (client-resources-num-gpus); cuda:0 is this actor's GPU.
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_wire_state(build_model(config.model, dataset.num_classes, dataset.channels), state).to(device)
+    model = load_wire_state(run_model(config, dataset), state).to(device)
     protocol = PROTOCOLS.get(config.protocol)
     return protocol.client_round(
         config, model, images, labels, defense, dataset,

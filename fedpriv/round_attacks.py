@@ -25,11 +25,11 @@ from torch import nn
 from fedpriv.attacks import Attack, AttackTarget, AuxiliaryData, Reconstruction, build_attack
 from fedpriv.attacks.base import settings_for
 from fedpriv.baselines import prior_image
+from fedpriv.behaviours import build_behaviour, run_model
 from fedpriv.config import RunConfig
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.leaks import GroundTruth, Leak
 from fedpriv.metrics import psnr_per_image
-from fedpriv.models import build_model
 from fedpriv.results import RunFolder
 from fedpriv.scoring import match_order, score
 
@@ -109,7 +109,7 @@ class AttackHarness:
         """
         labels = "from the leak" if self.config.reveal_labels else "inferred"
         return {
-            "server": "honest-but-curious: runs the protocol as declared and attacks what each reply carries",
+            "server": build_behaviour(self.config).describe(),
             "attacks": {name: {"model": attack.knowledge.model, "defense": self.knows_defense(attack),
                                "aux": attack.knowledge.aux, "labels": labels}
                         for name, attack in self.attacks.items()},
@@ -133,7 +133,7 @@ class AttackHarness:
         """The attack's own model: a copy of the broadcast one, or a fresh one of its architecture."""
         if attack.knowledge.model == "architecture":
             torch.manual_seed(seed)
-            return build_model(self.config.model, self.dataset.num_classes, self.dataset.channels).eval()
+            return run_model(self.config, self.dataset).eval()
         return copy.deepcopy(model)
 
     def run_round(

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from fedpriv.behaviours import build_behaviour, run_model
 from fedpriv.config import REMOVED, RunConfig
 from fedpriv.data.loading import check_available
 from fedpriv.data.specs import DatasetSpec
@@ -165,7 +166,7 @@ def resume_state(config: RunConfig, path: Path, dataset: DatasetSpec) -> tuple[i
                           "change when resuming; start a new run-name for other settings")
     offset, state = load_checkpoint(path / CHECKPOINT)
     try:
-        load_wire_state(build_model(config.model, dataset.num_classes, dataset.channels), state)
+        load_wire_state(run_model(config, dataset), state)
     except (ValueError, RuntimeError) as error:
         raise ConfigError(f"checkpoint {path / CHECKPOINT} does not fit model {config.model!r}: "
                           f"{str(error).splitlines()[0]}") from None
@@ -176,7 +177,10 @@ def resume_state(config: RunConfig, path: Path, dataset: DatasetSpec) -> tuple[i
 
 
 def initial_state(config: RunConfig, dataset: DatasetSpec) -> dict[str, torch.Tensor]:
-    """The round-0 global model: freshly seeded, or ``initial-checkpoint`` (a state dict).
+    """The round-0 global model: freshly seeded, or ``initial-checkpoint`` (a state dict of ``model``).
+
+    A server behaviour that builds the model differently (an imprint block in front) wraps it
+    after the checkpoint is loaded.
 
     Raises
     ------
@@ -187,7 +191,7 @@ def initial_state(config: RunConfig, dataset: DatasetSpec) -> dict[str, torch.Te
     """
     model = build_model(config.model, dataset.num_classes, dataset.channels)
     if not config.initial_checkpoint:
-        return wire_state(model)
+        return wire_state(build_behaviour(config).architecture(model, dataset))
     path = Path(config.initial_checkpoint).expanduser().resolve()
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
@@ -206,7 +210,7 @@ def initial_state(config: RunConfig, dataset: DatasetSpec) -> dict[str, torch.Te
                           f"unexpected {unexpected[:5]}, other shapes {shapes[:5]}")
     model.load_state_dict(state)
     _check_finite(model, path, dataset)
-    return wire_state(model)
+    return wire_state(build_behaviour(config).architecture(model, dataset))
 
 
 def _check_finite(model: torch.nn.Module, path: Path, dataset: DatasetSpec) -> None:

@@ -20,10 +20,11 @@ from torch import nn
 
 from fedpriv.attacks import AuxiliaryData, build_attack
 from fedpriv.attacks.base import JointlyTrainable, settings_for
+from fedpriv.behaviours import run_model
 from fedpriv.config import RunConfig
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses import PredictionDefense, build_defense
-from fedpriv.models import build_model, load_wire_state, wire_state
+from fedpriv.models import load_wire_state, wire_state
 from fedpriv.training import adam, to_pixels
 
 BATCH = 128
@@ -61,7 +62,7 @@ def pretrain_on_aux(
         The trained state, ``aux`` with the jointly trained inverter attached (``None`` when
         honest), and a report for ``config.json`` (epochs, final losses).
     """
-    model = load_wire_state(build_model(config.model, dataset.num_classes, dataset.channels), state)
+    model = load_wire_state(run_model(config, dataset), state)
     inverter: nn.Module | None = None
     top = dataset.num_classes
     parameters = list(model.parameters())

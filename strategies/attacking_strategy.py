@@ -93,6 +93,9 @@ class AttackingStrategy(Strategy):
         Builds the broadcast model (eval mode) from an ArrayRecord, for the attacks.
     round_offset
         Rounds already finished (when resuming); Flower's round r is run round r + offset.
+    before_broadcast
+        What the server does to the global model before it sends it (a malicious server
+        behaviour), else ``None``: the attacks' victim and the leaks' reference are what was sent.
     """
 
     def __init__(
@@ -104,10 +107,12 @@ class AttackingStrategy(Strategy):
         harness: AttackHarness,
         model_from: Callable[[ArrayRecord], nn.Module],
         round_offset: int = 0,
+        before_broadcast: Callable[[ArrayRecord], ArrayRecord] | None = None,
     ) -> None:
         self.inner, self.config, self.recorder, self.nodes = inner, config, recorder, nodes
         self.partition_of = {node: pid for pid, node in nodes.items()}
         self.harness, self.model_from, self.round_offset = harness, model_from, round_offset
+        self.before_broadcast = before_broadcast
         self.protocol = PROTOCOLS.get(config.protocol)
         self.broadcast: ArrayRecord | None = None
         self.round_summary: dict[int, dict[str, Any]] = {}
@@ -123,6 +128,8 @@ class AttackingStrategy(Strategy):
     ) -> Iterable[Message]:
         """Let the inner strategy configure this round's partitions (sampled from the seed)."""
         run_round = server_round + self.round_offset
+        if self.before_broadcast is not None:
+            arrays = self.before_broadcast(arrays)
         self.broadcast = arrays
         chosen = sample_partitions(self.config, run_round, list(self.nodes))
         log(INFO, "configure_train: round %d, partitions %s", run_round, chosen)

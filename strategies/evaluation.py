@@ -20,13 +20,14 @@ from flwr.serverapp import RdpAccountant
 from torch import nn
 
 from fedpriv.baselines import psnr_summary
+from fedpriv.behaviours import run_model
 from fedpriv.client_task import generator_for
 from fedpriv.config import RunConfig
 from fedpriv.data.auxiliary import client_classes
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses import build_defense
 from fedpriv.defenses.features import FeatureDefense, feature_codec
-from fedpriv.models import build_model, load_wire_state
+from fedpriv.models import load_wire_state
 from fedpriv.recorder import RunRecorder
 from fedpriv.rotation.networks import SplitNetwork
 from fedpriv.run_data import load_run_split
@@ -40,8 +41,7 @@ def model_builder(config: RunConfig, dataset: DatasetSpec) -> Callable[[ArrayRec
     """Builds the global model (eval mode) from an ArrayRecord of its wire state."""
 
     def model_from(arrays: ArrayRecord) -> nn.Module:
-        model = build_model(config.model, dataset.num_classes, dataset.channels)
-        return load_wire_state(model, arrays.to_torch_state_dict()).eval()
+        return load_wire_state(run_model(config, dataset), arrays.to_torch_state_dict()).eval()
 
     return model_from
 

@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import errno
 import time
+from collections.abc import Callable
 from logging import ERROR, INFO
 
 from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
+from torch import nn
 
+from fedpriv.attacks import AuxiliaryData
+from fedpriv.behaviours import build_behaviour
+from fedpriv.config import RunConfig
+from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import SERVER_ERROR_PREFIX, ConfigError
+from fedpriv.models import wire_state
 from fedpriv.recorder import RunRecorder, resolved_config
 from fedpriv.results import claim_folder
 from fedpriv.round_attacks import AttackHarness
@@ -27,6 +34,7 @@ from fedpriv.strategies.attacking_strategy import AttackingStrategy
 from fedpriv.strategies.evaluation import CentralEvaluation, model_builder
 from fedpriv.strategies.inner import inner_strategy, privacy_accountant
 from fedpriv.strategies.partition_checks import check_partitions
+from fedpriv.training import to_pixels
 from fedpriv.wire import scalar
 
 
@@ -89,6 +97,23 @@ def run_server(grid: Grid, context: Context) -> None:
         raise
 
 
+def malicious_broadcast(
+    config: RunConfig, dataset: DatasetSpec, aux: AuxiliaryData | None, model_from: Callable[[ArrayRecord], nn.Module]
+) -> Callable[[ArrayRecord], ArrayRecord] | None:
+    """What a malicious ``server-behaviour`` does to each broadcast (``None`` for an honest server)."""
+    behaviour = build_behaviour(config)
+    if not behaviour.malicious:
+        return None
+    images = None if aux is None else dataset.normalize(to_pixels(aux.images))
+
+    def changed(arrays: ArrayRecord) -> ArrayRecord:
+        model = model_from(arrays)
+        behaviour.before_broadcast(model, images, dataset)
+        return ArrayRecord(wire_state(model))
+
+    return changed
+
+
 def _run(grid: Grid, plan: RunPlan) -> None:
     """Discover and check the clients, prepare the attacks, then record the rounds the strategy runs."""
     config, dataset, offset, start = plan.config, plan.dataset, plan.offset, plan.start
@@ -113,7 +138,9 @@ def _run(grid: Grid, plan: RunPlan) -> None:
         log(INFO, "fedpriv: resuming after round %d", offset)
     accountant = privacy_accountant(config, len(nodes), offset)
     inner = inner_strategy(config, len(nodes), accountant)
-    strategy = AttackingStrategy(inner, config, recorder, nodes, harness, model_builder(config, dataset), offset)
+    model_from = model_builder(config, dataset)
+    strategy = AttackingStrategy(inner, config, recorder, nodes, harness, model_from, offset,
+                                 malicious_broadcast(config, dataset, aux, model_from))
     strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(start),

@@ -7,9 +7,9 @@ imported, so a new behaviour is one new module (with its tests and documentation
 import importlib
 import pkgutil
 
-from fedpriv.behaviours.base import BEHAVIOURS, Honest, ServerBehaviour, build_behaviour
+from fedpriv.behaviours.base import BEHAVIOURS, Honest, ServerBehaviour, build_behaviour, run_model
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["BEHAVIOURS", "Honest", "ServerBehaviour", "build_behaviour"]
+__all__ = ["BEHAVIOURS", "Honest", "ServerBehaviour", "build_behaviour", "run_model"]

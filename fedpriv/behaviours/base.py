@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from fedpriv.errors import ConfigError, join_errors
+from fedpriv.models import build_model
 from fedpriv.options import parse_options
 from fedpriv.registry import Registry
 
@@ -95,6 +96,12 @@ class Honest:
 
 BEHAVIOURS: Registry[type[ServerBehaviour]] = Registry("server behaviour")
 BEHAVIOURS.add(Honest.name, Honest)
+
+
+def run_model(config: RunConfig, dataset: DatasetSpec) -> nn.Module:
+    """The model every party of the run builds: ``model`` as the server behaviour arranges it (freshly initialised)."""
+    return build_behaviour(config).architecture(build_model(config.model, dataset.num_classes, dataset.channels),
+                                                dataset)
 
 
 def build_behaviour(config: RunConfig) -> ServerBehaviour:
