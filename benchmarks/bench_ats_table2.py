@@ -22,7 +22,13 @@ Full run (about 1-1.5 h on the 2-core development VM; ATS's own 4800 iterations:
 
     python benchmarks/bench_ats_table2.py --out /tmp/ats-table2
 
-Smoke run (under 2 minutes)::
+Full settings on a GPU machine (CIFAR-100 archives, ResNet20-4, 200 epochs, 4800 iterations, 100 images)::
+
+    python benchmarks/bench_ats_table2.py --dataset cifar100 --model resnet20-4 --normalization cifar10 \\
+        --epochs 200 --check-epochs 0 --iterations 4800 --clients 100 --eval-samples 10000 \\
+        --attack-device cuda --out ~/fedpriv-runs/ats-table2-full
+
+Smoke run (under 2 minutes on an idle 2-core VM)::
 
     python benchmarks/bench_ats_table2.py --epochs 1 --check-epochs 0 --iterations 20 --clients 2 \\
         --policies none,3-1-7 --out /tmp/ats-table2-smoke
@@ -135,7 +141,8 @@ def pretrain(args: argparse.Namespace, policy: str, epochs: int, out: Path, log:
     seconds = math.nan
     if not (args.resume and record.exists()):
         command = [sys.executable, "-m", "fedpriv", "pretrain", "--dataset", args.dataset, "--model", args.model,
-                   "--epochs", str(epochs), "--seed", str(args.seed), "--out", str(out), "--no-progress"]
+                   "--normalization", args.normalization, "--epochs", str(epochs), "--seed", str(args.seed),
+                   "--out", str(out), "--no-progress"]
         if policy != "none":
             command += ["--policy", policy]
         seconds = execute(command, log)
@@ -149,7 +156,8 @@ def attack_run(args: argparse.Namespace, policy: str, checkpoint: Path, log: Pat
     if args.resume and (run_dir / "rounds.jsonl").exists() and len(read_jsonl(run_dir / "rounds.jsonl")) > 1:
         return run_dir, math.nan
     values: dict[str, object] = {
-        "dataset": args.dataset, "model": args.model, "initial-checkpoint": str(checkpoint),
+        "dataset": args.dataset, "model": args.model, "normalization": args.normalization,
+        "initial-checkpoint": str(checkpoint), "attack-device": args.attack_device,
         "protocol": "fedsgd", "batch-size": 1, "server-lr": 0.01, "defense": defense_spec(policy),
         "attacks": args.attacks, "num-server-rounds": 1, "attack-rounds": "1", "attack-clients": "all",
         "attack-iterations": args.iterations, "attack-progress": args.progress, "eval-samples": args.eval_samples,
@@ -223,10 +231,13 @@ def main() -> None:
     parser.add_argument("--attacks", default=ATTACKS, help="the run's attacks")
     parser.add_argument("--dataset", default="embedded-photos", help="data set of victims and runs")
     parser.add_argument("--model", default="resnet20", help="victim model (ATS: resnet20-4)")
+    parser.add_argument("--normalization", default="dataset",
+                        help="normalization of victims and runs (ATS on CIFAR-100: cifar10)")
+    parser.add_argument("--attack-device", default="cpu", help="attack-device of the runs (cuda on a GPU)")
     parser.add_argument("--eval-samples", type=int, default=400, help="test images the server evaluates on")
     parser.add_argument("--seed", type=int, default=0, help="seed of pretrain and run")
     parser.add_argument("--progress", type=int, default=600, help="attack-progress of the runs")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: a new temporary folder)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (None: a new temporary folder)")
     parser.add_argument("--resume", action="store_true",
                         help="keep victims and finished runs already in --out")
     args = parser.parse_args()
