@@ -8,9 +8,9 @@ enhanced attack beats Inverting Gradients measured against T(x). For each policy
 2. attacks it through the real Flower run, ``fedpriv run simulations/cifar100_ats``: FedSGD, one
    image per client, every client behind the policy, one round, both attacks on every leak;
 
-then, after all policies, trains a second victim per policy for ``--check-epochs`` (default 2E),
-whose accuracy only shows whether E reached the plateau (it is not attacked), and feeds the run
-folders to ``fedpriv report``.
+then, after all policies, trains a second victim per policy for ``--check-epochs`` (default 2E;
+E/2 is the cheaper check), whose accuracy only shows whether E sits on the plateau (it is not
+attacked), and feeds the run folders to ``fedpriv report``.
 
 It prints, per policy, the victim's accuracy, Inverting Gradients and translation-aware PSNR
 against T(x) (``psnr_defended``, the sources' convention) and against x (``psnr``), the paired
@@ -196,12 +196,14 @@ def cell(values: list[float]) -> str:
     return summary.text() if summary.n < 2 else f"{summary.text()} {summary.ci_text()}"
 
 
-def table(results: list[PolicyResult], args: argparse.Namespace) -> str:
+def table(results: list[PolicyResult], args: argparse.Namespace, check_epochs: int = 0) -> str:
     """The Markdown table: ours beside the sources' values."""
     known = sources()
     attacks = args.attacks.split(",")
     extra = [a for a in attacks if a not in ("inverting-gradients", "translation-aware")]
-    head = ["policy", "victim acc. (E / 2E)", "IG vs T(x)", "TA vs T(x)", "TA - IG vs T(x), paired"]
+    check = f" / {check_epochs} ep." if check_epochs else ""
+    head = ["policy", f"victim acc. % ({args.epochs} ep.{check})", "IG vs T(x)", "TA vs T(x)",
+            "TA - IG vs T(x), paired"]
     head += [f"{SHORT.get(a, a)} vs T(x)" for a in extra]
     head += ["IG vs x", "TA vs x", "baseline", "source: default / enhanced vs T(x)", "source acc. (repro)", "n"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -209,11 +211,11 @@ def table(results: list[PolicyResult], args: argparse.Namespace) -> str:
         spec = defense_spec(result.policy)
         source2 = known.get("ats-table2", {}).get(spec, {})
         source1 = known.get("ats-table1-cifar100", {}).get(spec, {})
-        check = "" if math.isnan(result.check_accuracy) else f" / {100 * result.check_accuracy:.2f}"
+        checked = "" if math.isnan(result.check_accuracy) else f" / {100 * result.check_accuracy:.2f}"
         ig = "inverting-gradients"
         ta = "translation-aware"
         cells = [
-            result.policy, f"{100 * result.accuracy:.2f}{check}",
+            result.policy, f"{100 * result.accuracy:.2f}{checked}",
             cell(result.values(ig, "psnr_defended")), cell(result.values(ta, "psnr_defended")),
             cell(result.paired(ta, ig, "psnr_defended")),
             *[cell(result.values(a, "psnr_defended")) for a in extra],
@@ -235,8 +237,8 @@ def main() -> None:
                         help="ATS policies, comma-separated at the top level ('none': no policy)")
     parser.add_argument("--epochs", type=int, default=20, help="epochs of the attacked victims (fedpriv pretrain)")
     parser.add_argument("--check-epochs", type=int, default=-1,
-                        help="epochs of a second victim per policy whose accuracy shows the plateau; "
-                             "-1: twice --epochs, 0: none")
+                        help="epochs of a second victim per policy (same recipe, not attacked) whose "
+                             "accuracy beside --epochs' shows the plateau; -1: twice --epochs, 0: none")
     parser.add_argument("--iterations", type=int, default=2400,
                         help="attack-iterations (ATS: 4800; 2400, the issue's floor, fits the 2-core VM)")
     parser.add_argument("--clients", type=int, default=8, help="supernodes = one-image leaks per policy")
@@ -275,7 +277,7 @@ def main() -> None:
         print(f"{policy}: accuracy {accuracy:.4f} (E={args.epochs}); {len(rows)} ok rows; {timing}; "
               f"load {os.getloadavg()[0]:.2f}", flush=True)
         print(table([result], args), flush=True)
-    for result in results if check_epochs else []:  # then the plateau check: the same recipe, longer
+    for result in results if check_epochs else []:  # then the plateau check: the same recipe, other epochs
         check = args.out / "victims" / f"{slug(result.policy)}-e{check_epochs}.pt"
         result.check_accuracy, result.seconds["check"] = pretrain(args, result.policy, check_epochs, check, log)
         print(f"{result.policy}: accuracy {result.accuracy:.4f} at {args.epochs} epochs, "
@@ -283,7 +285,7 @@ def main() -> None:
     report = args.out / "report"
     execute([sys.executable, "-m", "fedpriv", "report", *[str(r.run_dir) for r in results], "--out", str(report)],
             log)
-    text = table(results, args)
+    text = table(results, args, check_epochs)
     summary = {
         "settings": {k: str(v) for k, v in vars(args).items()} | {"check_epochs": check_epochs},
         "policies": [
