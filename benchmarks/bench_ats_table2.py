@@ -24,9 +24,11 @@ Full run (about 1-1.5 h on the 2-core development VM; ATS's own 4800 iterations:
 
 Full settings on a GPU machine (CIFAR-100 archives, ResNet20-4, 200 epochs, 4800 iterations, 100 images)::
 
-    python benchmarks/bench_ats_table2.py --dataset cifar100 --model resnet20-4 --normalization cifar10 \\
+    python benchmarks/bench_ats_table2.py --dataset cifar100 --download --model resnet20-4 --normalization cifar10 \\
         --epochs 200 --check-epochs 0 --iterations 4800 --clients 100 --eval-samples 10000 \\
         --attack-device cuda --out ~/fedpriv-runs/ats-table2-full
+
+(``fedpriv pretrain`` has no device option: the 200-epoch victims train on the CPU.)
 
 Smoke run (under 2 minutes on an idle 2-core VM)::
 
@@ -145,6 +147,8 @@ def pretrain(args: argparse.Namespace, policy: str, epochs: int, out: Path, log:
                    "--out", str(out), "--no-progress"]
         if policy != "none":
             command += ["--policy", policy]
+        if args.download:
+            command += ["--download"]
         seconds = execute(command, log)
     return float(json.loads(record.read_text())["test_accuracy"]), seconds
 
@@ -247,6 +251,7 @@ def main() -> None:
                         help="run every attack on the 'none' victim too (translation-aware is IG there)")
     parser.add_argument("--dataset", default="embedded-photos", help="data set of victims and runs")
     parser.add_argument("--model", default="resnet20", help="victim model (ATS: resnet20-4)")
+    parser.add_argument("--download", action="store_true", help="fetch missing standard archives (pretrain)")
     parser.add_argument("--normalization", default="dataset",
                         help="normalization of victims and runs (ATS on CIFAR-100: cifar10)")
     parser.add_argument("--attack-device", default="cpu", help="attack-device of the runs (cuda on a GPU)")
