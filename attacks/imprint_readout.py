@@ -64,7 +64,7 @@ class ImprintReadout(Attack):
         images = torch.full((count, *shape), 0.5)
         kept = found[:count].reshape(-1, *shape)
         images[: len(kept)] = dataset.denormalize(kept).clamp(0, 1)
-        return Reconstruction(images=images, fields={"bins_with_images": float(len(found))})
+        return Reconstruction(images=images)
 
 
 ATTACKS.add(ImprintReadout.name, ImprintReadout)
