@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from fedpriv.app_tables import toml_value
 from fedpriv.attacks import ATTACKS
@@ -28,6 +29,21 @@ def _row(d: Declared, key: str, protocols: bool) -> str:
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
+def _plugin_options(family: str, plugins: dict[str, Any]) -> list[str]:
+    """Per plugin: its docstring's first line and the table of its ``FAMILY.NAME.OPTION`` keys."""
+    lines: list[str] = []
+    for name, plugin in plugins.items():
+        options = declared(plugin.Options)
+        lines += [f"#### `{name}`", "", (plugin.__doc__ or "").strip().splitlines()[0], ""]
+        if not options:
+            lines += ["No options of its own.", ""]
+            continue
+        lines += ["| key | type | default | valid | meaning |", "|---|---|---|---|---|"]
+        lines += [_row(d, f"{family}.{name}.{d.name}", False) for d in options]
+        lines.append("")
+    return lines
+
+
 def render() -> str:
     """The generated reference (markers included)."""
     lines = [BEGIN, ""]
@@ -40,30 +56,11 @@ def render() -> str:
     lines += ["### Attack options", "",
               "Keys `attack.NAME.OPTION`, e.g. `--run-config \"attack.inverting-gradients.engine='loop'\"`, or a",
               "table `[attack.inverting-gradients]` in a preset file. Each attack reads only its own.", ""]
-    for name in ATTACKS.names():
-        attack = ATTACKS.get(name)
-        options = declared(attack.Options)
-        summary = (attack.__doc__ or "").strip().splitlines()[0]
-        lines += [f"#### `{name}`", "", summary, ""]
-        if not options:
-            lines += ["No options of its own.", ""]
-            continue
-        lines += ["| key | type | default | valid | meaning |", "|---|---|---|---|---|"]
-        lines += [_row(d, f"attack.{name}.{d.name}", False) for d in options]
-        lines.append("")
+    lines += _plugin_options("attack", {name: ATTACKS.get(name) for name in ATTACKS.names()})
     lines += ["### Server behaviour options", "",
               "Keys `behaviour.NAME.OPTION` of the behaviour `server-behaviour` names, e.g.",
               "`--run-config \"server-behaviour='imprint' behaviour.imprint.bins=64\"`.", ""]
-    for name in BEHAVIOURS.names():
-        behaviour = BEHAVIOURS.get(name)
-        options = declared(behaviour.Options)
-        lines += [f"#### `{name}`", "", (behaviour.__doc__ or "").strip().splitlines()[0], ""]
-        if not options:
-            lines += ["No options of its own.", ""]
-            continue
-        lines += ["| key | type | default | valid | meaning |", "|---|---|---|---|---|"]
-        lines += [_row(d, f"behaviour.{name}.{d.name}", False) for d in options]
-        lines.append("")
+    lines += _plugin_options("behaviour", {name: BEHAVIOURS.get(name) for name in BEHAVIOURS.names()})
     return "\n".join(lines) + END
 
 
