@@ -191,15 +191,14 @@ def test_a_constant_reconstruction_never_beats_its_baseline() -> None:
     assert near["beats_baseline"] is True and near["psnr_baseline"] == pytest.approx(row["psnr_prior"])
 
 
-def test_the_prior_baseline_goes_only_to_attacks_with_auxiliary_data(tmp_path) -> None:
+def test_the_prior_baseline_goes_only_to_attacks_with_auxiliary_data(tmp_path, monkeypatch) -> None:
     from fedpriv.attacks import AuxiliaryData
 
     class _AuxSpy(_Spy):
         name: ClassVar[str] = "aux-spy"
         knowledge: ClassVar[Knowledge] = Knowledge(aux="server")
 
-    if "aux-spy" not in ATTACKS:
-        ATTACKS.add("aux-spy", _AuxSpy)
+    monkeypatch.setitem(ATTACKS._items, "aux-spy", _AuxSpy)  # registered for this test only
     aux = AuxiliaryData(torch.full((4, 3, 32, 32), 200, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))
     config = dataclasses.replace(RunConfig(), attacks="spy,aux-spy")
     _Spy.mode = "ok"
