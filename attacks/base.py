@@ -14,6 +14,7 @@ from fedpriv.attacks.precision import check_precision
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError, join_errors
 from fedpriv.leaks import Leak
+from fedpriv.options import NoOptions as NoOptions  # the attacks' own name for it
 from fedpriv.options import parse_options
 from fedpriv.outputs import check_kinds
 from fedpriv.registry import Registry
@@ -235,11 +236,6 @@ class Attack(Protocol):
     ) -> list[Reconstruction]:
         """Attack every target; independent targets may be solved in one batch."""
         ...
-
-
-@dataclass(frozen=True)
-class NoOptions:
-    """The options of an attack that has none of its own."""
 
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")

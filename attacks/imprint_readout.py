@@ -24,7 +24,7 @@ from fedpriv.attacks.base import ATTACKS, Attack, AttackSettings, AttackTarget, 
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
 from fedpriv.imprint import IMPRINT, read_out
-from fedpriv.leaks import GradientLeak, UpdateLeak
+from fedpriv.leaks import parameter_change
 
 WEIGHT, BIAS = f"{IMPRINT}.measure.weight", f"{IMPRINT}.measure.bias"
 
@@ -49,13 +49,7 @@ class ImprintReadout(Attack):
         return [self._one(dataset, target) for target in targets]
 
     def _one(self, dataset: DatasetSpec, target: AttackTarget) -> Reconstruction:
-        leak = target.leak
-        if isinstance(leak, GradientLeak):
-            tensors, count = dict(zip(leak.parameter_names, leak.gradients, strict=True)), leak.batch_size
-        elif isinstance(leak, UpdateLeak):
-            tensors, count = dict(zip(leak.parameter_names, leak.deltas, strict=True)), leak.num_images
-        else:
-            raise TypeError(f"{self.name} reads gradient or update leaks, got {type(leak).__name__}")
+        tensors, count = parameter_change(target.leak)
         if WEIGHT not in tensors or BIAS not in tensors:
             raise ConfigError(f"{self.name}: the broadcast model has no imprint block ({WEIGHT}); "
                               "run it with server-behaviour='imprint'")

@@ -41,20 +41,15 @@ from fedpriv.attacks.base import (
 )
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
-from fedpriv.leaks import GradientLeak, Leak, UpdateLeak
+from fedpriv.leaks import GradientLeak, Leak, UpdateLeak, parameter_change
 
 DUMMY_SAMPLES = 64
 
 
 def bias_gradient(leak: Leak) -> tuple[torch.Tensor, int]:
     """The (estimated) mean bias gradient of the last layer and the number of samples behind it."""
-    if isinstance(leak, GradientLeak):
-        names, tensors, n = leak.parameter_names, leak.gradients, leak.batch_size
-    elif isinstance(leak, UpdateLeak):
-        names, tensors, n = leak.parameter_names, leak.deltas, leak.num_images
-    else:
-        raise TypeError(f"label inference reads gradient or update leaks, got {type(leak).__name__}")
-    biases = [t for name, t in zip(names, tensors, strict=True) if name.endswith("bias") and t.dim() == 1]
+    tensors, n = parameter_change(leak)
+    biases = [t for name, t in tensors.items() if name.endswith("bias") and t.dim() == 1]
     if not biases:
         raise ValueError("label inference needs the last layer's bias; this model has none")
     bias = biases[-1].double()

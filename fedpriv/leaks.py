@@ -102,6 +102,21 @@ class UpdateLeak:
         return min(self.steps * self.batch_size, self.num_examples)
 
 
+def parameter_change(leak: Leak) -> tuple[dict[str, torch.Tensor], int]:
+    """A gradient's or an update's tensors by parameter name, and the number of images behind them.
+
+    Raises
+    ------
+    TypeError
+        For any other kind of leak.
+    """
+    if isinstance(leak, GradientLeak):
+        return dict(zip(leak.parameter_names, leak.gradients, strict=True)), leak.batch_size
+    if isinstance(leak, UpdateLeak):
+        return dict(zip(leak.parameter_names, leak.deltas, strict=True)), leak.num_images
+    raise TypeError(f"expected a gradient or an update leak, got {type(leak).__name__}")
+
+
 @dataclass(frozen=True)
 class PredictionLeak:
     """Prediction vectors of a client's private inputs, as released (after any truncation).

@@ -195,3 +195,8 @@ def parse_options(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> 
     if not errors and hasattr(options, "errors"):
         errors += options.errors(prefix)
     return options, errors
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a plugin (an attack, a server behaviour) that has none of its own."""

@@ -141,15 +141,18 @@ def _attacks() -> list[str]:
         lines += [f"### `{name}`", "", first_paragraph(attack.__doc__), "",
                   f"- module `{attack.__module__}`: {first_paragraph(module.__doc__)}",
                   f"- knows: {_knowledge(attack)}", ""]
-        options = declared(attack.Options)
-        if not options:
-            lines += ["No options of its own.", ""]
-            continue
-        lines += ["| option | type | default | valid | meaning |", "|---|---|---|---|---|"]
-        lines += [_row(f"`attack.{name}.{d.name}`", d.kind, f"`{toml_value(d.default)}`", d.spec.valid() or "any",
-                       d.spec.help) for d in options]
-        lines.append("")
+        lines += _option_table("attack", name, attack.Options) or ["No options of its own.", ""]
     return lines
+
+
+def _option_table(family: str, name: str, options: type) -> list[str]:
+    """The table of a plugin's ``FAMILY.NAME.OPTION`` keys (no lines when it has none)."""
+    declarations = declared(options)
+    if not declarations:
+        return []
+    return ["| option | type | default | valid | meaning |", "|---|---|---|---|---|"] + [
+        _row(f"`{family}.{name}.{d.name}`", d.kind, f"`{toml_value(d.default)}`", d.spec.valid() or "any", d.spec.help)
+        for d in declarations] + [""]
 
 
 def _behaviours() -> list[str]:
@@ -163,12 +166,7 @@ def _behaviours() -> list[str]:
                   f"- malicious: {'yes' if behaviour.malicious else 'no'}; protocols: "
                   f"{', '.join(behaviour.protocols) or 'all'}",
                   f"- module `{behaviour.__module__}`: {first_paragraph(module.__doc__)}", ""]
-        options = declared(behaviour.Options)
-        if options:
-            lines += ["| option | type | default | valid | meaning |", "|---|---|---|---|---|"]
-            lines += [_row(f"`behaviour.{name}.{d.name}`", d.kind, f"`{toml_value(d.default)}`",
-                           d.spec.valid() or "any", d.spec.help) for d in options]
-            lines.append("")
+        lines += _option_table("behaviour", name, behaviour.Options)
     return lines
 
 

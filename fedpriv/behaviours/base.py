@@ -10,7 +10,6 @@ threat model states it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
@@ -18,7 +17,7 @@ from torch import nn
 
 from fedpriv.errors import ConfigError, join_errors
 from fedpriv.models import build_model
-from fedpriv.options import parse_options
+from fedpriv.options import NoOptions, parse_options
 from fedpriv.registry import Registry
 
 if TYPE_CHECKING:
@@ -61,18 +60,13 @@ class ServerBehaviour(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class NoBehaviourOptions:
-    """The options of a behaviour that has none."""
-
-
 class Honest:
     """Broadcasts the global model as the aggregation left it (the protocol as declared)."""
 
     name: ClassVar[str] = "honest"
     malicious: ClassVar[bool] = False
     protocols: ClassVar[tuple[str, ...]] = ()
-    Options: ClassVar[type] = NoBehaviourOptions
+    Options: ClassVar[type] = NoOptions
 
     def __init__(self, options: Any) -> None:
         self.options = options
