@@ -33,7 +33,7 @@ class ImprintReadout(Attack):
     """Reads each bin's image off the imprint block's gradient (the server built the block)."""
 
     name: ClassVar[str] = "imprint-readout"
-    leak_kinds: ClassVar[tuple[str, ...]] = ("gradient", "update")
+    leak_kinds: ClassVar[tuple[str, ...]] = ("gradient", "update", "aggregate")
     model_modes: ClassVar[tuple[str, ...]] = ("eval", "train")
     optimises: ClassVar[bool] = False
     Options: ClassVar[type] = NoOptions

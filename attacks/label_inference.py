@@ -41,7 +41,7 @@ from fedpriv.attacks.base import (
 )
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
-from fedpriv.leaks import GradientLeak, Leak, UpdateLeak, parameter_change
+from fedpriv.leaks import GradientLeak, Leak, UpdateLeak, parameter_change, single_update
 
 DUMMY_SAMPLES = 64
 
@@ -100,12 +100,14 @@ def infer_labels(model: nn.Module, dataset: DatasetSpec, leak: Leak, aux: Auxili
     dataset
         Input shape and normalisation.
     leak
-        A :class:`GradientLeak` or :class:`UpdateLeak`.
+        A :class:`GradientLeak`, an :class:`UpdateLeak`, or an aggregate (the label multiset of the
+        union of its clients' images, read as the union's update).
     aux
         The server's auxiliary images, if any.
     seed
         Seeds the dummy inputs.
     """
+    leak = single_update(leak)
     bias, n = bias_gradient(leak)
     if n == 1 and isinstance(leak, GradientLeak):
         return torch.argmin(bias).reshape(1)
@@ -120,7 +122,7 @@ class LabelInference(Attack):
     """Infers each attacked client's labels; uses the auxiliary split for p_bar when there is one."""
 
     name: ClassVar[str] = "label-inference"
-    leak_kinds: ClassVar[tuple[str, ...]] = ("gradient", "update")
+    leak_kinds: ClassVar[tuple[str, ...]] = ("gradient", "update", "aggregate")
     model_modes: ClassVar[tuple[str, ...]] = ("eval", "train")
     optimises: ClassVar[bool] = False
     Options: ClassVar[type] = NoOptions

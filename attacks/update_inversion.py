@@ -15,6 +15,8 @@ the stopping rule of :mod:`~fedpriv.attacks.lr_schedule` (off by default).
 The client's batch order is private: the simulation cuts x into consecutive batches in the same
 order every epoch, so the recovered images come in no particular order and are scored after
 matching. Labels are the revealed ones or :mod:`fedpriv.attacks.label_inference`'s estimate.
+A secure aggregate (protocol ``secagg``) is attacked as one update over the union of its clients'
+images (:meth:`~fedpriv.leaks.AggregateLeak.union_update`).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from fedpriv.attacks.inverting_gradients import box_bounds
 from fedpriv.attacks.label_inference import infer_labels
 from fedpriv.attacks.lr_schedule import ScheduledAdam, StopOptions
 from fedpriv.data.specs import DatasetSpec
-from fedpriv.leaks import UpdateLeak
+from fedpriv.leaks import UpdateLeak, single_update
 from fedpriv.options import option
 
 DEFAULT_MAX_IMAGES = 32
@@ -166,7 +168,7 @@ class UpdateInversion(Attack):
     """
 
     name: ClassVar[str] = "update-inversion"
-    leak_kinds: ClassVar[tuple[str, ...]] = ("update",)
+    leak_kinds: ClassVar[tuple[str, ...]] = ("update", "aggregate")
     model_modes: ClassVar[tuple[str, ...]] = ("train",)
     optimises: ClassVar[bool] = True
     Options: ClassVar[type] = UpdateOptions
@@ -197,9 +199,9 @@ class UpdateInversion(Attack):
         problems: list[_Problem] = []
         inferred: list[torch.Tensor | None] = []
         for t, target in enumerate(targets):
-            leak = target.leak
+            leak = single_update(target.leak)  # a secure aggregate: the union's update
             if not isinstance(leak, UpdateLeak):
-                raise TypeError(f"{self.name} consumes update leaks, got {type(leak).__name__}")
+                raise TypeError(f"{self.name} consumes update or aggregate leaks, got {type(leak).__name__}")
             if leak.num_images > self.max_images:
                 raise ValueError(f"the update depends on {leak.num_images} images; {self.name} reconstructs at most "
                                  f"{self.max_images} (attack.update-inversion.max-images; local-steps x batch-size or "

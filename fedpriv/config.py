@@ -152,6 +152,7 @@ class RunConfig(RunSection, OutputsSection, AttacksSection, DefensesSection, Pri
         if self.server_pretrain_epochs and self.aux_samples == 0:
             errors.append("server-pretrain-epochs > 0 trains the initial model on the server's auxiliary split: "
                           "set aux-samples >= 1")
+        errors += self._secagg_errors()
         if self.joint_training:
             if not self.server_pretrain_epochs:
                 errors.append("joint-training=true trains the initial classifier jointly with an inverter: "
@@ -162,6 +163,32 @@ class RunConfig(RunSection, OutputsSection, AttacksSection, DefensesSection, Pri
             if self.resume:
                 errors.append("resume=true with joint-training=true: the jointly trained inverter lives only in "
                               "the server's memory (not in the checkpoint); start a new run-name")
+        return errors
+
+    def _secagg_errors(self) -> list[str]:
+        """What protocol 'secagg' rules out: the server holds one aggregate per round, not single replies."""
+        if self.protocol != "secagg":
+            return []
+        errors = []
+        if self.aggregator != "fedavg":
+            errors.append(f"aggregator={self.aggregator!r} with protocol 'secagg': SecAgg+ reveals only the weighted "
+                          "mean of the replies; valid: 'fedavg'")
+        if self.dp != "none":
+            errors.append(f"dp={self.dp!r} with protocol 'secagg' is not supported (Flower 1.41 combines DP with "
+                          "SecAgg+ only through its legacy strategy wrappers); valid: 'none'")
+        if self.clients_per_round == 1:
+            errors.append("clients-per-round=1 with protocol 'secagg': SecAgg+ aggregates at least 2 clients; "
+                          "valid: 0 (all) or >= 2")
+        if self.attack_overrides:
+            errors.append(f"attack-overrides={self.attack_overrides!r} with protocol 'secagg': the server attacks "
+                          "the one aggregate per round, not single clients; set the attacks with 'attacks'")
+        if self.attack_clients.strip().lower() not in ("all", "none", ""):
+            errors.append(f"attack-clients={self.attack_clients!r} with protocol 'secagg': the aggregate holds every "
+                          "sampled client; valid: 'all' or 'none'")
+        if self.secagg_reconstruction_threshold > self.secagg_num_shares:
+            errors.append(f"secagg-reconstruction-threshold={self.secagg_reconstruction_threshold:g} exceeds "
+                          f"secagg-num-shares={self.secagg_num_shares:g}: a secret needs at most as many shares as "
+                          "were made")
         return errors
 
     def plugin_values(self, family: str, name: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ SECTIONS = ("data", "federation", "privacy", "defenses", "attacks", "outputs", "
 DEFAULT_OUT_DIR = "~/fedpriv-runs"
 DEFAULT_DATA_DIR = "~/.cache/fedpriv/data"
 AUX_TYPES = ("same", "generic", "distinct")  # generic: the server holds classes no client has
-TRAINING = ("fedavg", "predictions", "split-inference")  # the protocols whose clients train locally
+TRAINING = ("fedavg", "secagg", "predictions", "split-inference")  # the protocols whose clients train locally
 GRADIENTS = ("fedsgd", "fedavg")  # the protocols that send gradients or updates
 MAX_INT = 1_000_000_000
 
@@ -63,7 +63,8 @@ class FederationSection:
     clients_per_round: int = _federation(0, "clients sampled per round; 0: all", low=0, high=MAX_INT)
     model: str = _federation("resnet20", "model name (fedpriv models) or module:callable")
     initial_checkpoint: str = _federation("", "state dict the global model starts from ('' : fresh, seeded)")
-    protocol: str = _federation("fedsgd", "what clients send: fedsgd, fedavg, predictions or split-inference")
+    protocol: str = _federation("fedsgd", "what clients send: fedsgd, fedavg, secagg (FedAvg through Flower's "
+                                "SecAgg+), predictions or split-inference")
     server_lr: float = _federation(0.1, "server step size on the aggregated gradient (fedsgd)", above=0,
                                  protocols=("fedsgd",))
     local_epochs: int = _federation(1, "local epochs per round", low=1, high=MAX_INT, protocols=TRAINING)
@@ -83,6 +84,15 @@ class FederationSection:
                                         protocols=("predictions",))
     joint_weight: float = _federation(1.0, "weight of the inverter's loss in joint training", low=0,
                                        protocols=("predictions",))
+    secagg_num_shares: float = _federation(1.0, "SecAgg+: share of the round's clients each secret is split "
+                                           "among (Flower's num_shares as a fraction)", above=0, high=1,
+                                           protocols=("secagg",))
+    secagg_reconstruction_threshold: float = _federation(0.5, "SecAgg+: share of those shares that reconstructs "
+                                                         "a secret (Flower's reconstruction_threshold as a "
+                                                         "fraction)", above=0, high=1, protocols=("secagg",))
+    secagg_clipping_range: float = _federation(8.0, "SecAgg+: every sent weight must lie in [-r, r] (quantisation "
+                                               "range; a client with a weight outside fails its round)", above=0,
+                                               protocols=("secagg",))
     batch_size: int = _federation(1, "images per gradient (fedsgd) or local step", low=1, high=MAX_INT)
     lr: float = _federation(0.01, "clients' SGD learning rate", above=0)
     momentum: float = _federation(0.9, "clients' SGD momentum", low=0)

@@ -102,8 +102,74 @@ class UpdateLeak:
         return min(self.steps * self.batch_size, self.num_examples)
 
 
+@dataclass(frozen=True)
+class AggregateLeak:
+    """What a secure-aggregation server learns in one round: the weighted mean of K clients' updates.
+
+    SecAgg+ hides every single reply; the server unmasks only their weighted mean (weights: the
+    clients' plaintext ``num_examples``), quantized as the protocol does it.
+
+    Attributes
+    ----------
+    deltas
+        The aggregate minus the broadcast, one tensor per trainable parameter (``parameter_names`` order).
+    parameter_names
+        Names of those parameters.
+    client_examples
+        Each aggregated client's ``num_examples`` (plaintext under SecAgg+), in partition order.
+    batch_size, lr, momentum, weight_decay
+        The local SGD the protocol prescribes to every client.
+    steps
+        Each client's local steps, in the order of ``client_examples``.
+    protocol
+        ``"secagg"``.
+    """
+
+    kind: ClassVar[str] = "aggregate"
+    deltas: tuple[torch.Tensor, ...]
+    parameter_names: tuple[str, ...]
+    client_examples: tuple[int, ...]
+    steps: tuple[int, ...]
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    protocol: str = "secagg"
+
+    @property
+    def clients(self) -> int:
+        """K, the number of clients in the aggregate."""
+        return len(self.client_examples)
+
+    @property
+    def num_images(self) -> int:
+        """Images the aggregate depends on: each client's ``steps`` x ``batch_size``, bounded by its data."""
+        return sum(min(s * self.batch_size, n) for s, n in zip(self.steps, self.client_examples, strict=True))
+
+    def union_update(self) -> UpdateLeak:
+        """The aggregate read as one client's update over the union of the K clients' images.
+
+        One client taking ``max(steps)`` steps of batches of ceil(images / steps) images from the
+        union. With one local step and equal weights this is exact: the mean of K one-step updates
+        is one step on the mean gradient of the union. With several steps it is the first-order
+        approximation of the K separate trajectories (the multi-user setting of breaching, whose
+        attack also reads the aggregate this way).
+        """
+        steps = max(self.steps)
+        return UpdateLeak(
+            deltas=self.deltas, parameter_names=self.parameter_names, num_examples=self.num_images,
+            batch_size=-(-self.num_images // steps), steps=steps, lr=self.lr, momentum=self.momentum,
+            weight_decay=self.weight_decay, labels=None, model_mode="train", protocol=self.protocol,
+        )
+
+
+def single_update(leak: Leak) -> Leak:
+    """An aggregate as the union's update (:meth:`AggregateLeak.union_update`); any other leak unchanged."""
+    return leak.union_update() if isinstance(leak, AggregateLeak) else leak
+
+
 def parameter_change(leak: Leak) -> tuple[dict[str, torch.Tensor], int]:
-    """A gradient's or an update's tensors by parameter name, and the number of images behind them.
+    """A gradient's, an update's or an aggregate's tensors by parameter name, and the images behind them.
 
     Raises
     ------
@@ -112,9 +178,9 @@ def parameter_change(leak: Leak) -> tuple[dict[str, torch.Tensor], int]:
     """
     if isinstance(leak, GradientLeak):
         return dict(zip(leak.parameter_names, leak.gradients, strict=True)), leak.batch_size
-    if isinstance(leak, UpdateLeak):
+    if isinstance(leak, UpdateLeak | AggregateLeak):
         return dict(zip(leak.parameter_names, leak.deltas, strict=True)), leak.num_images
-    raise TypeError(f"expected a gradient or an update leak, got {type(leak).__name__}")
+    raise TypeError(f"expected a gradient, update or aggregate leak, got {type(leak).__name__}")
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,11 @@ from fedpriv.scoring import match_order, score
 
 @dataclass(frozen=True)
 class ObservedClient:
-    """What the server holds for one attacked client in one round.
+    """What the server holds for one attacked client (or one secure aggregate) in one round.
 
     ``defense_spec`` is the defense the run config declares for this client (what the server
-    knows); ``truth`` is for the scorers only.
+    knows); ``truth`` is for the scorers only. A secure aggregate has ``partition_id``
+    :data:`AGGREGATE` and the union of its clients' truths.
     """
 
     partition_id: int
@@ -47,6 +48,15 @@ class ObservedClient:
     truth: GroundTruth
     attacks: tuple[str, ...]
     defense_spec: str
+
+
+AGGREGATE = -1  # the partition id of a secure aggregate's rows (``aggregate_of`` lists its partitions)
+
+
+def cell_name(server_round: int, partition_id: int, attack: str) -> str:
+    """The file stem of one cell's image grid: round, client (or ``aggregate``) and attack."""
+    who = "aggregate" if partition_id == AGGREGATE else f"client{partition_id:04d}"
+    return f"round{server_round:03d}_{who}_{attack}"
 
 
 def attack_seed(seed: int, server_round: int, partition_id: int, attack: str) -> int:
@@ -107,7 +117,7 @@ class AttackHarness:
             ``aux`` (``none`` or ``server``: the auxiliary split) and ``labels`` (``from the leak``
             when the protocol reveals them, else ``inferred``).
         """
-        labels = "from the leak" if self.config.reveal_labels else "inferred"
+        labels = "from the leak" if self.config.reveal_labels and self.config.protocol != "secagg" else "inferred"
         return {
             "server": build_behaviour(self.config).describe(),
             "attacks": {name: {"model": attack.knowledge.model, "defense": self.knows_defense(attack),
@@ -198,7 +208,8 @@ class AttackHarness:
         row |= {k: float(v) for k, v in result.fields.items()}
         if result.engine is not None:
             row["engine"] = result.engine
-        title = f"round {server_round} client {client.partition_id} | {client.truth.defense} | {name}"
+        who = "aggregate" if client.partition_id == AGGREGATE else f"client {client.partition_id}"
+        title = f"round {server_round} {who} | {client.truth.defense} | {name}"
         if folder is not None and result.images is not None:
             order = match_order(result.images, client.truth.images) if row["matched"] else slice(None)
             grid = [client.truth.images, client.truth.defended, result.images[order]]
@@ -206,10 +217,10 @@ class AttackHarness:
                 if extra is not None:
                     grid.append(extra[order])
             per_image = psnr_per_image(result.images[order], client.truth.images)
-            folder.write_grid(f"round{server_round:03d}_client{client.partition_id:04d}_{name}", grid, title,
+            folder.write_grid(cell_name(server_round, client.partition_id, name), grid, title,
                               [f"{float(v):.1f} dB" for v in per_image])
         if folder is not None and result.gallery is not None:
-            folder.write_grid(f"round{server_round:03d}_client{client.partition_id:04d}_{name}_classes",
+            folder.write_grid(f"{cell_name(server_round, client.partition_id, name)}_classes",
                               [result.gallery], f"{title} | one image per class",
                               [f"class {k}" for k in range(len(result.gallery))])
         return row

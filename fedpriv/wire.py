@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 LEAK_KEY = "fedpriv.leak"
 TRUTH_KEY = "fedpriv.truth"
 ROUND_KEY = "server-round"
+NAMES_KEY = "fedpriv.parameter-names"  # legacy Parameters are a list: the server names them in FitIns' config
 Scalar = int | float | str | bool | bytes
 ARRAYS = "arrays"  # the record key of the .npz blob
 Sent = TypeVar("Sent", bound="DataclassInstance")

@@ -27,7 +27,7 @@ from fedpriv.config import RunConfig
 from fedpriv.leaks import GroundTruth
 from fedpriv.protocols import PROTOCOLS
 from fedpriv.recorder import RunRecorder
-from fedpriv.round_attacks import AttackHarness, ObservedClient
+from fedpriv.round_attacks import AGGREGATE, AttackHarness, ObservedClient
 from fedpriv.wire import LEAK_KEY, ROUND_KEY, TRUTH_KEY, Sent, decode_fields, decode_truth, scalar
 
 
@@ -182,13 +182,7 @@ class AttackingStrategy(Strategy):
         rows: list[dict[str, Any]] = []
         if observed:
             rows = self.harness.run_round(model, observed, run_round, self.recorder.grids)
-            if self.diverged_after is not None:
-                reason = f"diverged: the global model's test loss was not finite after round {self.diverged_after}"
-                rows = [row | {"status": reason} for row in rows]
-            self.recorder.attack_rows(rows)
-            for row in rows:
-                log(INFO, "round %d client %d %s: %s [%s]", run_round, row["partition_id"], row["attack"],
-                    _describe(row), row["status"])
+            rows = record_rows(self.recorder, rows, run_round, self.diverged_after)
         self.round_summary[run_round].update(failed=failed, rows=rows)
         return self.inner.aggregate_train(run_round, [m for m in replies if not m.has_error()])
 
@@ -201,6 +195,20 @@ class AttackingStrategy(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Nothing to aggregate (no federated evaluation)."""
         return None
+
+
+def record_rows(recorder: RunRecorder, rows: list[dict[str, Any]], run_round: int,
+                diverged_after: int | None) -> list[dict[str, Any]]:
+    """Mark the rows of a diverged run, write them and log one line each; return what was written."""
+    if diverged_after is not None:
+        reason = f"diverged: the global model's test loss was not finite after round {diverged_after}"
+        rows = [row | {"status": reason} for row in rows]
+    recorder.attack_rows(rows)
+    for row in rows:
+        who = f"client {row['partition_id']}" if row["partition_id"] != AGGREGATE else (
+            f"aggregate of {row.get('aggregate_of', [])}")
+        log(INFO, "round %d %s %s: %s [%s]", run_round, who, row["attack"], _describe(row), row["status"])
+    return rows
 
 
 def _describe(row: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from logging import INFO, WARNING
+from typing import Any, Protocol
 
 import torch
 from flwr.app import ArrayRecord, MetricRecord
@@ -32,7 +33,6 @@ from fedpriv.recorder import RunRecorder
 from fedpriv.rotation.networks import SplitNetwork
 from fedpriv.run_data import load_run_split
 from fedpriv.run_setup import RunPlan
-from fedpriv.strategies.attacking_strategy import AttackingStrategy
 from fedpriv.strategies.inner import round_event
 from fedpriv.training import evaluate
 
@@ -66,6 +66,13 @@ def divergence_warning(config: RunConfig, run_round: int, loss: float) -> str | 
             f"a smaller {key} or an initial-checkpoint of a trained model keeps it finite")
 
 
+class ObservingStrategy(Protocol):
+    """What the central evaluation reads from a run's strategy (attacking or secure-aggregation)."""
+
+    round_summary: dict[int, dict[str, Any]]  # per run round: sampled, failed, rows, start
+    diverged_after: int | None  # the first round whose global model's test loss was not finite
+
+
 class CentralEvaluation:
     """Flower's ``evaluate_fn`` for one run: call it with (Flower's round, the global model's arrays).
 
@@ -83,7 +90,7 @@ class CentralEvaluation:
         The run's RDP accountant (None without DP).
     """
 
-    def __init__(self, plan: RunPlan, recorder: RunRecorder, strategy: AttackingStrategy, num_partitions: int,
+    def __init__(self, plan: RunPlan, recorder: RunRecorder, strategy: ObservingStrategy, num_partitions: int,
                  accountant: RdpAccountant | None) -> None:
         config, dataset = plan.config, plan.dataset
         self.config, self.dataset, self.offset = config, dataset, plan.offset

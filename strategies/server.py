@@ -13,10 +13,11 @@ import errno
 import time
 from collections.abc import Callable
 from logging import ERROR, INFO
+from typing import Any
 
 from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
 from flwr.common.logger import log
-from flwr.serverapp import Grid
+from flwr.serverapp import Grid, RdpAccountant
 from torch import nn
 
 from fedpriv.attacks import AuxiliaryData
@@ -34,6 +35,7 @@ from fedpriv.strategies.attacking_strategy import AttackingStrategy
 from fedpriv.strategies.evaluation import CentralEvaluation, model_builder
 from fedpriv.strategies.inner import inner_strategy, privacy_accountant
 from fedpriv.strategies.partition_checks import check_partitions
+from fedpriv.strategies.secure_aggregation import SecureAggregationStrategy, TruthTap, run_secure_aggregation
 from fedpriv.training import to_pixels
 from fedpriv.wire import scalar
 
@@ -85,7 +87,7 @@ def run_server(grid: Grid, context: Context) -> None:
         config, path = checked_config(context.run_config)
         with claim_folder(path, config.resume):
             log(INFO, "fedpriv: results go to %s", path)
-            _run(grid, plan_run(config, path))
+            _run(grid, context, plan_run(config, path))
     except ConfigError as error:
         log(ERROR, "%s%s", SERVER_ERROR_PREFIX, error)
         raise
@@ -114,7 +116,7 @@ def malicious_broadcast(
     return changed
 
 
-def _run(grid: Grid, plan: RunPlan) -> None:
+def _run(grid: Grid, context: Context, plan: RunPlan) -> None:
     """Discover and check the clients, prepare the attacks, then record the rounds the strategy runs."""
     config, dataset, offset, start = plan.config, plan.dataset, plan.offset, plan.start
     nodes = discover_partitions(grid)
@@ -137,17 +139,33 @@ def _run(grid: Grid, plan: RunPlan) -> None:
     if config.resume:
         log(INFO, "fedpriv: resuming after round %d", offset)
     accountant = privacy_accountant(config, len(nodes), offset)
-    inner = inner_strategy(config, len(nodes), accountant)
     model_from = model_builder(config, dataset)
-    strategy = AttackingStrategy(inner, config, recorder, nodes, harness, model_from, offset,
-                                 malicious_broadcast(config, dataset, aux, model_from))
-    strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(start),
-        num_rounds=config.num_server_rounds - offset,
-        evaluate_fn=CentralEvaluation(plan, recorder, strategy, len(nodes), accountant),
-        timeout=config.round_timeout,
-    )
+    broadcast = malicious_broadcast(config, dataset, aux, model_from)
+    if config.protocol == "secagg":
+        secure = SecureAggregationStrategy(config, recorder, nodes, harness, list(start), start, TruthTap(grid),
+                                           model_from, offset, broadcast)
+        secure.evaluate_fn = CentralEvaluation(plan, recorder, secure, len(nodes), accountant)
+        run_secure_aggregation(context, secure, config.num_server_rounds - offset, max(sizes))
+    else:
+        _run_attacking_strategy(grid, plan, recorder, nodes, harness, model_from, broadcast, start, accountant)
     records = recorder.finish()
     log(INFO, "fedpriv: finished; results in %s (open index.html)", recorder.path)
     log(INFO, "fedpriv: %d attack records in %s", records, recorder.metrics_path)
+
+
+def _run_attacking_strategy(
+    grid: Grid, plan: RunPlan, recorder: RunRecorder, nodes: dict[int, int], harness: AttackHarness,
+    model_from: Callable[[ArrayRecord], nn.Module], broadcast: Callable[[ArrayRecord], ArrayRecord] | None,
+    start: dict[str, Any], accountant: RdpAccountant | None,
+) -> None:
+    """Every protocol but ``secagg``: Flower's strategy API, the run's inner strategy wrapped by the attacks."""
+    config = plan.config
+    inner = inner_strategy(config, len(nodes), accountant)
+    strategy = AttackingStrategy(inner, config, recorder, nodes, harness, model_from, plan.offset, broadcast)
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(start),
+        num_rounds=config.num_server_rounds - plan.offset,
+        evaluate_fn=CentralEvaluation(plan, recorder, strategy, len(nodes), accountant),
+        timeout=config.round_timeout,
+    )

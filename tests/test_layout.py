@@ -36,3 +36,15 @@ def test_core_modules_import_without_flower_or_ray() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_package_folder_is_installed() -> None:
+    """setuptools lists packages explicitly: a package folder missing there is absent from a wheel."""
+    setuptools = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]
+    folders = {**{"fedpriv": "fedpriv"}, **setuptools["package-dir"]}
+    found = set()
+    for package, folder in folders.items():
+        for init in (PYPROJECT.parent / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(PYPROJECT.parent / folder).parts
+            found.add(".".join((package, *relative)))
+    assert found == set(setuptools["packages"])

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fedpriv.behaviours.base import BEHAVIOURS
-from fedpriv.imprint import ImprintedModel, thresholds_from
+from fedpriv.imprint import FLOOR, ImprintedModel, thresholds_from
 from fedpriv.options import option
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class Imprint:
 
     name: ClassVar[str] = "imprint"
     malicious: ClassVar[bool] = True
-    protocols: ClassVar[tuple[str, ...]] = ("fedsgd", "fedavg")  # it acts through the gradient or update
+    protocols: ClassVar[tuple[str, ...]] = ("fedsgd", "fedavg", "secagg")  # through the gradient or (mean) update
     Options: ClassVar[type] = ImprintOptions
 
     def __init__(self, options: ImprintOptions) -> None:
@@ -52,6 +52,10 @@ class Imprint:
         if config.protocol not in cls.protocols:
             errors.append(f"server-behaviour='imprint' changes the model whose gradient or update clients send; "
                           f"protocol {config.protocol!r} sends neither (valid: {', '.join(cls.protocols)})")
+        if config.protocol == "secagg" and config.secagg_clipping_range < -FLOOR:
+            errors.append(f"server-behaviour='imprint' sends its first bin's bias {-FLOOR:g}, outside "
+                          f"secagg-clipping-range={config.secagg_clipping_range:g} (SecAgg+ would clip it); "
+                          f"set secagg-clipping-range >= {-FLOOR:g}")
         if config.aux_samples < options.bins:
             errors.append(f"server-behaviour='imprint' places its {options.bins} thresholds at quantiles of the "
                           f"server's auxiliary split: aux-samples={config.aux_samples} is too few; valid: "
