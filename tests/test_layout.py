@@ -41,7 +41,7 @@ def test_core_modules_import_without_flower_or_ray() -> None:
 def test_every_package_folder_is_installed() -> None:
     """setuptools lists packages explicitly: a package folder missing there is absent from a wheel."""
     setuptools = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]
-    folders = {**{"fedpriv": "fedpriv"}, **setuptools["package-dir"]}
+    folders = {"fedpriv": "fedpriv", **setuptools["package-dir"]}
     found = set()
     for package, folder in folders.items():
         for init in (PYPROJECT.parent / folder).rglob("__init__.py"):
