@@ -43,8 +43,6 @@ import json
 import math
 import os
 import re
-import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,13 +51,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flower_app import APP
+from flower_app import APP, REPO, execute
 
 from fedpriv.launcher import run_config_text
 from fedpriv.reports.statistics import Summary, summarise
 from fedpriv.results import read_jsonl
 
-REPO = APP.parent.parent
 SOURCES = REPO / "fedpriv" / "reports" / "sources.toml"
 POLICIES = "none,3-1-7,43-18-18,hybrid(3-1-7,43-18-18)"
 ATTACKS = "inverting-gradients,translation-aware"
@@ -113,28 +110,6 @@ def slug(policy: str) -> str:
 def defense_spec(policy: str) -> str:
     """The run-config ``defense`` of a policy (``none`` or ``ats:POLICY``)."""
     return "none" if policy == "none" else f"ats:{policy}"
-
-
-def execute(command: list[str], log: Path) -> float:
-    """Run a ``fedpriv`` command, its output appended to ``log``; returns its wall seconds.
-
-    Raises
-    ------
-    RuntimeError
-        When the command exits non-zero (the log's last lines are in the message).
-    """
-    print(f"$ {shlex.join(command)}", flush=True)
-    start = time.perf_counter()
-    with log.open("a") as handle:
-        handle.write(f"\n$ {shlex.join(command)}\n")
-        handle.flush()
-        code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, check=False).returncode
-    seconds = time.perf_counter() - start
-    if code != 0:
-        tail = "\n".join(log.read_text().splitlines()[-15:])
-        raise RuntimeError(f"exit {code} after {seconds:.0f} s: {shlex.join(command)}\n{tail}")
-    print(f"  ({seconds:.0f} s)", flush=True)
-    return seconds
 
 
 def pretrain(args: argparse.Namespace, policy: str, epochs: int, out: Path, log: Path) -> tuple[float, float]:

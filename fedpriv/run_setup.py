@@ -233,6 +233,29 @@ def _check_finite(model: torch.nn.Module, path: Path, dataset: DatasetSpec) -> N
                           "valid: a checkpoint of a model whose outputs are finite")
 
 
+def check_secagg_range(config: RunConfig, state: dict[str, torch.Tensor]) -> None:
+    """Under ``secagg``, every weight of the first broadcast must lie inside ``secagg-clipping-range``.
+
+    SecAgg+ clips each sent weight to the range before quantising; a client refuses to send one
+    outside it (its round fails), so a model that starts outside fails every client. Batch norm's
+    running variances of a trained model often do: a GroupNorm model (``convnet-gn``) has none.
+
+    Raises
+    ------
+    ConfigError
+        Naming the first weight outside the range, its largest magnitude and the ways out.
+    """
+    if config.protocol != "secagg":
+        return
+    for name, value in state.items():
+        largest = float(value.abs().max()) if value.numel() else 0.0
+        if largest > config.secagg_clipping_range:
+            raise ConfigError(f"secagg-clipping-range={config.secagg_clipping_range:g}: the first broadcast's {name} "
+                              f"reaches {largest:.4g}, which SecAgg+ would clip; raise secagg-clipping-range (a "
+                              "coarser quantisation), or for batch-norm statistics use a model without them "
+                              "(e.g. convnet-gn)")
+
+
 def check_attack_device(name: str) -> None:
     """Fail unless the server's machine has the attack device (CUDA available, index in range)."""
     device = torch.device(name)

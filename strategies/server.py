@@ -29,7 +29,7 @@ from fedpriv.models import wire_state
 from fedpriv.recorder import RunRecorder, resolved_config
 from fedpriv.results import claim_folder
 from fedpriv.round_attacks import AttackHarness
-from fedpriv.run_setup import RunPlan, checked_config, plan_run
+from fedpriv.run_setup import RunPlan, check_secagg_range, checked_config, plan_run
 from fedpriv.server_pretraining import pretrain_on_aux
 from fedpriv.strategies.attacking_strategy import AttackingStrategy
 from fedpriv.strategies.evaluation import CentralEvaluation, model_builder
@@ -127,6 +127,10 @@ def _run(grid: Grid, context: Context, plan: RunPlan) -> None:
         log(INFO, "fedpriv: training the initial model on the auxiliary split for %d epochs%s",
             config.server_pretrain_epochs, " jointly with an inverter" if config.joint_training else "")
         start, aux, pretraining = pretrain_on_aux(config, dataset, aux, start)
+    model_from = model_builder(config, dataset)
+    broadcast = malicious_broadcast(config, dataset, aux, model_from)
+    first = start if broadcast is None else broadcast(ArrayRecord(start)).to_torch_state_dict()
+    check_secagg_range(config, first)  # what round 1 sends, behind a malicious server's changes
     harness = AttackHarness(config, dataset, aux)
     log(INFO, "fedpriv: threat model: %s", harness.describe_threat_model())
     for pid in sorted(nodes):
@@ -139,8 +143,6 @@ def _run(grid: Grid, context: Context, plan: RunPlan) -> None:
     if config.resume:
         log(INFO, "fedpriv: resuming after round %d", offset)
     accountant = privacy_accountant(config, len(nodes), offset)
-    model_from = model_builder(config, dataset)
-    broadcast = malicious_broadcast(config, dataset, aux, model_from)
     if config.protocol == "secagg":
         secure = SecureAggregationStrategy(config, recorder, nodes, harness, list(start), start, TruthTap(grid),
                                            model_from, offset, broadcast)

@@ -147,3 +147,14 @@ def test_other_messages_pass_the_legacy_fit_mod_unchanged() -> None:
     passed: list[Message] = []
     legacy_fit_mod(msg, _context(8.0), lambda m, c: passed.append(m) or m)
     assert passed == [msg] and list(msg.content.keys()) == ["arrays"]
+
+
+def test_an_initial_model_outside_the_clipping_range_is_refused_before_training() -> None:
+    from fedpriv.run_setup import check_secagg_range
+
+    config = validated_config(SECAGG | {"attacks": "label-inference"})
+    check_secagg_range(config, {"w": torch.tensor([7.9, -8.0])})
+    with pytest.raises(ConfigError, match=r"secagg-clipping-range=8: the first broadcast's bn.running_var reaches 123"):
+        check_secagg_range(config, {"w": torch.zeros(2), "bn.running_var": torch.tensor([1.0, 123.0])})
+    fedavg = validated_config({"protocol": "fedavg", "attacks": "label-inference"})
+    check_secagg_range(fedavg, {"bn.running_var": torch.tensor([123.0])})
