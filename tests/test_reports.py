@@ -230,3 +230,26 @@ def test_the_report_shows_each_psnr_cells_baseline_and_marks_failed_attacks(tmp_
                 and r["column"] == "PSNR paper (dB)" and r["mean"]]
     assert {r["row"]: r["beat_baseline"] for r in compared} == {"None": "2/2", "3-1-7": "0/2"}
     assert "(n=2), beat the baseline vs x: 2/2" in report
+
+
+def test_imprint_readouts_are_put_beside_the_expected_recovered_counts(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path / "imprint")
+    run_config = {"dataset": "embedded-photos", "model": "convnet", "protocol": "secagg", "dp": "none",
+                  "num-server-rounds": 1, "attacks": "imprint-readout", "server-behaviour": "imprint",
+                  "behaviour.imprint.bins": 64}
+    folder.write_json("config.json", {"run-config": run_config, "clients": {}})
+    row = {"round": 1, "defense": "none", "attack": "imprint-readout", "psnr": 27.5, "psnr_baseline": 11.1,
+           "status": "ok"}
+    folder.append(folder.metrics_path, [row | {"partition_id": -1, "aggregate_of": [0, 1, 2], "n_images": 12,
+                                               "images_recovered": 6},
+                                        row | {"partition_id": 4, "n_images": 8, "images_recovered": 7}])
+    folder.append(folder.rounds_path, [{"round": 0, "accuracy": 0.1}, {"round": 1, "accuracy": 0.1}])
+    out = tmp_path / "report"
+    assert cli_main(["report", str(folder.path), "--out", str(out)]) == 0
+    with (out / "recovered.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["leak"], r["images"], r["recovered"]) for r in rows] == [("aggregate of 3", "12", "6"),
+                                                                       ("client 4", "8", "7")]
+    assert float(rows[1]["independent_draws"]) == pytest.approx(8 * (63 / 64) ** 7)
+    assert float(rows[0]["fowl_et_al"]) < float(rows[0]["independent_draws"])
+    assert "## Images recovered exactly (malicious server)" in (out / "report.md").read_text()

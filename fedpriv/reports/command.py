@@ -12,6 +12,7 @@ from fedpriv.errors import ConfigError
 from fedpriv.reports.figures import frontier, psnr_per_round
 from fedpriv.reports.gallery import write_gallery
 from fedpriv.reports.markdown import markdown_text
+from fedpriv.reports.recovered import recovered_markdown, recovered_rows
 from fedpriv.reports.runs import Run, Sample, load_runs, select_round
 from fedpriv.reports.sources import SOURCES_PATH, load_sources
 from fedpriv.reports.tables import compare, comparison_markdown, comparison_rows, summary_markdown, summary_rows
@@ -73,6 +74,9 @@ def build_report(runs: list[Run], out: Path, which_round: str, metric: str, sour
                   + ", ".join(f"`{t.id}` ({t.source})" for t in unmatched) + ".", ""]
     summary = summary_rows(chosen)
     parts += ["## Measured, per data set", "", summary_markdown(summary)]
+    recovered = recovered_rows(runs)
+    if recovered:
+        parts.append(recovered_markdown(recovered))
     by_dataset: dict[str, list[Sample]] = defaultdict(list)
     for s in every:
         by_dataset[s.dataset].append(s)
@@ -121,6 +125,7 @@ def build_report(runs: list[Run], out: Path, which_round: str, metric: str, sour
     atomic_write(out / "summary.csv", csv_bytes(summary))
     atomic_write(out / "frontier.csv", csv_bytes(frontier_rows))
     atomic_write(out / "trajectory.csv", csv_bytes(trajectory_rows))
+    atomic_write(out / "recovered.csv", csv_bytes(recovered))
     atomic_write(out / "report.md", "\n".join(parts).encode())
     return {"tables": compared, "figures": len(figures), "images": images}
 
