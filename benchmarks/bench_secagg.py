@@ -1,7 +1,9 @@
 """Leakage against K under Flower's SecAgg+: what an honest and a malicious server read off the aggregate.
 
-Issue 28's measurement, through the product's own commands. A victim is trained centrally with
-``fedpriv pretrain`` (or given with ``--checkpoint``); then, for each K of ``--clients``, one real
+Issue 28's measurement, through the product's own commands. The victim is trained by the server
+on its auxiliary split before round 1 (``server-pretrain-epochs`` on ``aux-samples`` images,
+disjoint from every client: a model trained on the clients' own images fits them and leaves
+their gradients near zero, where no attack works); then, for each K of ``--clients``, one real
 ``fedpriv run simulations/cifar100_ats`` with ``protocol='secagg'`` and K clients of ``--batch``
 images each (one local SGD step, no momentum or weight decay), where the server attacks the
 unmasked aggregate of the K updates:
@@ -12,8 +14,9 @@ unmasked aggregate of the K updates:
   count (images at 30 dB or more) is printed beside the independent-draw expectation and Fowl et
   al.'s formula for K x batch images.
 
-Reference runs with ``protocol='fedavg'`` and the largest K attack each client's own update
-(K = 1 per leak), with the same attacks and settings, honest and imprinted. Each row prints the mean over the run's
+Reference runs with ``protocol='fedavg'`` and the largest K attack clients' own updates (K = 1
+per leak; clients 0 and 1 for the honest attacks, every client for the imprint), with the same
+attacks and settings. Each row prints the mean over the run's
 cells with the grey baseline beside it and whether the attack beat it.
 
 Default run (about 25 minutes on the 2-core development VM)::
@@ -22,13 +25,12 @@ Default run (about 25 minutes on the 2-core development VM)::
 
 Smoke run (about 4 minutes)::
 
-    python benchmarks/bench_secagg.py --clients 2 --iterations 20 --epochs 1 --out /tmp/bench-secagg-smoke
+    python benchmarks/bench_secagg.py --clients 2 --iterations 20 --pretrain-epochs 1 --out /tmp/bench-secagg-smoke
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -41,17 +43,6 @@ from fedpriv.launcher import run_config_text
 from fedpriv.results import read_jsonl
 
 
-def pretrain(args: argparse.Namespace, log: Path) -> tuple[Path, float]:
-    """The victim: ``--checkpoint``, or one trained with ``fedpriv pretrain``; (path, test accuracy or nan)."""
-    if args.checkpoint:
-        return Path(args.checkpoint), float("nan")
-    out = args.out / f"victim-{args.model}-{args.epochs}ep.pt"
-    if not out.exists():
-        execute([sys.executable, "-m", "fedpriv", "pretrain", "--dataset", args.dataset, "--model", args.model,
-                 "--epochs", str(args.epochs), "--seed", str(args.seed), "--out", str(out), "--no-progress"], log)
-    return out, float(json.loads(out.with_suffix(out.suffix + ".json").read_text())["test_accuracy"])
-
-
 def run(args: argparse.Namespace, name: str, clients: int, values: dict[str, object],
         log: Path) -> list[dict[str, Any]]:
     """One ``fedpriv run`` of the app (kept when its rows exist); its attack rows."""
@@ -61,6 +52,8 @@ def run(args: argparse.Namespace, name: str, clients: int, values: dict[str, obj
             "dataset": args.dataset, "model": args.model, "batch-size": args.batch, "local-steps": 1, "lr": args.lr,
             "momentum": 0.0, "weight-decay": 0.0, "num-server-rounds": 1, "attack-rounds": "1",
             "attack-iterations": args.iterations, "attack-progress": 0, "eval-samples": 200, "seed": args.seed,
+            "aux-samples": args.aux_samples if args.pretrain_epochs else 0,
+            "server-pretrain-epochs": args.pretrain_epochs,
             "out-dir": str(args.out / "runs"), "run-name": name,
         }
         execute([sys.executable, "-m", "fedpriv", "run", str(APP.relative_to(REPO)), "--run-config",
@@ -96,25 +89,28 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.05, help="clients' SGD learning rate")
     parser.add_argument("--dataset", default="embedded-photos")
     parser.add_argument("--model", default="convnet-gn", help="no batch-norm statistics: SecAgg+ clips weights to ±8")
-    parser.add_argument("--epochs", type=int, default=10, help="victim's pre-training epochs")
-    parser.add_argument("--checkpoint", default="", help="attack this victim instead of pre-training one")
+    parser.add_argument("--aux-samples", type=int, default=1000, help="the server's auxiliary split (victim data)")
+    parser.add_argument("--pretrain-epochs", type=int, default=60,
+                        help="the server's pre-training epochs on it (0: a fresh, seeded model)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     args.out = args.out.expanduser().resolve()
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
     log = args.out / "bench_secagg.log"
     ks = [int(k) for k in args.clients.split(",")]
-    checkpoint, accuracy = pretrain(args, log)
-    victim = {"initial-checkpoint": str(checkpoint)}
-    honest = victim | {"attacks": "label-inference,update-inversion"}
+    honest = {"attacks": "label-inference,update-inversion"}
     rows = {k: run(args, f"secagg-k{k}", k, honest | {"protocol": "secagg"}, log) for k in ks}
-    single = run(args, f"fedavg-k{max(ks)}", max(ks), honest | {"protocol": "fedavg", "reveal-labels": False}, log)
-    imprint = victim | {"attacks": "imprint-readout", "server-behaviour": "imprint",
-                        "behaviour.imprint.bins": args.bins, "aux-samples": 4 * args.bins,
-                        "secagg-clipping-range": 16.0}
+    single = run(args, f"fedavg-k{max(ks)}", max(ks), honest | {"protocol": "fedavg", "reveal-labels": False,
+                                                              "attack-clients": "0,1"}, log)
+    imprint = {"attacks": "imprint-readout", "server-behaviour": "imprint",
+                        "behaviour.imprint.bins": args.bins, "secagg-clipping-range": 16.0,
+                        "aux-samples": max(args.aux_samples if args.pretrain_epochs else 0, 4 * args.bins)}
     imprinted = {k: run(args, f"secagg-imprint-k{k}", k, imprint | {"protocol": "secagg"}, log) for k in ks}
     imprinted_single = run(args, f"fedavg-imprint-k{max(ks)}", max(ks), imprint | {"protocol": "fedavg"}, log)
-    print(f"\nVictim: {args.model} on {args.dataset}, {args.epochs} epochs, test accuracy {accuracy:.3f}; "
+    accuracy = read_jsonl(args.out / "runs" / f"secagg-k{ks[0]}" / "rounds.jsonl")[0]["accuracy"]
+    trained = (f"trained by the server for {args.pretrain_epochs} epochs on {args.aux_samples} auxiliary images"
+               if args.pretrain_epochs else "fresh (seeded)")
+    print(f"\nVictim: {args.model} on {args.dataset}, {trained}, test accuracy {accuracy:.3f}; "
           f"{args.batch} images per client, one SGD step (lr {args.lr:g}); update inversion {args.iterations} "
           "iterations; labels inferred.\n")
     print("| leak | K | images | label accuracy | update inversion PSNR (dB) | baseline (dB) | beat baseline | SSIM |")

@@ -129,8 +129,8 @@ def _run(grid: Grid, context: Context, plan: RunPlan) -> None:
         start, aux, pretraining = pretrain_on_aux(config, dataset, aux, start)
     model_from = model_builder(config, dataset)
     broadcast = malicious_broadcast(config, dataset, aux, model_from)
-    first = start if broadcast is None else broadcast(ArrayRecord(start)).to_torch_state_dict()
-    check_secagg_range(config, first)  # what round 1 sends, behind a malicious server's changes
+    if config.protocol == "secagg":  # what round 1 sends, behind a malicious server's changes
+        check_secagg_range(config, start if broadcast is None else broadcast(ArrayRecord(start)).to_torch_state_dict())
     harness = AttackHarness(config, dataset, aux)
     log(INFO, "fedpriv: threat model: %s", harness.describe_threat_model())
     for pid in sorted(nodes):
