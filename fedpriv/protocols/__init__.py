@@ -8,6 +8,7 @@ ran. Each protocol is one module of this package, with its own ``Sent`` dataclas
 
 - ``fedsgd``: one batch gradient per round, sent as the one-step model w - ``server-lr`` * g;
 - ``fedavg``: ``local-epochs`` (or ``local-steps``) of local SGD; the leak is the update;
+- ``secagg``: FedAvg's local SGD sent through Flower's SecAgg+; the leak is only the aggregate;
 - ``predictions``: FedAvg training, plus the released prediction vectors on private inputs;
 - ``split-inference``: FedAvg training of a split network, plus private queries' features.
 
