@@ -255,7 +255,7 @@ class RunFolder:
         pairs = sorted({(str(r["defense"]), str(r["attack"])) for r in rows})
         colours = plt.get_cmap("tab10")
         for n, (defense, attack) in enumerate(pairs):
-            for key, style in (("psnr", "-o"), ("psnr_defended", "--x"), ("psnr_baseline", ":")):
+            for key, style in (("psnr", "-o"), ("psnr_defended", "--x"), ("psnr_baseline", ":_")):
                 by_round: dict[int, list[float]] = {}
                 for r in rows:
                     if (r["defense"], r["attack"]) == (defense, attack) and isinstance(r.get(key), (int, float)):
@@ -263,10 +263,14 @@ class RunFolder:
                 rounds = sorted(by_round)
                 means = [sum(by_round[k]) / len(by_round[k]) for k in rounds]
                 label = f"{defense.removesuffix(';crop-flip=true')} / {attack}" if key == "psnr" else None
+                baseline = key == "psnr_baseline"
                 ax.plot(rounds, means, style, color=colours(n % 10), label=label, alpha=1.0 if key == "psnr" else 0.6,
-                        linewidth=2.5 if key == "psnr_baseline" else 1.5)
+                        linewidth=2.5 if baseline else 1.5, markersize=14 if baseline else 6)
+        if rows:  # half a round of margin: one attacked round is a point, not a stretched axis
+            attacked = [int(r["round"]) for r in rows]
+            ax.set_xlim(min(attacked) - 0.5, max(attacked) + 0.5)
         ax.set_xlabel("round")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_ylabel("mean PSNR over attacked clients (dB)")
         ax.set_title("PSNR per (defense, attack): solid vs x, dashed vs T(x), dotted: the baseline", fontsize=9)
         ax.grid(alpha=0.3)
