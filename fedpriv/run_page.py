@@ -49,6 +49,12 @@ def _verdict_note(metrics: list[dict[str, Any]]) -> str:
     return f'<p class="verdict">{"<br>".join(html.escape(line) for line in lines)}</p>'
 
 
+def _client(row: dict[str, Any]) -> object:
+    """The cell's client: its partition id, or the partitions of a secure aggregate."""
+    clients = row.get("aggregate_of")
+    return f"aggregate of {', '.join(map(str, clients))}" if clients else row["partition_id"]
+
+
 def _round_cell(rows: list[dict[str, Any]]) -> str:
     """Mean PSNR of one attack in one round with its mean baseline (else the mean label accuracy)."""
     if not rows:
@@ -84,7 +90,7 @@ def write_index(folder: RunFolder) -> None:
         + [_round_cell(by_round[int(r["round"])].get(a, [])) for a in attacks]
         for r in read_jsonl(folder.rounds_path)
     ]
-    cells = [[m["round"], m["partition_id"], m["defense"], m["attack"], m.get("psnr", "-"), m.get("psnr_baseline", "-"),
+    cells = [[m["round"], _client(m), m["defense"], m["attack"], m.get("psnr", "-"), m.get("psnr_baseline", "-"),
               verdict(m) or "-", m.get("psnr_defended", "-"), m.get("ssim", "-"), m.get("label_accuracy", "-"),
               m.get("engine", "-"), m["status"]] for m in metrics]
     marks = ["miss" if m.get("beats_baseline") is False else "" for m in metrics]

@@ -52,6 +52,7 @@ def test_the_secure_aggregate_is_fedavg_of_the_replies_and_only_it_is_attacked(
     (row,) = read_jsonl(tmp_path / "secagg" / "metrics.jsonl")
     assert (row["partition_id"], row["aggregate_of"], row["protocol"]) == (-1, [0, 1, 2], "secagg")
     assert row["n_images"] == 12 and row["label_accuracy"] >= 0.75, row
+    assert "aggregate of 0, 1, 2" in (tmp_path / "secagg" / "index.html").read_text()
     saved = json.loads((tmp_path / "secagg" / "config.json").read_text())
     assert saved["threat-model"]["attacks"]["label-inference"]["labels"] == "inferred"
 
