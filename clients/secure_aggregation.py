@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import cast
 
-import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
@@ -23,6 +23,7 @@ from flwr.common import Code, FitRes, Scalar, Status, ndarrays_to_parameters, pa
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
 
+from fedpriv.protocols.secagg import outside_range
 from fedpriv.validation import parse_run_config
 from fedpriv.wire import NAMES_KEY, ROUND_KEY
 
@@ -60,10 +61,9 @@ def legacy_fit_mod(msg: Message, context: Context, call_next: ClientAppCallable)
     sent = cast(ArrayRecord, out.pop("arrays"))
     values = [sent[name].numpy() for name in names]
     clip = parse_run_config(context.run_config).secagg_clipping_range
-    for name, value in zip(names, values, strict=True):
-        if value.size and float(np.abs(value).max()) > clip:
-            raise ValueError(f"secagg-clipping-range={clip:g}: weight {name} reaches {float(np.abs(value).max()):.4g}, "
-                             "which SecAgg+ would clip; raise secagg-clipping-range")
+    if found := outside_range({name: torch.from_numpy(value) for name, value in zip(names, values, strict=True)}, clip):
+        raise ValueError(f"secagg-clipping-range={clip:g}: weight {found[0]} reaches {found[1]:.4g}, "
+                         "which SecAgg+ would clip; raise secagg-clipping-range")
     metrics = cast(MetricRecord, out.pop("metrics"))
     scalars = {key: cast(Scalar, value) for key, value in metrics.items()}  # fedpriv's metrics are all scalars
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(values), int(cast(int, metrics["num-examples"])),

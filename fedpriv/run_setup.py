@@ -29,6 +29,7 @@ from fedpriv.data.loading import check_available
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
 from fedpriv.models import build_model, check_model_fits, load_wire_state, wire_state
+from fedpriv.protocols.secagg import outside_range
 from fedpriv.results import CHECKPOINT, CONFIG, load_checkpoint
 from fedpriv.run_data import distinct_dataset, run_dataset_spec
 from fedpriv.validation import validated_config
@@ -247,13 +248,12 @@ def check_secagg_range(config: RunConfig, state: dict[str, torch.Tensor]) -> Non
     """
     if config.protocol != "secagg":
         return
-    for name, value in state.items():
-        largest = float(value.abs().max()) if value.numel() else 0.0
-        if largest > config.secagg_clipping_range:
-            raise ConfigError(f"secagg-clipping-range={config.secagg_clipping_range:g}: the first broadcast's {name} "
-                              f"reaches {largest:.4g}, which SecAgg+ would clip; raise secagg-clipping-range (a "
-                              "coarser quantisation), or for batch-norm statistics use a model without them "
-                              "(e.g. convnet-gn)")
+    if found := outside_range(state, config.secagg_clipping_range):
+        name, largest = found
+        raise ConfigError(f"secagg-clipping-range={config.secagg_clipping_range:g}: the first broadcast's {name} "
+                          f"reaches {largest:.4g}, which SecAgg+ would clip; raise secagg-clipping-range (a "
+                          "coarser quantisation), or for batch-norm statistics use a model without them "
+                          "(e.g. convnet-gn)")
 
 
 def check_attack_device(name: str) -> None:

@@ -19,7 +19,7 @@ from logging import INFO, WARNING
 from typing import Any, cast
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.common import (
     EvaluateIns,
     EvaluateRes,
@@ -45,8 +45,8 @@ from fedpriv.leaks import GroundTruth
 from fedpriv.protocols.secagg import SecAgg
 from fedpriv.recorder import RunRecorder
 from fedpriv.round_attacks import AGGREGATE, AttackHarness, ObservedClient
-from fedpriv.strategies.attacking_strategy import failure_reason, record_rows, sample_partitions
-from fedpriv.wire import LEAK_KEY, NAMES_KEY, ROUND_KEY, TRUTH_KEY, decode_truth
+from fedpriv.strategies.attacking_strategy import failure_reason, record_rows, sample_partitions, strip_reply
+from fedpriv.wire import NAMES_KEY, ROUND_KEY
 
 
 class TruthTap:
@@ -69,9 +69,9 @@ class TruthTap:
             if reply.has_error():
                 self.errors[node] = failure_reason(str(reply.error.reason or ""))
                 continue
-            if TRUTH_KEY in reply.content:
-                self.truths[node] = decode_truth(dict(cast(ConfigRecord, reply.content.pop(TRUTH_KEY))))
-            reply.content.pop(LEAK_KEY, None)  # SecAgg's Sent is empty: nothing travels beside the arrays
+            truth, _ = strip_reply(reply.content, SecAgg.Sent)  # SecAgg's Sent is empty
+            if truth is not None:
+                self.truths[node] = truth
         return replies
 
     def __getattr__(self, name: str) -> Any:
@@ -102,10 +102,8 @@ class SecureAggregationStrategy(Strategy):
         Partition id -> Flower node id (from the discovery query).
     harness
         The run's attacks.
-    names
-        The model's wire-state names: the order of the legacy Parameters' arrays.
     start
-        The initial global model (wire state).
+        The initial global model (wire state); its names order the legacy Parameters' arrays.
     tap
         The grid the workflow uses (its truths and errors).
     model_from
@@ -118,13 +116,13 @@ class SecureAggregationStrategy(Strategy):
 
     def __init__(
         self, config: RunConfig, recorder: RunRecorder, nodes: dict[int, int], harness: AttackHarness,
-        names: list[str], start: dict[str, torch.Tensor], tap: TruthTap,
+        start: dict[str, torch.Tensor], tap: TruthTap,
         model_from: Callable[[ArrayRecord], nn.Module], round_offset: int = 0,
         before_broadcast: Callable[[ArrayRecord], ArrayRecord] | None = None,
     ) -> None:
         self.config, self.recorder, self.nodes, self.harness = config, recorder, nodes, harness
         self.partition_of = {node: pid for pid, node in nodes.items()}
-        self.names, self.start, self.tap, self.model_from = names, start, tap, model_from
+        self.names, self.start, self.tap, self.model_from = list(start), start, tap, model_from
         self.round_offset, self.before_broadcast = round_offset, before_broadcast
         self.evaluate_fn: Callable[[int, ArrayRecord], MetricRecord] | None = None
         self.broadcast: ArrayRecord | None = None

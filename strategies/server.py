@@ -144,8 +144,8 @@ def _run(grid: Grid, context: Context, plan: RunPlan) -> None:
         log(INFO, "fedpriv: resuming after round %d", offset)
     accountant = privacy_accountant(config, len(nodes), offset)
     if config.protocol == "secagg":
-        secure = SecureAggregationStrategy(config, recorder, nodes, harness, list(start), start, TruthTap(grid),
-                                           model_from, offset, broadcast)
+        secure = SecureAggregationStrategy(config, recorder, nodes, harness, start, TruthTap(grid), model_from,
+                                           offset, broadcast)
         secure.evaluate_fn = CentralEvaluation(plan, recorder, secure, len(nodes), accountant)
         run_secure_aggregation(context, secure, config.num_server_rounds - offset, max(sizes))
     else:

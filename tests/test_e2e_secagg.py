@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fedpriv.client_task import run_client_round
+from fedpriv.launcher import run_config_text
 from fedpriv.results import load_checkpoint, read_jsonl
 from fedpriv.run_setup import plan_run
 from fedpriv.validation import validated_config
@@ -17,10 +18,6 @@ APP = Path(__file__).resolve().parent.parent / "simulations" / "cifar100_ats"
 pytestmark = pytest.mark.e2e
 RUN = {"dataset": "embedded-photos", "model": "convnet", "protocol": "secagg", "batch-size": 4, "local-steps": 1,
        "lr": 0.05, "momentum": 0.0, "weight-decay": 0.0, "num-server-rounds": 1, "eval-samples": 100}
-
-
-def _text(values: dict[str, object]) -> str:
-    return " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={str(v).lower()}" for k, v in values.items())
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +32,7 @@ def test_the_secure_aggregate_is_fedavg_of_the_replies_and_only_it_is_attacked(
     superlink, tmp_path: Path
 ) -> None:
     values = RUN | {"attacks": "label-inference", "out-dir": str(tmp_path), "run-name": "secagg"}
-    outcome = superlink.run(APP, _text(values), "num-supernodes=3", echo=False, timeout=900)
+    outcome = superlink.run(APP, run_config_text(values), "num-supernodes=3", echo=False, timeout=900)
     assert outcome.ok, outcome.log[-4000:]
     assert "Secure aggregation completed." in outcome.log
     config = validated_config(values)
@@ -60,7 +57,7 @@ def test_the_secure_aggregate_is_fedavg_of_the_replies_and_only_it_is_attacked(
 def test_an_imprinted_broadcast_reads_images_off_the_secure_aggregate(superlink, tmp_path: Path) -> None:
     values = RUN | {"attacks": "imprint-readout", "server-behaviour": "imprint", "behaviour.imprint.bins": 64,
                     "aux-samples": 200, "secagg-clipping-range": 16.0, "out-dir": str(tmp_path), "run-name": "imprint"}
-    outcome = superlink.run(APP, _text(values), "num-supernodes=3", echo=False, timeout=900)
+    outcome = superlink.run(APP, run_config_text(values), "num-supernodes=3", echo=False, timeout=900)
     assert outcome.ok, outcome.log[-4000:]
     (row,) = read_jsonl(tmp_path / "imprint" / "metrics.jsonl")
     assert row["n_images"] == 12 and row["images_recovered"] >= 4, row  # measured 6; 10.3 expected without quantisation

@@ -10,7 +10,7 @@ single reply is never observed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -23,6 +23,18 @@ from fedpriv.defenses import Defense
 from fedpriv.leaks import AggregateLeak, Leak
 from fedpriv.protocols.base import PROTOCOLS, ClientReply, local_settings
 from fedpriv.protocols.fedavg import FedAvg
+
+
+def outside_range(state: Mapping[str, torch.Tensor], bound: float) -> tuple[str, float] | None:
+    """The first weight with a value beyond [-bound, bound] (SecAgg+ would clip it) and its largest magnitude.
+
+    Returns ``None`` when every value lies inside; the clients and the server's preflight both ask.
+    """
+    for name, value in state.items():
+        largest = float(value.abs().max()) if value.numel() else 0.0
+        if largest > bound:
+            return name, largest
+    return None
 
 
 @dataclass(frozen=True)
