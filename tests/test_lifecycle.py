@@ -38,8 +38,10 @@ def _fedpriv_run(tmp_path: Path, run_config: str) -> subprocess.Popen[bytes]:
 
 
 def test_sigkill_of_the_launcher_leaves_no_process_and_complete_files(tmp_path: Path) -> None:
-    run_config = f"{RUN} out-dir='{tmp_path}' run-name='killed' num-server-rounds=3"
-    launcher = _fedpriv_run(tmp_path, run_config)
+    # Eight rounds so that the kill after round 1 lands mid-run even on a fast machine (the CI once finished
+    # a three-round run between the poll and the kill).
+    run_config = f"{RUN} out-dir='{tmp_path}' run-name='killed'"
+    launcher = _fedpriv_run(tmp_path, f"{run_config} num-server-rounds=8")
     rounds_file = tmp_path / "killed" / "rounds.jsonl"
     deadline = time.monotonic() + 400
     while not any(r["round"] == 1 for r in read_jsonl(rounds_file)):
@@ -61,9 +63,10 @@ def test_sigkill_of_the_launcher_leaves_no_process_and_complete_files(tmp_path: 
     assert {r["round"] for r in metrics} >= set(finished[1:])
     last, _ = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")
     assert last == finished[-1]
-    resumed = _fedpriv_run(tmp_path, f"{run_config} resume=true")
+    end = finished[-1] + 1  # one round left to run, however far the killed run got
+    resumed = _fedpriv_run(tmp_path, f"{run_config} num-server-rounds={end} resume=true")
     assert resumed.wait(timeout=600) == 0, (tmp_path / "launcher.log").read_text()[-3000:]
-    assert [r["round"] for r in read_jsonl(rounds_file)] == [0, 1, 2, 3]
+    assert [r["round"] for r in read_jsonl(rounds_file)] == list(range(end + 1))
 
 
 def test_a_hanging_client_times_out_and_is_recorded_as_failed(fault_app: Path, tmp_path: Path) -> None:
