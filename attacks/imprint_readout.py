@@ -15,7 +15,7 @@ counts the recovered ones (``images_recovered``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -25,6 +25,9 @@ from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError
 from fedpriv.imprint import IMPRINT, read_out
 from fedpriv.leaks import parameter_change
+
+if TYPE_CHECKING:
+    from fedpriv.config import RunConfig
 
 WEIGHT, BIAS = f"{IMPRINT}.measure.weight", f"{IMPRINT}.measure.bias"
 
@@ -38,9 +41,18 @@ class ImprintReadout(Attack):
     optimises: ClassVar[bool] = False
     Options: ClassVar[type] = NoOptions
     knowledge: ClassVar[Knowledge] = Knowledge(model="weights")
+    behaviour: ClassVar[str] = "imprint"  # the server behaviour that builds the block it reads
 
     def __init__(self, settings: AttackSettings) -> None:
         self.settings = settings
+
+    @classmethod
+    def fit_errors(cls, config: RunConfig, options: Any) -> list[str]:
+        """The server must build the block it reads (its behaviour)."""
+        if config.server_behaviour == cls.behaviour:
+            return []
+        return [f"attack {cls.name!r} reads the layer that server-behaviour='{cls.behaviour}' builds; this run has "
+                f"server-behaviour={config.server_behaviour!r} (set server-behaviour='{cls.behaviour}')"]
 
     def reconstruct(
         self, model: nn.Module, dataset: DatasetSpec, targets: Sequence[AttackTarget]
@@ -48,13 +60,17 @@ class ImprintReadout(Attack):
         """One image per image of each leak: the bins' estimates, then grey."""
         return [self._one(dataset, target) for target in targets]
 
+    def read(self, weight_grad: torch.Tensor, bias_grad: torch.Tensor) -> torch.Tensor:
+        """The estimates the block's measuring-layer gradient holds, most reliable first (one per bin)."""
+        return read_out(weight_grad, bias_grad)
+
     def _one(self, dataset: DatasetSpec, target: AttackTarget) -> Reconstruction:
         tensors, count = parameter_change(target.leak)
         if WEIGHT not in tensors or BIAS not in tensors:
             raise ConfigError(f"{self.name}: the broadcast model has no imprint block ({WEIGHT}); "
-                              "run it with server-behaviour='imprint'")
+                              f"run it with server-behaviour='{self.behaviour}'")
         shape = (dataset.channels, dataset.size, dataset.size)
-        found = read_out(tensors[WEIGHT], tensors[BIAS])
+        found = self.read(tensors[WEIGHT], tensors[BIAS])
         images = torch.full((count, *shape), 0.5)
         kept = found[:count].reshape(-1, *shape)
         images[: len(kept)] = dataset.denormalize(kept).clamp(0, 1)

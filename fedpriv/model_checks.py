@@ -2,11 +2,21 @@
 
 A client sees the weights of the model it is asked to train. Some malicious modifications show
 in properties of those weights that an honest model (freshly initialised or trained) does not
-have. The check here finds the imprint block of "Robbing the Fed" (:mod:`fedpriv.imprint`) and
-any layer built like it: a linear or convolutional layer whose output units (rows) are all
-multiples of one vector, i.e. a layer of rank one with several units, so that they measure one
-and the same statistic of their input. Random initialisation and training give rank-one layers
-with probability zero; a layer with a single unit is not flagged.
+have. The check here finds two:
+
+- the imprint block of "Robbing the Fed" (:mod:`fedpriv.imprint`) and any layer built like it: a
+  linear or convolutional layer whose output units (rows) are all multiples of one vector, i.e.
+  a layer of rank one with several units, so that they measure one and the same statistic of
+  their input. Random initialisation and training give rank-one layers with probability zero; a
+  layer with a single unit is not flagged.
+- the trap weights of "When the Curious Abandon Honesty" (:mod:`fedpriv.trap_weights`) and any
+  layer built like them: units whose weights all sum to the same share of their norm, t_r =
+  sum(w_r) / ||w_r||, so that on a common input level every unit sits equally far below (or
+  above) zero. Over the K units of a layer, z = mean(t) / (std(t) / sqrt(K)) is a Student t
+  statistic: about N(0, 1) for independently initialised units, at most 10.5 over every
+  trained checkpoint measured (``benchmarks/bench_model_check.py``), and above 100 for the
+  published trap construction at every scale from 0.9 to 0.99. It is judged for layers of at
+  least :data:`MIN_TRAP_UNITS` units.
 
 Flower-free; the client mod that runs it on every received model is
 :func:`fedpriv.clients.mods.model_check_mod`.
@@ -21,6 +31,8 @@ import torch
 
 RANK_ONE_RATIO = 1e-4  # second singular value / first below this: the rows are one vector's multiples
 MIN_UNITS = 4  # layers with fewer output units are not judged (a rank-one 2-unit layer is not rare)
+TRAP_T = 50.0  # |z| of the units' normalised sums above this: one shared offset (see the module docstring)
+MIN_TRAP_UNITS = 16  # with fewer units the t statistic's tails are too heavy to judge
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,17 @@ def rank_one_ratio(weight: torch.Tensor) -> float:
     return float(values[1] / values[0]) if len(values) > 1 and float(values[0]) > 0 else 0.0
 
 
+def shared_offset(weight: torch.Tensor) -> float:
+    """z = mean(t) / (std(t) / sqrt(K)) of the units' normalised sums t_r = sum(w_r) / ||w_r|| (0 if all t equal 0)."""
+    rows = weight.detach().double().reshape(len(weight), -1)
+    sums = rows.sum(1) / rows.norm(dim=1).clamp_min(1e-300)
+    spread = float(sums.std())
+    mean = float(sums.mean())
+    if spread == 0.0:
+        return 0.0 if mean == 0.0 else float("inf") * (1 if mean > 0 else -1)
+    return mean / (spread / len(sums) ** 0.5)
+
+
 def inspect_model(state: Mapping[str, torch.Tensor]) -> list[Finding]:
     """The layers of a received state dict that look built to measure one statistic many times.
 
@@ -50,7 +73,8 @@ def inspect_model(state: Mapping[str, torch.Tensor]) -> list[Finding]:
     -------
     list[Finding]
         One per weight (2-D or more, at least :data:`MIN_UNITS` output units, not all zero) whose
-        rows are multiples of one vector; empty for an honest model.
+        rows are multiples of one vector or (at least :data:`MIN_TRAP_UNITS` units) share one
+        offset; empty for an honest model.
     """
     findings = []
     for name, tensor in state.items():
@@ -63,4 +87,8 @@ def inspect_model(state: Mapping[str, torch.Tensor]) -> list[Finding]:
             findings.append(Finding(name, f"its {len(tensor)} output units are multiples of one vector "
                                           f"(sigma2/sigma1 = {ratio:.1e}): they measure one statistic, as an imprint "
                                           "layer does"))
+        elif len(tensor) >= MIN_TRAP_UNITS and abs(offset := shared_offset(tensor)) > TRAP_T:
+            findings.append(Finding(name, f"its {len(tensor)} output units' weights all sum to one share of their "
+                                          f"norm (t = {offset:.3g}): each sits below zero for most inputs, as trap "
+                                          "weights do"))
     return findings

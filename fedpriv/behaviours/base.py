@@ -38,8 +38,8 @@ class ServerBehaviour(Protocol):
     protocols: ClassVar[tuple[str, ...]]
     Options: ClassVar[type]
 
-    def __init__(self, options: Any) -> None:
-        """Keep the parsed options."""
+    def __init__(self, options: Any, seed: int) -> None:
+        """Keep the parsed options and the run's ``seed`` (the source of any weights it draws)."""
         ...
 
     @classmethod
@@ -68,8 +68,8 @@ class Honest:
     protocols: ClassVar[tuple[str, ...]] = ()
     Options: ClassVar[type] = NoOptions
 
-    def __init__(self, options: Any) -> None:
-        self.options = options
+    def __init__(self, options: Any, seed: int) -> None:
+        self.options = options  # it draws nothing: the seed is not needed
 
     @classmethod
     def fit_errors(cls, config: RunConfig, options: Any, dataset: DatasetSpec) -> list[str]:
@@ -112,4 +112,4 @@ def build_behaviour(config: RunConfig) -> ServerBehaviour:
                                     f"behaviour.{factory.name}.")
     if errors:
         raise ConfigError(join_errors(errors, f"server behaviour {factory.name}'s options"))
-    return factory(options)
+    return factory(options, config.seed)

@@ -42,8 +42,8 @@ class Imprint:
     protocols: ClassVar[tuple[str, ...]] = ("fedsgd", "fedavg", "secagg")  # through the gradient or (mean) update
     Options: ClassVar[type] = ImprintOptions
 
-    def __init__(self, options: ImprintOptions) -> None:
-        self.options = options
+    def __init__(self, options: ImprintOptions, seed: int) -> None:
+        self.options = options  # its weights follow from the auxiliary data: it draws nothing
 
     @classmethod
     def fit_errors(cls, config: RunConfig, options: Any, dataset: DatasetSpec) -> list[str]:
