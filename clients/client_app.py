@@ -2,7 +2,8 @@
 
 The reply's one ArrayRecord is what the protocol sends; what it sends beside the arrays and the
 evaluation-only truth ride beside it in ConfigRecords (:mod:`fedpriv.wire`). Mods, outermost
-first: Flower's SecAgg+ mod (protocol ``secagg``) and the legacy message format it speaks
+first: Flower's SecAgg+ mod (protocol ``secagg``), Flower's legacy clipping mod on its messages
+(``secagg`` with ``dp='client-fixed'``) and the legacy message format it speaks
 (:mod:`fedpriv.clients.secure_aggregation`), the check of the received model
 (``model-check``), Flower's DP mod for the run's ``dp`` mode, then update pruning; so clipping
 and noise act last on what is sent, and SecAgg+ masks exactly that. The tests' own copy
@@ -19,11 +20,12 @@ from flwr.clientapp import ClientApp
 
 from fedpriv.client_task import run_client_round
 from fedpriv.clients.mods import model_check_mod, privacy_mod, pruning_mod
-from fedpriv.clients.secure_aggregation import legacy_fit_mod, secure_aggregation_mod
+from fedpriv.clients.secure_aggregation import legacy_fit_mod, secure_aggregation_mod, secure_clipping_mod
 from fedpriv.validation import parse_run_config
 from fedpriv.wire import LEAK_KEY, ROUND_KEY, TRUTH_KEY, encode_fields, encode_truth, scalar
 
-app = ClientApp(mods=[secure_aggregation_mod, legacy_fit_mod, model_check_mod, privacy_mod, pruning_mod])
+app = ClientApp(mods=[secure_aggregation_mod, secure_clipping_mod, legacy_fit_mod, model_check_mod, privacy_mod,
+                      pruning_mod])
 CLIENT_STATE = "fedpriv.client"
 
 

@@ -41,7 +41,7 @@ def privacy_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
     if msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, context)
     config = parse_run_config(context.run_config)
-    if config.dp == "client-fixed":
+    if config.dp == "client-fixed" and config.protocol != "secagg":  # secagg: clipped outside, on the legacy FitRes
         return fixedclipping_mod(msg, context, call_next)
     if config.dp == "local":
         epsilon = local_dp_epsilon(config.dp_noise_multiplier, config.dp_delta)

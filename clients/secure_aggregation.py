@@ -17,7 +17,7 @@ from typing import cast
 
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord
-from flwr.client.mod import secaggplus_mod
+from flwr.client.mod import fixedclipping_mod, secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Scalar, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
@@ -25,7 +25,7 @@ from flwr.compat.common import recorddict_compat as compat
 
 from fedpriv.protocols.secagg import outside_range
 from fedpriv.validation import parse_run_config
-from fedpriv.wire import NAMES_KEY, ROUND_KEY
+from fedpriv.wire import NAMES_KEY, NAMES_SEPARATOR, ROUND_KEY
 
 FITINS_PARAMETERS, FITINS_CONFIG = "fitins.parameters", "fitins.config"
 
@@ -35,6 +35,31 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     if msg.metadata.message_type == MessageType.TRAIN and RECORD_KEY_CONFIGS in msg.content.config_records:
         return secaggplus_mod(msg, context, call_next)
     return call_next(msg, context)
+
+
+def secure_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Under ``dp='client-fixed'``, clip SecAgg+'s legacy FitRes with Flower's legacy ``fixedclipping_mod``.
+
+    That mod rebuilds the reply from the FitRes alone; the records beside it (the
+    evaluation-only truth) are put back unchanged.
+    """
+    if msg.metadata.message_type != MessageType.TRAIN or FITINS_PARAMETERS not in msg.content.array_records:
+        return call_next(msg, context)
+    if parse_run_config(context.run_config).dp != "client-fixed":
+        return call_next(msg, context)
+    beside: dict[str, ConfigRecord] = {}
+
+    def keeping_records(inner: Message, inner_context: Context) -> Message:
+        reply = call_next(inner, inner_context)
+        if not reply.has_error():
+            beside.update(reply.content.config_records)
+        return reply
+
+    reply = fixedclipping_mod(msg, context, keeping_records)
+    if not reply.has_error():
+        for key, record in beside.items():
+            reply.content.setdefault(key, record)
+    return reply
 
 
 def legacy_fit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -50,7 +75,7 @@ def legacy_fit_mod(msg: Message, context: Context, call_next: ClientAppCallable)
         return call_next(msg, context)
     legacy = compat.arrayrecord_to_parameters(cast(ArrayRecord, content.pop(FITINS_PARAMETERS)), keep_input=True)
     fit_config = cast(ConfigRecord, content.pop(FITINS_CONFIG))
-    names = cast(list[str], fit_config[NAMES_KEY])
+    names = str(fit_config[NAMES_KEY]).split(NAMES_SEPARATOR)
     received = parameters_to_ndarrays(legacy)
     content["arrays"] = ArrayRecord({name: Array(value) for name, value in zip(names, received, strict=True)})
     content["config"] = ConfigRecord({ROUND_KEY: fit_config[ROUND_KEY]})
@@ -60,14 +85,15 @@ def legacy_fit_mod(msg: Message, context: Context, call_next: ClientAppCallable)
     out = reply.content
     sent = cast(ArrayRecord, out.pop("arrays"))
     values = [sent[name].numpy() for name in names]
-    clip = parse_run_config(context.run_config).secagg_clipping_range
+    config = parse_run_config(context.run_config)
+    clip = config.secagg_clipping_range
     if found := outside_range({name: torch.from_numpy(value) for name, value in zip(names, values, strict=True)}, clip):
         raise ValueError(f"secagg-clipping-range={clip:g}: weight {found[0]} reaches {found[1]:.4g}, "
                          "which SecAgg+ would clip; raise secagg-clipping-range")
     metrics = cast(MetricRecord, out.pop("metrics"))
     scalars = {key: cast(Scalar, value) for key, value in metrics.items()}  # fedpriv's metrics are all scalars
-    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(values), int(cast(int, metrics["num-examples"])),
-                    scalars)
+    weight = 1 if config.dp != "none" else int(cast(int, metrics["num-examples"]))
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(values), weight, scalars)
     for key, record in compat.fitres_to_recorddict(fitres, keep_input=True).items():
         out[key] = record
     return reply

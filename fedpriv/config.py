@@ -173,9 +173,10 @@ class RunConfig(RunSection, OutputsSection, AttacksSection, DefensesSection, Pri
         if self.aggregator != "fedavg":
             errors.append(f"aggregator={self.aggregator!r} with protocol 'secagg': SecAgg+ reveals only the weighted "
                           "mean of the replies; valid: 'fedavg'")
-        if self.dp != "none":
-            errors.append(f"dp={self.dp!r} with protocol 'secagg' is not supported (Flower 1.41 combines DP with "
-                          "SecAgg+ only through its legacy strategy wrappers); valid: 'none'")
+        if self.dp == "server-fixed":
+            errors.append("dp='server-fixed' with protocol 'secagg': the server would clip each client's reply, "
+                          "which SecAgg+ hides from it; valid: 'none', 'client-fixed' (clients clip, the server "
+                          "noises the aggregate) or 'local'")
         if self.clients_per_round == 1:
             errors.append("clients-per-round=1 with protocol 'secagg': SecAgg+ aggregates at least 2 clients; "
                           "valid: 0 (all) or >= 2")

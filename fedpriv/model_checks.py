@@ -13,10 +13,11 @@ have. The check here finds two:
   layer built like them: units whose weights all sum to the same share of their norm, t_r =
   sum(w_r) / ||w_r||, so that on a common input level every unit sits equally far below (or
   above) zero. Over the K units of a layer, z = mean(t) / (std(t) / sqrt(K)) is a Student t
-  statistic: about N(0, 1) for independently initialised units, at most 10.5 over every
-  trained checkpoint measured (``benchmarks/bench_model_check.py``), and above 100 for the
-  published trap construction at every scale from 0.9 to 0.99. It is judged for layers of at
-  least :data:`MIN_TRAP_UNITS` units.
+  statistic: about N(0, 1) for independently initialised units; measured
+  (``benchmarks/bench_model_check.py``), at most 5.5 over every model freshly initialised and
+  10.5 over 65 trained ones, against 52-2,300 for the published trap construction of 64 to
+  1,024 units at scales 0.9-0.99 and 23-35 for 16 units at scale 0.99 (missed: z grows with
+  sqrt(K) and with 1 - scale). It is judged for layers of at least :data:`MIN_TRAP_UNITS` units.
 
 Flower-free; the client mod that runs it on every received model is
 :func:`fedpriv.clients.mods.model_check_mod`.

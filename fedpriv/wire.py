@@ -30,6 +30,7 @@ LEAK_KEY = "fedpriv.leak"
 TRUTH_KEY = "fedpriv.truth"
 ROUND_KEY = "server-round"
 NAMES_KEY = "fedpriv.parameter-names"  # legacy Parameters are a list: the server names them in FitIns' config
+NAMES_SEPARATOR = "\n"  # one string: a legacy FitIns config (common.Scalar) holds no lists
 Scalar = int | float | str | bool | bytes
 ARRAYS = "arrays"  # the record key of the .npz blob
 Sent = TypeVar("Sent", bound="DataclassInstance")

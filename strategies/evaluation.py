@@ -99,8 +99,10 @@ class CentralEvaluation:
         pick = torch.randperm(len(self.test.labels), generator=torch.Generator().manual_seed(config.seed))
         pick = pick[self.test.labels[pick] < client_classes(config.aux_type, dataset.num_classes)]  # the clients' task
         self.pick = pick[: config.eval_samples] if config.eval_samples else pick
-        # epsilon is reported where rounds are composed: by Flower's DP wrapper of FedAvg, here for local DP
-        self.reported = accountant if config.dp == "local" or config.aggregator == "fedavg" else None
+        # epsilon is reported where rounds are composed: by Flower's DP wrapper of FedAvg; here for local DP
+        # and under secagg, whose legacy DP wrapper has no accountant
+        self.composes = config.dp == "local" or config.protocol == "secagg"
+        self.reported = accountant if self.composes or config.aggregator == "fedavg" else None
         self.run_defense = build_defense(config.defense)
         self.model_from = model_builder(config, dataset)
 
@@ -116,7 +118,7 @@ class CentralEvaluation:
             model.codec = feature_codec(self.run_defense, model.is_complex, generator)
         loss, accuracy = evaluate(model, images, labels, self.dataset)
         summary = self.strategy.round_summary.get(run_round, {})
-        if server_round > 0 and config.dp == "local" and self.reported is not None:
+        if server_round > 0 and self.composes and self.reported is not None:
             self.reported.compose(round_event(config, self.num_partitions))
         row = {
             "round": run_round, "accuracy": accuracy, "loss": loss, **extra,

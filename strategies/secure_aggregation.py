@@ -35,7 +35,7 @@ from flwr.server import ServerConfig
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat import LegacyContext
-from flwr.server.strategy import Strategy
+from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, Strategy
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
 from torch import nn
@@ -46,7 +46,7 @@ from fedpriv.protocols.secagg import SecAgg
 from fedpriv.recorder import RunRecorder
 from fedpriv.round_attacks import AGGREGATE, AttackHarness, ObservedClient
 from fedpriv.strategies.attacking_strategy import failure_reason, record_rows, sample_partitions, strip_reply
-from fedpriv.wire import NAMES_KEY, ROUND_KEY
+from fedpriv.wire import NAMES_KEY, NAMES_SEPARATOR, ROUND_KEY
 
 
 class TruthTap:
@@ -155,7 +155,7 @@ class SecureAggregationStrategy(Strategy):
         log(INFO, "configure_fit: round %d, partitions %s through SecAgg+", run_round, chosen)
         self.round_summary[run_round] = {"sampled": chosen, "start": time.perf_counter(), "aggregated": []}
         proxies = client_manager.all()
-        fit_config: dict[str, Scalar] = {ROUND_KEY: run_round, NAMES_KEY: self.names}  # type: ignore[dict-item]
+        fit_config: dict[str, Scalar] = {ROUND_KEY: run_round, NAMES_KEY: NAMES_SEPARATOR.join(self.names)}
         broadcast = self._parameters(arrays)
         return [(proxies[str(self.nodes[p])], FitIns(broadcast, fit_config)) for p in chosen]
 
@@ -167,7 +167,8 @@ class SecureAggregationStrategy(Strategy):
         run_round = server_round + self.round_offset
         if not results:
             return None, {}
-        examples = {self.partition_of[int(proxy.node_id)]: fitres.num_examples for proxy, fitres in results}
+        examples = {self.partition_of[int(proxy.node_id)]: int(cast(int, fitres.metrics["num-examples"]))
+                    for proxy, fitres in results}  # plaintext; the FitRes weighs 1 each under dp
         self.round_summary[run_round]["aggregated"] = sorted(examples)
         aggregate = results[0][1].parameters
         truths = [self.tap.truths.pop(self.nodes[p], None) for p in sorted(examples)]
@@ -226,6 +227,13 @@ class SecureAggregationStrategy(Strategy):
 def run_secure_aggregation(context: Any, strategy: SecureAggregationStrategy, rounds: int, max_weight: int) -> None:
     """Run ``rounds`` rounds of Flower's SecAgg+ workflow around ``strategy``, through its tap.
 
+    Under ``dp='client-fixed'`` the strategy runs inside Flower's legacy
+    ``DifferentialPrivacyClientSideFixedClipping`` (as Flower's ``fl-dp-sa`` example combines
+    them): the clients clip their updates before masking, the wrapper adds the Gaussian noise to
+    the unmasked aggregate after ``strategy.aggregate_fit`` has attacked it (the server sees the
+    aggregate before it noises it; the released model is noised). Under ``dp`` every reply weighs
+    1, so ``max_weight`` is 1.
+
     Parameters
     ----------
     context
@@ -242,7 +250,14 @@ def run_secure_aggregation(context: Any, strategy: SecureAggregationStrategy, ro
     config = strategy.config
     workflow = SecAggPlusWorkflow(
         num_shares=config.secagg_num_shares, reconstruction_threshold=config.secagg_reconstruction_threshold,
-        max_weight=max_weight, clipping_range=config.secagg_clipping_range, timeout=config.round_timeout,
+        max_weight=max_weight if config.dp == "none" else 1, clipping_range=config.secagg_clipping_range,
+        timeout=config.round_timeout,
     )
-    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=rounds), strategy=strategy)
+    outer: Strategy = strategy
+    if config.dp == "client-fixed":
+        sampled = config.clients_each_round(len(strategy.nodes))
+        outer = DifferentialPrivacyClientSideFixedClipping(strategy, config.dp_noise_multiplier,
+                                                           config.dp_clipping_norm, sampled)
+    log(INFO, "fedpriv: aggregation %s through SecAgg+ (dp=%s)", outer, config.dp)
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=rounds), strategy=outer)
     DefaultWorkflow(fit_workflow=workflow)(strategy.tap, legacy)  # type: ignore[arg-type]  # a Grid by duck typing

@@ -118,7 +118,7 @@ def test_client_app_handlers() -> None:
 
 def test_fault_injection_is_a_test_only_mod_and_the_product_refuses_its_keys() -> None:
     from fedpriv.clients.mods import model_check_mod, privacy_mod, pruning_mod
-    from fedpriv.clients.secure_aggregation import legacy_fit_mod, secure_aggregation_mod
+    from fedpriv.clients.secure_aggregation import legacy_fit_mod, secure_aggregation_mod, secure_clipping_mod
     from tests.faults.client_app import app as faulty
     from tests.faults.mod import fault_mod
 
@@ -129,7 +129,8 @@ def test_fault_injection_is_a_test_only_mod_and_the_product_refuses_its_keys() -
         faulty(Message(content, dst_node_id=100, message_type=MessageType.TRAIN), _context(2, faults))
     reply = faulty(Message(content, dst_node_id=100, message_type=MessageType.TRAIN), _context(0, faults))
     assert not reply.has_error() and TRUTH_KEY in reply.content  # the handler saw the config without the keys
-    assert app._mods == [secure_aggregation_mod, legacy_fit_mod, model_check_mod, privacy_mod, pruning_mod]
+    assert app._mods == [secure_aggregation_mod, secure_clipping_mod, legacy_fit_mod, model_check_mod, privacy_mod,
+                         pruning_mod]
     assert fault_mod not in app._mods  # the product's
     with pytest.raises(ConfigError, match="inject-client-failure was removed: fault injection is test-only now"):
         validated_config(RUN | {"inject-client-failure": "2"})

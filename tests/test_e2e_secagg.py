@@ -12,6 +12,7 @@ from fedpriv.client_task import run_client_round
 from fedpriv.launcher import run_config_text
 from fedpriv.results import load_checkpoint, read_jsonl
 from fedpriv.run_setup import plan_run
+from fedpriv.strategies.inner import privacy_accountant
 from fedpriv.validation import validated_config
 
 APP = Path(__file__).resolve().parent.parent / "simulations" / "cifar100_ats"
@@ -62,3 +63,30 @@ def test_an_imprinted_broadcast_reads_images_off_the_secure_aggregate(superlink,
     (row,) = read_jsonl(tmp_path / "imprint" / "metrics.jsonl")
     assert row["n_images"] == 12 and row["images_recovered"] >= 4, row  # measured 6; 10.3 expected without quantisation
     assert torch.isfinite(torch.tensor(row["psnr"]))
+
+
+def test_client_fixed_dp_clips_each_reply_before_masking_and_noises_the_aggregate(superlink, tmp_path: Path) -> None:
+    noise, clip = 0.5, 0.05
+    values = RUN | {"model": "convnet-gn", "attacks": "label-inference", "dp": "client-fixed",
+                    "dp-noise-multiplier": noise, "dp-clipping-norm": clip, "out-dir": str(tmp_path), "run-name": "dp"}
+    outcome = superlink.run(APP, run_config_text(values), "num-supernodes=3", echo=False, timeout=900)
+    assert outcome.ok, outcome.log[-4000:]
+    config = validated_config(values)
+    broadcast = plan_run(config, tmp_path / "unused").start
+    names = list(broadcast)
+    clipped = []
+    for partition in range(3):
+        reply = run_client_round(config, partition, 3, {k: v.clone() for k, v in broadcast.items()}, 1).state
+        update = torch.cat([(reply[n] - broadcast[n]).flatten().double() for n in names])
+        assert float(update.norm()) > 2 * clip  # the clipping acts
+        clipped.append(update * min(1.0, clip / float(update.norm())))
+    mean = torch.stack(clipped).mean(0)  # uniform weights: the Gaussian mechanism's mean
+    _, released = load_checkpoint(tmp_path / "dp" / "checkpoint.pt")
+    residual = torch.cat([(released[n] - broadcast[n]).flatten().double() for n in names]) - mean
+    expected = noise * clip / 3  # Flower's std for 3 sampled clients
+    assert float(residual.std()) == pytest.approx(expected, rel=0.05) and abs(float(residual.mean())) < expected / 50
+    (row,) = read_jsonl(tmp_path / "dp" / "metrics.jsonl")
+    assert row["aggregate_of"] == [0, 1, 2] and row["n_images"] == 12  # the server attacked the aggregate
+    first = read_jsonl(tmp_path / "dp" / "rounds.jsonl")[1]
+    accountant = privacy_accountant(config, 3, rounds_done=1)
+    assert accountant is not None and first["dp_epsilon"] == pytest.approx(accountant.get_epsilon(config.dp_delta))

@@ -232,7 +232,7 @@ def test_the_report_shows_each_psnr_cells_baseline_and_marks_failed_attacks(tmp_
     assert "(n=2), beat the baseline vs x: 2/2" in report
 
 
-def test_imprint_readouts_are_put_beside_the_expected_recovered_counts(tmp_path: Path) -> None:
+def test_readouts_of_malicious_layers_are_put_beside_the_expected_recovered_counts(tmp_path: Path) -> None:
     folder = RunFolder(tmp_path / "imprint")
     run_config = {"dataset": "embedded-photos", "model": "convnet", "protocol": "secagg", "dp": "none",
                   "num-server-rounds": 1, "attacks": "imprint-readout", "server-behaviour": "imprint",
@@ -244,12 +244,24 @@ def test_imprint_readouts_are_put_beside_the_expected_recovered_counts(tmp_path:
                                                "images_recovered": 6},
                                         row | {"partition_id": 4, "n_images": 8, "images_recovered": 7}])
     folder.append(folder.rounds_path, [{"round": 0, "accuracy": 0.1}, {"round": 1, "accuracy": 0.1}])
+    trapped = RunFolder(tmp_path / "trap")
+    trapped.write_json("config.json", {"run-config": run_config | {
+        "protocol": "fedsgd", "attacks": "trap-readout", "server-behaviour": "trap-weights",
+        "behaviour.trap-weights.rows": 256}, "clients": {}})
+    trapped.append(trapped.metrics_path, [row | {"attack": "trap-readout", "partition_id": 0, "n_images": 8,
+                                                 "images_recovered": 4},
+                                          row | {"partition_id": 1, "n_images": 8, "images_recovered": 8}])
+    trapped.append(trapped.rounds_path, [{"round": 0, "accuracy": 0.1}, {"round": 1, "accuracy": 0.1}])
     out = tmp_path / "report"
-    assert cli_main(["report", str(folder.path), "--out", str(out)]) == 0
+    assert cli_main(["report", str(folder.path), str(trapped.path), "--out", str(out)]) == 0
     with (out / "recovered.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert [(r["leak"], r["images"], r["recovered"]) for r in rows] == [("aggregate of 3", "12", "6"),
-                                                                       ("client 4", "8", "7")]
+    assert [(r["behaviour"], r["leak"], r["images"], r["bins"], r["recovered"]) for r in rows] == [
+        ("imprint", "aggregate of 3", "12", "64", "6"), ("imprint", "client 4", "8", "64", "7"),
+        ("trap-weights", "client 0", "8", "256", "4")]  # the trap run's imprint-readout row is not its readout
     assert float(rows[1]["independent_draws"]) == pytest.approx(8 * (63 / 64) ** 7)
     assert float(rows[0]["fowl_et_al"]) < float(rows[0]["independent_draws"])
-    assert "## Images recovered exactly (malicious server)" in (out / "report.md").read_text()
+    assert rows[2]["independent_draws"] == rows[2]["fowl_et_al"] == ""
+    report = (out / "report.md").read_text()
+    assert "## Images recovered exactly (malicious server)" in report
+    assert "| trap-weights | 1 | client 0 | 8 | 256 | 4 | — | — |" in report

@@ -14,12 +14,12 @@ from torch import nn
 from fedpriv.attacks import ATTACKS
 from fedpriv.attacks.label_inference import infer_labels
 from fedpriv.attacks.update_inversion import simulated_update
-from fedpriv.clients.secure_aggregation import FITINS_CONFIG, FITINS_PARAMETERS, legacy_fit_mod
+from fedpriv.clients.secure_aggregation import FITINS_CONFIG, FITINS_PARAMETERS, legacy_fit_mod, secure_clipping_mod
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import AggregateLeak, GroundTruth
 from fedpriv.strategies.secure_aggregation import union
 from fedpriv.validation import validated_config
-from fedpriv.wire import NAMES_KEY, ROUND_KEY, TRUTH_KEY
+from fedpriv.wire import NAMES_KEY, NAMES_SEPARATOR, ROUND_KEY, TRUTH_KEY
 from tests.test_inverting_gradients import photo
 from tests.test_label_and_update_attacks import SMALL
 
@@ -81,7 +81,7 @@ def test_only_attacks_that_read_an_aggregate_accept_secagg() -> None:
 
 @pytest.mark.parametrize(("values", "key"), [
     ({"aggregator": "krum"}, "aggregator='krum'"),
-    ({"dp": "client-fixed"}, "dp='client-fixed'"),
+    ({"dp": "server-fixed"}, "dp='server-fixed' with protocol 'secagg': the server would clip each client's reply"),
     ({"clients-per-round": 1}, "clients-per-round=1"),
     ({"attack-overrides": "0=label-inference"}, "attack-overrides="),
     ({"attack-clients": "0,1"}, "attack-clients='0,1'"),
@@ -94,6 +94,11 @@ def test_secagg_refuses_what_needs_single_replies(values: dict[str, object], key
         validated_config(SECAGG | {"attacks": "label-inference"} | values)
 
 
+@pytest.mark.parametrize("dp", ["client-fixed", "local"])
+def test_secagg_takes_the_dp_modes_whose_clipping_happens_on_the_client(dp: str) -> None:
+    assert validated_config(SECAGG | {"attacks": "label-inference", "dp": dp}).dp == dp
+
+
 def test_union_keeps_partition_order_and_names_mixed_defenses() -> None:
     one = GroundTruth(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4), torch.tensor([3]), "none")
     two = GroundTruth(torch.ones(2, 3, 4, 4), torch.ones(2, 3, 4, 4), torch.tensor([1, 2]), "ats:3-1-7")
@@ -104,12 +109,13 @@ def test_union_keeps_partition_order_and_names_mixed_defenses() -> None:
 
 def _legacy_train_message(names: list[str], values: list[torch.Tensor]) -> Message:
     fitins = compat.parameters_to_arrayrecord(ndarrays_to_parameters([v.numpy() for v in values]), keep_input=True)
-    content = RecordDict({FITINS_PARAMETERS: fitins, FITINS_CONFIG: ConfigRecord({ROUND_KEY: 4, NAMES_KEY: names})})
+    config = ConfigRecord({ROUND_KEY: 4, NAMES_KEY: NAMES_SEPARATOR.join(names), "clipping_norm": 0.1})
+    content = RecordDict({FITINS_PARAMETERS: fitins, FITINS_CONFIG: config})
     return Message(content, dst_node_id=7, message_type=MessageType.TRAIN)
 
 
-def _context(clip: float) -> Context:
-    run_config = {"protocol": "secagg", "attacks": "label-inference", "secagg-clipping-range": clip}
+def _context(clip: float, dp: str = "none") -> Context:
+    run_config = {"protocol": "secagg", "attacks": "label-inference", "secagg-clipping-range": clip, "dp": dp}
     return Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config=run_config)
 
 
@@ -133,6 +139,19 @@ def test_the_legacy_fit_mod_speaks_fitins_and_fitres_around_fedpriv_handlers() -
     for sent, value in zip(parameters_to_ndarrays(fitres.parameters), values, strict=True):
         assert (torch.from_numpy(sent) == 2 * value).all()
     assert TRUTH_KEY in reply.content  # for the server's tap, which removes it before the workflow reads the reply
+
+
+def test_under_client_fixed_dp_the_reply_is_clipped_weighs_one_and_keeps_its_truth() -> None:
+    names, values = ["b.weight", "a.bias"], [torch.ones(2, 2), torch.tensor([0.5, -1.0])]
+    context = _context(8.0, dp="client-fixed")
+    reply = secure_clipping_mod(_legacy_train_message(names, values), context,
+                                lambda m, c: legacy_fit_mod(m, c, _handler({})))
+    fitres = compat.recorddict_to_fitres(reply.content, keep_input=True)
+    assert fitres.num_examples == 1 and fitres.metrics["num-examples"] == 5  # uniform weight; count in plaintext
+    update = torch.cat([torch.from_numpy(s).flatten() - v.flatten()
+                        for s, v in zip(parameters_to_ndarrays(fitres.parameters), values, strict=True)])
+    assert float(update.norm()) == pytest.approx(0.1, rel=1e-5)  # the FitIns's clipping norm; unclipped: 2.29
+    assert TRUTH_KEY in reply.content  # Flower's legacy mod rebuilds the reply; the truth is put back
 
 
 def test_a_weight_beyond_the_clipping_range_fails_the_round() -> None:
