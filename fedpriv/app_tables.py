@@ -23,6 +23,7 @@ from fedpriv.attacks import ATTACKS
 from fedpriv.behaviours import BEHAVIOURS
 from fedpriv.config import RunConfig
 from fedpriv.config_sections import SECTIONS
+from fedpriv.membership import MEMBERSHIP_ATTACKS
 from fedpriv.options import declared
 from fedpriv.protocols import PROTOCOLS
 
@@ -87,6 +88,12 @@ def render(app: Path) -> str:
         if options and (not behaviour.protocols or set(behaviour.protocols) & set(protocols)):
             given = values.get("behaviour", {}).get(name, {})
             lines += ["", f"[tool.flwr.app.config.behaviour.{name}]"]
+            lines += [f"{d.name} = {toml_value(given.get(d.name, d.default))}" for d in options]
+    for name in MEMBERSHIP_ATTACKS.names():  # the released model exists under every protocol
+        options = declared(MEMBERSHIP_ATTACKS.get(name).Options)
+        if options:
+            given = values.get("membership", {}).get(name, {})
+            lines += ["", f"[tool.flwr.app.config.membership.{name}]"]
             lines += [f"{d.name} = {toml_value(given.get(d.name, d.default))}" for d in options]
     return HEADER + "\n".join(lines) + "\n"
 

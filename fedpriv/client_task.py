@@ -11,6 +11,7 @@ from fedpriv.behaviours import run_model
 from fedpriv.config import RunConfig
 from fedpriv.data.auxiliary import split_with_aux
 from fedpriv.defenses import build_defense
+from fedpriv.errors import ConfigError
 from fedpriv.models import load_wire_state
 from fedpriv.protocols import PROTOCOLS, ClientReply
 from fedpriv.run_data import load_run_split, run_dataset_spec
@@ -22,17 +23,37 @@ def generator_for(*keys: object) -> torch.Generator:
 
 
 @functools.lru_cache(maxsize=2)
-def _split(config: RunConfig, num_partitions: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-    """All partitions' indices and the server's auxiliary indices, computed once per process."""
+def _split(config: RunConfig, num_partitions: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+    """All partitions' indices, the server's auxiliary indices and the membership holdout, once per process.
+
+    With membership attacks, ``membership-samples`` seeded indices of the clients' data are held
+    out of every partition: the non-members, from the members' distribution.
+
+    Raises
+    ------
+    ConfigError
+        When the clients' data cannot give as many non-members and members as asked.
+    """
     labels = load_run_split(config, "train").labels.numpy()
     parts, aux = split_with_aux(labels, num_partitions, config.partitioner, config.dirichlet_alpha, config.seed,
                                 config.aux_samples, config.aux_type, run_dataset_spec(config).num_classes)
-    return tuple(torch.as_tensor(p, dtype=torch.long) for p in parts), torch.as_tensor(aux, dtype=torch.long)
+    held = torch.zeros(0, dtype=torch.long)
+    split = tuple(torch.as_tensor(p, dtype=torch.long) for p in parts)
+    if config.membership_names():
+        union = torch.cat(split)
+        if 2 * config.membership_samples > len(union):
+            raise ConfigError(f"membership-samples={config.membership_samples}: the clients' data holds {len(union)} "
+                              "samples, of which that many are held out as non-members and as many members drawn "
+                              f"from the rest; valid: 1..{len(union) // 2}")
+        order = torch.randperm(len(union), generator=generator_for(config.seed, "membership-holdout"))
+        held = union[order[: config.membership_samples]].sort().values
+        split = tuple(p[~torch.isin(p, held)] for p in split)
+    return split, torch.as_tensor(aux, dtype=torch.long), held
 
 
 def partition_index(config: RunConfig, num_partitions: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """Training-split indices of every client's data (capped at ``local-samples``) and of the aux split."""
-    parts, aux = _split(config, num_partitions)
+    parts, aux, _ = _split(config, num_partitions)
     if config.local_samples:
         keep = config.local_samples
         parts = tuple(
@@ -40,6 +61,11 @@ def partition_index(config: RunConfig, num_partitions: int) -> tuple[tuple[torch
             for pid, p in enumerate(parts)
         )
     return parts, aux
+
+
+def membership_holdout(config: RunConfig, num_partitions: int) -> torch.Tensor:
+    """Training-split indices held out of every client's data as membership non-members (empty without attacks)."""
+    return _split(config, num_partitions)[2]
 
 
 def client_data(config: RunConfig, partition_id: int, num_partitions: int) -> tuple[torch.Tensor, torch.Tensor]:

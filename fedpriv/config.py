@@ -26,7 +26,8 @@ from fedpriv.config_values import overrides, selection
 from fedpriv.errors import ConfigError, join_errors
 from fedpriv.options import Declared, coerce, declared
 
-PLUGIN_FAMILIES = ("attack", "behaviour")  # run-config keys FAMILY.NAME.OPTION hold one plugin's own options
+# run-config keys FAMILY.NAME.OPTION hold one plugin's own options
+PLUGIN_FAMILIES = ("attack", "behaviour", "membership")
 # Keys of earlier versions -> their new form (the README's migration table lists them).
 RENAMED = {
     "attack-options": "one key per option, attack.ATTACK.OPTION (e.g. attack.inverting-gradients.engine='loop'); "
@@ -239,6 +240,20 @@ class RunConfig(RunSection, OutputsSection, AttacksSection, DefensesSection, Pri
                 f"attack-rounds={self.attack_rounds!r} must lie in 1..{self.num_server_rounds} "
                 "(num-server-rounds), or be 'all' or 'none'"
             )
+        return rounds
+
+    def membership_names(self) -> list[str]:
+        """The membership attacks (empty: ``none``)."""
+        if self.membership_attacks.strip().lower() == "none":
+            return []
+        return self._attack_list(self.membership_attacks)
+
+    def membership_scored_rounds(self) -> tuple[int, ...] | None:
+        """Rounds whose released model the membership attacks score (None: all)."""
+        rounds = selection(self.membership_rounds, "membership-rounds")
+        if rounds and (rounds[0] < 0 or rounds[-1] > self.num_server_rounds):
+            raise ConfigError(f"membership-rounds={self.membership_rounds!r} must lie in 0..{self.num_server_rounds} "
+                              "(num-server-rounds; 0: the initial model), or be 'all' or 'none'")
         return rounds
 
     def attacked_clients(self) -> tuple[int, ...] | None:

@@ -155,6 +155,12 @@ class AttacksSection:
                                      "malicious behaviour (its options: behaviour.NAME.OPTION)")
     attacker_knows_defense: bool = _attacks(True, "attacks that model a defense are told each client's defense "
                                             "spec (false: they assume none; attacks that need it refuse to run)")
+    membership_attacks: str = _attacks("none", "membership attacks on the released global model, joined by commas "
+                                       "(their options: membership.NAME.OPTION); none: off")
+    membership_rounds: str = _attacks("all", "rounds whose released model the membership attacks score: all, none or "
+                                      "a list like 1,5-7")
+    membership_samples: int = _attacks(500, "members drawn from the clients' data, and as many non-members from the "
+                                       "test split, that the membership attacks score", low=1, high=MAX_INT)
 
 
 @dataclass(frozen=True)

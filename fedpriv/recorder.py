@@ -76,8 +76,10 @@ class RunRecorder:
     2. Per round with attacked clients, :meth:`attack_rows`: the rows appended to
        ``metrics.jsonl``, then ``metrics.csv`` and ``psnr_per_round.png`` rewritten. The
        harness writes the round's ``reconstructions/`` through :attr:`grids` before.
-    3. Per evaluated round (0 = the initial model), :meth:`round_finished`: its row appended to
-       ``rounds.jsonl``, ``checkpoint.pt`` replaced, ``index.html`` rewritten.
+    3. Per evaluated round (0 = the initial model): with membership attacks on that round,
+       :meth:`membership_rows` appends their rows to ``membership.jsonl``; then
+       :meth:`round_finished`: its row appended to ``rounds.jsonl``, ``checkpoint.pt`` replaced,
+       ``index.html`` rewritten.
     4. :meth:`finish` once: ``psnr_per_round.png`` and ``index.html`` rewritten.
 
     Parameters
@@ -124,6 +126,10 @@ class RunRecorder:
         self._folder.append(self._folder.metrics_path, rows)
         self._folder.write_csv()
         self._folder.write_plot()
+
+    def membership_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Record one round's membership attack rows in ``membership.jsonl``."""
+        self._folder.append(self._folder.membership_path, rows)
 
     def round_finished(self, run_round: int, row: dict[str, Any] | None, state: dict[str, torch.Tensor]) -> None:
         """Record an evaluated round: its ``rounds.jsonl`` row, the checkpoint and ``index.html``.

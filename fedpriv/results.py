@@ -212,6 +212,11 @@ class RunFolder:
         """``rounds.jsonl``: one row per round."""
         return self.path / "rounds.jsonl"
 
+    @property
+    def membership_path(self) -> Path:
+        """``membership.jsonl``: one row per (round, membership attack) on the released model."""
+        return self.path / "membership.jsonl"
+
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         """Write ``name`` (e.g. ``config.json``) atomically."""
         text = json.dumps({k: _json_value(v) for k, v in data.items()}, indent=2, sort_keys=True, default=str)
@@ -229,7 +234,9 @@ class RunFolder:
 
     def truncate_after(self, last_round: int) -> None:
         """Drop rows of rounds after ``last_round`` (used when resuming a killed run)."""
-        for path in (self.metrics_path, self.rounds_path):
+        for path in (self.metrics_path, self.rounds_path, self.membership_path):
+            if not path.exists():
+                continue
             kept = [r for r in read_jsonl(path) if int(r["round"]) <= last_round]
             atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 

@@ -11,7 +11,7 @@ not use.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fedpriv.attacks import ATTACKS
@@ -24,6 +24,7 @@ from fedpriv.data.loading import dataset_spec
 from fedpriv.data.specs import DatasetSpec, resolve_spec
 from fedpriv.defenses import build_defense
 from fedpriv.errors import ConfigError, join_errors
+from fedpriv.membership import MEMBERSHIP_ATTACKS
 from fedpriv.models import check_model_name
 from fedpriv.options import declared, parse_options
 from fedpriv.protocols import PROTOCOLS, FederatedProtocol
@@ -81,7 +82,27 @@ def plugin_errors(config: RunConfig) -> list[str]:
         return errors + [str(error)]
     defense_errors = _defense_errors(config, protocol, dataset)
     errors += defense_errors + _attack_errors(config, protocol, check_fit=not defense_errors)
-    return errors + _behaviour_errors(config, dataset)
+    return errors + _behaviour_errors(config, dataset) + _membership_errors(config)
+
+
+def _membership_errors(config: RunConfig) -> list[str]:
+    """The membership attacks exist, score existing rounds, and have valid options that fit the run."""
+    try:
+        names = config.membership_names()
+        config.membership_scored_rounds()
+    except ConfigError as error:
+        return [str(error)]
+    errors = []
+    for name in names:
+        if name not in MEMBERSHIP_ATTACKS:
+            errors.append(f"unknown membership attack {name!r}; valid membership attacks: "
+                          f"{', '.join(MEMBERSHIP_ATTACKS.names())}, or none")
+            continue
+        factory = MEMBERSHIP_ATTACKS.get(name)
+        options: Any
+        options, bad = parse_options(factory.Options, config.plugin_values("membership", name), f"membership.{name}.")
+        errors += bad or factory.fit_errors(config, options)
+    return errors
 
 
 def _behaviour_errors(config: RunConfig, dataset: DatasetSpec | None) -> list[str]:
@@ -95,6 +116,14 @@ def _behaviour_errors(config: RunConfig, dataset: DatasetSpec | None) -> list[st
     if not errors and dataset is not None:
         errors += factory.fit_errors(config, options, dataset)
     return errors
+
+
+def _caught_names(names: Callable[[], list[str]]) -> list[str]:
+    """The names, or none when they do not parse (that error is reported once, elsewhere)."""
+    try:
+        return names()
+    except ConfigError:
+        return []
 
 
 def _caught(check: Any) -> list[str]:
@@ -194,7 +223,8 @@ def _attack_errors(config: RunConfig, protocol: FederatedProtocol, check_fit: bo
 def _unused_options(config: RunConfig, names: list[str]) -> list[str]:
     """Options set (away from their defaults) for plugins this run does not use, or for no plugin."""
     registries: dict[str, tuple[Registry[Any], list[str]]] = {
-        "attack": (ATTACKS, names), "behaviour": (BEHAVIOURS, [config.server_behaviour])}
+        "attack": (ATTACKS, names), "behaviour": (BEHAVIOURS, [config.server_behaviour]),
+        "membership": (MEMBERSHIP_ATTACKS, _caught_names(config.membership_names))}
     errors = []
     for key, value in sorted(config.plugin_options.items()):
         family, name, option_name = key.split(".")

@@ -28,6 +28,7 @@ from fedpriv.data.auxiliary import client_classes
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses import build_defense
 from fedpriv.defenses.features import FeatureDefense, feature_codec
+from fedpriv.membership_rounds import MembershipRounds, describe
 from fedpriv.models import load_wire_state
 from fedpriv.recorder import RunRecorder
 from fedpriv.rotation.networks import SplitNetwork
@@ -88,13 +89,16 @@ class CentralEvaluation:
         The number of clients (local DP's accountant composes one event per round).
     accountant
         The run's RDP accountant (None without DP).
+    membership
+        The run's membership attacks on the released model (scored after the evaluation).
     """
 
     def __init__(self, plan: RunPlan, recorder: RunRecorder, strategy: ObservingStrategy, num_partitions: int,
-                 accountant: RdpAccountant | None) -> None:
+                 accountant: RdpAccountant | None, membership: MembershipRounds) -> None:
         config, dataset = plan.config, plan.dataset
         self.config, self.dataset, self.offset = config, dataset, plan.offset
         self.recorder, self.strategy, self.num_partitions = recorder, strategy, num_partitions
+        self.membership = membership
         self.test = load_run_split(config, "test")
         pick = torch.randperm(len(self.test.labels), generator=torch.Generator().manual_seed(config.seed))
         pick = pick[self.test.labels[pick] < client_classes(config.aux_type, dataset.num_classes)]  # the clients' task
@@ -117,6 +121,11 @@ class CentralEvaluation:
             generator = generator_for(config.seed, "evaluate", run_round)
             model.codec = feature_codec(self.run_defense, model.is_complex, generator)
         loss, accuracy = evaluate(model, images, labels, self.dataset)
+        if self.membership.scores(run_round) and (server_round > 0 or not config.resume):
+            membership = self.membership.rows(model, run_round)
+            self.recorder.membership_rows(membership)
+            for line in map(describe, membership):
+                log(INFO, "%s", line)
         summary = self.strategy.round_summary.get(run_round, {})
         if server_round > 0 and self.composes and self.reported is not None:
             self.reported.compose(round_event(config, self.num_partitions))

@@ -12,7 +12,8 @@ from fedpriv.config import RunConfig
 from fedpriv.data.auxiliary import distinct_images
 from fedpriv.data.loading import load_split
 from fedpriv.data.specs import DatasetSpec
-from fedpriv.errors import ConfigError
+from fedpriv.errors import ConfigError, join_errors
+from fedpriv.membership_rounds import membership_errors
 from fedpriv.run_data import distinct_dataset, load_run_split
 
 
@@ -30,6 +31,8 @@ def check_partitions(
     parts, index = partition_index(config, num_partitions)
     sizes = [len(p) for p in parts]
     _check_per_client_requests(config, sizes)
+    if errors := membership_errors(config, sizes):
+        raise ConfigError(join_errors(errors, "the membership attacks' samples"))
     if short := [pid for pid, size in enumerate(sizes) if size < config.local_samples]:
         log(WARNING, "fedpriv: local-samples=%d but partitions %s hold fewer (%s samples): they train on all they "
             "hold (config.json records each client's samples)", config.local_samples,

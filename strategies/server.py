@@ -23,8 +23,10 @@ from torch import nn
 from fedpriv.attacks import AuxiliaryData
 from fedpriv.behaviours import build_behaviour
 from fedpriv.config import RunConfig
+from fedpriv.data.loading import LabeledImages
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import SERVER_ERROR_PREFIX, ConfigError
+from fedpriv.membership_rounds import MembershipRounds
 from fedpriv.models import wire_state
 from fedpriv.recorder import RunRecorder, resolved_config
 from fedpriv.results import claim_folder
@@ -143,13 +145,19 @@ def _run(grid: Grid, context: Context, plan: RunPlan) -> None:
     if config.resume:
         log(INFO, "fedpriv: resuming after round %d", offset)
     accountant = privacy_accountant(config, len(nodes), offset)
+    if names := config.membership_names():
+        log(INFO, "fedpriv: membership attacks %s on the released model (%d members, %d non-members)",
+            ",".join(names), config.membership_samples, config.membership_samples)
+    server_data = None if aux is None else LabeledImages(aux.images, aux.labels)
+    membership = MembershipRounds(config, dataset, len(nodes), server_data)
     if config.protocol == "secagg":
         secure = SecureAggregationStrategy(config, recorder, nodes, harness, start, TruthTap(grid), model_from,
                                            offset, broadcast)
-        secure.evaluate_fn = CentralEvaluation(plan, recorder, secure, len(nodes), accountant)
+        secure.evaluate_fn = CentralEvaluation(plan, recorder, secure, len(nodes), accountant, membership)
         run_secure_aggregation(context, secure, config.num_server_rounds - offset, max(sizes))
     else:
-        _run_attacking_strategy(grid, plan, recorder, nodes, harness, model_from, broadcast, start, accountant)
+        _run_attacking_strategy(grid, plan, recorder, nodes, harness, model_from, broadcast, start, accountant,
+                                membership)
     records = recorder.finish()
     log(INFO, "fedpriv: finished; results in %s (open index.html)", recorder.path)
     log(INFO, "fedpriv: %d attack records in %s", records, recorder.metrics_path)
@@ -158,7 +166,7 @@ def _run(grid: Grid, context: Context, plan: RunPlan) -> None:
 def _run_attacking_strategy(
     grid: Grid, plan: RunPlan, recorder: RunRecorder, nodes: dict[int, int], harness: AttackHarness,
     model_from: Callable[[ArrayRecord], nn.Module], broadcast: Callable[[ArrayRecord], ArrayRecord] | None,
-    start: dict[str, Any], accountant: RdpAccountant | None,
+    start: dict[str, Any], accountant: RdpAccountant | None, membership: MembershipRounds,
 ) -> None:
     """Every protocol but ``secagg``: Flower's strategy API, the run's inner strategy wrapped by the attacks."""
     config = plan.config
@@ -168,6 +176,6 @@ def _run_attacking_strategy(
         grid=grid,
         initial_arrays=ArrayRecord(start),
         num_rounds=config.num_server_rounds - plan.offset,
-        evaluate_fn=CentralEvaluation(plan, recorder, strategy, len(nodes), accountant),
+        evaluate_fn=CentralEvaluation(plan, recorder, strategy, len(nodes), accountant, membership),
         timeout=config.round_timeout,
     )

@@ -98,12 +98,13 @@ def test_bad_value_fails_before_training(superlink: PrivateSuperLink, tmp_path: 
     assert not any(tmp_path.iterdir())
 
 
-def _records(folder: Path) -> tuple[list[dict], list[dict]]:
+def _records(folder: Path) -> tuple[list[dict], list[dict], list[dict]]:
     metrics = sorted(read_jsonl(folder / "metrics.jsonl"), key=lambda r: (r["round"], r["partition_id"]))
     rounds = read_jsonl(folder / "rounds.jsonl")
-    for row in metrics + rounds:
+    membership = read_jsonl(folder / "membership.jsonl")
+    for row in metrics + rounds + membership:
         row.pop("seconds")
-    return metrics, rounds
+    return metrics, rounds, membership
 
 
 def test_resume_after_a_stop_gives_the_records_of_an_uninterrupted_run(
@@ -111,7 +112,8 @@ def test_resume_after_a_stop_gives_the_records_of_an_uninterrupted_run(
 ) -> None:
     common = (
         f"dataset='embedded-photos' out-dir='{tmp_path}' attack-rounds='all' attack-clients='0' "
-        "attack-iterations=20 attack-progress=0 eval-samples=100 model='convnet' seed=3"
+        "attack-iterations=20 attack-progress=0 eval-samples=100 model='convnet' seed=3 "
+        "membership-attacks='loss' membership-samples=50"
     )
     federation = "num-supernodes=2 client-resources-num-cpus=1"
     runs = [
@@ -124,7 +126,10 @@ def test_resume_after_a_stop_gives_the_records_of_an_uninterrupted_run(
         assert outcome.ok, outcome.log[-4000:]
     full, resumed = _records(tmp_path / "full"), _records(tmp_path / "resumed")
     assert [r["round"] for r in full[1]] == [0, 1, 2]
-    assert len(full[0]) == 2 and full == resumed
+    assert [(r["round"], r["attack"], r["members"], r["non_members"]) for r in full[2]] == [
+        (0, "loss", 50, 50), (1, "loss", 50, 50), (2, "loss", 50, 50)]  # the released model of every round
+    assert all(0 <= r["auc_low"] <= r["auc"] <= r["auc_high"] <= 1 and "tpr_at_fpr_0.01" in r for r in full[2])
+    assert len(full[0]) == 2 and full == resumed  # the resumed run scores the same candidates, round 1 once
 
 
 def test_fedavg_with_flowers_client_side_dp(superlink: PrivateSuperLink, tmp_path: Path) -> None:

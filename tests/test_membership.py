@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from fedpriv.membership import (
+from fedpriv.membership.statistics import (
     audit,
     audit_p_value,
     epsilon_lower_bound,

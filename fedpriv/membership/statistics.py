@@ -1,7 +1,8 @@
 """Membership inference statistics and the one-run DP audit (Flower-free).
 
-- :func:`roc_scores`: ROC AUC and the true-positive rate at fixed low false-positive rates of a
-  membership score (higher: more likely a member), the metrics LiRA and RMIA report.
+- :func:`roc_scores`: ROC AUC with its 95 % interval (Hanley and McNeil's standard error) and
+  the true-positive rate at fixed low false-positive rates of a membership score (higher: more
+  likely a member), the metrics LiRA and RMIA report.
 - LiRA (Carlini et al., "Membership Inference Attacks From First Principles", S&P 2022): the
   target model's logit-scaled confidence in the true label (:func:`logit_confidence`) against
   Gaussians fitted per sample to shadow models trained with it (IN) and without it (OUT):
@@ -44,16 +45,26 @@ def roc_scores(scores: torch.Tensor, members: torch.Tensor, fprs: Sequence[float
     Returns
     -------
     dict[str, float]
-        ``auc`` and ``tpr_at_fpr_<rate>`` (e.g. ``tpr_at_fpr_0.001``).
+        ``auc``, ``auc_low`` and ``auc_high`` (95 % interval), and ``tpr_at_fpr_<rate>`` (e.g.
+        ``tpr_at_fpr_0.001``).
     """
     target = members.long()
     if int(target.min()) == int(target.max()):
         raise ValueError("membership scores need both members and non-members")
     fpr, tpr, _ = binary_roc(scores.double(), target)
-    row = {"auc": float(binary_auroc(scores.double(), target))}
+    auc = float(binary_auroc(scores.double(), target))
+    spread = 1.96 * auc_standard_error(auc, int(target.sum()), int((1 - target).sum()))
+    row = {"auc": auc, "auc_low": max(auc - spread, 0.0), "auc_high": min(auc + spread, 1.0)}
     for rate in fprs:
         row[f"tpr_at_fpr_{rate:g}"] = float(tpr[fpr <= rate].max())
     return row
+
+
+def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
+    """Hanley and McNeil's (1982) standard error of an AUC from ``positives`` and ``negatives`` samples."""
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    variance = (auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc))
+    return math.sqrt(max(variance, 0.0) / (positives * negatives))
 
 
 def logit_confidence(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,76 @@
+"""The membership attack interface: (the released model, candidate samples) -> one score per candidate.
+
+A membership attack is told the model every holder of the released global model has and a set
+of candidate samples, and scores each (higher: more likely in the clients' training data); it
+never sees which candidates are members. An attack that needs shadow models trains them in
+:meth:`MembershipAttack.prepare` on the server's auxiliary split, once per run. Its own options
+are the run-config keys ``membership.NAME.OPTION``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from fedpriv.errors import ConfigError, join_errors
+from fedpriv.options import parse_options
+from fedpriv.registry import Registry
+
+if TYPE_CHECKING:
+    from fedpriv.config import RunConfig
+    from fedpriv.data.loading import LabeledImages
+    from fedpriv.data.specs import DatasetSpec
+
+
+class MembershipAttack(Protocol):
+    """A membership attack plugin, built once per run from its options and the run's seed."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type]
+
+    def __init__(self, options: Any, seed: int) -> None:
+        """Keep the parsed options and the seed (of any model it trains)."""
+        ...
+
+    @classmethod
+    def fit_errors(cls, config: RunConfig, options: Any) -> list[str]:
+        """What in the run config it cannot run with (e.g. no auxiliary split for shadow models)."""
+        ...
+
+    def prepare(self, config: RunConfig, dataset: DatasetSpec, aux: LabeledImages | None) -> None:
+        """Once before the first scored round: train what it needs on the server's auxiliary split."""
+        ...
+
+    def score(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(n,) membership scores of the normalised candidates ``inputs`` with their ``labels`` (eval mode)."""
+        ...
+
+
+MEMBERSHIP_ATTACKS: Registry[type[MembershipAttack]] = Registry("membership attack")
+
+
+def build_membership_attack(config: RunConfig, name: str) -> MembershipAttack:
+    """The attack ``name`` with its ``membership.NAME.OPTION`` options (validated runs only).
+
+    Raises
+    ------
+    ConfigError
+        For an unknown attack (the valid ones listed) or bad options (every one named).
+    """
+    factory = MEMBERSHIP_ATTACKS.get(name)
+    options: Any
+    options, errors = parse_options(factory.Options, config.plugin_values("membership", name), f"membership.{name}.")
+    if errors:
+        raise ConfigError(join_errors(errors, f"membership attack {name}'s options"))
+    return factory(options, config.seed)
+
+
+def logits_of(model: nn.Module, inputs: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """The model's logits on ``inputs`` in eval mode, in batches, without gradients."""
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return torch.cat([model(inputs[i : i + batch_size].to(device)).double().cpu()
+                          for i in range(0, len(inputs), batch_size)])

@@ -1,0 +1,135 @@
+"""Membership inference on the released global model, per round: the candidates, the attacks, the rows.
+
+The observer is anyone who holds the global model after a round (a user of the released model,
+or the server itself). The non-members are ``membership-samples`` samples of the clients' data
+that no client trains on (held out of every partition, seeded:
+:func:`fedpriv.client_task.membership_holdout`), so they come from the members' distribution
+(a test split may not: the embedded photographs' test patches come from another quadrant of each
+photograph). The members are as many samples of the same labels drawn from the union of the
+clients' remaining data (what they train on, after ``local-samples``), once per run from the
+seed; the attacks (``membership-attacks``) score
+every candidate without knowing which is which, and each (round, attack) becomes one row of
+``membership.jsonl``: ROC AUC with its 95 % interval, TPR at 0.1 % and 1 % FPR, and
+``beats_chance`` (the interval lies above 0.5, the AUC of guessing). Members are every sample of
+the clients' data: a sample no step used (few FedSGD batches, ``local-steps`` below an epoch, a
+client not yet sampled) counts as a member the model never saw, which lowers what any attack
+can show.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedpriv.client_task import generator_for, membership_holdout, partition_index
+from fedpriv.config import RunConfig
+from fedpriv.data.loading import LabeledImages
+from fedpriv.data.specs import DatasetSpec
+from fedpriv.membership import MembershipAttack, build_membership_attack
+from fedpriv.membership.statistics import LOW_FPRS, roc_scores
+from fedpriv.run_data import load_run_split
+from fedpriv.training import to_pixels
+
+OBSERVER = "released model"
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The samples the membership attacks score: normalised inputs, labels, and (scorer only) membership."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    members: torch.Tensor
+
+
+def membership_errors(config: RunConfig, partition_sizes: list[int]) -> list[str]:
+    """Members asked for beyond what the clients train on, or a partition the holdout leaves empty."""
+    if not config.membership_names():
+        return []
+    errors = []
+    if config.membership_samples > sum(partition_sizes):
+        errors.append(f"membership-samples={config.membership_samples} exceeds the {sum(partition_sizes)} samples the "
+                      f"clients train on (the members); valid: 1..{sum(partition_sizes)}")
+    if empty := [pid for pid, size in enumerate(partition_sizes) if size == 0]:
+        errors.append(f"membership-samples={config.membership_samples} holds out every sample of partitions "
+                      f"{','.join(map(str, empty[:10]))}; valid: fewer membership-samples, or fewer clients")
+    return errors
+
+
+def pick_candidates(config: RunConfig, num_partitions: int, dataset: DatasetSpec) -> Candidates:
+    """The held-out non-members and as many members with the same label counts, shuffled.
+
+    Members are drawn per label from the clients' training data, as many as the holdout has of
+    that label (all of them where the clients hold fewer), so that a score that merely follows
+    the label (an untrained model's loss does) cannot separate the two sets.
+    """
+    generator = generator_for(config.seed, "membership")
+    held = membership_holdout(config, num_partitions)
+    train = load_run_split(config, "train")
+    union = torch.cat(partition_index(config, num_partitions)[0])
+    members = []
+    for label in train.labels[held].unique():
+        pool = union[train.labels[union] == label]
+        wanted = int((train.labels[held] == label).sum())
+        members.append(pool[torch.randperm(len(pool), generator=generator)[:wanted]])
+    chosen = torch.cat([*members, held])
+    count = len(chosen) - len(held)
+    images, labels = train.images[chosen], train.labels[chosen]
+    is_member = torch.cat([torch.ones(count, dtype=torch.bool), torch.zeros(len(held), dtype=torch.bool)])
+    order = torch.randperm(len(chosen), generator=generator)
+    return Candidates(dataset.normalize(to_pixels(images[order])), labels[order], is_member[order])
+
+
+class MembershipRounds:
+    """The run's membership attacks, prepared once (shadow models), scoring the released model of chosen rounds.
+
+    Parameters
+    ----------
+    config
+        The validated run config.
+    dataset
+        Normalisation and shape.
+    num_partitions
+        The number of clients.
+    aux
+        The server's auxiliary split (for attacks that train shadow models), or ``None``.
+    """
+
+    def __init__(self, config: RunConfig, dataset: DatasetSpec, num_partitions: int,
+                 aux: LabeledImages | None) -> None:
+        self.rounds = config.membership_scored_rounds()
+        self.attacks: list[MembershipAttack] = [build_membership_attack(config, n) for n in config.membership_names()]
+        self.candidates = pick_candidates(config, num_partitions, dataset) if self.attacks else None
+        for attack in self.attacks:
+            attack.prepare(config, dataset, aux)
+
+    def scores(self, run_round: int) -> bool:
+        """Whether the released model of ``run_round`` is scored."""
+        return bool(self.attacks) and (self.rounds is None or run_round in self.rounds)
+
+    def rows(self, model: torch.nn.Module, run_round: int) -> list[dict[str, Any]]:
+        """One row per attack on the released model of ``run_round``."""
+        assert self.candidates is not None
+        rows = []
+        for attack in self.attacks:
+            start = time.perf_counter()
+            scores = attack.score(model, self.candidates.inputs, self.candidates.labels)
+            members = self.candidates.members
+            statistics = roc_scores(scores, members)
+            rows.append({
+                "round": run_round, "observer": OBSERVER, "attack": attack.name,
+                "members": int(members.sum()), "non_members": int((~members).sum()), **statistics,
+                "beats_chance": statistics["auc_low"] > 0.5, "seconds": round(time.perf_counter() - start, 3),
+            })
+        return rows
+
+
+def describe(row: dict[str, Any]) -> str:
+    """The console line of one row: AUC with its interval beside chance, TPR at the low FPRs."""
+    rates = ", ".join(f"{100 * row[f'tpr_at_fpr_{rate:g}']:.1f}% at {100 * rate:g}% FPR" for rate in LOW_FPRS)
+    verdict = "beats chance" if row["beats_chance"] else "no better than chance"
+    return (f"round {row['round']} {row['observer']} {row['attack']}: AUC {row['auc']:.3f} "
+            f"[{row['auc_low']:.3f}, {row['auc_high']:.3f}] (chance 0.5), TPR {rates}: {verdict}")

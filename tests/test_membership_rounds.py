@@ -1,0 +1,99 @@
+"""Membership attacks on the released model: the holdout, the candidates, the checks, attacks that beat chance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedpriv.client_task import membership_holdout, partition_index
+from fedpriv.data.loading import LabeledImages
+from fedpriv.errors import ConfigError
+from fedpriv.membership_rounds import MembershipRounds, membership_errors, pick_candidates
+from fedpriv.models import build_model
+from fedpriv.run_data import load_run_split, run_dataset_spec
+from fedpriv.validation import validated_config
+
+RUN = {"dataset": "embedded-digits", "model": "convnet", "protocol": "fedavg", "attacks": "label-inference",
+       "partitioner": "iid", "membership-attacks": "loss", "membership-samples": 100}
+
+
+def test_the_non_members_are_held_out_of_every_partition() -> None:
+    config = validated_config(RUN)
+    held = membership_holdout(config, 4)
+    parts, _ = partition_index(config, 4)
+    without = validated_config(RUN | {"membership-attacks": "none"})
+    before, _ = partition_index(without, 4)
+    assert len(held) == 100 and len(held.unique()) == 100
+    assert not any(bool(torch.isin(p, held).any()) for p in parts)
+    assert sum(map(len, parts)) == sum(map(len, before)) - 100  # only the holdout left the clients' data
+    assert len(membership_holdout(without, 4)) == 0
+
+
+def test_candidates_pair_the_holdout_with_members_of_the_same_labels() -> None:
+    config = validated_config(RUN)
+    candidates = pick_candidates(config, 4, run_dataset_spec(config))
+    members, labels = candidates.members, candidates.labels
+    assert int(members.sum()) == int((~members).sum()) == 100
+    assert torch.equal(labels[members].sort().values, labels[~members].sort().values)
+    again = pick_candidates(config, 4, run_dataset_spec(config))
+    assert torch.equal(again.inputs, candidates.inputs)  # fixed by the seed
+
+
+def test_asking_for_more_than_the_clients_hold_is_one_error_before_training() -> None:
+    with pytest.raises(ConfigError, match=r"membership-samples=3000: the clients' data holds 4000 samples.*"
+                                          r"valid: 1..2000"):
+        partition_index(validated_config(RUN | {"membership-samples": 3000}), 4)
+    config = validated_config(RUN)
+    assert membership_errors(config, [10, 0, 5]) == [
+        "membership-samples=100 exceeds the 15 samples the clients train on (the members); valid: 1..15",
+        "membership-samples=100 holds out every sample of partitions 1; valid: fewer membership-samples, or fewer "
+        "clients"]
+
+
+SMALL = {"local-samples": 10, "membership-samples": 40}  # 40 training digits, memorised in 100 epochs
+
+
+def _memorised(config, epochs: int) -> torch.nn.Module:
+    """A ConvNet trained centrally on the clients' data (the members' pool) for ``epochs`` epochs."""
+    dataset = run_dataset_spec(config)
+    train = load_run_split(config, "train")
+    union = torch.cat(partition_index(config, 4)[0])
+    inputs, labels = dataset.normalize(train.images[union].float() / 255), train.labels[union]
+    torch.manual_seed(0)
+    model = build_model("convnet", 10, dataset.channels)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(epochs):
+        model.train()
+        for batch in torch.randperm(len(labels), generator=torch.Generator().manual_seed(1)).split(64):
+            loss = F.cross_entropy(model(inputs[batch]), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model
+
+
+def test_the_loss_attack_beats_chance_on_a_memorising_model_and_not_on_a_fresh_one() -> None:
+    config = validated_config(RUN | SMALL)
+    rounds = MembershipRounds(config, run_dataset_spec(config), 4, None)
+    (fresh,) = rounds.rows(_memorised(config, 0), 0)
+    (trained,) = rounds.rows(_memorised(config, 100), 3)
+    assert 0.3 < fresh["auc"] < 0.7 and not fresh["beats_chance"]
+    assert trained["auc"] > 0.85 and trained["beats_chance"], trained
+    assert (trained["round"], trained["observer"], trained["attack"]) == (3, "released model", "loss")
+
+
+def test_offline_lira_trains_out_shadows_on_the_auxiliary_split() -> None:
+    values = RUN | SMALL | {"membership-attacks": "lira-offline", "aux-samples": 80, "batch-size": 40, "lr": 0.05,
+                            "momentum": 0.9, "weight-decay": 0.0,
+                            "membership.lira-offline.shadows": 4, "membership.lira-offline.epochs": 100}
+    config = validated_config(values)
+    _, aux_index = partition_index(config, 4)
+    train = load_run_split(config, "train")
+    aux = LabeledImages(train.images[aux_index], train.labels[aux_index])
+    rounds = MembershipRounds(config, run_dataset_spec(config), 4, aux)
+    (row,) = rounds.rows(_memorised(config, 100), 3)
+    assert row["auc"] > 0.7 and row["beats_chance"], row  # measured 0.76 (4 shadows; the loss attack: 0.92)
+    with pytest.raises(ConfigError, match="membership attack 'lira-offline' trains shadow models on the server's "
+                                          "auxiliary split: aux-samples=0"):
+        validated_config(values | {"aux-samples": 0})
