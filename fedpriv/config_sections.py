@@ -106,7 +106,7 @@ class FederationSection:
 
 @dataclass(frozen=True)
 class PrivacySection:
-    """Flower's differential privacy and update pruning."""
+    """Flower's differential privacy, update pruning and the empirical audit of what DP bounds."""
 
     dp: str = option("none", "Flower DP: none, client-fixed, server-fixed or local", section="privacy",
                      choices=("none", "client-fixed", "server-fixed", "local"))
@@ -115,6 +115,9 @@ class PrivacySection:
     dp_delta: float = option(1e-5, "DP delta of the reported epsilon", section="privacy", above=0, high=0.999999)
     update_pruning: float = option(0.0, "fraction of each update's smallest entries zeroed", section="privacy",
                                    low=0, high=0.999999)
+    audit_canaries: int = option(0, "mislabelled canaries, each put in a random client's data with probability 1/2, "
+                                 "whose inclusion the one-run DP audit of the released model guesses; 0: off",
+                                 section="privacy", low=0, high=MAX_INT)
 
 
 @dataclass(frozen=True)

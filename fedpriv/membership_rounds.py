@@ -23,17 +23,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from fedpriv.client_task import generator_for, membership_holdout, partition_index
+from fedpriv.client_task import audit_canaries, generator_for, membership_holdout, partition_index
 from fedpriv.config import RunConfig
 from fedpriv.data.loading import LabeledImages
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.membership import MembershipAttack, build_membership_attack
-from fedpriv.membership.statistics import LOW_FPRS, roc_scores
+from fedpriv.membership.base import logits_of
+from fedpriv.membership.statistics import LOW_FPRS, audit, roc_scores
 from fedpriv.run_data import load_run_split
 from fedpriv.training import to_pixels
 
 OBSERVER = "released model"
+AUDIT = "canary-audit"  # the row of the one-run DP audit
+AUDIT_CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
@@ -100,20 +104,28 @@ class MembershipRounds:
 
     def __init__(self, config: RunConfig, dataset: DatasetSpec, num_partitions: int,
                  aux: LabeledImages | None) -> None:
+        self.config = config
         self.rounds = config.membership_scored_rounds()
         self.attacks: list[MembershipAttack] = [build_membership_attack(config, n) for n in config.membership_names()]
         self.candidates = pick_candidates(config, num_partitions, dataset) if self.attacks else None
+        self.canaries = audit_canaries(config, num_partitions) if config.audit_canaries else None
+        self.canary_inputs = (None if self.canaries is None else
+                              dataset.normalize(to_pixels(load_run_split(config, "train").images[self.canaries.index])))
         for attack in self.attacks:
             attack.prepare(config, dataset, aux)
 
     def scores(self, run_round: int) -> bool:
-        """Whether the released model of ``run_round`` is scored."""
-        return bool(self.attacks) and (self.rounds is None or run_round in self.rounds)
+        """Whether the released model of ``run_round`` is scored (by attacks or the canary audit)."""
+        return (bool(self.attacks) or self.canaries is not None) and (self.rounds is None or run_round in self.rounds)
 
-    def rows(self, model: torch.nn.Module, run_round: int) -> list[dict[str, Any]]:
-        """One row per attack on the released model of ``run_round``."""
-        assert self.candidates is not None
-        rows = []
+    def rows(self, model: torch.nn.Module, run_round: int, dp_epsilon: float | None = None) -> list[dict[str, Any]]:
+        """One row per attack on the released model of ``run_round``, then the canary audit's row.
+
+        ``dp_epsilon`` is the accountant's epsilon after the round (under DP), put beside the bound.
+        """
+        rows = [] if self.canaries is None else [self._audit_row(model, run_round, dp_epsilon)]
+        if self.candidates is None:
+            return rows
         for attack in self.attacks:
             start = time.perf_counter()
             scores = attack.score(model, self.candidates.inputs, self.candidates.labels)
@@ -126,9 +138,25 @@ class MembershipRounds:
             })
         return rows
 
+    def _audit_row(self, model: torch.nn.Module, run_round: int, dp_epsilon: float | None) -> dict[str, Any]:
+        """Steinke et al.'s one-run audit: guesses from the loss of each canary's wrong label under the model."""
+        assert self.canaries is not None and self.canary_inputs is not None
+        start = time.perf_counter()
+        scores = -F.cross_entropy(logits_of(model, self.canary_inputs), self.canaries.labels, reduction="none")
+        result = audit(scores, self.canaries.included, self.config.dp_delta, AUDIT_CONFIDENCE)
+        return {"round": run_round, "observer": OBSERVER, "attack": AUDIT, "canaries": result.canaries,
+                "included": int(self.canaries.included.sum()), "guesses": result.guesses, "correct": result.correct,
+                "epsilon_lower_bound": result.epsilon, "delta": self.config.dp_delta, "confidence": AUDIT_CONFIDENCE,
+                "dp_epsilon": dp_epsilon, "seconds": round(time.perf_counter() - start, 3)}
+
 
 def describe(row: dict[str, Any]) -> str:
-    """The console line of one row: AUC with its interval beside chance, TPR at the low FPRs."""
+    """The console line of one row: AUC with its interval and TPR at the low FPRs, or the audit's bound."""
+    if row["attack"] == AUDIT:
+        accountant = "no DP" if row["dp_epsilon"] is None else f"accountant's epsilon {row['dp_epsilon']:.3g}"
+        return (f"round {row['round']} {row['observer']} {AUDIT}: epsilon >= {row['epsilon_lower_bound']:.3g} at delta "
+                f"{row['delta']:g} ({row['correct']} of {row['guesses']} guesses right on {row['canaries']} canaries, "
+                f"{100 * row['confidence']:g}% confidence; {accountant})")
     rates = ", ".join(f"{100 * row[f'tpr_at_fpr_{rate:g}']:.1f}% at {100 * rate:g}% FPR" for rate in LOW_FPRS)
     verdict = "beats chance" if row["beats_chance"] else "no better than chance"
     return (f"round {row['round']} {row['observer']} {row['attack']}: AUC {row['auc']:.3f} "

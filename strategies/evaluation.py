@@ -121,14 +121,17 @@ class CentralEvaluation:
             generator = generator_for(config.seed, "evaluate", run_round)
             model.codec = feature_codec(self.run_defense, model.is_complex, generator)
         loss, accuracy = evaluate(model, images, labels, self.dataset)
-        if self.membership.scores(run_round) and (server_round > 0 or not config.resume):
-            membership = self.membership.rows(model, run_round)
-            self.recorder.membership_rows(membership)
-            for line in map(describe, membership):
-                log(INFO, "%s", line)
         summary = self.strategy.round_summary.get(run_round, {})
         if server_round > 0 and self.composes and self.reported is not None:
             self.reported.compose(round_event(config, self.num_partitions))
+        epsilon = None
+        if self.reported is not None:
+            epsilon = self.reported.get_epsilon(config.dp_delta) if run_round else 0.0
+        if self.membership.scores(run_round) and (server_round > 0 or not config.resume):
+            membership = self.membership.rows(model, run_round, epsilon)
+            self.recorder.membership_rows(membership)
+            for line in map(describe, membership):
+                log(INFO, "%s", line)
         row = {
             "round": run_round, "accuracy": accuracy, "loss": loss, **extra,
             "sampled": summary.get("sampled", []),
@@ -136,8 +139,7 @@ class CentralEvaluation:
             "attacked": sorted({r["partition_id"] for r in summary.get("rows", [])}),
             "seconds": round(time.perf_counter() - summary["start"], 3) if "start" in summary else 0.0,
         }
-        if self.reported is not None:
-            epsilon = self.reported.get_epsilon(config.dp_delta) if run_round else 0.0
+        if epsilon is not None:
             row |= {"dp_epsilon": epsilon, "dp_delta": config.dp_delta}
         recorded = row if server_round > 0 or not config.resume else None  # a resumed run's round 0 is recorded
         self.recorder.round_finished(run_round, recorded, arrays.to_torch_state_dict())

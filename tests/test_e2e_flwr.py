@@ -113,7 +113,7 @@ def test_resume_after_a_stop_gives_the_records_of_an_uninterrupted_run(
     common = (
         f"dataset='embedded-photos' out-dir='{tmp_path}' attack-rounds='all' attack-clients='0' "
         "attack-iterations=20 attack-progress=0 eval-samples=100 model='convnet' seed=3 "
-        "membership-attacks='loss' membership-samples=50"
+        "membership-attacks='loss' membership-samples=50 audit-canaries=20"
     )
     federation = "num-supernodes=2 client-resources-num-cpus=1"
     runs = [
@@ -126,9 +126,12 @@ def test_resume_after_a_stop_gives_the_records_of_an_uninterrupted_run(
         assert outcome.ok, outcome.log[-4000:]
     full, resumed = _records(tmp_path / "full"), _records(tmp_path / "resumed")
     assert [r["round"] for r in full[1]] == [0, 1, 2]
-    assert [(r["round"], r["attack"], r["members"], r["non_members"]) for r in full[2]] == [
-        (0, "loss", 50, 50), (1, "loss", 50, 50), (2, "loss", 50, 50)]  # the released model of every round
-    assert all(0 <= r["auc_low"] <= r["auc"] <= r["auc_high"] <= 1 and "tpr_at_fpr_0.01" in r for r in full[2])
+    scored = [(r["round"], r["attack"]) for r in full[2]]  # the released model of every round
+    assert scored == [(n, attack) for n in range(3) for attack in ("canary-audit", "loss")]
+    losses = [r for r in full[2] if r["attack"] == "loss"]
+    assert all(r["members"] == r["non_members"] == 50 and r["auc_low"] <= r["auc"] <= r["auc_high"] for r in losses)
+    audits = [r for r in full[2] if r["attack"] == "canary-audit"]
+    assert all(r["canaries"] == 20 and r["epsilon_lower_bound"] >= 0 and r["dp_epsilon"] is None for r in audits)
     assert len(full[0]) == 2 and full == resumed  # the resumed run scores the same candidates, round 1 once
 
 

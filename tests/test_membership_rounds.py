@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedpriv.client_task import membership_holdout, partition_index
+from fedpriv.client_task import audit_canaries, client_data, client_properties, membership_holdout, partition_index
 from fedpriv.data.loading import LabeledImages
 from fedpriv.errors import ConfigError
 from fedpriv.membership_rounds import MembershipRounds, membership_errors, pick_candidates
@@ -41,9 +41,11 @@ def test_candidates_pair_the_holdout_with_members_of_the_same_labels() -> None:
 
 
 def test_asking_for_more_than_the_clients_hold_is_one_error_before_training() -> None:
-    with pytest.raises(ConfigError, match=r"membership-samples=3000: the clients' data holds 4000 samples.*"
-                                          r"valid: 1..2000"):
+    with pytest.raises(ConfigError, match=r"membership-samples=3000 and audit-canaries=0 ask for 6000 of the clients' "
+                                          r"4000 samples .* valid: together at most 4000"):
         partition_index(validated_config(RUN | {"membership-samples": 3000}), 4)
+    with pytest.raises(ConfigError, match=r"membership-samples=unused and audit-canaries=5000 ask for 5000"):
+        partition_index(validated_config(RUN | {"membership-attacks": "none", "audit-canaries": 5000}), 4)
     config = validated_config(RUN)
     assert membership_errors(config, [10, 0, 5]) == [
         "membership-samples=100 exceeds the 15 samples the clients train on (the members); valid: 1..15",
@@ -97,3 +99,52 @@ def test_offline_lira_trains_out_shadows_on_the_auxiliary_split() -> None:
     with pytest.raises(ConfigError, match="membership attack 'lira-offline' trains shadow models on the server's "
                                           "auxiliary split: aux-samples=0"):
         validated_config(values | {"aux-samples": 0})
+
+
+AUDIT = {"dataset": "embedded-digits", "model": "convnet", "protocol": "fedavg", "attacks": "label-inference",
+         "partitioner": "iid", "audit-canaries": 200, "local-samples": 20}
+
+
+def test_canaries_are_held_out_mislabelled_and_each_joins_one_client_with_probability_one_half() -> None:
+    config = validated_config(AUDIT)
+    canaries = audit_canaries(config, 4)
+    train = load_run_split(config, "train")
+    parts, _ = partition_index(config, 4)
+    assert len(canaries.index) == 200 and not any(bool(torch.isin(p, canaries.index).any()) for p in parts)
+    assert bool((canaries.labels != train.labels[canaries.index]).all())  # every canary carries a wrong label
+    assert 70 < int(canaries.included.sum()) < 130  # Binomial(200, 1/2): 5 standard deviations either side
+    for pid in range(4):
+        images, labels = client_data(config, pid, 4)
+        mine = canaries.included & (canaries.partition == pid)
+        assert len(labels) == len(parts[pid]) + int(mine.sum())
+        assert torch.equal(labels[len(parts[pid]):], canaries.labels[mine])  # the client trains on the wrong labels
+        assert torch.equal(images[len(parts[pid]):], train.images[canaries.index[mine]])
+        assert len(client_properties(config, pid, 4)) == len(labels)
+    assert torch.equal(audit_canaries(config, 4).included, canaries.included)  # fixed by the seed
+
+
+def test_the_audit_bounds_epsilon_above_zero_when_the_model_memorised_its_canaries() -> None:
+    config = validated_config(AUDIT)
+    dataset = run_dataset_spec(config)
+    canaries = audit_canaries(config, 4)
+    train = load_run_split(config, "train")
+    index = torch.cat([*partition_index(config, 4)[0], canaries.index[canaries.included]])
+    labels = torch.cat([train.labels[torch.cat(partition_index(config, 4)[0])], canaries.labels[canaries.included]])
+    inputs = dataset.normalize(train.images[index].float() / 255)
+    torch.manual_seed(0)
+    model = build_model("convnet", 10, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    rounds = MembershipRounds(config, dataset, 4, None)
+    (before,) = rounds.rows(model, 0)
+    for _ in range(60):  # the clients' data with the included canaries, memorised
+        model.train()
+        for batch in torch.randperm(len(labels), generator=torch.Generator().manual_seed(2)).split(64):
+            loss = F.cross_entropy(model(inputs[batch]), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    (after,) = rounds.rows(model, 3, dp_epsilon=12.5)
+    assert before["epsilon_lower_bound"] == 0.0 and before["dp_epsilon"] is None
+    assert after["epsilon_lower_bound"] > 1.0 and after["correct"] > 0.8 * after["guesses"], after
+    assert (after["attack"], after["canaries"], after["dp_epsilon"], after["delta"]) == ("canary-audit", 200, 12.5,
+                                                                                        1e-5)
