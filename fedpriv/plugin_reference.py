@@ -15,6 +15,7 @@ import re
 import sys
 import typing
 from pathlib import Path
+from typing import Any
 
 from fedpriv.app_tables import toml_value
 from fedpriv.attacks import ATTACKS, Attack
@@ -162,13 +163,18 @@ def _behaviours() -> list[str]:
              "run-config keys `behaviour.NAME.OPTION`.", ""]
     for name in BEHAVIOURS.names():
         behaviour = BEHAVIOURS.get(name)
-        module = importlib.import_module(behaviour.__module__)
-        lines += [f"### `{name}` {{#behaviour-{name}}}", "", first_paragraph(behaviour.__doc__), "",
-                  f"- malicious: {'yes' if behaviour.malicious else 'no'}; protocols: "
-                  f"{', '.join(behaviour.protocols) or 'all'}",
-                  f"- module `{behaviour.__module__}`: {first_paragraph(module.__doc__)}", ""]
-        lines += _option_table("behaviour", name, behaviour.Options)
+        protocols = ", ".join(behaviour.protocols) or "all"
+        lines += _family_entry("behaviour", name, behaviour,
+                               [f"- malicious: {'yes' if behaviour.malicious else 'no'}; protocols: {protocols}"])
     return lines
+
+
+def _family_entry(family: str, name: str, plugin: Any, facts: list[str]) -> list[str]:
+    """One plugin of a family with options ``FAMILY.NAME.OPTION``: heading, docstring, facts, module, options."""
+    module = importlib.import_module(plugin.__module__)
+    return ([f"### `{name}` {{#{family}-{name}}}", "", first_paragraph(plugin.__doc__), "", *facts,
+             f"- module `{plugin.__module__}`: {first_paragraph(module.__doc__)}", ""]
+            + _option_table(family, name, plugin.Options))
 
 
 def _membership_attacks() -> list[str]:
@@ -176,11 +182,7 @@ def _membership_attacks() -> list[str]:
              "Run on the released global model of the rounds `membership-rounds` names (`membership-attacks`);",
              "each one's options are run-config keys `membership.NAME.OPTION`. Rows go to `membership.jsonl`.", ""]
     for name in MEMBERSHIP_ATTACKS.names():
-        attack = MEMBERSHIP_ATTACKS.get(name)
-        module = importlib.import_module(attack.__module__)
-        lines += [f"### `{name}` {{#membership-{name}}}", "", first_paragraph(attack.__doc__), "",
-                  f"- module `{attack.__module__}`: {first_paragraph(module.__doc__)}", ""]
-        lines += _option_table("membership", name, attack.Options)
+        lines += _family_entry("membership", name, MEMBERSHIP_ATTACKS.get(name), [])
     return lines
 
 
