@@ -1,4 +1,4 @@
-"""``index.html`` of a run folder: config summary, per-round table, the plot and the image grids.
+"""``index.html`` of a run folder: config summary, per-round table, the plot, membership rows and the image grids.
 
 One self-contained page with relative links only, so it opens from the file system in any
 browser (no server, no scripts). Rewritten atomically after every round.
@@ -15,7 +15,9 @@ from fedpriv.baselines import BASELINE_MARGIN_DB, verdict, verdict_summary
 from fedpriv.results import RunFolder, atomic_write, read_jsonl
 
 SUMMARY_KEYS = ("dataset", "model", "protocol", "num-server-rounds", "seed", "defense", "defense-overrides",
-                "attacks", "attack-rounds", "attack-clients", "attack-iterations", "dp", "aggregator")
+                "attacks", "attack-rounds", "attack-clients", "attack-iterations", "dp", "aggregator",
+                "server-behaviour", "membership-attacks", "audit-canaries")
+AUDIT = "canary-audit"  # membership.jsonl's row of the one-run DP audit
 
 
 def _cell(value: Any) -> str:
@@ -68,6 +70,41 @@ def _round_cell(rows: list[dict[str, Any]]) -> str:
     return f"{psnr:.2f} (baseline {baseline:.2f}; {beating}/{cells} beat it)"
 
 
+def _cells_section(cells: list[list[Any]], marks: list[str]) -> str:
+    """The plot and the table of the attack rows (nothing for a run that attacked no leak)."""
+    if not cells:
+        return ""
+    return f"""<h2>PSNR per round</h2><img src="psnr_per_round.png" alt="PSNR per round">
+<h2>Cells</h2><p>PSNR in dB vs x; baseline: the best of the grey image and the attacker's prior image (mean of its
+auxiliary data) on the same images; a cell beats it by at least {BASELINE_MARGIN_DB:g} dB or is marked.</p>
+{_table(["round", "client", "defense", "attack", "PSNR", "baseline", "verdict", "PSNR vs T(x)", "SSIM", "label acc.",
+         "engine", "status"], cells, marks)}"""
+
+
+def _membership_section(rows: list[dict[str, Any]]) -> str:
+    """The membership attacks' rows beside chance, and the canary audit's bound beside the accountant's epsilon."""
+    attacks = [r for r in rows if r["attack"] != AUDIT]
+    audits = [r for r in rows if r["attack"] == AUDIT]
+    parts = []
+    if attacks:
+        table = [[r["round"], r["observer"], r["attack"], f"{r['auc']:.3f} [{r['auc_low']:.3f}, {r['auc_high']:.3f}]",
+                  f"{100 * r['tpr_at_fpr_0.001']:.1f}%", f"{100 * r['tpr_at_fpr_0.01']:.1f}%",
+                  "beats chance" if r["beats_chance"] else "no better than chance"] for r in attacks]
+        parts.append("<p>Each membership attack on the released model: ROC AUC with its 95 % interval (chance: 0.5) "
+                     "and TPR at 0.1 % and 1 % FPR (chance: the FPR); rows that do not beat chance are marked.</p>"
+                     + _table(["round", "observer", "attack", "AUC [95 %]", "TPR at 0.1 % FPR", "TPR at 1 % FPR",
+                               "verdict"], table, ["" if r["beats_chance"] else "miss" for r in attacks]))
+    if audits:
+        table = [[r["round"], r["observer"], f"{r['epsilon_lower_bound']:.3g}", f"{r['delta']:g}",
+                  f"{r['correct']} of {r['guesses']}", r["canaries"],
+                  "no DP" if r.get("dp_epsilon") is None else f"{r['dp_epsilon']:.3g}"] for r in audits]
+        parts.append("<p>The one-run DP audit: the lower bound on epsilon its canaries prove (95 % confidence) "
+                     "beside the accountant's epsilon after the round.</p>"
+                     + _table(["round", "observer", "epsilon >=", "delta", "right guesses", "canaries",
+                               "accountant's epsilon"], table))
+    return "<h2>Membership inference</h2>" + "".join(parts) if parts else ""
+
+
 def write_index(folder: RunFolder) -> None:
     """Write ``index.html`` from the folder's config.json, rounds.jsonl, metrics.jsonl and images."""
     try:
@@ -98,6 +135,8 @@ def write_index(folder: RunFolder) -> None:
     grids = sorted(shown.glob("*.png")) if shown.is_dir() else []
     images = "".join(f'<figure><img src="reconstructions/{html.escape(g.name)}" alt="{html.escape(g.stem)}">'
                      f"<figcaption>{html.escape(g.stem)}</figcaption></figure>" for g in grids)
+    reconstructions = ("<h2>Reconstructions</h2><p>Rows: x, T(x), the reconstruction (and its T(x) estimate); "
+                       f"per-image PSNR below.</p>\n{images}") if images else ""
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>fedpriv run {html.escape(folder.path.name)}</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse;margin-bottom:1.5em}}
@@ -111,13 +150,9 @@ p.verdict{{background:#fff4d6;border:1px solid #e0c060;padding:6px 10px}}</style
 <h2>Rounds</h2><p>Per attack: mean PSNR in dB vs x, its mean baseline and how many cells beat it (label inference:
 label accuracy).</p>
 {_table(["round", "accuracy", "sampled", "failed", "epsilon"] + attacks, rounds)}
-<h2>PSNR per round</h2><img src="psnr_per_round.png" alt="PSNR per round">
-<h2>Cells</h2><p>PSNR in dB vs x; baseline: the best of the grey image and the attacker's prior image (mean of its
-auxiliary data) on the same images; a cell beats it by at least {BASELINE_MARGIN_DB:g} dB or is marked.</p>
-{_table(["round", "client", "defense", "attack", "PSNR", "baseline", "verdict", "PSNR vs T(x)", "SSIM", "label acc.",
-         "engine", "status"], cells, marks)}
-<h2>Reconstructions</h2><p>Rows: x, T(x), the reconstruction (and its T(x) estimate); per-image PSNR below.</p>
-{images}
+{_cells_section(cells, marks)}
+{_membership_section(read_jsonl(folder.membership_path))}
+{reconstructions}
 </body></html>
 """
     atomic_write(folder.path / "index.html", page.encode())

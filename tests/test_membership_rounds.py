@@ -11,7 +11,9 @@ from fedpriv.data.loading import LabeledImages
 from fedpriv.errors import ConfigError
 from fedpriv.membership_rounds import MembershipRounds, membership_errors, pick_candidates
 from fedpriv.models import build_model
+from fedpriv.results import RunFolder
 from fedpriv.run_data import load_run_split, run_dataset_spec
+from fedpriv.run_page import write_index
 from fedpriv.validation import validated_config
 
 RUN = {"dataset": "embedded-digits", "model": "convnet", "protocol": "fedavg", "attacks": "label-inference",
@@ -143,3 +145,24 @@ def test_the_audit_bounds_epsilon_above_zero_when_the_model_memorised_its_canari
     assert after["epsilon_lower_bound"] > 1.0 and after["correct"] > 0.8 * after["guesses"], after
     assert (after["attack"], after["canaries"], after["dp_epsilon"], after["delta"]) == ("canary-audit", 200, 12.5,
                                                                                         1e-5)
+
+
+def test_index_html_shows_the_membership_rows_beside_chance_and_the_audit_beside_the_accountant(tmp_path) -> None:
+    folder = RunFolder(tmp_path / "run")
+    folder.write_json("config.json", {"run-config": {"membership-attacks": "loss", "audit-canaries": 200}})
+    row = {"round": 3, "observer": "released model", "members": 100, "non_members": 100, "tpr_at_fpr_0.001": 0.01,
+           "tpr_at_fpr_0.01": 0.02, "seconds": 0.1}
+    folder.append(folder.membership_path, [
+        row | {"attack": "loss", "auc": 0.643, "auc_low": 0.567, "auc_high": 0.72, "beats_chance": True},
+        row | {"attack": "lira-offline", "auc": 0.52, "auc_low": 0.44, "auc_high": 0.6, "beats_chance": False},
+        {"round": 3, "observer": "released model", "attack": "canary-audit", "canaries": 200, "included": 101,
+         "guesses": 100, "correct": 75, "epsilon_lower_bound": 0.573, "delta": 1e-5, "confidence": 0.95,
+         "dp_epsilon": 9.01, "seconds": 0.1}])
+    write_index(folder)
+    page = (folder.path / "index.html").read_text()
+    assert "<h2>Membership inference</h2>" in page and "<td>audit-canaries</td><td>200</td>" in page
+    assert '<tr class=""><td>3</td><td>released model</td><td>loss</td><td>0.643 [0.567, 0.720]</td>' in page
+    assert '<tr class="miss"><td>3</td><td>released model</td><td>lira-offline</td>' in page
+    assert "<td>0.573</td><td>1e-05</td><td>75 of 100</td><td>200</td><td>9.01</td>" in page
+    write_index(RunFolder(tmp_path / "none"))
+    assert "Membership inference" not in (tmp_path / "none" / "index.html").read_text()
