@@ -23,20 +23,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from fedpriv.client_task import audit_canaries, generator_for, membership_holdout, partition_index
 from fedpriv.config import RunConfig
 from fedpriv.data.loading import LabeledImages
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.membership import MembershipAttack, build_membership_attack
-from fedpriv.membership.base import logits_of
-from fedpriv.membership.statistics import LOW_FPRS, audit, roc_scores
+from fedpriv.membership.loss import loss_scores
+from fedpriv.membership.statistics import AUDIT, LOW_FPRS, audit, roc_scores
 from fedpriv.run_data import load_run_split
 from fedpriv.training import to_pixels
 
 OBSERVER = "released model"
-AUDIT = "canary-audit"  # the row of the one-run DP audit
 AUDIT_CONFIDENCE = 0.95
 
 
@@ -142,7 +140,7 @@ class MembershipRounds:
         """Steinke et al.'s one-run audit: guesses from the loss of each canary's wrong label under the model."""
         assert self.canaries is not None and self.canary_inputs is not None
         start = time.perf_counter()
-        scores = -F.cross_entropy(logits_of(model, self.canary_inputs), self.canaries.labels, reduction="none")
+        scores = loss_scores(model, self.canary_inputs, self.canaries.labels)
         result = audit(scores, self.canaries.included, self.config.dp_delta, AUDIT_CONFIDENCE)
         return {"round": run_round, "observer": OBSERVER, "attack": AUDIT, "canaries": result.canaries,
                 "included": int(self.canaries.included.sum()), "guesses": result.guesses, "correct": result.correct,

@@ -12,12 +12,12 @@ from collections import defaultdict
 from typing import Any
 
 from fedpriv.baselines import BASELINE_MARGIN_DB, verdict, verdict_summary
+from fedpriv.membership.statistics import AUDIT
 from fedpriv.results import RunFolder, atomic_write, read_jsonl
 
 SUMMARY_KEYS = ("dataset", "model", "protocol", "num-server-rounds", "seed", "defense", "defense-overrides",
                 "attacks", "attack-rounds", "attack-clients", "attack-iterations", "dp", "aggregator",
                 "server-behaviour", "membership-attacks", "audit-canaries")
-AUDIT = "canary-audit"  # membership.jsonl's row of the one-run DP audit
 
 
 def _cell(value: Any) -> str:

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
     from fedpriv.data.specs import DatasetSpec
 
 
+def loss_scores(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Minus the cross-entropy of each normalised input with its label under ``model`` (eval mode)."""
+    return -F.cross_entropy(logits_of(model, inputs), labels, reduction="none")
+
+
 class LossThreshold:
     """Scores each candidate by minus its loss under the released model."""
 
@@ -41,7 +46,7 @@ class LossThreshold:
 
     def score(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """-cross-entropy per candidate."""
-        return -F.cross_entropy(logits_of(model, inputs), labels, reduction="none")
+        return loss_scores(model, inputs, labels)
 
 
 MEMBERSHIP_ATTACKS.add(LossThreshold.name, LossThreshold)

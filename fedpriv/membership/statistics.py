@@ -30,6 +30,7 @@ from scipy import stats
 from torchmetrics.functional.classification import binary_auroc, binary_roc
 
 LOW_FPRS = (0.001, 0.01)  # the false-positive rates every membership result reports TPR at
+AUDIT = "canary-audit"  # the ``attack`` of a results row that holds the one-run audit's bound
 
 
 def roc_scores(scores: torch.Tensor, members: torch.Tensor, fprs: Sequence[float] = LOW_FPRS) -> dict[str, float]:
