@@ -116,7 +116,8 @@ class PrivacySection:
     update_pruning: float = option(0.0, "fraction of each update's smallest entries zeroed", section="privacy",
                                    low=0, high=0.999999)
     audit_canaries: int = option(0, "mislabelled canaries, each put in a random client's data with probability 1/2, "
-                                 "whose inclusion the one-run DP audit of the released model guesses; 0: off",
+                                 "whose inclusion the one-run DP audit guesses (from the released model, and from the "
+                                 "server's replies under fedsgd, fedavg and secagg); 0: off",
                                  section="privacy", low=0, high=MAX_INT)
 
 
@@ -158,12 +159,14 @@ class AttacksSection:
                                      "malicious behaviour (its options: behaviour.NAME.OPTION)")
     attacker_knows_defense: bool = _attacks(True, "attacks that model a defense are told each client's defense "
                                             "spec (false: they assume none; attacks that need it refuse to run)")
-    membership_attacks: str = _attacks("none", "membership attacks on the released global model, joined by commas "
-                                       "(their options: membership.NAME.OPTION); none: off")
-    membership_rounds: str = _attacks("all", "rounds whose released model the membership attacks score: all, none or "
-                                      "a list like 1,5-7")
-    membership_samples: int = _attacks(500, "members drawn from the clients' data, and as many non-members from the "
-                                       "test split, that the membership attacks score", low=1, high=MAX_INT)
+    membership_attacks: str = _attacks("none", "membership attacks, each on what its observer holds (the released "
+                                       "global model, or the server's replies), joined by commas (their options: "
+                                       "membership.NAME.OPTION); none: off")
+    membership_rounds: str = _attacks("all", "rounds the membership attacks and the canary audit score (the released "
+                                      "model after the round; the server's replies in it): all, none or a list like "
+                                      "1,5-7")
+    membership_samples: int = _attacks(500, "non-members held out of the clients' data, and as many members drawn "
+                                       "from it, that the membership attacks score", low=1, high=MAX_INT)
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,22 @@ def parameter_change(leak: Leak) -> tuple[dict[str, torch.Tensor], int]:
     raise TypeError(f"expected a gradient, update or aggregate leak, got {type(leak).__name__}")
 
 
+PARAMETER_LEAK_KINDS = (GradientLeak.kind, UpdateLeak.kind, AggregateLeak.kind)  # leaks that carry parameters
+
+
+def descent_direction(leak: Leak) -> dict[str, torch.Tensor]:
+    """The direction the client's data moved the model, as a gradient points: a FedSGD gradient as it
+    is, minus a FedAvg update or a SecAgg+ aggregate (local SGD steps against the gradient).
+
+    Raises
+    ------
+    TypeError
+        For a leak that carries no parameters.
+    """
+    change, _ = parameter_change(leak)
+    return change if isinstance(leak, GradientLeak) else {name: -tensor for name, tensor in change.items()}
+
+
 @dataclass(frozen=True)
 class PredictionLeak:
     """Prediction vectors of a client's private inputs, as released (after any truncation).

@@ -1,14 +1,21 @@
-"""Membership inference on the released global model, per round: the candidates, the attacks, the rows.
+"""Membership inference per round, by both observers: the candidates, the attacks, the rows.
 
-The observer is anyone who holds the global model after a round (a user of the released model,
-or the server itself). The non-members are ``membership-samples`` samples of the clients' data
+Two observers (:data:`fedpriv.membership.OBSERVERS`): a user of the released global model after
+a round, and the server, which also holds the round's replies to the model it broadcast (their
+descent directions; under ``secagg`` only the aggregate's). Each attack of
+``membership-attacks`` scores for its own observer; the canary audit runs for both (for the
+server only under a protocol whose replies carry parameters), so central DP's promise (the
+released model) and what it does not promise (the server's view of each clipped reply) stand
+side by side.
+
+The non-members are ``membership-samples`` samples of the clients' data
 that no client trains on (held out of every partition, seeded:
 :func:`fedpriv.client_task.membership_holdout`), so they come from the members' distribution
 (a test split may not: the embedded photographs' test patches come from another quadrant of each
 photograph). The members are as many samples of the same labels drawn from the union of the
 clients' remaining data (what they train on, after ``local-samples``), once per run from the
-seed; the attacks (``membership-attacks``) score
-every candidate without knowing which is which, and each (round, attack) becomes one row of
+seed; the attacks score
+every candidate without knowing which is which, and each (round, observer, attack) becomes one row of
 ``membership.jsonl``: ROC AUC with its 95 % interval, TPR at 0.1 % and 1 % FPR, and
 ``beats_chance`` (the interval lies above 0.5, the AUC of guessing). Members are every sample of
 the clients' data: a sample no step used (few FedSGD batches, ``local-steps`` below an epoch, a
@@ -29,12 +36,13 @@ from fedpriv.config import RunConfig
 from fedpriv.data.loading import LabeledImages
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.membership import MembershipAttack, build_membership_attack
+from fedpriv.membership.alignment import gradient_alignment
+from fedpriv.membership.base import RELEASED_MODEL, SERVER, Observation
 from fedpriv.membership.loss import loss_scores
 from fedpriv.membership.statistics import AUDIT, LOW_FPRS, audit, roc_scores
 from fedpriv.run_data import load_run_split
 from fedpriv.training import to_pixels
 
-OBSERVER = "released model"
 AUDIT_CONFIDENCE = 0.95
 
 
@@ -86,7 +94,7 @@ def pick_candidates(config: RunConfig, num_partitions: int, dataset: DatasetSpec
 
 
 class MembershipRounds:
-    """The run's membership attacks, prepared once (shadow models), scoring the released model of chosen rounds.
+    """The run's membership attacks, prepared once (shadow models), scoring chosen rounds for both observers.
 
     Parameters
     ----------
@@ -113,39 +121,81 @@ class MembershipRounds:
             attack.prepare(config, dataset, aux)
 
     def scores(self, run_round: int) -> bool:
-        """Whether the released model of ``run_round`` is scored (by attacks or the canary audit)."""
+        """Whether ``run_round`` is scored (by attacks or the canary audit)."""
         return (bool(self.attacks) or self.canaries is not None) and (self.rounds is None or run_round in self.rounds)
 
     def rows(self, model: torch.nn.Module, run_round: int, dp_epsilon: float | None = None) -> list[dict[str, Any]]:
-        """One row per attack on the released model of ``run_round``, then the canary audit's row.
+        """The released model's rows after ``run_round``: the canary audit's, then one per attack.
 
         ``dp_epsilon`` is the accountant's epsilon after the round (under DP), put beside the bound.
         """
-        rows = [] if self.canaries is None else [self._audit_row(model, run_round, dp_epsilon)]
+        return self._audit_rows(model, run_round, dp_epsilon, None) + self._attack_rows(
+            Observation(model), RELEASED_MODEL, run_round)
+
+    def server_rows(self, broadcast: torch.nn.Module, directions: dict[int, dict[str, torch.Tensor]],
+                    run_round: int) -> list[dict[str, Any]]:
+        """The server's rows in ``run_round``: the canary audit's, then one per server attack.
+
+        ``directions`` maps each partition in a reply to that reply's descent direction (every
+        partition of the aggregate to the aggregate's under ``secagg``). The audit row's
+        ``dp_epsilon`` is left ``None``: the caller puts the accountant's epsilon after the round
+        beside it.
+        """
+        observation = Observation(broadcast, tuple({id(d): d for d in directions.values()}.values()))
+        return self._audit_rows(broadcast, run_round, None, directions) + self._attack_rows(
+            observation, SERVER, run_round)
+
+    def _attack_rows(self, observation: Observation, observer: str, run_round: int) -> list[dict[str, Any]]:
+        """One row per attack of ``observer``: ROC statistics of its scores over the candidates."""
+        rows: list[dict[str, Any]] = []
         if self.candidates is None:
             return rows
-        for attack in self.attacks:
+        for attack in (a for a in self.attacks if a.observer == observer):
             start = time.perf_counter()
-            scores = attack.score(model, self.candidates.inputs, self.candidates.labels)
+            scores = attack.score(observation, self.candidates.inputs, self.candidates.labels)
             members = self.candidates.members
             statistics = roc_scores(scores, members)
             rows.append({
-                "round": run_round, "observer": OBSERVER, "attack": attack.name,
+                "round": run_round, "observer": observer, "attack": attack.name,
                 "members": int(members.sum()), "non_members": int((~members).sum()), **statistics,
                 "beats_chance": statistics["auc_low"] > 0.5, "seconds": round(time.perf_counter() - start, 3),
             })
         return rows
 
-    def _audit_row(self, model: torch.nn.Module, run_round: int, dp_epsilon: float | None) -> dict[str, Any]:
-        """Steinke et al.'s one-run audit: guesses from the loss of each canary's wrong label under the model."""
-        assert self.canaries is not None and self.canary_inputs is not None
+    def _audit_rows(self, model: torch.nn.Module, run_round: int, dp_epsilon: float | None,
+                    directions: dict[int, dict[str, torch.Tensor]] | None) -> list[dict[str, Any]]:
+        """Steinke et al.'s one-run audit, guessing from each canary's wrong label.
+
+        The released model's guesses: the loss of the canary under the model. The server's
+        (``directions`` given): the cosine between the canary's gradient at the broadcast model
+        and the descent direction of its own partition's reply, over the canaries whose
+        partition replied this round (the others carry no evidence, and which partitions reply
+        does not depend on which canaries are included, so the audit stays valid on the rest). No
+        row without canaries, or where fewer than two canaries' partitions replied.
+        """
+        if self.canaries is None or self.canary_inputs is None:
+            return []
         start = time.perf_counter()
-        scores = loss_scores(model, self.canary_inputs, self.canaries.labels)
-        result = audit(scores, self.canaries.included, self.config.dp_delta, AUDIT_CONFIDENCE)
-        return {"round": run_round, "observer": OBSERVER, "attack": AUDIT, "canaries": result.canaries,
-                "included": int(self.canaries.included.sum()), "guesses": result.guesses, "correct": result.correct,
-                "epsilon_lower_bound": result.epsilon, "delta": self.config.dp_delta, "confidence": AUDIT_CONFIDENCE,
-                "dp_epsilon": dp_epsilon, "seconds": round(time.perf_counter() - start, 3)}
+        if directions is None:
+            seen = torch.ones(len(self.canaries.labels), dtype=torch.bool)
+            scores = loss_scores(model, self.canary_inputs, self.canaries.labels)
+        else:
+            seen = torch.tensor([int(p) in directions for p in self.canaries.partition], dtype=torch.bool)
+            if int(seen.sum()) < 2:
+                return []
+            scores = torch.zeros(int(seen.sum()), dtype=torch.float64)
+            partitions, inputs, labels = (self.canaries.partition[seen], self.canary_inputs[seen],
+                                          self.canaries.labels[seen])
+            for partition in partitions.unique().tolist():
+                mine = partitions == partition
+                scores[mine] = gradient_alignment(model, inputs[mine], labels[mine], [directions[partition]])[:, 0]
+        included = self.canaries.included[seen]
+        result = audit(scores, included, self.config.dp_delta, AUDIT_CONFIDENCE)
+        return [{"round": run_round, "observer": RELEASED_MODEL if directions is None else SERVER, "attack": AUDIT,
+                 "canaries": result.canaries, "included": int(included.sum()), "guesses": result.guesses,
+                 "correct": result.correct, "epsilon_lower_bound": result.epsilon, "delta": self.config.dp_delta,
+                 "confidence": AUDIT_CONFIDENCE, "dp_epsilon": dp_epsilon,
+                 "seconds": round(time.perf_counter() - start, 3)}]
 
 
 def describe(row: dict[str, Any]) -> str:

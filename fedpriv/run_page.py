@@ -90,7 +90,8 @@ def _membership_section(rows: list[dict[str, Any]]) -> str:
         table = [[r["round"], r["observer"], r["attack"], f"{r['auc']:.3f} [{r['auc_low']:.3f}, {r['auc_high']:.3f}]",
                   f"{100 * r['tpr_at_fpr_0.001']:.1f}%", f"{100 * r['tpr_at_fpr_0.01']:.1f}%",
                   "beats chance" if r["beats_chance"] else "no better than chance"] for r in attacks]
-        parts.append("<p>Each membership attack on the released model: ROC AUC with its 95 % interval (chance: 0.5) "
+        parts.append("<p>Each membership attack by its observer (the server, which holds every reply, or a user of "
+                     "the released model): ROC AUC with its 95 % interval (chance: 0.5) "
                      "and TPR at 0.1 % and 1 % FPR (chance: the FPR); rows that do not beat chance are marked.</p>"
                      + _table(["round", "observer", "attack", "AUC [95 %]", "TPR at 0.1 % FPR", "TPR at 1 % FPR",
                                "verdict"], table, ["" if r["beats_chance"] else "miss" for r in attacks]))
@@ -98,8 +99,10 @@ def _membership_section(rows: list[dict[str, Any]]) -> str:
         table = [[r["round"], r["observer"], f"{r['epsilon_lower_bound']:.3g}", f"{r['delta']:g}",
                   f"{r['correct']} of {r['guesses']}", r["canaries"],
                   "no DP" if r.get("dp_epsilon") is None else f"{r['dp_epsilon']:.3g}"] for r in audits]
-        parts.append("<p>The one-run DP audit: the lower bound on epsilon its canaries prove (95 % confidence) "
-                     "beside the accountant's epsilon after the round.</p>"
+        parts.append("<p>The one-run DP audit by each observer: the lower bound on epsilon its canaries prove (95 % "
+                     "confidence) beside the accountant's epsilon after the round. Central DP (client-fixed, "
+                     "server-fixed) noises the aggregate after the server saw the replies: its epsilon bounds the "
+                     "released model, not the server.</p>"
                      + _table(["round", "observer", "epsilon >=", "delta", "right guesses", "canaries",
                                "accountant's epsilon"], table))
     return "<h2>Membership inference</h2>" + "".join(parts) if parts else ""

@@ -24,7 +24,9 @@ from fedpriv.data.loading import dataset_spec
 from fedpriv.data.specs import DatasetSpec, resolve_spec
 from fedpriv.defenses import build_defense
 from fedpriv.errors import ConfigError, join_errors
+from fedpriv.leaks import PARAMETER_LEAK_KINDS
 from fedpriv.membership import MEMBERSHIP_ATTACKS
+from fedpriv.membership.base import SERVER
 from fedpriv.models import check_model_name
 from fedpriv.options import declared, parse_options
 from fedpriv.protocols import PROTOCOLS, FederatedProtocol
@@ -102,6 +104,10 @@ def _membership_errors(config: RunConfig) -> list[str]:
         options: Any
         options, bad = parse_options(factory.Options, config.plugin_values("membership", name), f"membership.{name}.")
         errors += bad or factory.fit_errors(config, options)
+        if factory.observer == SERVER and PROTOCOLS.get(config.protocol).leak_kind not in PARAMETER_LEAK_KINDS:
+            valid = [p for p in PROTOCOLS.names() if PROTOCOLS.get(p).leak_kind in PARAMETER_LEAK_KINDS]
+            errors.append(f"membership attack {name!r} reads the replies' parameters, which protocol="
+                          f"{config.protocol!r} does not send; valid protocols: {', '.join(valid)}")
     return errors
 
 

@@ -16,6 +16,7 @@ from logging import INFO, WARNING
 from typing import Any, cast
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -24,7 +25,8 @@ from torch import nn
 
 from fedpriv.baselines import verdict
 from fedpriv.config import RunConfig
-from fedpriv.leaks import GroundTruth
+from fedpriv.leaks import PARAMETER_LEAK_KINDS, GroundTruth, descent_direction
+from fedpriv.membership_rounds import MembershipRounds
 from fedpriv.protocols import PROTOCOLS
 from fedpriv.recorder import RunRecorder
 from fedpriv.round_attacks import AGGREGATE, AttackHarness, ObservedClient
@@ -89,6 +91,9 @@ class AttackingStrategy(Strategy):
         Partition id -> Flower node id (from the discovery query).
     harness
         The run's attacks (built and prepared once).
+    membership
+        The run's membership attacks: the server's rows of a round wait in ``round_summary``
+        (``"membership"``) for the round's evaluation, which records them.
     model_from
         Builds the broadcast model (eval mode) from an ArrayRecord, for the attacks.
     round_offset
@@ -105,6 +110,7 @@ class AttackingStrategy(Strategy):
         recorder: RunRecorder,
         nodes: dict[int, int],
         harness: AttackHarness,
+        membership: MembershipRounds,
         model_from: Callable[[ArrayRecord], nn.Module],
         round_offset: int = 0,
         before_broadcast: Callable[[ArrayRecord], ArrayRecord] | None = None,
@@ -112,6 +118,7 @@ class AttackingStrategy(Strategy):
         self.inner, self.config, self.recorder, self.nodes = inner, config, recorder, nodes
         self.partition_of = {node: pid for pid, node in nodes.items()}
         self.harness, self.model_from, self.round_offset = harness, model_from, round_offset
+        self.membership = membership
         self.before_broadcast = before_broadcast
         self.protocol = PROTOCOLS.get(config.protocol)
         self.broadcast: ArrayRecord | None = None
@@ -152,6 +159,7 @@ class AttackingStrategy(Strategy):
         # 0.52 to 0.66 for three orders of the same four updates), so fix the order.
         replies = sorted(replies, key=lambda msg: self.partition_of.get(msg.metadata.src_node_id, -1))
         failed, observed = [], []
+        directions: dict[int, dict[str, torch.Tensor]] = {}  # each reply's, for the server's membership attacks
         assert self.broadcast is not None
         broadcast = self.broadcast.to_torch_state_dict()
         model = self.model_from(self.broadcast)
@@ -169,14 +177,15 @@ class AttackingStrategy(Strategy):
                 log(WARNING, "round %d: client of partition %d failed: %s", run_round, pid, reason)
                 continue
             truth, sent = strip_reply(msg.content, self.protocol.Sent)
-            if truth is None:
-                continue
             leak = self.protocol.observe(
                 self.config, broadcast, cast(ArrayRecord, msg.content["arrays"]).to_torch_state_dict(), names,
                 int(scalar(msg.content["metrics"]["num-examples"])), sent,
             )
-            attacks = tuple(self.config.attacks_for(pid))
-            observed.append(ObservedClient(pid, leak, truth, attacks, self.config.defense_for(pid)))
+            if leak.kind in PARAMETER_LEAK_KINDS:
+                directions[pid] = descent_direction(leak)
+            if truth is not None:  # the client was attacked this round
+                attacks = tuple(self.config.attacks_for(pid))
+                observed.append(ObservedClient(pid, leak, truth, attacks, self.config.defense_for(pid)))
         if failed and self.config.fail_fast:
             raise RuntimeError(f"fail-fast: round {run_round} had failed clients: {failed}")
         rows: list[dict[str, Any]] = []
@@ -184,6 +193,9 @@ class AttackingStrategy(Strategy):
             rows = self.harness.run_round(model, observed, run_round, self.recorder.grids)
             rows = record_rows(self.recorder, rows, run_round, self.diverged_after)
         self.round_summary[run_round].update(failed=failed, rows=rows)
+        if directions and self.membership.scores(run_round):
+            self.round_summary[run_round]["membership"] = self.membership.server_rows(
+                self.model_from(self.broadcast), directions, run_round)
         return self.inner.aggregate_train(run_round, [m for m in replies if not m.has_error()])
 
     def configure_evaluate(

@@ -28,6 +28,7 @@ from fedpriv.data.auxiliary import client_classes
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.defenses import build_defense
 from fedpriv.defenses.features import FeatureDefense, feature_codec
+from fedpriv.membership.statistics import AUDIT
 from fedpriv.membership_rounds import MembershipRounds, describe
 from fedpriv.models import load_wire_state
 from fedpriv.recorder import RunRecorder
@@ -127,8 +128,11 @@ class CentralEvaluation:
         epsilon = None
         if self.reported is not None:
             epsilon = self.reported.get_epsilon(config.dp_delta) if run_round else 0.0
+        membership = [row | {"dp_epsilon": epsilon} if row["attack"] == AUDIT else row
+                      for row in summary.get("membership", [])]  # the server's, from the round's replies
         if self.membership.scores(run_round) and (server_round > 0 or not config.resume):
-            membership = self.membership.rows(model, run_round, epsilon)
+            membership += self.membership.rows(model, run_round, epsilon)
+        if membership:
             self.recorder.membership_rows(membership)
             for line in map(describe, membership):
                 log(INFO, "%s", line)

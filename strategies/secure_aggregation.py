@@ -41,7 +41,8 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from fedpriv.config import RunConfig
-from fedpriv.leaks import GroundTruth
+from fedpriv.leaks import GroundTruth, descent_direction
+from fedpriv.membership_rounds import MembershipRounds
 from fedpriv.protocols.secagg import SecAgg
 from fedpriv.recorder import RunRecorder
 from fedpriv.round_attacks import AGGREGATE, AttackHarness, ObservedClient
@@ -102,6 +103,9 @@ class SecureAggregationStrategy(Strategy):
         Partition id -> Flower node id (from the discovery query).
     harness
         The run's attacks.
+    membership
+        The run's membership attacks: the server's rows of a round (from the aggregate) wait in
+        ``round_summary`` (``"membership"``) for the round's evaluation, which records them.
     start
         The initial global model (wire state); its names order the legacy Parameters' arrays.
     tap
@@ -116,11 +120,12 @@ class SecureAggregationStrategy(Strategy):
 
     def __init__(
         self, config: RunConfig, recorder: RunRecorder, nodes: dict[int, int], harness: AttackHarness,
-        start: dict[str, torch.Tensor], tap: TruthTap,
+        membership: MembershipRounds, start: dict[str, torch.Tensor], tap: TruthTap,
         model_from: Callable[[ArrayRecord], nn.Module], round_offset: int = 0,
         before_broadcast: Callable[[ArrayRecord], ArrayRecord] | None = None,
     ) -> None:
         self.config, self.recorder, self.nodes, self.harness = config, recorder, nodes, harness
+        self.membership = membership
         self.partition_of = {node: pid for pid, node in nodes.items()}
         self.names, self.start, self.tap, self.model_from = list(start), start, tap, model_from
         self.round_offset, self.before_broadcast = round_offset, before_broadcast
@@ -172,14 +177,18 @@ class SecureAggregationStrategy(Strategy):
         self.round_summary[run_round]["aggregated"] = sorted(examples)
         aggregate = results[0][1].parameters
         truths = [self.tap.truths.pop(self.nodes[p], None) for p in sorted(examples)]
+        assert self.broadcast is not None
+        model = self.model_from(self.broadcast)
+        names = [n for n, _ in model.named_parameters()]
+        leak = SecAgg().observe_aggregate(
+            self.config, self.broadcast.to_torch_state_dict(), self._arrays(aggregate).to_torch_state_dict(),
+            names, [examples[p] for p in sorted(examples)],
+        )
+        if self.membership.scores(run_round):
+            direction = descent_direction(leak)
+            self.round_summary[run_round]["membership"] = self.membership.server_rows(
+                self.model_from(self.broadcast), dict.fromkeys(examples, direction), run_round)
         if all(t is not None for t in truths) and truths:
-            assert self.broadcast is not None
-            model = self.model_from(self.broadcast)
-            names = [n for n, _ in model.named_parameters()]
-            leak = SecAgg().observe_aggregate(
-                self.config, self.broadcast.to_torch_state_dict(), self._arrays(aggregate).to_torch_state_dict(),
-                names, [examples[p] for p in sorted(examples)],
-            )
             specs = sorted({self.config.defense_for(p) for p in examples})  # what the server knows of the defenses
             observed = ObservedClient(AGGREGATE, leak, union(cast(list[GroundTruth], truths)),
                                       tuple(self.config.attacks_for(AGGREGATE)), " + ".join(specs))

@@ -146,13 +146,13 @@ def _run(grid: Grid, context: Context, plan: RunPlan) -> None:
         log(INFO, "fedpriv: resuming after round %d", offset)
     accountant = privacy_accountant(config, len(nodes), offset)
     if names := config.membership_names():
-        log(INFO, "fedpriv: membership attacks %s on the released model (%d members, %d non-members)",
+        log(INFO, "fedpriv: membership attacks %s (%d members, %d non-members)",
             ",".join(names), config.membership_samples, config.membership_samples)
     server_data = None if aux is None else LabeledImages(aux.images, aux.labels)
     membership = MembershipRounds(config, dataset, len(nodes), server_data)
     if config.protocol == "secagg":
-        secure = SecureAggregationStrategy(config, recorder, nodes, harness, start, TruthTap(grid), model_from,
-                                           offset, broadcast)
+        secure = SecureAggregationStrategy(config, recorder, nodes, harness, membership, start, TruthTap(grid),
+                                           model_from, offset, broadcast)
         secure.evaluate_fn = CentralEvaluation(plan, recorder, secure, len(nodes), accountant, membership)
         run_secure_aggregation(context, secure, config.num_server_rounds - offset, max(sizes))
     else:
@@ -171,7 +171,8 @@ def _run_attacking_strategy(
     """Every protocol but ``secagg``: Flower's strategy API, the run's inner strategy wrapped by the attacks."""
     config = plan.config
     inner = inner_strategy(config, len(nodes), accountant)
-    strategy = AttackingStrategy(inner, config, recorder, nodes, harness, model_from, plan.offset, broadcast)
+    strategy = AttackingStrategy(inner, config, recorder, nodes, harness, membership, model_from, plan.offset,
+                                 broadcast)
     strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(start),

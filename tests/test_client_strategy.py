@@ -17,6 +17,7 @@ from fedpriv.config import RunConfig
 from fedpriv.data.specs import resolve_spec
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import GradientLeak
+from fedpriv.membership_rounds import MembershipRounds
 from fedpriv.models import build_model, load_wire_state, wire_state
 from fedpriv.protocols import PROTOCOLS
 from fedpriv.protocols.fedsgd import SentLabels
@@ -97,7 +98,8 @@ def _strategy(config: RunConfig, recorder: RunRecorder, clients: int = 2, inner=
 
     inner = inner or inner_strategy(config, clients, None)
     nodes = {pid: 100 + pid for pid in range(clients)}
-    strategy = AttackingStrategy(inner, config, recorder, nodes, AttackHarness(config, dataset), model_from)
+    strategy = AttackingStrategy(inner, config, recorder, nodes, AttackHarness(config, dataset),
+                                 MembershipRounds(config, dataset, clients, None), model_from)
 
     class Grid:
         def get_node_ids(self) -> list[int]:

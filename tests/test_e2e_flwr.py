@@ -113,7 +113,7 @@ def test_resume_after_a_stop_gives_the_records_of_an_uninterrupted_run(
     common = (
         f"dataset='embedded-photos' out-dir='{tmp_path}' attack-rounds='all' attack-clients='0' "
         "attack-iterations=20 attack-progress=0 eval-samples=100 model='convnet' seed=3 "
-        "membership-attacks='loss' membership-samples=50 audit-canaries=20"
+        "membership-attacks='loss,update-alignment' membership-samples=50 audit-canaries=20"
     )
     federation = "num-supernodes=2 client-resources-num-cpus=1"
     runs = [
@@ -126,11 +126,13 @@ def test_resume_after_a_stop_gives_the_records_of_an_uninterrupted_run(
         assert outcome.ok, outcome.log[-4000:]
     full, resumed = _records(tmp_path / "full"), _records(tmp_path / "resumed")
     assert [r["round"] for r in full[1]] == [0, 1, 2]
-    scored = [(r["round"], r["attack"]) for r in full[2]]  # the released model of every round
-    assert scored == [(n, attack) for n in range(3) for attack in ("canary-audit", "loss")]
+    scored = [(r["round"], r["observer"], r["attack"]) for r in full[2]]  # the server's rows, then the released model's
+    server = [("server", "canary-audit"), ("server", "update-alignment")]  # from round 1's replies on
+    released = [("released model", "canary-audit"), ("released model", "loss")]
+    assert scored == [(n, *row) for n in range(3) for row in (server if n else []) + released]
     losses = [r for r in full[2] if r["attack"] == "loss"]
     assert all(r["members"] == r["non_members"] == 50 and r["auc_low"] <= r["auc"] <= r["auc_high"] for r in losses)
-    audits = [r for r in full[2] if r["attack"] == "canary-audit"]
+    audits = [r for r in full[2] if r["attack"] == "canary-audit" and r["observer"] == "released model"]
     assert all(r["canaries"] == 20 and r["epsilon_lower_bound"] >= 0 and r["dp_epsilon"] is None for r in audits)
     assert len(full[0]) == 2 and full == resumed  # the resumed run scores the same candidates, round 1 once
 

@@ -68,7 +68,8 @@ def test_an_imprinted_broadcast_reads_images_off_the_secure_aggregate(superlink,
 def test_client_fixed_dp_clips_each_reply_before_masking_and_noises_the_aggregate(superlink, tmp_path: Path) -> None:
     noise, clip = 0.5, 0.05
     values = RUN | {"model": "convnet-gn", "attacks": "label-inference", "dp": "client-fixed",
-                    "dp-noise-multiplier": noise, "dp-clipping-norm": clip, "out-dir": str(tmp_path), "run-name": "dp"}
+                    "dp-noise-multiplier": noise, "dp-clipping-norm": clip, "out-dir": str(tmp_path), "run-name": "dp",
+                    "membership-attacks": "update-alignment", "membership-samples": 20, "audit-canaries": 20}
     outcome = superlink.run(APP, run_config_text(values), "num-supernodes=3", echo=False, timeout=900)
     assert outcome.ok, outcome.log[-4000:]
     config = validated_config(values)
@@ -90,3 +91,10 @@ def test_client_fixed_dp_clips_each_reply_before_masking_and_noises_the_aggregat
     first = read_jsonl(tmp_path / "dp" / "rounds.jsonl")[1]
     accountant = privacy_accountant(config, 3, rounds_done=1)
     assert accountant is not None and first["dp_epsilon"] == pytest.approx(accountant.get_epsilon(config.dp_delta))
+    # the server's membership rows read the aggregate (before the noise), the released model's the noised model
+    membership = read_jsonl(tmp_path / "dp" / "membership.jsonl")
+    assert [(r["round"], r["observer"], r["attack"]) for r in membership] == [
+        (0, "released model", "canary-audit"), (1, "server", "canary-audit"), (1, "server", "update-alignment"),
+        (1, "released model", "canary-audit")]
+    assert membership[1]["canaries"] == 20 and membership[1]["dp_epsilon"] == first["dp_epsilon"]
+    assert membership[2]["members"] == membership[2]["non_members"] == 20

@@ -1,14 +1,17 @@
-"""The membership attack interface: (the released model, candidate samples) -> one score per candidate.
+"""The membership attack interface: (what an observer holds, candidate samples) -> one score per candidate.
 
-A membership attack is told the model every holder of the released global model has and a set
-of candidate samples, and scores each (higher: more likely in the clients' training data); it
-never sees which candidates are members. An attack that needs shadow models trains them in
-:meth:`MembershipAttack.prepare` on the server's auxiliary split, once per run. Its own options
-are the run-config keys ``membership.NAME.OPTION``.
+A membership attack is told what its observer holds after a round (:class:`Observation`) and a
+set of candidate samples, and scores each (higher: more likely in the clients' training data); it
+never sees which candidates are members. Two observers matter (Steinke et al.'s and Flower's DP
+modes tell them apart): a user of the released global model, and the server, which also holds
+each client's reply to the model it broadcast (under ``secagg`` only their aggregate). An attack
+that needs shadow models trains them in :meth:`MembershipAttack.prepare` on the server's
+auxiliary split, once per run. Its own options are the run-config keys ``membership.NAME.OPTION``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
@@ -24,11 +27,35 @@ if TYPE_CHECKING:
     from fedpriv.data.specs import DatasetSpec
 
 
+RELEASED_MODEL = "released model"  # the observer that holds the global model after a round
+SERVER = "server"  # the observer that also holds the round's replies to the model it broadcast
+OBSERVERS = (RELEASED_MODEL, SERVER)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What an observer holds when its attacks score a round.
+
+    Attributes
+    ----------
+    model
+        The released global model after the round (observer ``released model``) or the model the
+        server broadcast for it (observer ``server``), in eval mode.
+    directions
+        Server only: each reply's descent direction by parameter name
+        (:func:`fedpriv.leaks.descent_direction`; one, the aggregate's, under ``secagg``).
+    """
+
+    model: nn.Module
+    directions: tuple[dict[str, torch.Tensor], ...] = ()
+
+
 class MembershipAttack(Protocol):
     """A membership attack plugin, built once per run from its options and the run's seed."""
 
     name: ClassVar[str]
     Options: ClassVar[type]
+    observer: ClassVar[str]  # one of OBSERVERS: what its :meth:`score` is given
 
     def __init__(self, options: Any, seed: int) -> None:
         """Keep the parsed options and the seed (of any model it trains)."""
@@ -43,8 +70,8 @@ class MembershipAttack(Protocol):
         """Once before the first scored round: train what it needs on the server's auxiliary split."""
         ...
 
-    def score(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """(n,) membership scores of the normalised candidates ``inputs`` with their ``labels`` (eval mode)."""
+    def score(self, observation: Observation, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(n,) membership scores of the normalised candidates ``inputs`` with their ``labels``."""
         ...
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from fedpriv.behaviours import run_model
 from fedpriv.defenses import build_defense
-from fedpriv.membership.base import MEMBERSHIP_ATTACKS, logits_of
+from fedpriv.membership.base import MEMBERSHIP_ATTACKS, RELEASED_MODEL, Observation, logits_of
 from fedpriv.membership.statistics import lira_offline, logit_confidence
 from fedpriv.options import option
 from fedpriv.training import TrainSettings, train_local
@@ -44,6 +44,7 @@ class OfflineLira:
 
     name: ClassVar[str] = "lira-offline"
     Options: ClassVar[type] = LiraOptions
+    observer: ClassVar[str] = RELEASED_MODEL
 
     def __init__(self, options: LiraOptions, seed: int) -> None:
         self.options, self.seed = options, seed
@@ -73,9 +74,9 @@ class OfflineLira:
             train_local(model, aux.images[half], aux.labels[half], none, dataset, settings, generator)
             self.shadows.append(model.eval())
 
-    def score(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def score(self, observation: Observation, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The OUT Gaussian's CDF at the released model's logit-scaled confidence."""
-        target = logit_confidence(logits_of(model, inputs), labels)
+        target = logit_confidence(logits_of(observation.model, inputs), labels)
         out = torch.stack([logit_confidence(logits_of(shadow, inputs), labels) for shadow in self.shadows])
         return lira_offline(target, out)
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedpriv.membership.base import MEMBERSHIP_ATTACKS, logits_of
+from fedpriv.membership.base import MEMBERSHIP_ATTACKS, RELEASED_MODEL, Observation, logits_of
 from fedpriv.options import NoOptions
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ class LossThreshold:
 
     name: ClassVar[str] = "loss"
     Options: ClassVar[type] = NoOptions
+    observer: ClassVar[str] = RELEASED_MODEL
 
     def __init__(self, options: Any, seed: int) -> None:
         self.options = options  # it trains nothing: the seed is not needed
@@ -44,9 +45,9 @@ class LossThreshold:
     def prepare(self, config: RunConfig, dataset: DatasetSpec, aux: LabeledImages | None) -> None:
         """Nothing to prepare."""
 
-    def score(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def score(self, observation: Observation, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """-cross-entropy per candidate."""
-        return loss_scores(model, inputs, labels)
+        return loss_scores(observation.model, inputs, labels)
 
 
 MEMBERSHIP_ATTACKS.add(LossThreshold.name, LossThreshold)
