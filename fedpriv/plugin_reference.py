@@ -179,10 +179,12 @@ def _family_entry(family: str, name: str, plugin: Any, facts: list[str]) -> list
 
 def _membership_attacks() -> list[str]:
     lines = ["## Membership attacks", "",
-             "Run on the released global model of the rounds `membership-rounds` names (`membership-attacks`);",
+             "Run in the rounds `membership-rounds` names (`membership-attacks`), each on what its observer",
+             "holds: the released global model, or (observer `server`) also the round's replies;",
              "each one's options are run-config keys `membership.NAME.OPTION`. Rows go to `membership.jsonl`.", ""]
     for name in MEMBERSHIP_ATTACKS.names():
-        lines += _family_entry("membership", name, MEMBERSHIP_ATTACKS.get(name), [])
+        attack = MEMBERSHIP_ATTACKS.get(name)
+        lines += _family_entry("membership", name, attack, [f"- observer: {attack.observer}"])
     return lines
 
 

@@ -107,6 +107,25 @@ def test_offline_lira_trains_out_shadows_on_the_auxiliary_split() -> None:
         validated_config(values | {"aux-samples": 0})
 
 
+def test_offline_rmia_scores_against_reference_models_and_the_auxiliary_population() -> None:
+    values = RUN | SMALL | {"membership-attacks": "rmia-offline", "aux-samples": 80, "batch-size": 40, "lr": 0.05,
+                            "momentum": 0.9, "weight-decay": 0.0,
+                            "membership.rmia-offline.shadows": 4, "membership.rmia-offline.epochs": 100}
+    config = validated_config(values)
+    _, aux_index = partition_index(config, 4)
+    train = load_run_split(config, "train")
+    aux = LabeledImages(train.images[aux_index], train.labels[aux_index])
+    rounds = MembershipRounds(config, run_dataset_spec(config), 4, aux)
+    (fresh,) = rounds.rows(_memorised(config, 0), 0)
+    (row,) = rounds.rows(_memorised(config, 100), 3)
+    assert not fresh["beats_chance"] and row["auc"] > 0.7 and row["beats_chance"], (fresh, row)
+    with pytest.raises(ConfigError, match="membership attack 'rmia-offline' trains shadow models on the server's "
+                                          "auxiliary split: aux-samples=0"):
+        validated_config(values | {"aux-samples": 0})
+    with pytest.raises(ConfigError, match=r"membership.rmia-offline.offline-a=1.5"):
+        validated_config(values | {"membership.rmia-offline.offline-a": 1.5})
+
+
 AUDIT = {"dataset": "embedded-digits", "model": "convnet", "protocol": "fedavg", "attacks": "label-inference",
          "partitioner": "iid", "audit-canaries": 200, "local-samples": 20}
 
