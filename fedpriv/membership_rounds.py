@@ -8,19 +8,18 @@ server only under a protocol whose replies carry parameters), so central DP's pr
 released model) and what it does not promise (the server's view of each clipped reply) stand
 side by side.
 
-The non-members are ``membership-samples`` samples of the clients' data
-that no client trains on (held out of every partition, seeded:
-:func:`fedpriv.client_task.membership_holdout`), so they come from the members' distribution
-(a test split may not: the embedded photographs' test patches come from another quadrant of each
-photograph). The members are as many samples of the same labels drawn from the union of the
-clients' remaining data (what they train on, after ``local-samples``), once per run from the
-seed; the attacks score
-every candidate without knowing which is which, and each (round, observer, attack) becomes one row of
-``membership.jsonl``: ROC AUC with its 95 % interval, TPR at 0.1 % and 1 % FPR, and
-``beats_chance`` (the interval lies above 0.5, the AUC of guessing). Members are every sample of
-the clients' data: a sample no step used (few FedSGD batches, ``local-steps`` below an epoch, a
-client not yet sampled) counts as a member the model never saw, which lowers what any attack
-can show.
+The non-members are ``membership-samples`` samples of the clients' data that no client trains
+on (held out of every partition, seeded: :func:`fedpriv.client_task.membership_holdout`), so
+they come from the members' distribution (a test split may not: the embedded photographs' test
+patches come from another quadrant of each photograph). The members are as many samples of the
+same labels drawn from the union of the clients' remaining data (what they train on, after
+``local-samples``), once per run from the seed; the attacks score every candidate without
+knowing which is which, and each (round, observer, attack) becomes one row of
+``membership.jsonl``: ROC AUC with its 95 % interval, TPR at 0.1 % and 1 % FPR,
+``beats_chance`` (the interval lies above 0.5, the AUC of guessing) and the ROC curve's
+corners. Members are every sample of the clients' data: a sample no step used (few FedSGD
+batches, ``local-steps`` below an epoch, a client not yet sampled) counts as a member the model
+never saw, which lowers what any attack can show.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ from fedpriv.membership import MembershipAttack, build_membership_attack
 from fedpriv.membership.alignment import gradient_alignment
 from fedpriv.membership.base import RELEASED_MODEL, SERVER, Observation
 from fedpriv.membership.loss import loss_scores
-from fedpriv.membership.statistics import AUDIT, LOW_FPRS, audit, roc_scores
+from fedpriv.membership.statistics import AUDIT, LOW_FPRS, audit, roc_corners, roc_scores
 from fedpriv.run_data import load_run_split
 from fedpriv.training import to_pixels
 
@@ -158,7 +157,8 @@ class MembershipRounds:
             rows.append({
                 "round": run_round, "observer": observer, "attack": attack.name,
                 "members": int(members.sum()), "non_members": int((~members).sum()), **statistics,
-                "beats_chance": statistics["auc_low"] > 0.5, "seconds": round(time.perf_counter() - start, 3),
+                "beats_chance": statistics["auc_low"] > 0.5, **roc_corners(scores, members),
+                "seconds": round(time.perf_counter() - start, 3),
             })
         return rows
 

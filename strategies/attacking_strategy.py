@@ -160,6 +160,7 @@ class AttackingStrategy(Strategy):
         replies = sorted(replies, key=lambda msg: self.partition_of.get(msg.metadata.src_node_id, -1))
         failed, observed = [], []
         directions: dict[int, dict[str, torch.Tensor]] = {}  # each reply's, for the server's membership attacks
+        server_membership = self.protocol.leak_kind in PARAMETER_LEAK_KINDS and self.membership.scores(run_round)
         assert self.broadcast is not None
         broadcast = self.broadcast.to_torch_state_dict()
         model = self.model_from(self.broadcast)
@@ -177,11 +178,13 @@ class AttackingStrategy(Strategy):
                 log(WARNING, "round %d: client of partition %d failed: %s", run_round, pid, reason)
                 continue
             truth, sent = strip_reply(msg.content, self.protocol.Sent)
+            if truth is None and not server_membership:
+                continue
             leak = self.protocol.observe(
                 self.config, broadcast, cast(ArrayRecord, msg.content["arrays"]).to_torch_state_dict(), names,
                 int(scalar(msg.content["metrics"]["num-examples"])), sent,
             )
-            if leak.kind in PARAMETER_LEAK_KINDS:
+            if server_membership:
                 directions[pid] = descent_direction(leak)
             if truth is not None:  # the client was attacked this round
                 attacks = tuple(self.config.attacks_for(pid))
@@ -193,7 +196,7 @@ class AttackingStrategy(Strategy):
             rows = self.harness.run_round(model, observed, run_round, self.recorder.grids)
             rows = record_rows(self.recorder, rows, run_round, self.diverged_after)
         self.round_summary[run_round].update(failed=failed, rows=rows)
-        if directions and self.membership.scores(run_round):
+        if directions:
             self.round_summary[run_round]["membership"] = self.membership.server_rows(
                 self.model_from(self.broadcast), directions, run_round)
         return self.inner.aggregate_train(run_round, [m for m in replies if not m.has_error()])

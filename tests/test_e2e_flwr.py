@@ -144,7 +144,7 @@ def test_fedavg_with_flowers_client_side_dp(superlink: PrivateSuperLink, tmp_pat
         f"dataset='embedded-photos' out-dir='{tmp_path}' run-name='dp' num-server-rounds=2 model='convnet-gn' "
         "protocol='fedavg' local-samples=4 local-steps=2 batch-size=2 attacks='update-inversion,label-inference' "
         "attack-clients='0' attack-rounds='2' attack-iterations=10 attack-progress=0 eval-samples=100 "
-        "dp='client-fixed' dp-noise-multiplier=0.5 dp-clipping-norm=0.5 aux-samples=100"
+        "dp='client-fixed' dp-noise-multiplier=0.5 dp-clipping-norm=0.5 aux-samples=100 audit-canaries=40"
     )
     outcome = superlink.run(APP, run_config, "num-supernodes=2 client-resources-num-cpus=1", echo=False, timeout=600)
     assert outcome.ok, outcome.log[-4000:]
@@ -156,6 +156,13 @@ def test_fedavg_with_flowers_client_side_dp(superlink: PrivateSuperLink, tmp_pat
     assert 0 <= rows["label-inference"]["label_accuracy"] <= 1
     rounds = read_jsonl(folder / "rounds.jsonl")
     assert rounds[1]["dp_epsilon"] > 0 and rounds[2]["dp_epsilon"] > rounds[1]["dp_epsilon"]
+    # the canary audit of both observers beside the accountant; the released model's bound never exceeds it
+    audits = [(r["round"], r["observer"]) for r in read_jsonl(folder / "membership.jsonl")]
+    assert audits == [(0, "released model"), (1, "server"), (1, "released model"), (2, "server"),
+                      (2, "released model")]
+    for row in read_jsonl(folder / "membership.jsonl")[1:]:
+        assert row["dp_epsilon"] == rounds[row["round"]]["dp_epsilon"]
+        assert row["observer"] == "server" or row["epsilon_lower_bound"] <= row["dp_epsilon"]
     assert json.loads((folder / "config.json").read_text())["aux-samples"] == 100
 
 

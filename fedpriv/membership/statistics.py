@@ -2,7 +2,7 @@
 
 - :func:`roc_scores`: ROC AUC with its 95 % interval (Hanley and McNeil's standard error) and
   the true-positive rate at fixed low false-positive rates of a membership score (higher: more
-  likely a member), the metrics LiRA and RMIA report.
+  likely a member), the metrics LiRA and RMIA report; :func:`roc_corners`: the curve itself.
 - LiRA (Carlini et al., "Membership Inference Attacks From First Principles", S&P 2022): the
   target model's logit-scaled confidence in the true label (:func:`logit_confidence`) against
   Gaussians fitted per sample to shadow models trained with it (IN) and without it (OUT):
@@ -59,6 +59,18 @@ def roc_scores(scores: torch.Tensor, members: torch.Tensor, fprs: Sequence[float
     for rate in fprs:
         row[f"tpr_at_fpr_{rate:g}"] = float(tpr[fpr <= rate].max())
     return row
+
+
+def roc_corners(scores: torch.Tensor, members: torch.Tensor) -> dict[str, list[float]]:
+    """The ROC curve's corners: per distinct FPR the highest TPR, as ``roc_fpr`` and ``roc_tpr`` (4 decimals).
+
+    At most one point per non-member (plus the origin), enough to redraw the curve at any scale.
+    """
+    fpr, tpr, _ = binary_roc(scores.double(), members.long())
+    corners: dict[float, float] = {}
+    for rate, hit in zip(fpr.tolist(), tpr.tolist(), strict=True):
+        corners[round(rate, 4)] = max(corners.get(round(rate, 4), 0.0), round(hit, 4))
+    return {"roc_fpr": list(corners), "roc_tpr": list(corners.values())}
 
 
 def auc_standard_error(auc: float, positives: int, negatives: int) -> float:

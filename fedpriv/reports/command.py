@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from fedpriv.errors import ConfigError
-from fedpriv.reports.figures import frontier, psnr_per_round
+from fedpriv.reports.figures import frontier, psnr_per_round, roc_curves
 from fedpriv.reports.gallery import write_gallery
 from fedpriv.reports.markdown import markdown_text
+from fedpriv.reports.membership import membership_markdown, membership_rows
 from fedpriv.reports.recovered import recovered_markdown, recovered_rows
 from fedpriv.reports.runs import Run, Sample, load_runs, select_round
 from fedpriv.reports.sources import SOURCES_PATH, load_sources
@@ -77,6 +78,10 @@ def build_report(runs: list[Run], out: Path, which_round: str, metric: str, sour
     recovered = recovered_rows(runs)
     if recovered:
         parts.append(recovered_markdown(recovered))
+    membership = membership_rows(runs)
+    roc = "membership_roc.png" if roc_curves(membership, out / "membership_roc.png") else None
+    if membership:
+        parts.append(membership_markdown(membership, roc))
     by_dataset: dict[str, list[Sample]] = defaultdict(list)
     for s in every:
         by_dataset[s.dataset].append(s)
@@ -126,8 +131,10 @@ def build_report(runs: list[Run], out: Path, which_round: str, metric: str, sour
     atomic_write(out / "frontier.csv", csv_bytes(frontier_rows))
     atomic_write(out / "trajectory.csv", csv_bytes(trajectory_rows))
     atomic_write(out / "recovered.csv", csv_bytes(recovered))
+    atomic_write(out / "membership.csv", csv_bytes([{k: v for k, v in row.items() if not k.startswith("roc_")}
+                                                    for row in membership]))
     atomic_write(out / "report.md", "\n".join(parts).encode())
-    return {"tables": compared, "figures": len(figures), "images": images}
+    return {"tables": compared, "figures": len(figures) + (roc is not None), "images": images}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Report figures: PSNR per round across runs (one line per defense x attack) and the privacy-utility frontier."""
+"""Report figures: PSNR per round (one line per defense x attack), the privacy-utility frontier, membership ROC."""
 
 from __future__ import annotations
 
@@ -125,3 +125,25 @@ def frontier(samples: list[Sample], metric: str, path: Path, title: str) -> list
     _finish(fig, ax, "final accuracy of the global model (%)", f"mean {metric} of the last attacked round (dB)",
             title, path)
     return points
+
+
+def roc_curves(rows: list[dict[str, Any]], path: Path) -> bool:
+    """ROC curves of the membership rows that carry one (``roc_fpr``, ``roc_tpr``), log-log, beside chance.
+
+    Returns False (and writes nothing) when no row has a curve.
+    """
+    curves = [r for r in rows if r.get("roc_fpr") and r.get("roc_tpr")]
+    if not curves:
+        return False
+    fig, ax = _pyplot().subplots(figsize=(5.5, 4.5))
+    floor = min(f for r in curves for f in r["roc_fpr"] if f > 0)
+    ax.plot([floor, 1], [floor, 1], color="grey", linestyle=":", label="chance")
+    for r in curves:
+        points = [(f, t) for f, t in zip(r["roc_fpr"], r["roc_tpr"], strict=True) if f > 0 and t > 0]
+        ax.step([f for f, _ in points], [t for _, t in points], where="post",
+                label=f"{r['run']}: {r['observer']} {r['attack']} (round {r['round']}, AUC {float(r['auc']):.3f})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _finish(fig, ax, "false-positive rate", "true-positive rate",
+            "Membership attacks: ROC at each one's last scored round", path)
+    return True

@@ -98,6 +98,7 @@ class Run:
     rounds: list[dict[str, Any]]
     samples: list[Sample] = field(default_factory=list)
     left_out: list[str] = field(default_factory=list)  # damaged lines skipped on request, as "file line n"
+    membership: list[dict[str, Any]] = field(default_factory=list)  # membership.jsonl's rows
 
     @property
     def name(self) -> str:
@@ -159,8 +160,8 @@ def load_run(path: Path, skip_damaged: bool = False, allow_incomplete: bool = Fa
     path
         The run folder.
     skip_damaged
-        Leave damaged lines of ``metrics.jsonl`` / ``rounds.jsonl`` out (listed in ``left_out``)
-        instead of refusing the folder.
+        Leave damaged lines of ``metrics.jsonl``, ``rounds.jsonl`` and ``membership.jsonl`` out
+        (listed in ``left_out``) instead of refusing the folder.
     allow_incomplete
         Accept a run that finished fewer rounds than ``num-server-rounds``.
 
@@ -183,16 +184,17 @@ def load_run(path: Path, skip_damaged: bool = False, allow_incomplete: bool = Fa
         raise ConfigError(f"{path} is not a fedpriv run folder: config.json has no 'run-config'")
     if not (path / "rounds.jsonl").exists():
         raise ConfigError(f"{path} is not a fedpriv run folder (or no round finished): rounds.jsonl is missing")
-    (metrics, bad_metrics), (rounds, bad_rounds) = (
-        read_jsonl_checked(path / n) for n in ("metrics.jsonl", "rounds.jsonl")
+    (metrics, bad_metrics), (rounds, bad_rounds), (membership, bad_membership) = (
+        read_jsonl_checked(path / n) for n in ("metrics.jsonl", "rounds.jsonl", "membership.jsonl")
     )
     left_out = [f"{path / name} line {n}"
-                for name, bad in (("metrics.jsonl", bad_metrics), ("rounds.jsonl", bad_rounds)) for n in bad]
+                for name, bad in (("metrics.jsonl", bad_metrics), ("rounds.jsonl", bad_rounds),
+                                  ("membership.jsonl", bad_membership)) for n in bad]
     if left_out and not skip_damaged:
         more = f" (and {len(left_out) - 1} more)" if len(left_out) > 1 else ""
         raise ConfigError(f"{left_out[0]} is damaged (not a JSON object){more}; repair or delete it, or pass "
                           "--skip-damaged to leave damaged lines out (the report then lists them)")
-    run = Run(path, config, metrics, rounds, left_out=left_out)
+    run = Run(path, config, metrics, rounds, left_out=left_out, membership=membership)
     if run.incomplete and not allow_incomplete:
         raise ConfigError(f"{path} finished {run.finished_rounds} of {run.configured_rounds} rounds "
                           "(num-server-rounds); "
