@@ -194,6 +194,7 @@ def test_own_image_folder_and_model_by_import_path(tmp_path: Path, monkeypatch: 
     assert "inverting-gradients" in (tmp_path / "own" / "index.html").read_text()
 
 
+@pytest.mark.slow  # two flwr runs for what tests/test_own_data.py checks on the loader (opt in: -m slow)
 def test_unofficial_cifar_export_with_data_verify_false(superlink: PrivateSuperLink, tmp_path: Path) -> None:
     from tests.test_own_data import _cifar_export
 

@@ -55,6 +55,7 @@ def test_the_secure_aggregate_is_fedavg_of_the_replies_and_only_it_is_attacked(
     assert saved["threat-model"]["attacks"]["label-inference"]["labels"] == "inferred"
 
 
+@pytest.mark.slow  # the readout is unit-tested, benchmarks/bench_secagg.py measures it through SecAgg+ (-m slow)
 def test_an_imprinted_broadcast_reads_images_off_the_secure_aggregate(superlink, tmp_path: Path) -> None:
     values = RUN | {"attacks": "imprint-readout", "server-behaviour": "imprint", "behaviour.imprint.bins": 64,
                     "aux-samples": 200, "secagg-clipping-range": 16.0, "out-dir": str(tmp_path), "run-name": "imprint"}
