@@ -2,7 +2,7 @@
 
 A client sees the weights of the model it is asked to train. Some malicious modifications show
 in properties of those weights that an honest model (freshly initialised or trained) does not
-have. The check here finds two:
+have. The check here finds three:
 
 - the imprint block of "Robbing the Fed" (:mod:`fedpriv.imprint`) and any layer built like it: a
   linear or convolutional layer whose output units (rows) are all multiples of one vector, i.e.
@@ -18,6 +18,9 @@ have. The check here finds two:
   10.5 over 65 trained ones, against 52-2,300 for the published trap construction of 64 to
   1,024 units at scales 0.9-0.99 and 23-35 for 16 units at scale 0.99 (missed: z grows with
   sqrt(K) and with 1 - scale). It is judged for layers of at least :data:`MIN_TRAP_UNITS` units.
+- class fishing (:mod:`fedpriv.fishing`): a layer whose output units are all exactly zero but
+  one, so that nothing below it learns from any input but the kept unit's class. Random
+  initialisation and training give an exactly zero unit with probability zero.
 
 Flower-free; the client mod that runs it on every received model is
 :func:`fedpriv.clients.mods.model_check_mod`.
@@ -74,8 +77,8 @@ def inspect_model(state: Mapping[str, torch.Tensor]) -> list[Finding]:
     -------
     list[Finding]
         One per weight (2-D or more, at least :data:`MIN_UNITS` output units, not all zero) whose
-        rows are multiples of one vector or (at least :data:`MIN_TRAP_UNITS` units) share one
-        offset; empty for an honest model.
+        units are all zero but one, whose rows are multiples of one vector, or (at least
+        :data:`MIN_TRAP_UNITS` units) that share one offset; empty for an honest model.
     """
     findings = []
     for name, tensor in state.items():
@@ -83,8 +86,12 @@ def inspect_model(state: Mapping[str, torch.Tensor]) -> list[Finding]:
             continue
         if not bool(tensor.abs().gt(0).any()):
             continue
+        zero_units = int((~tensor.reshape(len(tensor), -1).ne(0).any(dim=1)).sum())
         ratio = rank_one_ratio(tensor)
-        if ratio < RANK_ONE_RATIO:
+        if zero_units == len(tensor) - 1:
+            findings.append(Finding(name, f"{zero_units} of its {len(tensor)} output units are exactly zero: the "
+                                          "gradient below it keeps the one other unit's inputs, as class fishing does"))
+        elif ratio < RANK_ONE_RATIO:
             findings.append(Finding(name, f"its {len(tensor)} output units are multiples of one vector "
                                           f"(sigma2/sigma1 = {ratio:.1e}): they measure one statistic, as an imprint "
                                           "layer does"))

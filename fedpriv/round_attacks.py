@@ -31,7 +31,7 @@ from fedpriv.data.specs import DatasetSpec
 from fedpriv.leaks import GroundTruth, Leak
 from fedpriv.metrics import psnr_per_image
 from fedpriv.results import RunFolder
-from fedpriv.scoring import match_order, score
+from fedpriv.scoring import match_order, match_targets, score
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,29 @@ def _reconstruct_isolated(
 
 def _finite(result: Reconstruction) -> bool:
     return all(t is None or bool(torch.isfinite(t.float()).all()) for t in (result.images, result.defended))
+
+
+def _grid(result: Reconstruction, truth: GroundTruth, matched: bool) -> tuple[list[torch.Tensor], list[str]]:
+    """The cell's grid rows (x, T(x), the estimates under the images they match) and per-column PSNR captions.
+
+    A targeted reconstruction (fewer images than the batch) stands under the images it matches,
+    the other columns blank.
+    """
+    assert result.images is not None
+    if len(result.images) < len(truth.images):
+        chosen = match_targets(result.images, truth.images)
+        placed = torch.zeros_like(truth.images)
+        placed[chosen] = result.images.to(placed.dtype)
+        captions = [""] * len(truth.images)
+        for column, value in zip(chosen.tolist(), psnr_per_image(result.images, truth.images[chosen]), strict=True):
+            captions[column] = f"{float(value):.1f} dB"
+        return [truth.images, truth.defended, placed], captions
+    order = match_order(result.images, truth.images) if matched else slice(None)
+    grid = [truth.images, truth.defended, result.images[order]]
+    for extra in (result.defended, result.alternatives):
+        if extra is not None:
+            grid.append(extra[order])
+    return grid, [f"{float(v):.1f} dB" for v in psnr_per_image(result.images[order], truth.images)]
 
 
 class AttackHarness:
@@ -211,14 +234,8 @@ class AttackHarness:
         who = "aggregate" if client.partition_id == AGGREGATE else f"client {client.partition_id}"
         title = f"round {server_round} {who} | {client.truth.defense} | {name}"
         if folder is not None and result.images is not None:
-            order = match_order(result.images, client.truth.images) if row["matched"] else slice(None)
-            grid = [client.truth.images, client.truth.defended, result.images[order]]
-            for extra in (result.defended, result.alternatives):
-                if extra is not None:
-                    grid.append(extra[order])
-            per_image = psnr_per_image(result.images[order], client.truth.images)
-            folder.write_grid(cell_name(server_round, client.partition_id, name), grid, title,
-                              [f"{float(v):.1f} dB" for v in per_image])
+            grid, captions = _grid(result, client.truth, row["matched"])
+            folder.write_grid(cell_name(server_round, client.partition_id, name), grid, title, captions)
         if folder is not None and result.gallery is not None:
             folder.write_grid(f"{cell_name(server_round, client.partition_id, name)}_classes",
                               [result.gallery], f"{title} | one image per class",

@@ -34,6 +34,18 @@ def match_order(estimate: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return order
 
 
+def match_targets(estimate: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """For k estimates of a batch of n > k images: the k distinct images of ``truth`` they match best.
+
+    A targeted attack (fishing) reconstructs fewer images than the batch holds and the attacker
+    does not know which; the optimal assignment on per-pair PSNR picks them, estimate by estimate.
+    """
+    k, n = len(estimate), len(truth)
+    pairs = psnr_per_image(estimate.repeat_interleave(n, 0), truth.repeat(k, 1, 1, 1)).reshape(k, n).clamp(max=1e6)
+    rows, cols = linear_sum_assignment(pairs.numpy(), maximize=True)
+    return torch.as_tensor(cols)[torch.as_tensor(rows).argsort()]
+
+
 def score_images(
     reconstruction: Reconstruction, truth: GroundTruth, matched: bool = True, prior: torch.Tensor | None = None
 ) -> dict[str, Any]:
@@ -48,7 +60,9 @@ def score_images(
     when the attacker has a ``prior`` image, ``psnr_baseline``, ``beats_baseline``). ``mae`` is the mean
     absolute error on [0,1] pixels (the rotation defense's primary metric). ``images_recovered``
     counts the images reconstructed at :data:`RECOVERED_PSNR_DB` or more. With ``alternatives``
-    (two candidates per image) each image is scored by its better candidate (``best_of_two``).
+    (two candidates per image) each image is scored by its better candidate (``best_of_two``). A
+    targeted reconstruction (fewer images than the batch) is scored on the images it matches best
+    (:func:`match_targets`; ``targeted``: their number), and so are its baselines.
     """
     assert reconstruction.images is not None
     images = reconstruction.images.detach().cpu()
@@ -57,24 +71,29 @@ def score_images(
         closer = psnr_per_image(other, truth.images) > psnr_per_image(images, truth.images)
         images = torch.where(closer.reshape(-1, 1, 1, 1), other, images)
     defended = images if reconstruction.defended is None else reconstruction.defended.detach().cpu()
+    originals, defended_truth = truth.images, truth.defended
+    targeted = len(images) < len(originals)
+    if targeted:
+        chosen = match_targets(images, originals)
+        originals, defended_truth = originals[chosen], defended_truth[chosen]
     matched = matched and len(images) > 1
     if matched:
-        order = match_order(images, truth.images)
+        order = match_order(images, originals)
         images, defended = images[order], defended[order]
-    per_image = psnr_per_image(images, truth.images)
+    per_image = psnr_per_image(images, originals)
     psnr = float(per_image.mean())
     return {
         "psnr": psnr,
         "images_recovered": int((per_image >= RECOVERED_PSNR_DB).sum()),
-        "psnr_defended": float(psnr_per_image(defended, truth.defended).mean()),
-        "ssim": float(ssim_per_image(images, truth.images).mean()),
-        "ssim_defended": float(ssim_per_image(defended, truth.defended).mean()),
-        "mse": float(mse_per_image(images, truth.images).mean()),
-        "mae": float((images.double() - truth.images.double()).abs().mean()),
+        "psnr_defended": float(psnr_per_image(defended, defended_truth).mean()),
+        "ssim": float(ssim_per_image(images, originals).mean()),
+        "ssim_defended": float(ssim_per_image(defended, defended_truth).mean()),
+        "mse": float(mse_per_image(images, originals).mean()),
+        "mae": float((images.double() - originals.double()).abs().mean()),
         "matched": matched,
-    } | baseline_fields(psnr, truth.images, prior) | (
+    } | baseline_fields(psnr, truth.images, prior, len(images) if targeted else None) | (
         {"best_of_two": True} if reconstruction.alternatives is not None else {}
-    )
+    ) | ({"targeted": len(images)} if targeted else {})
 
 
 def score(reconstruction: Reconstruction, truth: GroundTruth, prior: torch.Tensor | None = None) -> dict[str, Any]:

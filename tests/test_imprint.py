@@ -95,7 +95,7 @@ RUN = {"dataset": "embedded-photos", "model": "convnet", "protocol": "fedsgd", "
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"server-behaviour": "evil"}, "server-behaviour='evil' is unknown; valid: honest, imprint"),
+    ({"server-behaviour": "evil"}, "server-behaviour='evil' is unknown; valid: fishing, honest, imprint"),
     ({"behaviour.imprint.bins": 0}, "behaviour.imprint.bins=0 is out of range; valid: >= 1 and <= 100000"),
     ({"aux-samples": 10}, "aux-samples=10 is too few; valid: aux-samples >= behaviour.imprint.bins"),
     ({"server-behaviour": "honest"}, r"behaviour.imprint.bins=64 is set, but this run does not use server behaviour "

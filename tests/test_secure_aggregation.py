@@ -70,7 +70,7 @@ def test_an_aggregate_counts_each_clients_images_within_its_data() -> None:
 
 def test_only_attacks_that_read_an_aggregate_accept_secagg() -> None:
     accepting = sorted(name for name in ATTACKS.names() if "aggregate" in ATTACKS.get(name).leak_kinds)
-    assert accepting == ["imprint-readout", "label-inference", "trap-readout", "update-inversion"]
+    assert accepting == ["fishing-inversion", "imprint-readout", "label-inference", "trap-readout", "update-inversion"]
     for name in ATTACKS.names():
         if name in accepting:
             continue
