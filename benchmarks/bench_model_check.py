@@ -2,13 +2,15 @@
 
 Malicious: every model the malicious behaviours send, over their options and seeds: the imprint
 block (``--bins``, thresholds from 400 photographs of a seed) and trap layers (``--rows`` x
-``--scales``), each in front of a ConvNet. Honest: every registered model freshly initialised
+``--scales``), each in front of a ConvNet, and every registered model with a final linear layer
+fished for one class (the seed's class modulo 10; boost 30). Honest: every registered model freshly initialised
 (``--seeds``), the classifiers the product trains (``TRAINED``) after each of ``--epochs`` epochs
 of SGD on the embedded photographs (digits for the MNIST models), and any state-dict checkpoints
 given with ``--checkpoints``. An honest model counts as flagged when
 :func:`fedpriv.model_checks.inspect_model` finds any layer; a malicious one when it finds the
 layer that carries the attack (``imprint.measure.weight``: the spreading layer behind it, whose
-equal columns the check also flags, is the server's choice and could be disguised). The table
+equal columns the check also flags, is the server's choice and could be disguised; the fished
+final layer). The table
 prints the rates and, per kind, the range of the trap statistic |t| (each model's largest over
 its judged layers) and of sigma2/sigma1 (each model's smallest), so the margins to the
 thresholds (|t| > 50; sigma2/sigma1 < 1e-4) show.
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 
 from fedpriv.data.loading import load_split
 from fedpriv.data.specs import resolve_spec
+from fedpriv.fishing import final_linear, fish
 from fedpriv.imprint import ImprintedModel, thresholds_from
 from fedpriv.model_checks import MIN_TRAP_UNITS, MIN_UNITS, inspect_model, rank_one_ratio, shared_offset
 from fedpriv.models import MODELS, build_model, wire_state
@@ -77,6 +80,14 @@ def malicious(bins: list[int], rows: list[int], scales: list[float], seeds: int)
                 arm(model.imprint, trap_rows(count, 3 * 32 * 32, 0.5, scale, torch.Generator().manual_seed(seed)),
                     PHOTOS)
                 yield judge(f"trap, {count} rows, scale {scale:g}", wire_state(model), MEASURE)
+        for name in MODELS.names():
+            model = build_model(name, 10, 1 if "mnist" in name else 3)
+            try:
+                layer_name, layer = final_linear(model)
+            except ValueError:
+                continue  # no linear layer to fish with: the behaviour refuses such a model
+            fish(layer, seed % 10, 30.0)
+            yield judge("fishing, every model", wire_state(model), f"{layer_name}.weight")
 
 
 def fresh(seeds: int) -> Iterator[Judged]:
