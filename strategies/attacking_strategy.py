@@ -198,7 +198,7 @@ class AttackingStrategy(Strategy):
         self.round_summary[run_round].update(failed=failed, rows=rows)
         if directions:
             self.round_summary[run_round]["membership"] = self.membership.server_rows(
-                self.model_from(self.broadcast), directions, run_round)
+                model, directions, run_round)
         return self.inner.aggregate_train(run_round, [m for m in replies if not m.has_error()])
 
     def configure_evaluate(

@@ -187,7 +187,7 @@ class SecureAggregationStrategy(Strategy):
         if self.membership.scores(run_round):
             direction = descent_direction(leak)
             self.round_summary[run_round]["membership"] = self.membership.server_rows(
-                self.model_from(self.broadcast), dict.fromkeys(examples, direction), run_round)
+                model, dict.fromkeys(examples, direction), run_round)
         if all(t is not None for t in truths) and truths:
             specs = sorted({self.config.defense_for(p) for p in examples})  # what the server knows of the defenses
             observed = ObservedClient(AGGREGATE, leak, union(cast(list[GroundTruth], truths)),
