@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from fedpriv.client_task import audit_canaries, client_data, client_properties, membership_holdout, partition_index
 from fedpriv.data.loading import LabeledImages
 from fedpriv.errors import ConfigError
+from fedpriv.membership import lira, rmia, shadows
 from fedpriv.membership_rounds import MembershipRounds, membership_errors, pick_candidates
 from fedpriv.models import build_model
 from fedpriv.results import RunFolder
@@ -103,16 +104,56 @@ def _with_shadows(attack: str) -> tuple[dict, MembershipRounds]:
     return values, MembershipRounds(config, run_dataset_spec(config), 4, aux)
 
 
-@pytest.mark.parametrize("attack", ["lira-offline", "rmia-offline"])
+@pytest.mark.parametrize("attack", ["lira-offline", "lira-online", "rmia-offline", "rmia-online"])
 def test_shadow_model_attacks_beat_chance_on_a_memorising_model_and_need_the_auxiliary_split(attack: str) -> None:
     values, rounds = _with_shadows(attack)
     (fresh,) = rounds.rows(_memorised(rounds.config, 0), 0)
     (row,) = rounds.rows(_memorised(rounds.config, 100), 3)
-    # measured: lira-offline 0.764, rmia-offline 0.772 (the loss attack: 0.92)
+    # measured: lira-offline 0.762, lira-online 0.803, rmia-offline 0.791, rmia-online 0.796 (loss: 0.92)
     assert not fresh["beats_chance"] and row["auc"] > 0.7 and row["beats_chance"], (fresh, row)
     with pytest.raises(ConfigError, match=f"membership attack '{attack}' trains shadow models on the server's "
                                           "auxiliary split: aux-samples=0"):
         validated_config(values | {"aux-samples": 0})
+
+
+@pytest.mark.parametrize(("attack", "module"), [("lira-online", lira), ("rmia-online", rmia)])
+def test_online_attacks_train_each_candidate_into_half_their_shadows_once(attack, module, monkeypatch) -> None:
+    values, rounds = _with_shadows(attack)
+    trained = []
+    real = module.train_paired_shadows
+
+    def counted(*args, **kwargs):
+        shadows, included = real(*args, **kwargs)
+        trained.append(included)
+        return shadows, included
+
+    monkeypatch.setattr(module, "train_paired_shadows", counted)
+    model = _memorised(rounds.config, 1)
+    first, second = rounds.rows(model, 1), rounds.rows(model, 2)
+    (included,) = trained  # the second round reuses the shadows' statistics
+    assert len(included) == 4 and bool((included.sum(0) == 2).all())  # each candidate IN for half the shadows
+    assert bool((included[0] ^ included[1]).all()) and bool((included[2] ^ included[3]).all())  # pairs split
+    assert first[0]["auc"] == second[0]["auc"]
+    with pytest.raises(ConfigError, match=rf"membership.{attack}.shadows=3 must be even .* valid: an even number"):
+        validated_config(values | {f"membership.{attack}.shadows": 3})
+
+
+def test_shadows_that_train_as_a_federation_average_their_clients_copies_by_size() -> None:
+    first = {"weight": torch.tensor([1.0, 2.0]), "batches": torch.tensor(3)}
+    second = {"weight": torch.tensor([3.0, 6.0]), "batches": torch.tensor(5)}
+    mean = shadows._fedavg([first, second], [0.25, 0.75])
+    assert torch.equal(mean["weight"], torch.tensor([2.5, 5.0])) and int(mean["batches"]) == 3
+    values, _ = _with_shadows("lira-online")
+    config = validated_config(values | {"membership.lira-online.clients": 40, "membership.lira-online.rounds": 3})
+    _, aux_index = partition_index(config, 4)
+    train = load_run_split(config, "train")
+    options = shadows.ShadowOptions(shadows=2, epochs=1, clients=4, rounds=2)
+    aux = LabeledImages(train.images[aux_index], train.labels[aux_index])
+    models = shadows.train_shadows(config, run_dataset_spec(config), aux, options, 0)
+    assert len(models) == 2 and not any(m.training for m in models)
+    with pytest.raises(ConfigError, match=r"membership.lira-online.clients=41 exceeds the 40 samples of half the "
+                                          r"auxiliary split each shadow trains on; valid: 1..40"):
+        validated_config(values | {"membership.lira-online.clients": 41})
 
 
 def test_rmia_refuses_an_interpolation_outside_zero_to_one() -> None:

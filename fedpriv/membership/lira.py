@@ -1,10 +1,16 @@
-"""``lira-offline``: LiRA with OUT shadow models only (Carlini et al., S&P 2022, the offline attack).
+"""``lira-offline`` and ``lira-online``: the likelihood-ratio attack (Carlini et al., S&P 2022).
 
-In :meth:`OfflineLira.prepare` the server trains ``shadows`` models of the run's architecture
-(:mod:`fedpriv.membership.shadows`), each OUT for every candidate. A candidate's score is where
-the released model's logit-scaled confidence in its label falls in the Gaussian fitted to the
-shadows' (:func:`fedpriv.membership.statistics.lira_offline`; one variance pooled over
-candidates, the paper's choice for few shadows).
+A candidate's statistic is the logit-scaled confidence in its label
+(:func:`fedpriv.membership.statistics.logit_confidence`); one variance is pooled over
+candidates, the paper's choice for few shadow models.
+
+- :class:`OfflineLira` trains ``shadows`` models in :meth:`OfflineLira.prepare`, each OUT for
+  every candidate (:func:`fedpriv.membership.shadows.train_shadows`), and scores where the
+  released model's statistic falls in the Gaussian fitted to theirs.
+- :class:`OnlineLira` trains its shadows in the first scored round, on the server's auxiliary
+  split and the candidates it is asked about, so each candidate is IN for half of them
+  (:func:`fedpriv.membership.shadows.train_paired_shadows`), and scores the likelihood ratio of
+  the IN and OUT Gaussians: the attacker trains on the samples it asks about, as in the paper.
 """
 
 from __future__ import annotations
@@ -12,16 +18,30 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from torch import nn
 
+from fedpriv.data.loading import LabeledImages
 from fedpriv.membership.base import MEMBERSHIP_ATTACKS, RELEASED_MODEL, Observation, logits_of
-from fedpriv.membership.shadows import ShadowOptions, shadow_errors, train_shadows
-from fedpriv.membership.statistics import lira_offline, logit_confidence
+from fedpriv.membership.shadows import (
+    PerCandidates,
+    ShadowOptions,
+    candidate_images,
+    paired_shadow_errors,
+    shadow_errors,
+    train_paired_shadows,
+    train_shadows,
+)
+from fedpriv.membership.statistics import lira_offline, lira_online, logit_confidence
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from fedpriv.config import RunConfig
-    from fedpriv.data.loading import LabeledImages
     from fedpriv.data.specs import DatasetSpec
+
+
+def shadow_statistics(shadows: list[nn.Module], inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(shadows, n) each shadow model's logit-scaled confidence in each candidate's label."""
+    return torch.stack([logit_confidence(logits_of(shadow, inputs), labels) for shadow in shadows])
 
 
 class OfflineLira:
@@ -33,12 +53,13 @@ class OfflineLira:
 
     def __init__(self, options: ShadowOptions, seed: int) -> None:
         self.options, self.seed = options, seed
+        self.out = PerCandidates(lambda inputs, labels: shadow_statistics(self.shadows, inputs, labels))
         self.shadows: list[nn.Module] = []
 
     @classmethod
     def fit_errors(cls, config: RunConfig, options: Any) -> list[str]:
         """Shadow models need an auxiliary split of the clients' distribution."""
-        return shadow_errors(cls.name, config)
+        return shadow_errors(cls.name, config, options)
 
     def prepare(self, config: RunConfig, dataset: DatasetSpec, aux: LabeledImages | None) -> None:
         """Train the shadow models."""
@@ -47,8 +68,45 @@ class OfflineLira:
     def score(self, observation: Observation, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The OUT Gaussian's CDF at the released model's logit-scaled confidence."""
         target = logit_confidence(logits_of(observation.model, inputs), labels)
-        out = torch.stack([logit_confidence(logits_of(shadow, inputs), labels) for shadow in self.shadows])
-        return lira_offline(target, out)
+        return lira_offline(target, self.out(inputs, labels))
+
+
+class OnlineLira:
+    """Scores each candidate by the likelihood ratio of shadow models trained with and without it."""
+
+    name: ClassVar[str] = "lira-online"
+    Options: ClassVar[type] = ShadowOptions
+    observer: ClassVar[str] = RELEASED_MODEL
+
+    def __init__(self, options: ShadowOptions, seed: int) -> None:
+        self.options, self.seed = options, seed
+        self.in_out = PerCandidates(self._train)
+        self.setting: tuple[RunConfig, DatasetSpec, LabeledImages | None] | None = None
+
+    @classmethod
+    def fit_errors(cls, config: RunConfig, options: Any) -> list[str]:
+        """The auxiliary split, and an even number of shadows (each candidate is IN for half of them)."""
+        return paired_shadow_errors(cls.name, config, options)
+
+    def prepare(self, config: RunConfig, dataset: DatasetSpec, aux: LabeledImages | None) -> None:
+        """Keep what the shadows train with: they need the candidates, which the first scored round brings."""
+        self.setting = (config, dataset, aux)
+
+    def _train(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(shadows / 2, n) IN and OUT statistics of every candidate, from freshly trained paired shadows."""
+        assert self.setting is not None
+        config, dataset, aux = self.setting
+        candidates = LabeledImages(candidate_images(dataset, inputs), labels)
+        shadows, included = train_paired_shadows(config, dataset, aux, candidates, self.options, self.seed)
+        statistics = shadow_statistics(shadows, inputs, labels)
+        width = self.options.shadows // 2
+        return (statistics.T[included.T].view(-1, width).T, statistics.T[~included.T].view(-1, width).T)
+
+    def score(self, observation: Observation, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """log N(phi; IN fit) - log N(phi; OUT fit) at the released model's logit-scaled confidence."""
+        target = logit_confidence(logits_of(observation.model, inputs), labels)
+        return lira_online(target, *self.in_out(inputs, labels))
 
 
 MEMBERSHIP_ATTACKS.add(OfflineLira.name, OfflineLira)
+MEMBERSHIP_ATTACKS.add(OnlineLira.name, OnlineLira)

@@ -1,4 +1,4 @@
-"""``rmia-offline``: RMIA with OUT reference models (Zarifzadeh et al., ICML 2024, the offline attack).
+"""``rmia-offline`` and ``rmia-online``: RMIA (Zarifzadeh et al., ICML 2024).
 
 In :meth:`OfflineRmia.prepare` the server trains ``shadows`` reference models
 (:mod:`fedpriv.membership.shadows`, each OUT for every candidate) and keeps its auxiliary split
@@ -8,6 +8,11 @@ softmax probability of the true label and Pr(x) the references' mean, interpolat
 references as ((1 + a) / 2) mean + (1 - a) / 2 with ``offline-a``
 (:func:`fedpriv.membership.statistics.rmia`). The paper tunes a on reference models per data
 set; the defaults here are a starting point, not its values.
+
+:class:`OnlineRmia` trains its references in the first scored round, on the auxiliary split and
+the candidates, in pairs that make each candidate IN for half of them
+(:func:`fedpriv.membership.shadows.train_paired_shadows`, as ``lira-online``); Pr(x) is then
+their plain mean, the paper's online setting.
 """
 
 from __future__ import annotations
@@ -18,24 +23,40 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from fedpriv.data.loading import LabeledImages
 from fedpriv.membership.base import MEMBERSHIP_ATTACKS, RELEASED_MODEL, Observation, logits_of
-from fedpriv.membership.shadows import ShadowOptions, shadow_errors, train_shadows
+from fedpriv.membership.shadows import (
+    PerCandidates,
+    ShadowOptions,
+    candidate_images,
+    paired_shadow_errors,
+    shadow_errors,
+    train_paired_shadows,
+    train_shadows,
+)
 from fedpriv.membership.statistics import rmia
 from fedpriv.options import option
 from fedpriv.training import to_pixels
 
 if TYPE_CHECKING:
     from fedpriv.config import RunConfig
-    from fedpriv.data.loading import LabeledImages
     from fedpriv.data.specs import DatasetSpec
+
+Population = tuple[torch.Tensor, torch.Tensor]  # normalised inputs and labels of the server's auxiliary split
 
 
 @dataclass(frozen=True)
-class RmiaOptions(ShadowOptions):
-    """Reference models (as LiRA's shadows), the dominance threshold and the offline interpolation."""
+class OnlineRmiaOptions(ShadowOptions):
+    """Reference models (as LiRA's shadows) and the dominance threshold."""
 
     gamma: float = option(2.0, "a candidate dominates z when its likelihood ratio exceeds gamma times z's",
                           low=1.0, high=1e6)
+
+
+@dataclass(frozen=True)
+class RmiaOptions(OnlineRmiaOptions):
+    """Reference models, the dominance threshold and the offline interpolation."""
+
     offline_a: float = option(0.3, "Pr(x) = ((1 + a) / 2) mean over references + (1 - a) / 2", low=0.0, high=1.0)
 
 
@@ -54,13 +75,15 @@ class OfflineRmia:
     def __init__(self, options: RmiaOptions, seed: int) -> None:
         self.options, self.seed = options, seed
         self.references: list[nn.Module] = []
-        self.population: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.population: Population | None = None
         self.reference_z: torch.Tensor | None = None
+        self.reference_x = PerCandidates(lambda inputs, labels: torch.stack(
+            [true_label_probability(m, inputs, labels) for m in self.references]))
 
     @classmethod
     def fit_errors(cls, config: RunConfig, options: Any) -> list[str]:
         """Reference models and the population need an auxiliary split of the clients' distribution."""
-        return shadow_errors(cls.name, config)
+        return shadow_errors(cls.name, config, options)
 
     def prepare(self, config: RunConfig, dataset: DatasetSpec, aux: LabeledImages | None) -> None:
         """Train the reference models; keep the auxiliary split as the population and its reference probabilities."""
@@ -74,9 +97,50 @@ class OfflineRmia:
         """The fraction of population samples z that each candidate dominates."""
         assert self.population is not None and self.reference_z is not None
         target_x = true_label_probability(observation.model, inputs, labels)
-        reference_x = torch.stack([true_label_probability(m, inputs, labels) for m in self.references])
         target_z = true_label_probability(observation.model, *self.population)
-        return rmia(target_x, reference_x, target_z, self.reference_z, self.options.gamma, self.options.offline_a)
+        return rmia(target_x, self.reference_x(inputs, labels), target_z, self.reference_z, self.options.gamma,
+                    self.options.offline_a)
+
+
+class OnlineRmia:
+    """RMIA with reference models trained with and without each candidate (Pr(x): their plain mean)."""
+
+    name: ClassVar[str] = "rmia-online"
+    Options: ClassVar[type] = OnlineRmiaOptions
+    observer: ClassVar[str] = RELEASED_MODEL
+
+    def __init__(self, options: OnlineRmiaOptions, seed: int) -> None:
+        self.options, self.seed = options, seed
+        self.references = PerCandidates(self._train)
+        self.setting: tuple[RunConfig, DatasetSpec, LabeledImages | None] | None = None
+
+    @classmethod
+    def fit_errors(cls, config: RunConfig, options: Any) -> list[str]:
+        """The auxiliary split, and an even number of references (each candidate is IN for half of them)."""
+        return paired_shadow_errors(cls.name, config, options)
+
+    def prepare(self, config: RunConfig, dataset: DatasetSpec, aux: LabeledImages | None) -> None:
+        """Keep what the references train with: they need the candidates, which the first scored round brings."""
+        self.setting = (config, dataset, aux)
+
+    def _train(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Population]:
+        """(references, n) and (references, p) probabilities of the candidates and the population; the population."""
+        assert self.setting is not None
+        config, dataset, aux = self.setting
+        assert aux is not None  # fit_errors requires the auxiliary split
+        candidates = LabeledImages(candidate_images(dataset, inputs), labels)
+        references, _ = train_paired_shadows(config, dataset, aux, candidates, self.options, self.seed)
+        population = (dataset.normalize(to_pixels(aux.images)), aux.labels)
+        return (torch.stack([true_label_probability(m, inputs, labels) for m in references]),
+                torch.stack([true_label_probability(m, *population) for m in references]), population)
+
+    def score(self, observation: Observation, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The fraction of population samples z that each candidate dominates."""
+        reference_x, reference_z, population = self.references(inputs, labels)
+        target_x = true_label_probability(observation.model, inputs, labels)
+        target_z = true_label_probability(observation.model, *population)
+        return rmia(target_x, reference_x, target_z, reference_z, self.options.gamma)
 
 
 MEMBERSHIP_ATTACKS.add(OfflineRmia.name, OfflineRmia)
+MEMBERSHIP_ATTACKS.add(OnlineRmia.name, OnlineRmia)
