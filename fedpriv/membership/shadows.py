@@ -6,8 +6,9 @@ data the server holds. :func:`train_shadows` trains each on a random half of the
 which is disjoint from every client, so every shadow is OUT for every candidate (the offline
 setting of both attacks). :func:`train_paired_shadows` adds the candidates the attack is asked
 about, in pairs that split them into two random halves, so each candidate is IN for exactly half
-the models (LiRA's online setting). They train centrally, not in a federation: they approximate
-the federation's training by a central one (stated in the threat model).
+the models (LiRA's online setting). By default a shadow trains centrally; with the options
+``clients`` and ``rounds`` it trains as a federation of that many clients over that many FedAvg
+rounds, which is how the released model saw its members (the attacker knows the protocol).
 """
 
 from __future__ import annotations
