@@ -19,23 +19,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from fedpriv.data.loading import LabeledImages
 from fedpriv.membership.base import MEMBERSHIP_ATTACKS, RELEASED_MODEL, Observation, logits_of
-from fedpriv.membership.shadows import (
-    PerCandidates,
-    ShadowOptions,
-    candidate_images,
-    paired_shadow_errors,
-    shadow_errors,
-    train_paired_shadows,
-    train_shadows,
-)
+from fedpriv.membership.shadows import CandidateShadows, PerCandidates, ShadowOptions, shadow_errors, train_shadows
 from fedpriv.membership.statistics import lira_offline, lira_online, logit_confidence
 
 if TYPE_CHECKING:
     from torch import nn
 
     from fedpriv.config import RunConfig
+    from fedpriv.data.loading import LabeledImages
     from fedpriv.data.specs import DatasetSpec
 
 
@@ -71,7 +63,7 @@ class OfflineLira:
         return lira_offline(target, self.out(inputs, labels))
 
 
-class OnlineLira:
+class OnlineLira(CandidateShadows):
     """Scores each candidate by the likelihood ratio of shadow models trained with and without it."""
 
     name: ClassVar[str] = "lira-online"
@@ -79,25 +71,12 @@ class OnlineLira:
     observer: ClassVar[str] = RELEASED_MODEL
 
     def __init__(self, options: ShadowOptions, seed: int) -> None:
-        self.options, self.seed = options, seed
+        super().__init__(options, seed)
         self.in_out = PerCandidates(self._train)
-        self.setting: tuple[RunConfig, DatasetSpec, LabeledImages | None] | None = None
-
-    @classmethod
-    def fit_errors(cls, config: RunConfig, options: Any) -> list[str]:
-        """The auxiliary split, and an even number of shadows (each candidate is IN for half of them)."""
-        return paired_shadow_errors(cls.name, config, options)
-
-    def prepare(self, config: RunConfig, dataset: DatasetSpec, aux: LabeledImages | None) -> None:
-        """Keep what the shadows train with: they need the candidates, which the first scored round brings."""
-        self.setting = (config, dataset, aux)
 
     def _train(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(shadows / 2, n) IN and OUT statistics of every candidate, from freshly trained paired shadows."""
-        assert self.setting is not None
-        config, dataset, aux = self.setting
-        candidates = LabeledImages(candidate_images(dataset, inputs), labels)
-        shadows, included = train_paired_shadows(config, dataset, aux, candidates, self.options, self.seed)
+        shadows, included, _, _ = self.paired_shadows(inputs, labels)
         statistics = shadow_statistics(shadows, inputs, labels)
         width = self.options.shadows // 2
         return (statistics.T[included.T].view(-1, width).T, statistics.T[~included.T].view(-1, width).T)

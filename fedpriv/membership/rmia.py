@@ -23,23 +23,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from fedpriv.data.loading import LabeledImages
 from fedpriv.membership.base import MEMBERSHIP_ATTACKS, RELEASED_MODEL, Observation, logits_of
-from fedpriv.membership.shadows import (
-    PerCandidates,
-    ShadowOptions,
-    candidate_images,
-    paired_shadow_errors,
-    shadow_errors,
-    train_paired_shadows,
-    train_shadows,
-)
+from fedpriv.membership.shadows import CandidateShadows, PerCandidates, ShadowOptions, shadow_errors, train_shadows
 from fedpriv.membership.statistics import rmia
 from fedpriv.options import option
 from fedpriv.training import to_pixels
 
 if TYPE_CHECKING:
     from fedpriv.config import RunConfig
+    from fedpriv.data.loading import LabeledImages
     from fedpriv.data.specs import DatasetSpec
 
 Population = tuple[torch.Tensor, torch.Tensor]  # normalised inputs and labels of the server's auxiliary split
@@ -102,7 +94,7 @@ class OfflineRmia:
                     self.options.offline_a)
 
 
-class OnlineRmia:
+class OnlineRmia(CandidateShadows):
     """RMIA with reference models trained with and without each candidate (Pr(x): their plain mean)."""
 
     name: ClassVar[str] = "rmia-online"
@@ -110,26 +102,12 @@ class OnlineRmia:
     observer: ClassVar[str] = RELEASED_MODEL
 
     def __init__(self, options: OnlineRmiaOptions, seed: int) -> None:
-        self.options, self.seed = options, seed
+        super().__init__(options, seed)
         self.references = PerCandidates(self._train)
-        self.setting: tuple[RunConfig, DatasetSpec, LabeledImages | None] | None = None
-
-    @classmethod
-    def fit_errors(cls, config: RunConfig, options: Any) -> list[str]:
-        """The auxiliary split, and an even number of references (each candidate is IN for half of them)."""
-        return paired_shadow_errors(cls.name, config, options)
-
-    def prepare(self, config: RunConfig, dataset: DatasetSpec, aux: LabeledImages | None) -> None:
-        """Keep what the references train with: they need the candidates, which the first scored round brings."""
-        self.setting = (config, dataset, aux)
 
     def _train(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Population]:
         """(references, n) and (references, p) probabilities of the candidates and the population; the population."""
-        assert self.setting is not None
-        config, dataset, aux = self.setting
-        assert aux is not None  # fit_errors requires the auxiliary split
-        candidates = LabeledImages(candidate_images(dataset, inputs), labels)
-        references, _ = train_paired_shadows(config, dataset, aux, candidates, self.options, self.seed)
+        references, _, dataset, aux = self.paired_shadows(inputs, labels)
         population = (dataset.normalize(to_pixels(aux.images)), aux.labels)
         return (torch.stack([true_label_probability(m, inputs, labels) for m in references]),
                 torch.stack([true_label_probability(m, *population) for m in references]), population)

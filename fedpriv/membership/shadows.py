@@ -16,19 +16,19 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
 
 from fedpriv.behaviours import run_model
+from fedpriv.data.loading import LabeledImages
 from fedpriv.defenses import build_defense
 from fedpriv.options import option
 from fedpriv.training import TrainSettings, train_local
 
 if TYPE_CHECKING:
     from fedpriv.config import RunConfig
-    from fedpriv.data.loading import LabeledImages
     from fedpriv.data.specs import DatasetSpec
 
 Value = TypeVar("Value")
@@ -175,3 +175,38 @@ class PerCandidates(Generic[Value]):
             self.key, self.value = (inputs, labels), self.compute(inputs, labels)
         assert self.value is not None
         return self.value
+
+
+class CandidateShadows:
+    """What the online attacks share: paired shadows trained on the candidates of the first scored round.
+
+    A subclass names itself and its ``Options`` (a :class:`ShadowOptions`) and calls
+    :meth:`paired_shadows` from what it computes once per candidate set.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, options: Any, seed: int) -> None:
+        self.options, self.seed = options, seed
+        self.setting: tuple[RunConfig, DatasetSpec, LabeledImages | None] | None = None
+
+    @classmethod
+    def fit_errors(cls, config: RunConfig, options: Any) -> list[str]:
+        """The auxiliary split, and an even number of shadows (each candidate is IN for half of them)."""
+        return paired_shadow_errors(cls.name, config, options)
+
+    def prepare(self, config: RunConfig, dataset: DatasetSpec, aux: LabeledImages | None) -> None:
+        """Keep what the shadows train with: they need the candidates, which the first scored round brings."""
+        self.setting = (config, dataset, aux)
+
+    def paired_shadows(self, inputs: torch.Tensor,
+                       labels: torch.Tensor) -> tuple[list[nn.Module], torch.Tensor, DatasetSpec, LabeledImages]:
+        """:func:`train_paired_shadows` on the normalised candidates; also the data set and the auxiliary split."""
+        if self.setting is None:
+            raise ValueError(f"{self.name} needs prepare() first")
+        config, dataset, aux = self.setting
+        if aux is None:
+            raise ValueError(f"{self.name} trains shadow models on the server's auxiliary split, and the run has none")
+        candidates = LabeledImages(candidate_images(dataset, inputs), labels)
+        models, included = train_paired_shadows(config, dataset, aux, candidates, self.options, self.seed)
+        return models, included, dataset, aux
