@@ -57,6 +57,16 @@ def true_label_probability(model: nn.Module, inputs: torch.Tensor, labels: torch
     return logits_of(model, inputs).softmax(1).gather(1, labels[:, None])[:, 0]
 
 
+def reference_probabilities(references: list[nn.Module], inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(references, n) :func:`true_label_probability` under each reference model."""
+    return torch.stack([true_label_probability(m, inputs, labels) for m in references])
+
+
+def population_of(dataset: DatasetSpec, aux: LabeledImages) -> Population:
+    """The auxiliary split as the population z: normalised inputs and labels."""
+    return dataset.normalize(to_pixels(aux.images)), aux.labels
+
+
 class OfflineRmia:
     """Scores each candidate by the share of population samples its likelihood ratio dominates."""
 
@@ -69,8 +79,8 @@ class OfflineRmia:
         self.references: list[nn.Module] = []
         self.population: Population | None = None
         self.reference_z: torch.Tensor | None = None
-        self.reference_x = PerCandidates(lambda inputs, labels: torch.stack(
-            [true_label_probability(m, inputs, labels) for m in self.references]))
+        self.reference_x = PerCandidates(lambda inputs, labels: reference_probabilities(self.references, inputs,
+                                                                                        labels))
 
     @classmethod
     def fit_errors(cls, config: RunConfig, options: Any) -> list[str]:
@@ -81,9 +91,8 @@ class OfflineRmia:
         """Train the reference models; keep the auxiliary split as the population and its reference probabilities."""
         self.references = train_shadows(config, dataset, aux, self.options, self.seed)
         assert aux is not None  # train_shadows refuses None
-        inputs = dataset.normalize(to_pixels(aux.images))
-        self.population = (inputs, aux.labels)
-        self.reference_z = torch.stack([true_label_probability(m, inputs, aux.labels) for m in self.references])
+        self.population = population_of(dataset, aux)
+        self.reference_z = reference_probabilities(self.references, *self.population)
 
     def score(self, observation: Observation, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The fraction of population samples z that each candidate dominates."""
@@ -108,9 +117,9 @@ class OnlineRmia(CandidateShadows):
     def _train(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Population]:
         """(references, n) and (references, p) probabilities of the candidates and the population; the population."""
         references, _, dataset, aux = self.paired_shadows(inputs, labels)
-        population = (dataset.normalize(to_pixels(aux.images)), aux.labels)
-        return (torch.stack([true_label_probability(m, inputs, labels) for m in references]),
-                torch.stack([true_label_probability(m, *population) for m in references]), population)
+        population = population_of(dataset, aux)
+        return (reference_probabilities(references, inputs, labels), reference_probabilities(references, *population),
+                population)
 
     def score(self, observation: Observation, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The fraction of population samples z that each candidate dominates."""

@@ -79,17 +79,18 @@ def _train_shadow(config: RunConfig, dataset: DatasetSpec, options: ShadowOption
     """
     settings = TrainSettings(epochs=options.epochs, batch_size=config.batch_size, lr=config.lr,
                              momentum=config.momentum, weight_decay=config.weight_decay)
+    none = build_defense("none")
     torch.manual_seed(seed)
     model = run_model(config, dataset)
     if options.clients == 1 and options.rounds == 1:
-        train_local(model, images, labels, build_defense("none"), dataset, settings, generator)
+        train_local(model, images, labels, none, dataset, settings, generator)
         return model.eval()
     shards = torch.randperm(len(labels), generator=generator).tensor_split(options.clients)
     for _ in range(options.rounds):
         states = []
         for shard in shards:
             local = copy.deepcopy(model)
-            train_local(local, images[shard], labels[shard], build_defense("none"), dataset, settings, generator)
+            train_local(local, images[shard], labels[shard], none, dataset, settings, generator)
             states.append(local.state_dict())
         model.load_state_dict(_fedavg(states, [len(shard) / len(labels) for shard in shards]))
     return model.eval()
