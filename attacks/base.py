@@ -15,7 +15,7 @@ from fedpriv.data.specs import DatasetSpec
 from fedpriv.errors import ConfigError, join_errors
 from fedpriv.leaks import Leak
 from fedpriv.options import NoOptions as NoOptions  # the attacks' own name for it
-from fedpriv.options import parse_options
+from fedpriv.options import declared, parse_options
 from fedpriv.outputs import check_kinds
 from fedpriv.registry import Registry
 
@@ -38,7 +38,8 @@ class AttackSettings:
     lr
         Adam learning rate (0.1), decayed x0.1 at 3/8, 5/8 and 7/8 of the iterations.
     tv
-        Total-variation weight (1e-4).
+        Total-variation weight of every target (``attack-tv``), or ``None``: the attack's own
+        weight, its option ``attack.NAME.tv`` (:func:`tv_weight`).
     device
         Where the attack runs ("cpu", "cuda", "cuda:1").
     progress
@@ -55,7 +56,7 @@ class AttackSettings:
     iterations: int = 4800
     restarts: int = 1
     lr: float = 0.1
-    tv: float = 1e-4
+    tv: float | None = None
     device: str = "cpu"
     progress: int = 0
     precision: str = "default"
@@ -266,11 +267,15 @@ def own_options(cls: type[OptionsT], settings: AttackSettings, name: str) -> Opt
 
 
 def settings_for(config: RunConfig, name: str) -> AttackSettings:
-    """The settings attack ``name`` runs with in this run: the ``attack-*`` keys and its own options."""
+    """The settings attack ``name`` runs with in this run: the ``attack-*`` keys and its own options.
+
+    ``attack-tv`` at -1 gives ``tv=None``: the attack's own weight.
+    """
     return AttackSettings(
         iterations=config.attack_iterations, restarts=config.attack_restarts, lr=config.attack_lr,
-        tv=config.attack_tv, device=config.attack_device, progress=config.attack_progress,
-        precision=config.attack_precision, options=config.plugin_values("attack", name),
+        tv=None if config.attack_tv < 0 else config.attack_tv, device=config.attack_device,
+        progress=config.attack_progress, precision=config.attack_precision,
+        options=config.plugin_values("attack", name),
     )
 
 
@@ -294,7 +299,34 @@ def check_settings(settings: AttackSettings) -> None:
         raise ConfigError(f"attack-restarts must be >= 1, got {settings.restarts}")
     if not settings.lr > 0:
         raise ConfigError(f"attack-lr must be > 0, got {settings.lr}")
-    if settings.tv < 0:
+    if settings.tv is not None and settings.tv < 0:
         raise ConfigError(f"attack-tv must be >= 0, got {settings.tv}")
     check_device(settings.device)
     check_precision(settings.precision)
+
+
+class TvOptions(Protocol):
+    """The own options of an attack with a total-variation prior: its weight ``tv``."""
+
+    @property
+    def tv(self) -> float: ...
+
+
+def tv_errors(run_tv: float | None, options: TvOptions, name: str) -> list[str]:
+    """``attack-tv`` and ``attack.NAME.tv`` both set (the option away from its default): one must go."""
+    default = next(d.default for d in declared(type(options)) if d.name == "tv")
+    if run_tv is None or options.tv == default:
+        return []
+    return [f"attack-tv={run_tv!r} and attack.{name}.tv={options.tv!r} both set {name}'s total-variation weight; "
+            "set one (attack-tv=-1 leaves each attack its own weight)"]
+
+
+def check_tv(settings: AttackSettings, options: TvOptions, name: str) -> None:
+    """Raise :func:`tv_errors`' error, if any (for attacks built from Python)."""
+    if errors := tv_errors(settings.tv, options, name):
+        raise ConfigError(errors[0])
+
+
+def tv_weight(settings: AttackSettings, options: TvOptions) -> float:
+    """The total-variation weight an attack runs with: ``attack-tv`` if given, else its ``attack.NAME.tv``."""
+    return options.tv if settings.tv is None else settings.tv

@@ -29,7 +29,11 @@ from fedpriv.attacks.base import (
     Knowledge,
     Reconstruction,
     check_settings,
+    check_tv,
     own_options,
+    settings_for,
+    tv_errors,
+    tv_weight,
 )
 from fedpriv.attacks.gradient_matching import (
     ENGINES,
@@ -55,6 +59,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BATCH = 64
+MATCHING_TV = 1e-4  # ATS's "inversed" weight, also Geiping et al.'s for trained ResNets
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ class MatchingOptions(StopOptions):
 
     engine: str = option("auto", "how problems are solved together", choices=ENGINES)
     max_batch: int = option(DEFAULT_MAX_BATCH, "most problems per optimisation", low=1, high=1_000_000)
+    tv: float = option(MATCHING_TV, "total-variation weight (ATS's inversed setting); attack-tv >= 0 replaces it",
+                       low=0)
 
 
 def box_bounds(dataset: DatasetSpec, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,7 +152,7 @@ def solve_targets(
             extra = ExtraParameters(torch.zeros_like(bound), bound, extra_apply)
         result = solve(
             model, [problems[i] for i in index], low, high, iterations=settings.iterations, lr=settings.lr,
-            tv=settings.tv, extra=extra, engine=options.engine, max_batch=options.max_batch,
+            tv=tv_weight(settings, options), extra=extra, engine=options.engine, max_batch=options.max_batch,
             precision=settings.precision, rule=options.rule, progress=settings.progress, label=label,
         )
         solved.update(zip(index, result.solutions(), strict=True))
@@ -169,12 +176,14 @@ class GradientMatchingAttack(Attack):
         check_settings(settings)
         self.options: Any = own_options(self.Options, settings, self.name)
         check_precision_fit(self.options, settings, self.name)
+        check_tv(settings, self.options, self.name)
         self.settings = settings
 
     @classmethod
     def fit_errors(cls, config: RunConfig, options: Any) -> list[str]:
-        """The engine must run at the run's ``attack-precision``."""
-        return precision_errors(options, config.attack_precision, cls.name)
+        """The engine must run at the run's ``attack-precision``; one TV weight is set."""
+        return (precision_errors(options, config.attack_precision, cls.name)
+                + tv_errors(settings_for(config, cls.name).tv, options, cls.name))
 
 
 class InvertingGradients(GradientMatchingAttack):

@@ -34,6 +34,7 @@ from fedpriv.attacks.base import (
     AttackTarget,
     Knowledge,
     Reconstruction,
+    tv_weight,
 )
 from fedpriv.attacks.gradient_matching import ExtraParameters, MatchingProblem, ProblemSolution, solve
 from fedpriv.attacks.inverting_gradients import GradientMatchingAttack, MatchingOptions, box_bounds
@@ -341,7 +342,8 @@ class PolicyAware(GradientMatchingAttack):
             modelled = any(plan.policy is not None for r in rows for plan in table.plans[r])
             extra = table.parameters(rows, problems[0].init) if modelled else None
             result = solve(model, [problems[r] for r in rows], low, high, iterations=s.iterations, lr=s.lr,
-                           tv=s.tv, extra=extra, engine=self.options.engine, max_batch=self.options.max_batch,
+                           tv=tv_weight(s, self.options), extra=extra, engine=self.options.engine,
+                           max_batch=self.options.max_batch,
                            precision=s.precision, rule=self.options.rule, progress=s.progress, label=self.name)
             solved.update(zip(rows, result.solutions(), strict=True))
         return [solved[r] for r in range(len(problems))]

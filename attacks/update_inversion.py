@@ -6,7 +6,7 @@ protocol's local SGD (lr, momentum, weight decay, batch size, number of steps an
 :class:`~fedpriv.leaks.UpdateLeak` carries them) and optimises N images x so that simulating
 those steps from the broadcast weights reproduces the observed update:
 
-    objective = 1 - cos(theta_S(x) - theta_0, delta) + tv * TV(x)
+    objective = 1 - cos(theta_S(x) - theta_0, delta) + tv * TV(x)    (tv: option ``tv``, default 0.2)
 
 with theta_S(x) the weights after S simulated SGD steps (differentiated through all of them,
 ``create_graph``), batch norm in train mode (batch statistics, as the client trained), the
@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,11 @@ from fedpriv.attacks.base import (
     Knowledge,
     Reconstruction,
     check_settings,
+    check_tv,
     own_options,
+    settings_for,
+    tv_errors,
+    tv_weight,
 )
 from fedpriv.attacks.gradient_matching import total_variation
 from fedpriv.attacks.heap_reuse import reused_heap
@@ -50,7 +54,13 @@ from fedpriv.data.specs import DatasetSpec
 from fedpriv.leaks import UpdateLeak, single_update
 from fedpriv.options import option
 
+if TYPE_CHECKING:
+    from fedpriv.config import RunConfig
+
 DEFAULT_MAX_IMAGES = 32
+# breaching's local_updates weight: at ATS's 1e-4 the attack stays near a grey image on FedAvg updates
+# (benchmarks/RESULTS.md, "Update inversion against breaching's multi-step attack")
+UPDATE_TV = 0.2
 ENGINES = ("auto", "loop", "vmap")  # auto: vmap when there is more than one problem
 
 
@@ -62,6 +72,8 @@ class UpdateOptions(StopOptions):
                              low=1, high=1_000_000)
     engine: str = option("auto", "loop: one problem at a time; vmap: batched; auto: vmap for several",
                          choices=ENGINES)
+    tv: float = option(UPDATE_TV, "total-variation weight (breaching's local_updates setting); attack-tv >= 0 "
+                       "replaces it", low=0)
 
 
 def simulated_update(
@@ -164,7 +176,8 @@ class UpdateInversion(Attack):
         ``max-images`` caps the examples one update may hold (default 32; more is a failed cell
         naming the cap); ``engine``: ``loop`` (autograd, one problem at a time), ``vmap`` (problems
         of one shape batched with torch.func) or ``auto`` (vmap for more than one problem);
-        ``patience``, ``tolerance``: the stopping rule (default off).
+        ``patience``, ``tolerance``: the stopping rule (default off); ``tv``: the total-variation
+        weight (default 0.2, breaching's; ``attack-tv`` >= 0 replaces it).
     """
 
     name: ClassVar[str] = "update-inversion"
@@ -177,8 +190,14 @@ class UpdateInversion(Attack):
     def __init__(self, settings: AttackSettings) -> None:
         check_settings(settings)
         options = own_options(UpdateOptions, settings, self.name)
+        check_tv(settings, options, self.name)
         self.settings, self.max_images, self.engine = settings, options.max_images, options.engine
-        self.rule = options.rule
+        self.rule, self.tv = options.rule, tv_weight(settings, options)
+
+    @classmethod
+    def fit_errors(cls, config: RunConfig, options: Any) -> list[str]:
+        """``attack-tv`` and ``attack.update-inversion.tv`` are not both set."""
+        return tv_errors(settings_for(config, cls.name).tv, options, cls.name)
 
     def reconstruct(
         self, model: nn.Module, dataset: DatasetSpec, targets: Sequence[AttackTarget]
@@ -265,19 +284,19 @@ class UpdateInversion(Attack):
                     problem: _Problem) -> tuple[torch.Tensor, float, int]:
         """One problem with autograd (the reference); returns the last iterate, its objective and
         the iterations run."""
-        s, leak = self.settings, problem.leak
+        leak = problem.leak
         for p in model.parameters():
             p.requires_grad_(True)
 
         def gradient(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             loss = _cosine_distance(simulated_update(model, x, problem.labels, leak, True), problem.observed)
-            loss = loss + s.tv * total_variation(x.unsqueeze(0))[0]
+            loss = loss + self.tv * total_variation(x.unsqueeze(0))[0]
             (grad,) = torch.autograd.grad(loss, [x])
             return grad, loss.detach()
 
         x, run = self._optimise(problem.init, dataset, 1, gradient)
         final = _cosine_distance(simulated_update(model, x, problem.labels, leak, False), problem.observed)
-        return x, float(final.detach() + s.tv * total_variation(x.unsqueeze(0))[0]), int(run[0])
+        return x, float(final.detach() + self.tv * total_variation(x.unsqueeze(0))[0]), int(run[0])
 
     def _solve_vmap(self, model: nn.Module, dataset: DatasetSpec,
                     group: list[_Problem]) -> list[tuple[torch.Tensor, float, int]]:
@@ -286,10 +305,9 @@ class UpdateInversion(Attack):
         Adam, its schedule, the stopping rule, the sign and the box act problem by problem, so
         solving the stacked images jointly equals solving each problem alone (tested in float64).
         """
-        s = self.settings
         stateless = copy.deepcopy(model)
         torch.func.replace_all_batch_norm_modules_(stateless)
-        objective = _vmap_objective(stateless, group[0].leak, s.tv)
+        objective = _vmap_objective(stateless, group[0].leak, self.tv)
         step = torch.func.vmap(torch.func.grad_and_value(objective))
         labels = torch.stack([p.labels for p in group])
         observed = tuple(torch.stack(parts) for parts in zip(*(p.observed for p in group), strict=True))

@@ -142,7 +142,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.001, help="local_learning_rate 0.001")
     parser.add_argument("--iterations", type=int, default=2400)
     parser.add_argument("--trials", type=int, default=4)
-    parser.add_argument("--tv", type=float, default=AttackSettings.tv, help="our attack's TV weight (attack-tv)")
+    parser.add_argument("--tv", type=float, default=None,
+                        help="our attack's TV weight (attack-tv; default: attack.update-inversion.tv, 0.2)")
     parser.add_argument("--ours-only", action="store_true", help="skip breaching (its column repeats grey)")
     args = parser.parse_args()
     sys.path.insert(0, args.breaching)

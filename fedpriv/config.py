@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedpriv.config_sections import (
+    OWN_TV,
     AttacksSection,
     DataSection,
     DefensesSection,
@@ -131,6 +132,9 @@ class RunConfig(RunSection, OutputsSection, AttacksSection, DefensesSection, Pri
             errors.append("dp='local' needs dp-noise-multiplier > 0 (LocalDpMod's epsilon is infinite at 0)")
         if not self.out_dir.strip():
             errors.append("out-dir is empty; give a folder for the run folders")
+        if OWN_TV < self.attack_tv < 0:
+            errors.append(f"attack-tv={self.attack_tv!r} is out of range; valid: >= 0, or -1 for each attack's own "
+                          "weight (attack.NAME.tv)")
         if self.image_channels not in (1, 3):
             errors.append(f"image-channels must be 1 or 3, got {self.image_channels}")
         if not self.data_dir.strip():

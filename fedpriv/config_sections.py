@@ -20,6 +20,7 @@ AUX_TYPES = ("same", "generic", "distinct")  # generic: the server holds classes
 TRAINING = ("fedavg", "secagg", "predictions", "split-inference")  # the protocols whose clients train locally
 GRADIENTS = ("fedsgd", "fedavg")  # the protocols that send gradients or updates
 MAX_INT = 1_000_000_000
+OWN_TV = -1.0  # attack-tv's "each attack's own weight": a TV weight is >= 0
 
 
 def _data(default: Any, help: str, **valid: Any) -> Any:
@@ -147,7 +148,8 @@ class AttacksSection:
     attack_restarts: int = _attacks(1, "independent starts per target; the best by objective is kept",
                                     low=1, high=1000)
     attack_lr: float = _attacks(0.1, "Adam learning rate of the optimising attacks", above=0)
-    attack_tv: float = _attacks(1e-4, "total-variation weight", low=0)
+    attack_tv: float = _attacks(OWN_TV, "total-variation weight of every optimising attack; -1: each attack's own "
+                                "(attack.NAME.tv)", low=OWN_TV)
     attack_device: str = _attacks("cpu", "torch device the attacks run on (cpu, cuda, cuda:1)")
     attack_progress: int = _attacks(500, "print a progress line every this many iterations; 0: never",
                                     low=0, high=MAX_INT)

@@ -1,6 +1,7 @@
 """Run-config parsing and validation: clear errors naming the value and what is valid."""
 
 import dataclasses
+import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from fedpriv.app_tables import regenerated, scenario_protocols
 from fedpriv.attacks import ATTACKS
-from fedpriv.attacks.base import settings_for
+from fedpriv.attacks.base import settings_for, tv_weight
 from fedpriv.behaviours import BEHAVIOURS
 from fedpriv.config import PLUGIN_FAMILIES, RunConfig
 from fedpriv.errors import ConfigError
@@ -104,6 +105,35 @@ def test_each_attack_gets_only_its_own_options() -> None:
     ig = settings_for(config, "inverting-gradients")
     assert (ig.iterations, ig.options) == (100, {"engine": "loop", "max-batch": 2})
     assert settings_for(config, "label-inference").options == {}
+
+
+def _tv(values: dict[str, Any], name: str) -> float:
+    """The TV weight attack ``name`` runs with under the run config ``values``."""
+    config = validated_config(values)
+    attack: Any = ATTACKS.get(name)(settings_for(config, name))
+    return tv_weight(attack.settings, attack.options) if hasattr(attack, "options") else attack.tv
+
+
+def test_each_optimising_attack_has_its_own_tv_weight_and_attack_tv_replaces_all() -> None:
+    fedsgd = {"protocol": "fedsgd", "attacks": "inverting-gradients"}
+    fedavg = {"protocol": "fedavg", "attacks": "update-inversion"}
+    assert _tv(fedsgd, "inverting-gradients") == 1e-4  # ATS's inversed setting
+    assert _tv(fedavg, "update-inversion") == 0.2  # breaching's local_updates setting
+    assert _tv(fedsgd | {"attack.inverting-gradients.tv": 0.01}, "inverting-gradients") == 0.01
+    assert _tv(fedsgd | {"attack-tv": 0.05}, "inverting-gradients") == 0.05
+    assert _tv(fedavg | {"attack-tv": 0.0}, "update-inversion") == 0.0
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"protocol": "fedavg", "attacks": "update-inversion", "attack-tv": 0.05, "attack.update-inversion.tv": 0.3},
+     "attack-tv=0.05 and attack.update-inversion.tv=0.3 both set update-inversion's total-variation weight; set "
+     "one (attack-tv=-1 leaves each attack its own weight)"),
+    ({"attack-tv": -0.5}, "attack-tv=-0.5 is out of range; valid: >= 0, or -1 for each attack's own weight"),
+    ({"attack-tv": -2.0}, "attack-tv=-2.0 is out of range; valid: >= -1"),
+])
+def test_conflicting_or_negative_tv_weights_are_one_line_errors(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validated_config(values)
 
 
 def test_every_error_is_reported_at_once_on_one_line() -> None:
