@@ -141,8 +141,8 @@ class RunConfig(RunSection, OutputsSection, AttacksSection, DefensesSection, Pri
             errors.append("data-dir is empty; give the folder that holds (or will receive) the data sets")
         if "/" in self.run_name or self.run_name in (".", ".."):
             errors.append(f"run-name {self.run_name!r} must be a plain folder name (no '/')")
-        for check in (self.attacked_rounds, self.attacked_clients, self.defense_overrides_map,
-                      self.attack_overrides_map, self.attack_names):
+        for check in (self.attacked_rounds, self.attacked_clients, self.membership_partitions,
+                      self.defense_overrides_map, self.attack_overrides_map, self.attack_names):
             try:
                 check()
             except ConfigError as error:
@@ -219,6 +219,7 @@ class RunConfig(RunSection, OutputsSection, AttacksSection, DefensesSection, Pri
         """
         chosen = {
             "attack-clients": self.attacked_clients() or (),
+            "membership-clients": self.membership_partitions() or (),
             "defense-overrides": tuple(self.defense_overrides_map()),
             "attack-overrides": tuple(self.attack_overrides_map()),
         }
@@ -259,6 +260,10 @@ class RunConfig(RunSection, OutputsSection, AttacksSection, DefensesSection, Pri
             raise ConfigError(f"membership-rounds={self.membership_rounds!r} must lie in 0..{self.num_server_rounds} "
                               "(num-server-rounds; 0: the initial model), or be 'all' or 'none'")
         return rounds
+
+    def membership_partitions(self) -> tuple[int, ...] | None:
+        """Partition ids with their own membership rows (None: all)."""
+        return selection(self.membership_clients, "membership-clients")
 
     def attacked_clients(self) -> tuple[int, ...] | None:
         """Partition ids whose leaks are attacked (None: all)."""

@@ -167,6 +167,8 @@ class AttacksSection:
     membership_rounds: str = _attacks("all", "rounds the membership attacks and the canary audit score (the released "
                                       "model after the round; the server's replies in it): all, none or a list like "
                                       "1,5-7")
+    membership_clients: str = _attacks("none", "partition ids that get their own membership rows (their members "
+                                       "against every non-member) beside the pooled row: all, none or a list")
     membership_samples: int = _attacks(500, "non-members held out of the clients' data, and as many members drawn "
                                        "from it, that the membership attacks score", low=1, high=MAX_INT)
 

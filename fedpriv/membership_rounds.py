@@ -47,11 +47,19 @@ AUDIT_CONFIDENCE = 0.95
 
 @dataclass(frozen=True)
 class Candidates:
-    """The samples the membership attacks score: normalised inputs, labels, and (scorer only) membership."""
+    """The samples the membership attacks score: normalised inputs, labels, and (scorer only) membership.
+
+    ``partitions`` (scorer only) holds each member's partition id and -1 for each non-member.
+    """
 
     inputs: torch.Tensor
     labels: torch.Tensor
     members: torch.Tensor
+    partitions: torch.Tensor
+
+    def of_partition(self, partition: int) -> torch.Tensor:
+        """Indices of one partition's members and of every non-member (a per-client row's candidates)."""
+        return torch.nonzero((self.partitions == partition) | ~self.members).flatten()
 
 
 def membership_errors(config: RunConfig, partition_sizes: list[int]) -> list[str]:
@@ -78,18 +86,21 @@ def pick_candidates(config: RunConfig, num_partitions: int, dataset: DatasetSpec
     generator = generator_for(config.seed, "membership")
     held = membership_holdout(config, num_partitions)
     train = load_run_split(config, "train")
-    union = torch.cat(partition_index(config, num_partitions)[0])
+    parts = partition_index(config, num_partitions)[0]
+    union = torch.cat(parts)
+    owner = torch.cat([torch.full((len(part),), pid, dtype=torch.long) for pid, part in enumerate(parts)])
     members = []
     for label in train.labels[held].unique():
-        pool = union[train.labels[union] == label]
+        pool = torch.nonzero(train.labels[union] == label).flatten()  # positions in union
         wanted = int((train.labels[held] == label).sum())
         members.append(pool[torch.randperm(len(pool), generator=generator)[:wanted]])
-    chosen = torch.cat([*members, held])
-    count = len(chosen) - len(held)
+    positions = torch.cat(members)
+    chosen = torch.cat([union[positions], held])
     images, labels = train.images[chosen], train.labels[chosen]
-    is_member = torch.cat([torch.ones(count, dtype=torch.bool), torch.zeros(len(held), dtype=torch.bool)])
+    is_member = torch.cat([torch.ones(len(positions), dtype=torch.bool), torch.zeros(len(held), dtype=torch.bool)])
+    partitions = torch.cat([owner[positions], torch.full((len(held),), -1, dtype=torch.long)])
     order = torch.randperm(len(chosen), generator=generator)
-    return Candidates(dataset.normalize(to_pixels(images[order])), labels[order], is_member[order])
+    return Candidates(dataset.normalize(to_pixels(images[order])), labels[order], is_member[order], partitions[order])
 
 
 class MembershipRounds:
@@ -113,11 +124,24 @@ class MembershipRounds:
         self.rounds = config.membership_scored_rounds()
         self.attacks: list[MembershipAttack] = [build_membership_attack(config, n) for n in config.membership_names()]
         self.candidates = pick_candidates(config, num_partitions, dataset) if self.attacks else None
+        self.client_rows = self._client_rows(num_partitions)
         self.canaries = audit_canaries(config, num_partitions) if config.audit_canaries else None
         self.canary_inputs = (None if self.canaries is None else
                               dataset.normalize(to_pixels(load_run_split(config, "train").images[self.canaries.index])))
         for attack in self.attacks:
             attack.prepare(config, dataset, aux)
+
+    def _client_rows(self, num_partitions: int) -> tuple[int, ...]:
+        """The partitions of ``membership-clients`` that hold members (the others are named on the console)."""
+        chosen = self.config.membership_partitions()
+        if self.candidates is None or chosen == ():
+            return ()
+        wanted = range(num_partitions) if chosen is None else chosen
+        holding = set(self.candidates.partitions[self.candidates.members].tolist())
+        if empty := [p for p in wanted if p not in holding]:
+            print(f"membership-clients: partitions {','.join(map(str, empty))} hold none of the "
+                  f"{int(self.candidates.members.sum())} members drawn, so they get no rows of their own", flush=True)
+        return tuple(p for p in wanted if p in holding)
 
     def scores(self, run_round: int) -> bool:
         """Whether ``run_round`` is scored (by attacks or the canary audit)."""
@@ -142,24 +166,37 @@ class MembershipRounds:
         """
         observation = Observation(broadcast, tuple({id(d): d for d in directions.values()}.values()))
         return self._audit_rows(broadcast, run_round, None, directions) + self._attack_rows(
-            observation, SERVER, run_round)
+            observation, SERVER, run_round, directions)
 
-    def _attack_rows(self, observation: Observation, observer: str, run_round: int) -> list[dict[str, Any]]:
-        """One row per attack of ``observer``: ROC statistics of its scores over the candidates."""
+    def _attack_rows(self, observation: Observation, observer: str, run_round: int,
+                     directions: dict[int, dict[str, torch.Tensor]] | None = None) -> list[dict[str, Any]]:
+        """Per attack of ``observer``: the row over every candidate, then one per ``membership-clients`` partition.
+
+        A partition's row scores its members against every non-member. The released model's
+        attacks score once (their scores do not depend on which other candidates are asked about);
+        the server's score against that partition's reply alone (``directions``), in the rounds the
+        partition replied in.
+        """
         rows: list[dict[str, Any]] = []
-        if self.candidates is None:
+        candidates = self.candidates
+        if candidates is None:
             return rows
         for attack in (a for a in self.attacks if a.observer == observer):
             start = time.perf_counter()
-            scores = attack.score(observation, self.candidates.inputs, self.candidates.labels)
-            members = self.candidates.members
-            statistics = roc_scores(scores, members)
-            rows.append({
-                "round": run_round, "observer": observer, "attack": attack.name,
-                "members": int(members.sum()), "non_members": int((~members).sum()), **statistics,
-                "beats_chance": statistics["auc_low"] > 0.5, **roc_corners(scores, members),
-                "seconds": round(time.perf_counter() - start, 3),
-            })
+            scores = attack.score(observation, candidates.inputs, candidates.labels)
+            rows.append(_roc_row(run_round, observer, attack.name, None, scores, candidates.members, start))
+            for partition in self.client_rows:
+                start = time.perf_counter()
+                chosen = candidates.of_partition(partition)
+                if directions is None:
+                    own = scores[chosen]
+                elif partition in directions:
+                    own = attack.score(Observation(observation.model, (directions[partition],)),
+                                       candidates.inputs[chosen], candidates.labels[chosen])
+                else:
+                    continue  # no reply of this partition in the round: nothing of it to score
+                rows.append(_roc_row(run_round, observer, attack.name, partition, own, candidates.members[chosen],
+                                     start))
         return rows
 
     def _audit_rows(self, model: torch.nn.Module, run_round: int, dp_epsilon: float | None,
@@ -198,6 +235,18 @@ class MembershipRounds:
                  "seconds": round(time.perf_counter() - start, 3)}]
 
 
+def _roc_row(run_round: int, observer: str, attack: str, partition: int | None, scores: torch.Tensor,
+             members: torch.Tensor, start: float) -> dict[str, Any]:
+    """One attack row: ROC statistics of ``scores`` over the candidates (``partition`` None: every client's)."""
+    statistics = roc_scores(scores, members)
+    return {
+        "round": run_round, "observer": observer, "attack": attack, "partition_id": partition,
+        "members": int(members.sum()), "non_members": int((~members).sum()), **statistics,
+        "beats_chance": statistics["auc_low"] > 0.5, **roc_corners(scores, members),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
 def describe(row: dict[str, Any]) -> str:
     """The console line of one row: AUC with its interval and TPR at the low FPRs, or the audit's bound."""
     if row["attack"] == AUDIT:
@@ -207,5 +256,6 @@ def describe(row: dict[str, Any]) -> str:
                 f"{100 * row['confidence']:g}% confidence; {accountant})")
     rates = ", ".join(f"{100 * row[f'tpr_at_fpr_{rate:g}']:.1f}% at {100 * rate:g}% FPR" for rate in LOW_FPRS)
     verdict = "beats chance" if row["beats_chance"] else "no better than chance"
-    return (f"round {row['round']} {row['observer']} {row['attack']}: AUC {row['auc']:.3f} "
+    whose = "" if row.get("partition_id") is None else f" on client {row['partition_id']}'s members"
+    return (f"round {row['round']} {row['observer']} {row['attack']}{whose}: AUC {row['auc']:.3f} "
             f"[{row['auc_low']:.3f}, {row['auc_high']:.3f}] (chance 0.5), TPR {rates}: {verdict}")

@@ -12,6 +12,7 @@ from collections import defaultdict
 from typing import Any
 
 from fedpriv.baselines import BASELINE_MARGIN_DB, verdict, verdict_summary
+from fedpriv.membership.base import client_label
 from fedpriv.membership.statistics import AUDIT
 from fedpriv.results import RunFolder, atomic_write, read_jsonl
 
@@ -87,14 +88,17 @@ def _membership_section(rows: list[dict[str, Any]]) -> str:
     audits = [r for r in rows if r["attack"] == AUDIT]
     parts = []
     if attacks:
-        table = [[r["round"], r["observer"], r["attack"], f"{r['auc']:.3f} [{r['auc_low']:.3f}, {r['auc_high']:.3f}]",
+        table = [[r["round"], r["observer"], r["attack"], client_label(r),
+                  f"{r['auc']:.3f} [{r['auc_low']:.3f}, {r['auc_high']:.3f}]",
                   f"{100 * r['tpr_at_fpr_0.001']:.1f}%", f"{100 * r['tpr_at_fpr_0.01']:.1f}%",
                   "beats chance" if r["beats_chance"] else "no better than chance"] for r in attacks]
         parts.append("<p>Each membership attack by its observer (the server, which holds every reply, or a user of "
-                     "the released model): ROC AUC with its 95 % interval (chance: 0.5) "
+                     "the released model), over every client's members (client: all) or one client's against every "
+                     "non-member: ROC AUC with its 95 % interval (chance: 0.5) "
                      "and TPR at 0.1 % and 1 % FPR (chance: the FPR); rows that do not beat chance are marked.</p>"
-                     + _table(["round", "observer", "attack", "AUC [95 %]", "TPR at 0.1 % FPR", "TPR at 1 % FPR",
-                               "verdict"], table, ["" if r["beats_chance"] else "miss" for r in attacks]))
+                     + _table(["round", "observer", "attack", "client", "AUC [95 %]", "TPR at 0.1 % FPR",
+                               "TPR at 1 % FPR", "verdict"], table,
+                              ["" if r["beats_chance"] else "miss" for r in attacks]))
     if audits:
         table = [[r["round"], r["observer"], f"{r['epsilon_lower_bound']:.3g}", f"{r['delta']:g}",
                   f"{r['correct']} of {r['guesses']}", r["canaries"],

@@ -10,6 +10,8 @@ from fedpriv.client_task import audit_canaries, client_data, client_properties, 
 from fedpriv.data.loading import LabeledImages
 from fedpriv.errors import ConfigError
 from fedpriv.membership import shadows
+from fedpriv.membership.base import Observation
+from fedpriv.membership.statistics import roc_scores
 from fedpriv.membership_rounds import MembershipRounds, membership_errors, pick_candidates
 from fedpriv.models import build_model
 from fedpriv.results import RunFolder
@@ -41,6 +43,20 @@ def test_candidates_pair_the_holdout_with_members_of_the_same_labels() -> None:
     assert torch.equal(labels[members].sort().values, labels[~members].sort().values)
     again = pick_candidates(config, 4, run_dataset_spec(config))
     assert torch.equal(again.inputs, candidates.inputs)  # fixed by the seed
+
+
+def test_each_member_carries_the_partition_that_trains_on_it() -> None:
+    config = validated_config(RUN)
+    dataset = run_dataset_spec(config)
+    candidates = pick_candidates(config, 4, dataset)
+    images = shadows.candidate_images(dataset, candidates.inputs)
+    assert bool((candidates.partitions[~candidates.members] == -1).all())
+    for pid in range(4):
+        own = {bytes(image.numpy()) for image in client_data(config, pid, 4)[0]}
+        mine = candidates.members & (candidates.partitions == pid)
+        assert int(mine.sum()) > 0 and all(bytes(image.numpy()) in own for image in images[mine])
+        chosen = candidates.of_partition(pid)
+        assert torch.equal(candidates.members[chosen], mine[chosen]) and int((~candidates.members[chosen]).sum()) == 100
 
 
 def test_asking_for_more_than_the_clients_hold_is_one_error_before_training() -> None:
@@ -90,6 +106,23 @@ def test_the_loss_attack_beats_chance_on_a_memorising_model_and_not_on_a_fresh_o
     assert 0.3 < fresh["auc"] < 0.7 and not fresh["beats_chance"]
     assert trained["auc"] > 0.85 and trained["beats_chance"], trained
     assert (trained["round"], trained["observer"], trained["attack"]) == (3, "released model", "loss")
+
+
+def test_a_clients_row_scores_its_members_against_every_non_member() -> None:
+    config = validated_config(RUN | SMALL | {"membership-clients": "1,3"})
+    rounds = MembershipRounds(config, run_dataset_spec(config), 4, None)
+    model = _memorised(config, 100)
+    pooled, first, third = rounds.rows(model, 3)
+    assert [r["partition_id"] for r in (pooled, first, third)] == [None, 1, 3]
+    candidates = rounds.candidates
+    scores = rounds.attacks[0].score(Observation(model), candidates.inputs, candidates.labels)
+    for row in (first, third):
+        chosen = candidates.of_partition(row["partition_id"])
+        expected = roc_scores(scores[chosen], candidates.members[chosen])
+        assert row["members"] == int((candidates.partitions == row["partition_id"]).sum()) and row["non_members"] == 40
+        assert row["auc"] == pytest.approx(expected["auc"]) and row["auc_low"] == pytest.approx(expected["auc_low"])
+    assert pooled["members"] == first["members"] + third["members"] + sum(
+        int((candidates.partitions == p).sum()) for p in (0, 2))
 
 
 def _with_shadows(attack: str) -> tuple[dict, MembershipRounds]:

@@ -13,6 +13,7 @@ from fedpriv.defenses import build_defense
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import UpdateLeak, descent_direction
 from fedpriv.membership.alignment import gradient_alignment
+from fedpriv.membership.statistics import roc_scores
 from fedpriv.membership_rounds import MembershipRounds
 from fedpriv.models import build_model
 from fedpriv.run_data import run_dataset_spec
@@ -100,3 +101,20 @@ def test_a_server_attack_under_a_protocol_without_parameters_is_one_error() -> N
                                           "protocol='predictions' does not send; valid protocols: fedavg, fedsgd, "
                                           "secagg"):
         validated_config(RUN | {"protocol": "predictions", "attacks": "prediction-inversion"})
+
+
+def test_a_clients_server_row_reads_that_clients_reply_alone_and_only_where_it_replied() -> None:
+    config = validated_config(RUN | {"audit-canaries": 0, "membership-clients": "all"})
+    broadcast, directions = _round(config)
+    rounds = MembershipRounds(config, run_dataset_spec(config), 4, None)
+    replied = {0: directions[0], 2: directions[2]}
+    pooled, first, third = rounds.server_rows(broadcast, replied, 1)
+    assert [r["partition_id"] for r in (pooled, first, third)] == [None, 0, 2]
+    candidates = rounds.candidates
+    for row in (first, third):
+        chosen = candidates.of_partition(row["partition_id"])
+        own = gradient_alignment(broadcast, candidates.inputs[chosen], candidates.labels[chosen],
+                                 [directions[row["partition_id"]]])[:, 0]
+        assert row["auc"] == pytest.approx(roc_scores(own, candidates.members[chosen])["auc"])
+    # measured: each client's own reply singles out its members better than the pooled maximum over replies
+    assert min(first["auc"], third["auc"]) > pooled["auc"], (pooled, first, third)

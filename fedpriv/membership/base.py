@@ -11,6 +11,7 @@ auxiliary split, once per run. Its own options are the run-config keys ``members
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -101,3 +102,8 @@ def logits_of(model: nn.Module, inputs: torch.Tensor, batch_size: int = 500) -> 
     with torch.no_grad():
         return torch.cat([model(inputs[i : i + batch_size].to(device)).double().cpu()
                           for i in range(0, len(inputs), batch_size)])
+
+
+def client_label(row: Mapping[str, Any]) -> str:
+    """Whose members a membership row scores: ``all``, or the client's partition id (``partition_id``)."""
+    return "all" if row.get("partition_id") is None else str(row["partition_id"])

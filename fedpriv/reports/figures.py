@@ -128,11 +128,12 @@ def frontier(samples: list[Sample], metric: str, path: Path, title: str) -> list
 
 
 def roc_curves(rows: list[dict[str, Any]], path: Path) -> bool:
-    """ROC curves of the membership rows that carry one (``roc_fpr``, ``roc_tpr``), log-log, beside chance.
+    """ROC curves of the membership rows over every client's members that carry one, log-log, beside chance.
 
-    Returns False (and writes nothing) when no row has a curve.
+    A client's own rows (``partition_id`` set) are left to the table: one curve per client would
+    bury the pooled ones. Returns False (and writes nothing) when no row has a curve.
     """
-    curves = [r for r in rows if r.get("roc_fpr") and r.get("roc_tpr")]
+    curves = [r for r in rows if r.get("roc_fpr") and r.get("roc_tpr") and r.get("partition_id") is None]
     if not curves:
         return False
     fig, ax = _pyplot().subplots(figsize=(5.5, 4.5))

@@ -13,23 +13,27 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedpriv.membership.base import client_label
 from fedpriv.membership.statistics import AUDIT
 from fedpriv.reports.markdown import markdown_text
 from fedpriv.reports.runs import Run
 
 
 def _last_rows(run: Run) -> list[dict[str, Any]]:
-    """The run's membership rows of the last round each (observer, attack) was scored in."""
-    last: dict[tuple[str, str], dict[str, Any]] = {}
+    """The run's membership rows of the last round each (observer, attack, client) was scored in."""
+    last: dict[tuple[str, str, str], dict[str, Any]] = {}
     for row in run.membership:
-        key = (str(row.get("observer")), str(row.get("attack")))
+        key = (str(row.get("observer")), str(row.get("attack")), str(row.get("partition_id")))
         if key not in last or int(row["round"]) >= int(last[key]["round"]):
             last[key] = row
     return list(last.values())
 
 
 def membership_rows(runs: list[Run]) -> list[dict[str, Any]]:
-    """One row per (run, observer, attack) at its last scored round, attacks and audits alike."""
+    """One row per (run, observer, attack, client) at its last scored round, attacks and audits alike.
+
+    ``partition_id`` is ``None`` for a row over every client's members.
+    """
     rows: list[dict[str, Any]] = []
     for run in runs:
         config = run.run_config
@@ -40,6 +44,7 @@ def membership_rows(runs: list[Run]) -> list[dict[str, Any]]:
             rows.append({
                 "run": run.name, "dp": dp, "noise": config.get("dp-noise-multiplier") if dp != "none" else None,
                 "round": int(row["round"]), "observer": row.get("observer"), "attack": row.get("attack"),
+                "partition_id": row.get("partition_id"),
                 "auc": None if audit else row.get("auc"), "auc_low": None if audit else row.get("auc_low"),
                 "auc_high": None if audit else row.get("auc_high"),
                 "tpr_at_fpr_0.001": None if audit else row.get("tpr_at_fpr_0.001"),
@@ -71,12 +76,13 @@ def membership_markdown(rows: list[dict[str, Any]], figure: str | None) -> str:
     lines = ["## Membership inference", ""]
     if attacks:
         lines += ["Each membership attack by its observer (the server holds every reply; a user holds the released "
-                  "model) at the last round it scored: ROC AUC with its 95 % interval (chance 0.5) and TPR at low FPR "
+                  "model) at the last round it scored, over every client's members (client: all) or one client's "
+                  "(against every non-member): ROC AUC with its 95 % interval (chance 0.5) and TPR at low FPR "
                   "(chance: the FPR); **no** marks an attack that does not beat chance.", "",
-                  "| run | dp | noise | round | observer | attack | AUC [95 %] | TPR at 0.1 % FPR | TPR at 1 % FPR | "
-                  "beats chance | accuracy |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| run | dp | noise | round | observer | attack | client | AUC [95 %] | TPR at 0.1 % FPR | "
+                  "TPR at 1 % FPR | beats chance | accuracy |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {markdown_text(r['run'])} | {r['dp']} | {_general(r['noise'])} | {r['round']} | "
-                  f"{r['observer']} | {r['attack']} | {_fixed(r['auc'])} [{_fixed(r['auc_low'])}, "
+                  f"{r['observer']} | {r['attack']} | {client_label(r)} | {_fixed(r['auc'])} [{_fixed(r['auc_low'])}, "
                   f"{_fixed(r['auc_high'])}] | {100 * float(r['tpr_at_fpr_0.001']):.1f} % | "
                   f"{100 * float(r['tpr_at_fpr_0.01']):.1f} % | {'yes' if r['beats_chance'] else '**no**'} | "
                   f"{_fixed(r['accuracy'])} |" for r in attacks]
