@@ -183,8 +183,9 @@ def table(results: list[PolicyResult], args: argparse.Namespace, check_epochs: i
     check = f" / {check_epochs} ep." if check_epochs else ""
     head = ["policy", f"victim acc. % ({args.epochs} ep.{check})", "IG vs T(x)", "TA vs T(x)",
             "TA - IG vs T(x), paired"]
-    head += [f"{SHORT.get(a, a)} vs T(x)" for a in extra]
-    head += ["IG vs x", "TA vs x", "baseline", "source: default / enhanced vs T(x)", "source acc. (repro)", "n"]
+    head += [f"{SHORT.get(a, a)}{what}" for a in extra for what in (" vs T(x)", " - IG vs T(x), paired")]
+    head += ["IG vs x", "TA vs x", *[f"{SHORT.get(a, a)} vs x" for a in extra], "baseline",
+             "source: default / enhanced vs T(x)", "source acc. (repro)", "n"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for result in results:
         spec = defense_spec(result.policy)
@@ -197,8 +198,10 @@ def table(results: list[PolicyResult], args: argparse.Namespace, check_epochs: i
             result.policy, f"{100 * result.accuracy:.2f}{checked}",
             cell(result.values(ig, "psnr_defended")), cell(result.values(ta, "psnr_defended")),
             cell(result.paired(ta, ig, "psnr_defended")),
-            *[cell(result.values(a, "psnr_defended")) for a in extra],
+            *[cell(values) for a in extra
+              for values in (result.values(a, "psnr_defended"), result.paired(a, ig, "psnr_defended"))],
             cell(result.values(ig, "psnr")), cell(result.values(ta, "psnr")),
+            *[cell(result.values(a, "psnr")) for a in extra],
             cell(result.values(ig, "psnr_baseline")),
             f"{source2.get('default', '-')} / {source2.get('enhanced', '-')}",
             str(source1.get("acc_repro", "-")),

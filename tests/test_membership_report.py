@@ -8,6 +8,9 @@ from pathlib import Path
 from PIL import Image
 
 from fedpriv.cli import main as cli_main
+from fedpriv.reports.figures import roc_curves
+from fedpriv.reports.membership import membership_rows
+from fedpriv.reports.runs import load_runs
 from fedpriv.results import RunFolder
 
 
@@ -31,6 +34,7 @@ def _membership_run(root: Path, name: str, dp: str, noise: float, bounds: dict[s
                  "auc_high": value + 0.08, "tpr_at_fpr_0.001": 0.01, "tpr_at_fpr_0.01": 0.05,
                  "beats_chance": value - 0.08 > 0.5, "roc_fpr": [0.0, 0.01, 0.1, 1.0],
                  "roc_tpr": [0.0, 0.05, value - 0.3, 1.0]}]
+    rows.append({**rows[-3], "partition_id": 1, "auc": 0.9, "auc_low": 0.82, "auc_high": 0.98})  # one client's
     folder.append(folder.membership_path, rows)
     return folder.path
 
@@ -52,13 +56,16 @@ def test_the_report_tables_each_observers_bound_beside_the_accountant_per_dp_mod
     report = (out / "report.md").read_text()
     assert "## Membership inference" in report
     assert "| central | client-fixed | 1 | 2 | server | 0.260 | 9.01 | 200 | 0.700 |" in report
-    assert "| none | none | — | 2 | server | update-alignment | 0.676 [0.596, 0.756] | 1.0 % | 5.0 % | yes | 0.700 |" \
+    assert "| none | none | — | 2 | server | update-alignment | all | 0.676 [0.596, 0.756] | 1.0 % | 5.0 % | yes | 0.700 |" \
         in report
-    assert ("| central | client-fixed | 1 | 2 | released model | loss | 0.550 [0.470, 0.630] | 1.0 % | 5.0 % | "
+    assert "| none | none | — | 2 | server | update-alignment | 1 | 0.900 [0.820, 0.980] | 1.0 % | 5.0 % | yes |" in report
+    assert ("| central | client-fixed | 1 | 2 | released model | loss | all | 0.550 [0.470, 0.630] | 1.0 % | 5.0 % | "
             "**no** |") in report
     assert "![ROC curves of the membership attacks](membership_roc.png)" in report
     with Image.open(out / "membership_roc.png") as figure:
         assert figure.size[0] > 300
+    client_rows = [r for r in membership_rows(load_runs([plain])) if r["partition_id"] is not None]
+    assert len(client_rows) == 1 and not roc_curves(client_rows, tmp_path / "none.png")  # pooled curves only
 
 
 def test_a_report_without_membership_rows_has_no_membership_section(tmp_path: Path) -> None:
