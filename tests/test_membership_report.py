@@ -56,9 +56,10 @@ def test_the_report_tables_each_observers_bound_beside_the_accountant_per_dp_mod
     report = (out / "report.md").read_text()
     assert "## Membership inference" in report
     assert "| central | client-fixed | 1 | 2 | server | 0.260 | 9.01 | 200 | 0.700 |" in report
-    assert "| none | none | — | 2 | server | update-alignment | all | 0.676 [0.596, 0.756] | 1.0 % | 5.0 % | yes | 0.700 |" \
-        in report
-    assert "| none | none | — | 2 | server | update-alignment | 1 | 0.900 [0.820, 0.980] | 1.0 % | 5.0 % | yes |" in report
+    assert ("| none | none | — | 2 | server | update-alignment | all | 0.676 [0.596, 0.756] | 1.0 % | 5.0 % | yes | "
+            "0.700 |") in report
+    assert ("| none | none | — | 2 | server | update-alignment | 1 | 0.900 [0.820, 0.980] | 1.0 % | 5.0 % | "
+            "yes |") in report
     assert ("| central | client-fixed | 1 | 2 | released model | loss | all | 0.550 [0.470, 0.630] | 1.0 % | 5.0 % | "
             "**no** |") in report
     assert "![ROC curves of the membership attacks](membership_roc.png)" in report

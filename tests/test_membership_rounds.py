@@ -249,8 +249,9 @@ def test_index_html_shows_the_membership_rows_beside_chance_and_the_audit_beside
     write_index(folder)
     page = (folder.path / "index.html").read_text()
     assert "<h2>Membership inference</h2>" in page and "<td>audit-canaries</td><td>200</td>" in page
-    assert '<tr class=""><td>3</td><td>released model</td><td>loss</td><td>0.643 [0.567, 0.720]</td>' in page
-    assert '<tr class="miss"><td>3</td><td>released model</td><td>lira-offline</td>' in page
+    assert ('<tr class=""><td>3</td><td>released model</td><td>loss</td><td>all</td><td>0.643 [0.567, 0.720]</td>'
+            in page)
+    assert '<tr class="miss"><td>3</td><td>released model</td><td>lira-offline</td><td>all</td>' in page
     assert "<td>0.573</td><td>1e-05</td><td>75 of 100</td><td>200</td><td>9.01</td>" in page
     write_index(RunFolder(tmp_path / "none"))
     assert "Membership inference" not in (tmp_path / "none" / "index.html").read_text()
