@@ -1,7 +1,7 @@
 """Inverting Gradients (Geiping et al., NeurIPS 2020) at the ATS "inversed" settings.
 
 Objective 1 - cos(grad(x), grad*) over all parameter tensors at once (global cosine) plus
-TV(x) * 1e-4; Adam (lr 0.1) on the sign of the image gradient; the image boxed to [0,1] in
+TV(x) * tv (option ``tv``, default 1e-4); Adam (lr 0.1) on the sign of the image gradient; the image boxed to [0,1] in
 pixel space after every step; lr x0.1 at iterations//2.667, //1.6, //1.142 (1799, 2999, 4203
 of 4800); N(0,1) initialisation in normalised space; known labels (or, when the protocol hides
 them, :mod:`fedpriv.attacks.label_inference`'s); the last iterate returned, after the whole budget
@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BATCH = 64
-MATCHING_TV = 1e-4  # ATS's "inversed" weight, also Geiping et al.'s for trained ResNets
+MATCHING_TV = 1e-4  # ATS's "inversed" weight
 
 
 @dataclass(frozen=True)

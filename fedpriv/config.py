@@ -147,6 +147,11 @@ class RunConfig(RunSection, OutputsSection, AttacksSection, DefensesSection, Pri
                 check()
             except ConfigError as error:
                 errors.append(str(error))
+        without = self.membership_attacks.strip().lower() == "none"
+        if without and self.membership_clients.strip().lower() not in ("", "none"):
+            errors.append(f"membership-clients={self.membership_clients!r} asks for rows per client of the membership "
+                          "attacks, and membership-attacks is 'none'; name the attacks, or set "
+                          "membership-clients='none'")
         if self.resume and not self.run_name:
             errors.append("resume=true needs run-name: the folder of the run to continue")
         if self.aux_type != "same" and self.aux_samples == 0:

@@ -130,8 +130,11 @@ def test_each_optimising_attack_has_its_own_tv_weight_and_attack_tv_replaces_all
      "one (attack-tv=-1 leaves each attack its own weight)"),
     ({"attack-tv": -0.5}, "attack-tv=-0.5 is out of range; valid: >= 0, or -1 for each attack's own weight"),
     ({"attack-tv": -2.0}, "attack-tv=-2.0 is out of range; valid: >= -1"),
+    ({"membership-clients": "0,2"}, "membership-clients='0,2' asks for rows per client of the membership attacks, and "
+                                    "membership-attacks is 'none'"),
+    ({"membership-attacks": "loss", "membership-clients": "1-x"}, "membership-clients='1-x': '1-x' is not a number"),
 ])
-def test_conflicting_or_negative_tv_weights_are_one_line_errors(values: dict[str, Any], message: str) -> None:
+def test_conflicting_or_bad_attack_settings_are_one_line_errors(values: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         validated_config(values)
 
