@@ -45,7 +45,10 @@ def test_the_fished_gradient_below_the_head_is_the_target_images_alone() -> None
     batch, alone = _gradients(model, inputs, labels), _gradients(model, inputs[:1], labels[:1])
     for name, gradient in batch.items():
         if name.startswith("fc."):  # the head: only the target's row is the target image's
-            assert torch.allclose(gradient[0], alone[name][0], rtol=1e-4, atol=1e-7), name
+            # float32 sums of 8 images' terms: rounding of the row's largest entries (measured 2.6e-6 at
+            # 4.07 on 2026-12-07's wheels) bounds the agreement, not each small entry's own size
+            scale = float(alone[name][0].abs().max())
+            assert torch.allclose(gradient[0], alone[name][0], rtol=1e-4, atol=1e-5 * scale), name
             continue
         assert float((gradient - alone[name]).norm()) <= 1e-4 * float(alone[name].norm()), name
     honest = build_model("convnet-gn", 10, 1).eval()
