@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -36,7 +36,7 @@ from fedpriv.data.loading import LabeledImages
 from fedpriv.data.specs import DatasetSpec
 from fedpriv.membership import MembershipAttack, build_membership_attack
 from fedpriv.membership.alignment import gradient_alignment
-from fedpriv.membership.base import RELEASED_MODEL, SERVER, Observation
+from fedpriv.membership.base import RELEASED_MODEL, SERVER, ModelMembershipAttack, Observation, ServerMembershipAttack
 from fedpriv.membership.loss import loss_scores
 from fedpriv.membership.statistics import AUDIT, LOW_FPRS, audit, roc_corners, roc_scores
 from fedpriv.run_data import load_run_split
@@ -152,51 +152,57 @@ class MembershipRounds:
 
         ``dp_epsilon`` is the accountant's epsilon after the round (under DP), put beside the bound.
         """
-        return self._audit_rows(model, run_round, dp_epsilon, None) + self._attack_rows(
-            Observation(model), RELEASED_MODEL, run_round)
+        rows = self._audit_rows(model, run_round, dp_epsilon, None)
+        candidates = self.candidates
+        for attack in (a for a in self.attacks if a.observer == RELEASED_MODEL):
+            assert candidates is not None  # attacks come with candidates
+            start = time.perf_counter()
+            scores = cast(ModelMembershipAttack, attack).score(Observation(model), candidates.inputs,
+                                                               candidates.labels)
+            rows += self._roc_rows(run_round, RELEASED_MODEL, attack.name, scores, start,
+                                   dict.fromkeys(self.client_rows, scores))
+        return rows
 
     def server_rows(self, broadcast: torch.nn.Module, directions: dict[int, dict[str, torch.Tensor]],
                     run_round: int) -> list[dict[str, Any]]:
         """The server's rows in ``run_round``: the canary audit's, then one per server attack.
 
         ``directions`` maps each partition in a reply to that reply's descent direction (every
-        partition of the aggregate to the aggregate's under ``secagg``). The audit row's
-        ``dp_epsilon`` is left ``None``: the caller puts the accountant's epsilon after the round
-        beside it.
+        partition of the aggregate to the aggregate's under ``secagg``). Each attack scores every
+        candidate against each distinct reply once; the pooled row reads the attack's pool of
+        those, a ``membership-clients`` partition's row the column of its own reply (only in rounds
+        it replied in). The audit row's ``dp_epsilon`` is left ``None``: the caller puts the
+        accountant's epsilon after the round beside it.
         """
-        observation = Observation(broadcast, tuple({id(d): d for d in directions.values()}.values()))
-        return self._audit_rows(broadcast, run_round, None, directions) + self._attack_rows(
-            observation, SERVER, run_round, directions)
-
-    def _attack_rows(self, observation: Observation, observer: str, run_round: int,
-                     directions: dict[int, dict[str, torch.Tensor]] | None = None) -> list[dict[str, Any]]:
-        """Per attack of ``observer``: the row over every candidate, then one per ``membership-clients`` partition.
-
-        A partition's row scores its members against every non-member. The released model's
-        attacks score once (their scores do not depend on which other candidates are asked about);
-        the server's score against that partition's reply alone (``directions``), in the rounds the
-        partition replied in.
-        """
-        rows: list[dict[str, Any]] = []
+        replies = {id(d): d for d in directions.values()}  # under secagg every partition holds the aggregate's
+        position = {key: i for i, key in enumerate(replies)}
+        column = {partition: position[id(direction)] for partition, direction in directions.items()}
+        observation = Observation(broadcast, tuple(replies.values()))
+        rows = self._audit_rows(broadcast, run_round, None, directions)
         candidates = self.candidates
-        if candidates is None:
-            return rows
-        for attack in (a for a in self.attacks if a.observer == observer):
+        for attack in (a for a in self.attacks if a.observer == SERVER):
+            assert candidates is not None  # attacks come with candidates
+            server_attack = cast(ServerMembershipAttack, attack)
             start = time.perf_counter()
-            scores = attack.score(observation, candidates.inputs, candidates.labels)
-            rows.append(_roc_row(run_round, observer, attack.name, None, scores, candidates.members, start))
-            for partition in self.client_rows:
-                start = time.perf_counter()
-                chosen = candidates.of_partition(partition)
-                if directions is None:
-                    own = scores[chosen]
-                elif partition in directions:
-                    own = attack.score(Observation(observation.model, (directions[partition],)),
-                                       candidates.inputs[chosen], candidates.labels[chosen])
-                else:
-                    continue  # no reply of this partition in the round: nothing of it to score
-                rows.append(_roc_row(run_round, observer, attack.name, partition, own, candidates.members[chosen],
-                                     start))
+            by_reply = server_attack.reply_scores(observation, candidates.inputs, candidates.labels)
+            rows += self._roc_rows(run_round, SERVER, attack.name, server_attack.pool(by_reply), start,
+                                   {p: by_reply[:, column[p]] for p in self.client_rows if p in column})
+        return rows
+
+    def _roc_rows(self, run_round: int, observer: str, attack: str, scores: torch.Tensor, start: float,
+                  client_scores: dict[int, torch.Tensor]) -> list[dict[str, Any]]:
+        """The row over every candidate, then one per partition of ``client_scores`` (its members, every non-member).
+
+        ``client_scores`` holds, per partition with a row, every candidate's score as seen for that
+        partition (the released model's: the same scores; the server's: against its reply alone).
+        """
+        assert self.candidates is not None
+        members = self.candidates.members
+        rows = [_roc_row(run_round, observer, attack, None, scores, members, start)]
+        for partition, own in client_scores.items():
+            start = time.perf_counter()
+            chosen = self.candidates.of_partition(partition)
+            rows.append(_roc_row(run_round, observer, attack, partition, own[chosen], members[chosen], start))
         return rows
 
     def _audit_rows(self, model: torch.nn.Module, run_round: int, dp_epsilon: float | None,

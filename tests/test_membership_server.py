@@ -12,6 +12,7 @@ from fedpriv.client_task import client_data
 from fedpriv.defenses import build_defense
 from fedpriv.errors import ConfigError
 from fedpriv.leaks import UpdateLeak, descent_direction
+from fedpriv.membership import MEMBERSHIP_ATTACKS
 from fedpriv.membership.alignment import gradient_alignment
 from fedpriv.membership.statistics import roc_scores
 from fedpriv.membership_rounds import MembershipRounds
@@ -118,3 +119,33 @@ def test_a_clients_server_row_reads_that_clients_reply_alone_and_only_where_it_r
         assert row["auc"] == pytest.approx(roc_scores(own, candidates.members[chosen])["auc"])
     # measured: each client's own reply singles out its members better than the pooled maximum over replies
     assert min(first["auc"], third["auc"]) > pooled["auc"], (pooled, first, third)
+
+
+def test_the_server_scores_every_candidate_against_every_reply_in_one_pass(monkeypatch) -> None:
+    config = validated_config(RUN | {"audit-canaries": 0, "membership-clients": "all"})
+    broadcast, directions = _round(config)
+    rounds = MembershipRounds(config, run_dataset_spec(config), 4, None)
+    (attack,) = rounds.attacks
+    calls = []
+    reply_scores = attack.reply_scores
+    monkeypatch.setattr(attack, "reply_scores", lambda *args: calls.append(args) or reply_scores(*args))
+    rows = rounds.server_rows(broadcast, directions, 1)
+    assert [r["partition_id"] for r in rows] == [None, 0, 1, 2, 3] and len(calls) == 1
+    observation, inputs, _ = calls[0]
+    assert len(observation.directions) == 4 and len(inputs) == len(rounds.candidates.labels)
+    # under secagg every partition holds the aggregate's direction: one column, and every client's row reads it
+    aggregate = {name: sum(d[name] for d in directions.values()) for name in directions[0]}
+    rows = rounds.server_rows(broadcast, dict.fromkeys(directions, aggregate), 1)
+    assert len(calls[1][0].directions) == 1
+    cosines = gradient_alignment(broadcast, rounds.candidates.inputs, rounds.candidates.labels, [aggregate])[:, 0]
+    assert rows[0]["auc"] == pytest.approx(roc_scores(cosines, rounds.candidates.members)["auc"])
+    for row in rows[1:]:
+        chosen = rounds.candidates.of_partition(row["partition_id"])
+        assert row["auc"] == pytest.approx(roc_scores(cosines[chosen], rounds.candidates.members[chosen])["auc"])
+
+
+def test_every_membership_attack_implements_the_interface_of_its_observer() -> None:
+    for name in MEMBERSHIP_ATTACKS.names():
+        factory = MEMBERSHIP_ATTACKS.get(name)
+        wanted = {"released model": ("score",), "server": ("reply_scores", "pool")}[factory.observer]
+        assert all(callable(getattr(factory, method, None)) for method in wanted), name

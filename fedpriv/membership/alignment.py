@@ -79,9 +79,13 @@ class UpdateAlignment:
     def prepare(self, config: RunConfig, dataset: DatasetSpec, aux: LabeledImages | None) -> None:
         """Nothing to prepare."""
 
-    def score(self, observation: Observation, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """max over the round's replies of cos(gradient of the candidate, the reply's descent direction)."""
-        return gradient_alignment(observation.model, inputs, labels, observation.directions).max(dim=1).values
+    def reply_scores(self, observation: Observation, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """cos(gradient of the candidate, each reply's descent direction): (n, replies)."""
+        return gradient_alignment(observation.model, inputs, labels, observation.directions)
+
+    def pool(self, reply_scores: torch.Tensor) -> torch.Tensor:
+        """The largest cosine over the round's replies."""
+        return reply_scores.max(dim=1).values
 
 
 MEMBERSHIP_ATTACKS.add(UpdateAlignment.name, UpdateAlignment)

@@ -1,12 +1,16 @@
-"""The membership attack interface: (what an observer holds, candidate samples) -> one score per candidate.
+"""The membership attack interface: (what an observer holds, candidate samples) -> scores per candidate.
 
 A membership attack is told what its observer holds after a round (:class:`Observation`) and a
 set of candidate samples, and scores each (higher: more likely in the clients' training data); it
 never sees which candidates are members. Two observers matter (Steinke et al.'s and Flower's DP
 modes tell them apart): a user of the released global model, and the server, which also holds
-each client's reply to the model it broadcast (under ``secagg`` only their aggregate). An attack
-that needs shadow models trains them in :meth:`MembershipAttack.prepare` on the server's
-auxiliary split, once per run. Its own options are the run-config keys ``membership.NAME.OPTION``.
+each client's reply to the model it broadcast (under ``secagg`` only their aggregate). A
+released-model attack (:class:`ModelMembershipAttack`) returns one score per candidate; a server
+attack (:class:`ServerMembershipAttack`) scores each candidate against each reply alone, and pools
+those into the score of a server that does not know whose reply holds the candidate, so that a
+client's row (its reply alone) and the pooled row come from one pass. An attack that needs shadow
+models trains them in :meth:`MembershipAttack.prepare` on the server's auxiliary split, once per
+run. Its own options are the run-config keys ``membership.NAME.OPTION``.
 """
 
 from __future__ import annotations
@@ -52,7 +56,11 @@ class Observation:
 
 
 class MembershipAttack(Protocol):
-    """A membership attack plugin, built once per run from its options and the run's seed."""
+    """A membership attack plugin, built once per run from its options and the run's seed.
+
+    What it scores depends on its ``observer``: :class:`ModelMembershipAttack` for
+    :data:`RELEASED_MODEL`, :class:`ServerMembershipAttack` for :data:`SERVER`.
+    """
 
     name: ClassVar[str]
     Options: ClassVar[type]
@@ -71,8 +79,25 @@ class MembershipAttack(Protocol):
         """Once before the first scored round: train what it needs on the server's auxiliary split."""
         ...
 
+
+
+class ModelMembershipAttack(MembershipAttack, Protocol):
+    """An attack of the released model's user (``observer`` :data:`RELEASED_MODEL`)."""
+
     def score(self, observation: Observation, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(n,) membership scores of the normalised candidates ``inputs`` with their ``labels``."""
+        ...
+
+
+class ServerMembershipAttack(MembershipAttack, Protocol):
+    """An attack of the server (``observer`` :data:`SERVER`) on the round's replies."""
+
+    def reply_scores(self, observation: Observation, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(n, len(observation.directions)) scores of each candidate against each reply alone."""
+        ...
+
+    def pool(self, reply_scores: torch.Tensor) -> torch.Tensor:
+        """(n,) scores of a server that does not know which reply holds a candidate, from :meth:`reply_scores`."""
         ...
 
 
