@@ -6,8 +6,10 @@ with inferred labels, label inference) and ``fedavg`` (4 local samples, 2 steps 
 update inversion, label inference), each without DP, with Flower's client-side fixed clipping
 and central noise at two noise multipliers, with server-side clipping, with ``LocalDpMod``, and
 with 90 % update pruning.
-Prints one Markdown table: per (protocol, dp, round) the mean PSNR per attack, label accuracy,
-global accuracy and epsilon. Usage: ``python benchmarks/bench_threat_models.py [--rounds 3]``.
+Prints one Markdown table: per (protocol, dp, round) the mean PSNR of the reconstruction attack
+beside its baseline (``psnr_baseline``) and how many of its images beat that baseline
+(``beats_baseline``), label accuracy, global accuracy and epsilon. Usage:
+``python benchmarks/bench_threat_models.py [--rounds 3] [--protocols fedavg]``.
 """
 
 from __future__ import annotations
@@ -44,12 +46,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--clip", type=float, default=0.1)
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS), help=f"of {', '.join(PROTOCOLS)}")
     args = parser.parse_args()
+    protocols = args.protocols.split(",")
+    if unknown := [p for p in protocols if p not in PROTOCOLS]:
+        parser.error(f"--protocols: unknown {', '.join(unknown)}; valid: {', '.join(PROTOCOLS)}")
     out = Path(tempfile.mkdtemp(prefix="fedpriv-threat-"))
-    lines = ["| protocol | dp | round | IG / update-inv. PSNR (dB) | label acc. | global acc. | epsilon |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| protocol | dp | round | IG / update-inv. PSNR (dB) | baseline (dB) | beat it | label acc. | "
+             "global acc. | epsilon |", "|---|---|---|---|---|---|---|---|---|"]
     with PrivateSuperLink(out / "flwr-home") as link:
-        for protocol, settings in PROTOCOLS.items():
+        for protocol in protocols:
+            settings = PROTOCOLS[protocol]
             for dp, dp_settings in DP.items():
                 name = f"{protocol}-{dp.replace(' ', '-').replace('=', '')}"
                 values = {
@@ -61,16 +68,20 @@ def main() -> None:
                 outcome = link.run(APP, run_config_text(values), "num-supernodes=4 client-resources-num-cpus=1",
                                    echo=False, timeout=1800)
                 if not outcome.ok:
-                    lines.append(f"| {protocol} | {dp} | - | run failed: {outcome.status} | | | |")
+                    lines.append(f"| {protocol} | {dp} | - | run failed: {outcome.status} | | | | | |")
                     continue
                 metrics = read_jsonl(out / name / "metrics.jsonl")
                 for row in read_jsonl(out / name / "rounds.jsonl")[1:]:
                     cells = [m for m in metrics if m["round"] == row["round"] and m["status"] == "ok"]
-                    psnr = [m["psnr"] for m in cells if "psnr" in m]
+                    images = [m for m in cells if "psnr" in m]
+                    psnr = [m["psnr"] for m in images]
+                    baseline = [m["psnr_baseline"] for m in images]
+                    beat = f"{sum(bool(m['beats_baseline']) for m in images)} of {len(images)}" if images else "-"
                     labels = [m["label_accuracy"] for m in cells if m["attack"] == "label-inference"]
                     epsilon = f"{row['dp_epsilon']:.2f}" if "dp_epsilon" in row else "-"
                     lines.append(
-                        f"| {protocol} | {dp} | {row['round']} | {_mean(psnr, 2)} | {_mean(labels, 2)} | "
+                        f"| {protocol} | {dp} | {row['round']} | {_mean(psnr, 2)} | {_mean(baseline, 2)} | {beat} | "
+                        f"{_mean(labels, 2)} | "
                         f"{row['accuracy']:.3f} | {epsilon} |"
                     )
                 print("\n".join(lines[-args.rounds:]), flush=True)

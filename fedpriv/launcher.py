@@ -10,6 +10,7 @@ status with ``flwr list``.
 from __future__ import annotations
 
 import difflib
+import http.client
 import json
 import os
 import random
@@ -148,10 +149,28 @@ def port_pair_free(port: int) -> bool:
         return False
 
 
+def ephemeral_ports() -> range:
+    """The ports the kernel gives outgoing connections (Linux's ``ip_local_port_range``; else IANA's 49152-65535)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 49152, 65535
+    return range(low, high + 1)
+
+
 def free_port_pair() -> int:
-    """A port ``p`` with ``p`` and ``p + 2`` free on 127.0.0.1 (what a PrivateSuperLink needs)."""
+    """A port ``p`` with ``p`` and ``p + 2`` free on 127.0.0.1 (what a PrivateSuperLink needs).
+
+    Chosen in 20000-32767 (above Ray's worker ports), outside the kernel's ephemeral range where
+    that range allows: while the SuperLink is not yet listening, a connection to a port in that
+    range can be given the same port as its source and connect to itself (a TCP self-connect),
+    so the readiness check would read its own request back (seen once beside another run).
+    """
+    ephemeral = ephemeral_ports()
+    wanted = range(20000, 32766)
+    pool = [p for p in wanted if p not in ephemeral and p + 2 not in ephemeral] or list(wanted)
     for _ in range(200):
-        port = random.randint(41000, 59000)
+        port = random.choice(pool)
         if port_pair_free(port):
             return port
     raise RuntimeError("no free port pair found on 127.0.0.1")
@@ -226,7 +245,7 @@ class PrivateSuperLink:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1)
                 return self
-            except OSError:
+            except (OSError, http.client.HTTPException):  # not listening yet, or an answer that is not its
                 time.sleep(0.5)
         self.__exit__()
         raise RuntimeError(f"flower-superlink did not answer on port {self.port} within 60 s")

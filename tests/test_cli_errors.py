@@ -131,6 +131,18 @@ def test_a_port_in_use_is_an_error_not_someone_elses_superlink(tmp_path: Path) -
             PrivateSuperLink(tmp_path, port).__enter__()
 
 
+def test_superlink_ports_are_outside_the_kernels_ephemeral_range() -> None:
+    # a readiness check on an ephemeral port can connect to itself and read its own request back
+    from fedpriv.launcher import ephemeral_ports, free_port_pair
+
+    ephemeral = ephemeral_ports()
+    if ephemeral.start <= 20000 and ephemeral.stop > 32766:
+        pytest.skip(f"this machine's ephemeral range {ephemeral.start}-{ephemeral.stop - 1} covers 20000-32767")
+    for _ in range(50):
+        port = free_port_pair()
+        assert port not in ephemeral and port + 2 not in ephemeral and 20000 <= port < 32766, (port, ephemeral)
+
+
 def test_bad_paths_and_devices_fail_before_anything_is_written(tmp_path: Path) -> None:
     from fedpriv.run_setup import check_attack_device, folder_path
 
