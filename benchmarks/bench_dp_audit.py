@@ -3,7 +3,7 @@
 Issue 31's table. Runs one real ``flwr run`` per (DP mode, noise multiplier) on the embedded
 MNIST digits: ``--clients`` clients (all of them every round, as DP-FedAvg is used: the noise
 on the mean falls as 1 / clients), ``shallow-cnn`` (no batch norm), an initial model the server
-pretrains on its auxiliary digits, ``--rounds`` FedAvg rounds of one local epoch, mislabelled
+pretrains on its auxiliary digits, ``--rounds`` FedAvg rounds of ``--local-epochs``, mislabelled
 audit canaries in the clients' data, and membership attacks for both observers: ``loss`` on the
 released model, ``update-alignment`` on the server's view of the replies. Prints one Markdown
 row per run (the last round, and each observer's largest audited bound over the rounds) and
@@ -43,7 +43,7 @@ def run_values(args: argparse.Namespace, name: str, dp: str, noise: float) -> di
     """The run config of one grid cell."""
     values: dict[str, Any] = {
         "dataset": "embedded-digits", "model": "shallow-cnn", "protocol": "fedavg", "partitioner": "iid",
-        "local-epochs": 1, "batch-size": 8, "lr": args.lr, "momentum": 0.0, "weight-decay": 0.0,
+        "local-epochs": args.local_epochs, "batch-size": 8, "lr": args.lr, "momentum": 0.0, "weight-decay": 0.0,
         "num-server-rounds": args.rounds, "attack-rounds": "none", "attacks": "label-inference",
         "aux-samples": args.aux, "server-pretrain-epochs": args.pretrain_epochs, "eval-samples": 500,
         "membership-attacks": "loss,update-alignment", "membership-samples": args.members,
@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--grid", default=GRID, help="comma-separated DP:NOISE cells (none:0 without DP)")
     parser.add_argument("--clients", type=int, default=100, help="supernodes, all of them in every round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--local-epochs", type=int, default=1, help="the clients' epochs per round")
     parser.add_argument("--lr", type=float, default=0.05, help="the clients' SGD step")
     parser.add_argument("--clip", type=float, default=1.0, help="dp-clipping-norm")
     parser.add_argument("--delta", type=float, default=1e-5, help="dp-delta (also the audit's)")
@@ -110,7 +111,8 @@ def main() -> None:
             parser.error(f"--grid: {cell!r} is not DP:NOISE (e.g. client-fixed:1)")
     args.out = args.out or Path(tempfile.mkdtemp(prefix="fedpriv-dp-audit-"))
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = [f"{args.clients} clients per round, {args.rounds} rounds, clip {args.clip}, delta {args.delta:g}, "
+    lines = [f"{args.clients} clients per round, {args.rounds} rounds of {args.local_epochs} local epochs, "
+             f"clip {args.clip}, delta {args.delta:g}, "
              f"{args.canaries} canaries, {args.members} members, pretrain {args.pretrain_epochs} epochs, "
              f"seed {args.seed}",
              "| dp | accountant's epsilon | server audit: last round (max) | released model audit: last round (max) | "
