@@ -80,7 +80,6 @@ class MembershipAttack(Protocol):
         ...
 
 
-
 class ModelMembershipAttack(MembershipAttack, Protocol):
     """An attack of the released model's user (``observer`` :data:`RELEASED_MODEL`)."""
 
