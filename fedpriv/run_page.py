@@ -19,6 +19,7 @@ from fedpriv.results import RunFolder, atomic_write, read_jsonl
 SUMMARY_KEYS = ("dataset", "model", "protocol", "num-server-rounds", "seed", "defense", "defense-overrides",
                 "attacks", "attack-rounds", "attack-clients", "attack-iterations", "dp", "aggregator",
                 "server-behaviour", "membership-attacks", "audit-canaries")
+DP_KEYS = ("dp-noise-multiplier", "dp-clipping-norm", "dp-delta")  # shown when dp is not none
 
 
 def _cell(value: Any) -> str:
@@ -112,6 +113,24 @@ def _membership_section(rows: list[dict[str, Any]]) -> str:
     return "<h2>Membership inference</h2>" + "".join(parts) if parts else ""
 
 
+def client_rows(clients: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """``[clients, defense / attacks]`` rows, consecutive partitions that share both in one row.
+
+    A federation of 1,000 clients of two kinds gives a few rows (``clients 0-499``), not 1,000.
+    """
+    rows: list[list[str]] = []
+    first = last = -1
+    for pid, client in sorted(((int(k), c) for k, c in clients.items()), key=lambda item: item[0]):
+        value = f"{client.get('defense')} / {', '.join(client.get('attacks', []))}"
+        if rows and rows[-1][1] == value and pid == last + 1:
+            last = pid
+            rows[-1][0] = f"clients {first}-{last}"
+        else:
+            first = last = pid
+            rows.append([f"client {pid}", value])
+    return rows
+
+
 def write_index(folder: RunFolder) -> None:
     """Write ``index.html`` from the folder's config.json, rounds.jsonl, metrics.jsonl and images."""
     try:
@@ -119,9 +138,9 @@ def write_index(folder: RunFolder) -> None:
     except (OSError, ValueError):
         config = {}
     run_config = config.get("run-config", {})
-    summary = [[k, run_config[k]] for k in SUMMARY_KEYS if k in run_config]
-    summary += [[f"client {pid}", f"{c.get('defense')} / {', '.join(c.get('attacks', []))}"]
-                for pid, c in sorted(config.get("clients", {}).items(), key=lambda item: int(item[0]))]
+    shown = SUMMARY_KEYS + (DP_KEYS if run_config.get("dp", "none") != "none" else ())
+    summary = [[k, str(run_config[k])] for k in shown if k in run_config]  # as configured: 1e-05, not 0.000
+    summary += client_rows(config.get("clients", {}))
     metrics = read_jsonl(folder.metrics_path)
     attacks = sorted({m["attack"] for m in metrics})
     by_round: dict[int, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
