@@ -6,8 +6,9 @@ on the mean falls as 1 / clients), ``shallow-cnn`` (no batch norm), an initial m
 pretrains on its auxiliary digits, ``--rounds`` FedAvg rounds of ``--local-epochs``, mislabelled
 audit canaries in the clients' data, and membership attacks for both observers: ``loss`` on the
 released model, ``update-alignment`` on the server's view of the replies. Prints one Markdown
-row per run (the last round, and each observer's largest audited bound over the rounds) and
-writes every run folder under ``--out``.
+row per run (the last round, each observer's largest audited bound over the rounds, and the rounds
+where the server's bound exceeds the accountant's epsilon after that round) and writes every run
+folder under ``--out``.
 
 The expected shape (Steinke et al.; issue 31): central DP (``client-fixed``, ``server-fixed``)
 bounds what the released model leaks, not what the server sees in each clipped reply; ``local``
@@ -78,9 +79,18 @@ def summary_row(label: str, run_dir: Path) -> str:
         return (f"{row['auc']:.3f} [{row['auc_low']:.3f}, {row['auc_high']:.3f}], "
                 f"{100 * row['tpr_at_fpr_0.01']:.0f} %")
 
+    def above_accountant() -> str:
+        """Rounds whose server bound exceeds the accountant's epsilon after that round: ``round: bound > epsilon``."""
+        accountant = {r["round"]: r.get("dp_epsilon") for r in rounds}
+        found = [f"{r['round']}: {r['epsilon_lower_bound']:.2f} > {accountant[r['round']]:.2f}" for r in membership
+                 if r["attack"] == "canary-audit" and r["observer"] == "server"
+                 and accountant.get(r["round"]) is not None and r["epsilon_lower_bound"] > accountant[r["round"]]]
+        return "; ".join(found) or "none"
+
     epsilon = rounds[-1].get("dp_epsilon")
     accuracy = " / ".join(f"{r['accuracy']:.3f}" for r in rounds)
     return (f"| {label} | {'-' if epsilon is None else f'{epsilon:.3g}'} | {bound('server')} | "
+            f"{'-' if epsilon is None else above_accountant()} | "
             f"{bound('released model')} | {auc('update-alignment')} | {auc('loss')} | {accuracy} |")
 
 
@@ -115,10 +125,11 @@ def main() -> None:
              f"clip {args.clip}, delta {args.delta:g}, "
              f"{args.canaries} canaries, {args.members} members, pretrain {args.pretrain_epochs} epochs, "
              f"seed {args.seed}",
-             "| dp | accountant's epsilon | server audit: last round (max) | released model audit: last round (max) | "
+             "| dp | accountant's epsilon | server audit: last round (max) | server audit above the accountant's "
+             "epsilon (round: bound > epsilon) | released model audit: last round (max) | "
              "server update-alignment: AUC [95 %], TPR at 1 % FPR | released loss: AUC [95 %], TPR at 1 % FPR | "
              "accuracy per round (0 = initial) |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"]
     with PrivateSuperLink(args.out / "flwr-home") as link:
         for dp, noise in cells:
             label = "none" if dp == "none" else f"{dp} nm={noise:g}"
@@ -129,7 +140,7 @@ def main() -> None:
                                    f"num-supernodes={args.clients} client-resources-num-cpus=1", echo=False,
                                    timeout=7200)
                 if not outcome.ok:
-                    lines.append(f"| {label} | run failed: {outcome.status} | | | | | |")
+                    lines.append(f"| {label} | run failed: {outcome.status} | | | | | | |")
                     print(lines[-1], flush=True)
                     continue
             lines.append(summary_row(label, run_dir))
