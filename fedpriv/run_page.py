@@ -138,8 +138,8 @@ def write_index(folder: RunFolder) -> None:
     except (OSError, ValueError):
         config = {}
     run_config = config.get("run-config", {})
-    shown = SUMMARY_KEYS + (DP_KEYS if run_config.get("dp", "none") != "none" else ())
-    summary = [[k, str(run_config[k])] for k in shown if k in run_config]  # as configured: 1e-05, not 0.000
+    summary_keys = SUMMARY_KEYS + (DP_KEYS if run_config.get("dp", "none") != "none" else ())
+    summary = [[k, str(run_config[k])] for k in summary_keys if k in run_config]  # as configured: 1e-05, not 0.000
     summary += client_rows(config.get("clients", {}))
     metrics = read_jsonl(folder.metrics_path)
     attacks = sorted({m["attack"] for m in metrics})
